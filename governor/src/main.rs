@@ -1,1 +1,73 @@
-fn main() {}
+//! The `governor` binary: parse, validate, set up logging and the runtime,
+//! run, and exit with a status that says what happened.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use rate_governor::app::{self, Cli, Command, EXIT_USAGE, LogFormat};
+use rate_governor::config::{Config, EMBEDDED_DEFAULT};
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            let usage = error.use_stderr();
+            let _ = error.print();
+            return if usage { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    if cli.print_default_config {
+        print!("{EMBEDDED_DEFAULT}");
+        return ExitCode::SUCCESS;
+    }
+    if let Some(path) = &cli.check_config {
+        return match Config::load(path) {
+            Ok(config) => {
+                println!(
+                    "{}: ok ({} dependencies configured)",
+                    path.display(),
+                    config.ledger.dependencies.len()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("governor: invalid config: {error}");
+                ExitCode::from(EXIT_USAGE)
+            }
+        };
+    }
+
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("governor: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(Command::Probe { addr, service, timeout }) = cli.command {
+        return runtime.block_on(app::probe(addr, service, timeout));
+    }
+
+    let config = match app::resolve_config(&cli) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("governor: invalid config: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    init_logging(cli.log_format);
+    runtime.block_on(app::run(cli, config))
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}

@@ -1,0 +1,125 @@
+//! The process around the ledger: listeners, signals, config reloads and a
+//! graceful drain.
+//!
+//! Shutdown order on SIGTERM or SIGINT: health goes NOT_SERVING (so probes
+//! and load balancers stop sending), the ledger starts draining (new Acquires
+//! are answered SHUTTING_DOWN, waiters at once), held permits get until the
+//! grace period to come back (Release and Renew keep working), then the
+//! listeners close, letting calls under way finish within what is left of
+//! the grace period.
+
+pub mod cli;
+mod listeners;
+mod probe;
+mod reload;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+pub use cli::{Cli, Command, LogFormat};
+pub use probe::probe;
+
+use crate::config::{Config, ConfigError};
+use crate::ledger::Ledger;
+use crate::server;
+
+/// Exit status for a bad command line or config (EX_USAGE).
+pub const EXIT_USAGE: u8 = 64;
+/// Exit status when a listener cannot be opened (EX_UNAVAILABLE).
+pub const EXIT_UNAVAILABLE: u8 = 69;
+
+/// The config this invocation runs on, with command-line overrides applied.
+pub fn resolve_config(cli: &Cli) -> Result<Config, ConfigError> {
+    let mut config = match &cli.config {
+        Some(path) => Config::load(path)?,
+        None => Config::embedded(),
+    };
+    if let Some(listen) = cli.listen {
+        config.server.listen = listen;
+    }
+    if let Some(uds) = &cli.uds {
+        config.server.uds = Some(uds.clone());
+    }
+    if let Some(admin) = &cli.admin_listen {
+        config.server.admin_listen = match admin.as_str() {
+            "off" => None,
+            text => Some(text.parse().map_err(|_| {
+                ConfigError(format!("--admin-listen: invalid address {text:?}: write an IP and a port, or \"off\""))
+            })?),
+        };
+    }
+    Ok(config)
+}
+
+/// Runs the sidecar until it is told to stop.
+pub async fn run(cli: Cli, config: Config) -> ExitCode {
+    let ledger = Arc::new(Ledger::new(config.ledger.clone()));
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let routes = server::routes(ledger.clone(), health_service, &config.server);
+
+    let stop_serving = CancellationToken::new();
+    let bound = match listeners::bind(&config.server).await {
+        Ok(bound) => bound,
+        Err(error) => {
+            tracing::error!(%error, "cannot listen");
+            eprintln!("governor: {error}");
+            return ExitCode::from(EXIT_UNAVAILABLE);
+        }
+    };
+    let ready_line = bound.ready_line();
+    let servers = bound.serve(routes, &config.server, stop_serving.clone());
+    server::set_serving(&health, true).await;
+
+    tracing::info!(
+        ready = %ready_line,
+        dependencies = config.ledger.dependencies.len(),
+        "governor serving"
+    );
+    // The one line on stdout: harnesses and humans wait for it.
+    println!("{ready_line}");
+
+    let reloader = Arc::new(reload::Reloader::new(cli.config.clone(), config.clone(), ledger.clone()));
+    if cli.watch_config {
+        reloader.clone().spawn_watch(stop_serving.clone());
+    }
+    wait_for_stop(&reloader).await;
+
+    let deadline = Instant::now() + config.server.shutdown_grace;
+    tracing::info!(grace = ?config.server.shutdown_grace, leases = ledger.leases(), "draining");
+    server::set_serving(&health, false).await;
+    ledger.drain();
+    wait_for_leases(&ledger, deadline).await;
+    stop_serving.cancel();
+    if tokio::time::timeout_at(deadline, servers).await.is_err() {
+        tracing::warn!("grace period over with calls still open; exiting anyway");
+    }
+    tracing::info!(leases_left = ledger.leases(), "stopped");
+    ExitCode::SUCCESS
+}
+
+/// Returns on SIGTERM or SIGINT; reloads the config on SIGHUP meanwhile.
+async fn wait_for_stop(reloader: &reload::Reloader) {
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => reloader.reload("SIGHUP"),
+        }
+    }
+}
+
+/// Gives held permits until `deadline` to be released (or to expire).
+async fn wait_for_leases(ledger: &Ledger, deadline: Instant) {
+    let mut tick = tokio::time::interval(Duration::from_millis(50));
+    while ledger.leases() > 0 && Instant::now() < deadline {
+        tick.tick().await;
+    }
+}

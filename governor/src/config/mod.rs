@@ -1,0 +1,271 @@
+//! The configuration file: TOML, read over the embedded defaults, validated
+//! once into types the rest of the sidecar cannot get wrong.
+//!
+//! Every error names the key it is about (`dependencies.payments.max_wait:
+//! ...`), and the binary exits with status 64 on it. A reload (SIGHUP or the
+//! file watch) goes through the same parser, so an invalid file is refused
+//! whole and the running config stays.
+
+mod duration;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use duration::{HumanDuration, parse as parse_duration};
+
+use crate::ledger::{self, BudgetConfig, LedgerConfig, Limits, LimitsPatch};
+
+/// The configuration the binary runs on when given none.
+pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
+
+/// A complete, valid configuration.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub ledger: LedgerConfig,
+}
+
+/// The `[server]` section.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub uds: Option<PathBuf>,
+    pub admin_listen: Option<SocketAddr>,
+    pub shutdown_grace: Duration,
+    /// HTTP/2 streams one connection may have open at once.
+    pub max_concurrent_streams: u32,
+    /// Largest request message accepted, in bytes.
+    pub max_message_bytes: usize,
+    pub keepalive_interval: Duration,
+    pub keepalive_timeout: Duration,
+}
+
+/// A configuration problem, naming the key.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    fn at(key: impl std::fmt::Display, problem: impl std::fmt::Display) -> Self {
+        ConfigError(format!("{key}: {problem}"))
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    #[serde(default)]
+    server: ServerSection,
+    #[serde(default)]
+    defaults: LimitsSection,
+    #[serde(default)]
+    limits: CapsSection,
+    #[serde(default)]
+    dependencies: BTreeMap<String, LimitsSection>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ServerSection {
+    listen: Option<String>,
+    uds: Option<PathBuf>,
+    admin_listen: Option<String>,
+    shutdown_grace: Option<HumanDuration>,
+    max_concurrent_streams: Option<u32>,
+    max_message_bytes: Option<usize>,
+    keepalive_interval: Option<HumanDuration>,
+    keepalive_timeout: Option<HumanDuration>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LimitsSection {
+    max_concurrency: Option<u32>,
+    max_queue: Option<u32>,
+    max_wait: Option<HumanDuration>,
+    lease_ttl: Option<HumanDuration>,
+    retry_budget: Option<BudgetSection>,
+}
+
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BudgetSection {
+    ratio: Option<f64>,
+    min_per_second: Option<u32>,
+    ttl: Option<HumanDuration>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CapsSection {
+    allow_unknown_dependencies: Option<bool>,
+    max_dependencies: Option<usize>,
+    max_waiters: Option<usize>,
+}
+
+const MAX_DEPENDENCIES: usize = 1_000_000;
+const MAX_WAITERS: usize = 10_000_000;
+
+impl Config {
+    /// The embedded defaults.
+    pub fn embedded() -> Config {
+        Config::parse(EMBEDDED_DEFAULT).expect("the embedded config is valid")
+    }
+
+    /// Reads and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|error| ConfigError(format!("{}: cannot read: {error}", path.display())))?;
+        Config::parse(&text).map_err(|error| ConfigError(format!("{}: {error}", path.display())))
+    }
+
+    /// Parses a config file's text. Keys it leaves out take the embedded
+    /// defaults' values.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let file: File = toml::from_str(text).map_err(|error| ConfigError(error.to_string()))?;
+        let base: File = toml::from_str(EMBEDDED_DEFAULT).expect("the embedded config parses");
+        Config::from_file(file, base)
+    }
+
+    fn from_file(file: File, base: File) -> Result<Config, ConfigError> {
+        let server = server_config(file.server, base.server)?;
+
+        let builtin = Limits::default()
+            .patched(&patch(&base.defaults, &BudgetConfig::default()))
+            .expect("the embedded defaults are valid");
+        let defaults = builtin
+            .patched(&patch(&file.defaults, &builtin.retry_budget()))
+            .map_err(|e| ConfigError::at(format!("defaults.{}", e.field), e.problem))?;
+
+        let caps = file.limits;
+        let max_dependencies = caps.max_dependencies.or(base.limits.max_dependencies).unwrap_or(1024);
+        if !(1..=MAX_DEPENDENCIES).contains(&max_dependencies) {
+            return Err(ConfigError::at(
+                "limits.max_dependencies",
+                format!("must be between 1 and {MAX_DEPENDENCIES}, got {max_dependencies}"),
+            ));
+        }
+        let max_waiters = caps.max_waiters.or(base.limits.max_waiters).unwrap_or(100_000);
+        if max_waiters > MAX_WAITERS {
+            return Err(ConfigError::at(
+                "limits.max_waiters",
+                format!("must be at most {MAX_WAITERS}, got {max_waiters}"),
+            ));
+        }
+        if file.dependencies.len() > max_dependencies {
+            return Err(ConfigError::at(
+                "dependencies",
+                format!(
+                    "{} dependencies configured, more than limits.max_dependencies = {max_dependencies}",
+                    file.dependencies.len()
+                ),
+            ));
+        }
+
+        let mut dependencies = Vec::with_capacity(file.dependencies.len());
+        for (name, section) in &file.dependencies {
+            ledger::check_dependency_name(name)
+                .map_err(|problem| ConfigError::at(format!("dependencies.{name:?}"), problem))?;
+            let limits = defaults
+                .patched(&patch(section, &defaults.retry_budget()))
+                .map_err(|e| ConfigError::at(format!("dependencies.{name}.{}", e.field), e.problem))?;
+            dependencies.push((name.clone(), limits));
+        }
+
+        Ok(Config {
+            server,
+            ledger: LedgerConfig {
+                defaults,
+                allow_unknown_dependencies: caps
+                    .allow_unknown_dependencies
+                    .or(base.limits.allow_unknown_dependencies)
+                    .unwrap_or(true),
+                max_dependencies,
+                max_waiters,
+                dependencies,
+            },
+        })
+    }
+}
+
+/// A section's keys as a patch; a partial `retry_budget` fills its gaps from
+/// the budget it inherits.
+fn patch(section: &LimitsSection, inherited: &BudgetConfig) -> LimitsPatch {
+    LimitsPatch {
+        max_concurrency: section.max_concurrency,
+        max_queue: section.max_queue,
+        max_wait: section.max_wait.map(|d| d.0),
+        lease_ttl: section.lease_ttl.map(|d| d.0),
+        retry_budget: section.retry_budget.as_ref().map(|budget| BudgetConfig {
+            ratio: budget.ratio.unwrap_or(inherited.ratio),
+            min_per_second: budget.min_per_second.unwrap_or(inherited.min_per_second),
+            ttl: budget.ttl.map_or(inherited.ttl, |d| d.0),
+        }),
+    }
+}
+
+fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfig, ConfigError> {
+    let address = |key: &str, value: &str| {
+        value.parse::<SocketAddr>().map_err(|_| {
+            ConfigError::at(
+                format!("server.{key}"),
+                format!("invalid address {value:?}: write an IP and a port, like \"127.0.0.1:50051\""),
+            )
+        })
+    };
+    let listen = file.listen.or(base.listen).unwrap_or_else(|| "127.0.0.1:50051".into());
+    let admin_listen = match file.admin_listen.or(base.admin_listen) {
+        Some(text) if text != "off" => Some(address("admin_listen", &text)?),
+        _ => None,
+    };
+    let pick = |value: Option<HumanDuration>, base: Option<HumanDuration>, default: u64| {
+        value.or(base).map_or(Duration::from_secs(default), |d| d.0)
+    };
+    let config = ServerConfig {
+        listen: address("listen", &listen)?,
+        uds: file.uds.or(base.uds),
+        admin_listen,
+        shutdown_grace: pick(file.shutdown_grace, base.shutdown_grace, 10),
+        max_concurrent_streams: file
+            .max_concurrent_streams
+            .or(base.max_concurrent_streams)
+            .unwrap_or(4096),
+        max_message_bytes: file.max_message_bytes.or(base.max_message_bytes).unwrap_or(16 * 1024),
+        keepalive_interval: pick(file.keepalive_interval, base.keepalive_interval, 30),
+        keepalive_timeout: pick(file.keepalive_timeout, base.keepalive_timeout, 10),
+    };
+    if config.shutdown_grace > Duration::from_secs(3600) {
+        return Err(ConfigError::at("server.shutdown_grace", "must be at most 1h"));
+    }
+    if !(1..=1_000_000).contains(&config.max_concurrent_streams) {
+        return Err(ConfigError::at(
+            "server.max_concurrent_streams",
+            "must be between 1 and 1000000",
+        ));
+    }
+    if !(1024..=4 * 1024 * 1024).contains(&config.max_message_bytes) {
+        return Err(ConfigError::at(
+            "server.max_message_bytes",
+            "must be between 1024 and 4194304",
+        ));
+    }
+    if config.keepalive_interval < Duration::from_secs(1) {
+        return Err(ConfigError::at("server.keepalive_interval", "must be at least 1s"));
+    }
+    if config.keepalive_timeout < Duration::from_millis(100) {
+        return Err(ConfigError::at("server.keepalive_timeout", "must be at least 100ms"));
+    }
+    if let Some(path) = &config.uds {
+        if path.as_os_str().is_empty() {
+            return Err(ConfigError::at("server.uds", "must not be empty"));
+        }
+    }
+    Ok(config)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,84 @@
+use std::time::Duration;
+
+use super::*;
+
+fn error(text: &str) -> String {
+    Config::parse(text).unwrap_err().0
+}
+
+#[test]
+fn the_embedded_config_is_the_documented_one() {
+    let config = Config::embedded();
+    assert_eq!(config.server.listen, "127.0.0.1:50051".parse().unwrap());
+    assert_eq!(config.ledger.defaults, Limits::default());
+    assert!(config.ledger.allow_unknown_dependencies);
+    assert_eq!(config.ledger.max_dependencies, 1024);
+    assert_eq!(config.ledger.max_waiters, 100_000);
+    assert_eq!(Config::parse("").unwrap(), config);
+}
+
+#[test]
+fn dependencies_inherit_every_key_they_leave_out() {
+    let config = Config::parse(
+        r#"
+        [defaults]
+        max_queue = 9
+        retry_budget = { ratio = 0.5, min_per_second = 3, ttl = "20s" }
+        [dependencies.payments]
+        max_concurrency = 8
+        max_wait = "250ms"
+        retry_budget = { ratio = 0.1 }
+        [dependencies."db:5432"]
+        "#,
+    )
+    .unwrap();
+    let deps = &config.ledger.dependencies;
+    let (name, payments) = &deps.iter().find(|(n, _)| n == "payments").unwrap();
+    assert_eq!(name, "payments");
+    assert_eq!(payments.max_concurrency(), 8);
+    assert_eq!(payments.max_queue(), 9);
+    assert_eq!(payments.max_wait(), Duration::from_millis(250));
+    assert_eq!(payments.lease_ttl(), Duration::from_secs(30));
+    let budget = payments.retry_budget();
+    assert_eq!((budget.ratio, budget.min_per_second, budget.ttl), (0.1, 3, Duration::from_secs(20)));
+    let (_, db) = &deps.iter().find(|(n, _)| n == "db:5432").unwrap();
+    assert_eq!(db, &config.ledger.defaults);
+}
+
+#[test]
+fn errors_name_the_key() {
+    assert!(error("[dependencies.payments]\nmax_concurrency = 0").starts_with("dependencies.payments.max_concurrency:"));
+    assert!(error("[defaults]\nlease_ttl = \"1ms\"").starts_with("defaults.lease_ttl:"));
+    assert!(error("[dependencies.payments]\nretry_budget = { ratio = -1 }").starts_with("dependencies.payments.retry_budget.ratio:"));
+    assert!(error("[server]\nlisten = \"localhost\"").starts_with("server.listen:"));
+    assert!(error("[limits]\nmax_dependencies = 0").starts_with("limits.max_dependencies:"));
+    assert!(error("[dependencies.\"bad name\"]").contains("dependencies.\"bad name\""));
+    assert!(error("[limits]\nmax_dependencies = 1\n[dependencies.a]\n[dependencies.b]").starts_with("dependencies:"));
+    // Parse errors from the TOML reader point at the key too.
+    let unknown = error("[defaults]\nmax_concurency = 3");
+    assert!(unknown.contains("max_concurency"), "{unknown}");
+    let bad_duration = error("[defaults]\nmax_wait = \"soon\"");
+    assert!(bad_duration.contains("max_wait") && bad_duration.contains("250ms"), "{bad_duration}");
+    let wrong_type = error("[defaults]\nmax_queue = \"ten\"");
+    assert!(wrong_type.contains("max_queue"), "{wrong_type}");
+}
+
+#[test]
+fn server_settings_parse_and_admin_listen_can_be_off() {
+    let config = Config::parse(
+        r#"
+        [server]
+        listen = "0.0.0.0:7000"
+        uds = "/run/governor/governor.sock"
+        admin_listen = "127.0.0.1:9464"
+        shutdown_grace = "3s"
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.server.listen.port(), 7000);
+    assert_eq!(config.server.uds.as_deref(), Some(Path::new("/run/governor/governor.sock")));
+    assert_eq!(config.server.admin_listen.unwrap().port(), 9464);
+    assert_eq!(config.server.shutdown_grace, Duration::from_secs(3));
+    let off = Config::parse("[server]\nadmin_listen = \"off\"").unwrap();
+    assert_eq!(off.server.admin_listen, None);
+}

@@ -1,0 +1,162 @@
+//! The retry budget: retries may add at most a fixed share to the load.
+//!
+//! # Why a budget and not a maximum number of retries?
+//! "Retry up to 3 times" multiplies the load by 4 at the moment a dependency
+//! is already overloaded: the retry storm that turns a slowdown into an outage.
+//! A budget instead caps retries as a share of first attempts, like Finagle's
+//! and Linkerd's: every first attempt deposits `ratio` tokens, every retry
+//! withdraws one, and a small reserve of `min_per_second` retries a second keeps
+//! low-traffic callers able to retry at all.
+//!
+//! # The window
+//! Deposits and withdrawals are counted in a ring of slots, each a tenth of the
+//! `ttl`. A deposit counts for at most `ttl` (ten slots, it may leave up to a
+//! slot early) and a withdrawal for at least `ttl` (eleven slots), so rounding
+//! always errs against retrying. This gives, for every window of `ttl`:
+//! retries ≤ ratio × first attempts in that window and the `ttl` before it
+//! + min_per_second × ttl; in steady state retries ≤ ratio × first attempts
+//! + min_per_second × ttl. Amounts are integer milli-tokens, so the sums never
+//! drift.
+
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use super::limits::BudgetConfig;
+
+const SLOTS: usize = 10;
+/// Withdrawals stay one slot longer than deposits; see the module docs.
+const RING: usize = SLOTS + 1;
+const MILLI: u64 = 1000;
+
+#[derive(Debug)]
+pub(crate) struct RetryBudget {
+    config: BudgetConfig,
+    deposit: u64,
+    reserve: u64,
+    slot_width: Duration,
+    origin: Instant,
+    /// Index of the slot `now` falls in, counted from `origin`.
+    current: u64,
+    window: Window,
+}
+
+/// Milli-tokens per slot, in a ring of `RING` positions; slot `i` lives at `i % RING`.
+#[derive(Clone, Debug, Default)]
+struct Window {
+    deposits: [u64; RING],
+    withdrawals: [u64; RING],
+    deposited: u64,
+    withdrawn: u64,
+}
+
+impl Window {
+    /// Entering slot `index`: withdrawals made RING slots ago leave (their
+    /// ring position is reused now), and so do deposits made SLOTS slots ago.
+    fn enter(&mut self, index: u64) {
+        let reused = position(index);
+        self.withdrawn -= std::mem::take(&mut self.withdrawals[reused]);
+        self.deposited -= std::mem::take(&mut self.deposits[reused]);
+        if index >= SLOTS as u64 {
+            let old = position(index - SLOTS as u64);
+            self.deposited -= std::mem::take(&mut self.deposits[old]);
+        }
+    }
+
+    fn balance(&self, reserve: u64) -> u64 {
+        (reserve + self.deposited).saturating_sub(self.withdrawn)
+    }
+}
+
+fn position(index: u64) -> usize {
+    (index % RING as u64) as usize
+}
+
+impl RetryBudget {
+    pub(crate) fn new(config: BudgetConfig, now: Instant) -> Self {
+        RetryBudget {
+            deposit: (config.ratio * MILLI as f64).round() as u64,
+            reserve: u64::from(config.min_per_second) * config.ttl.as_millis() as u64,
+            slot_width: config.ttl / SLOTS as u32,
+            config,
+            origin: now,
+            current: 0,
+            window: Window::default(),
+        }
+    }
+
+    /// Applies new settings. A new `ttl` changes the window, so it starts over;
+    /// a new ratio or reserve keeps what was counted.
+    pub(crate) fn reconfigure(&mut self, config: BudgetConfig, now: Instant) {
+        if config.ttl != self.config.ttl {
+            *self = RetryBudget::new(config, now);
+        } else {
+            self.config = config;
+            self.deposit = (config.ratio * MILLI as f64).round() as u64;
+            self.reserve = u64::from(config.min_per_second) * config.ttl.as_millis() as u64;
+        }
+    }
+
+    /// A first attempt: adds `ratio` tokens.
+    pub(crate) fn deposit(&mut self, now: Instant) {
+        self.advance(now);
+        self.window.deposits[position(self.current)] += self.deposit;
+        self.window.deposited += self.deposit;
+    }
+
+    /// A retry: takes one token, or says how long until one is back.
+    pub(crate) fn try_withdraw(&mut self, now: Instant) -> Result<(), Duration> {
+        self.advance(now);
+        if self.window.balance(self.reserve) >= MILLI {
+            self.window.withdrawals[position(self.current)] += MILLI;
+            self.window.withdrawn += MILLI;
+            Ok(())
+        } else {
+            Err(self.time_until_token(now))
+        }
+    }
+
+    /// Retries allowed right now.
+    pub(crate) fn available(&mut self, now: Instant) -> f64 {
+        self.advance(now);
+        self.window.balance(self.reserve) as f64 / MILLI as f64
+    }
+
+    fn slot_start(&self, index: u64) -> Instant {
+        let nanos = (self.slot_width.as_nanos() as u64).saturating_mul(index);
+        self.origin + Duration::from_nanos(nanos)
+    }
+
+    /// Moves the window to `now`. At most `RING` slots are touched, however
+    /// long the budget sat idle.
+    fn advance(&mut self, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.origin);
+        let target = (elapsed.as_nanos() / self.slot_width.as_nanos().max(1)) as u64;
+        if target <= self.current {
+            return;
+        }
+        let steps = (target - self.current).min(RING as u64);
+        for index in target - steps + 1..=target {
+            self.window.enter(index);
+        }
+        self.current = target;
+    }
+
+    /// How long until the balance reaches one token with no new deposits,
+    /// found by replaying the coming slot boundaries (at most `RING`).
+    fn time_until_token(&self, now: Instant) -> Duration {
+        let mut window = self.window.clone();
+        for index in self.current + 1..=self.current + RING as u64 {
+            window.enter(index);
+            if window.balance(self.reserve) >= MILLI {
+                return self
+                    .slot_start(index)
+                    .saturating_duration_since(now)
+                    .max(Duration::from_millis(1));
+            }
+        }
+        // No reserve and nothing left to expire: only new first attempts can
+        // bring a token back.
+        self.config.ttl
+    }
+}

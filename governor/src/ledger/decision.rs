@@ -1,0 +1,118 @@
+//! What the ledger answers: a grant with its lease, or a rejection with a
+//! reason and a hint of when to come back.
+
+use std::time::Duration;
+
+use super::lease::LeaseId;
+use super::waiters::Priority;
+
+/// One request for a permit, already validated by the caller of the ledger.
+#[derive(Clone, Copy, Debug)]
+pub struct AcquireRequest<'a> {
+    pub dependency: &'a str,
+    /// 0 for a first try; n >= 1 for the n-th retry.
+    pub attempt: u32,
+    pub priority: Priority,
+    /// The caller's cap on waiting (its own max wait, or its deadline less a
+    /// margin); it can only shorten the dependency's `max_wait`.
+    pub max_wait: Option<Duration>,
+}
+
+impl AcquireRequest<'_> {
+    pub fn is_retry(&self) -> bool {
+        self.attempt > 0
+    }
+}
+
+/// Why a request was not granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RejectReason {
+    QueueFull,
+    QueueTimeout,
+    RetryBudgetExhausted,
+    Shed,
+    ShuttingDown,
+}
+
+impl RejectReason {
+    pub const ALL: [RejectReason; 5] = [
+        RejectReason::QueueFull,
+        RejectReason::QueueTimeout,
+        RejectReason::RetryBudgetExhausted,
+        RejectReason::Shed,
+        RejectReason::ShuttingDown,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RejectReason::QueueFull => "queue_full",
+            RejectReason::QueueTimeout => "queue_timeout",
+            RejectReason::RetryBudgetExhausted => "retry_budget_exhausted",
+            RejectReason::Shed => "shed",
+            RejectReason::ShuttingDown => "shutting_down",
+        }
+    }
+}
+
+/// A granted permit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Grant {
+    pub lease: LeaseId,
+    /// The lease expires unless released or renewed within this.
+    pub ttl: Duration,
+}
+
+/// A refused permit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub reason: RejectReason,
+    /// When a retry could succeed; always positive.
+    pub retry_after: Duration,
+}
+
+/// A dependency's load at one instant.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    pub limit: u32,
+    pub in_flight: u32,
+    pub queued: u32,
+}
+
+/// The answer to an Acquire.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Decision {
+    pub outcome: Result<Grant, Rejection>,
+    /// Time spent in the queue; zero when decided on arrival.
+    pub queue_wait: Duration,
+    /// Waiters ahead at arrival.
+    pub queue_depth: u32,
+    /// The dependency's load right after the decision.
+    pub snapshot: Snapshot,
+}
+
+impl Decision {
+    pub fn granted(&self) -> Option<&Grant> {
+        self.outcome.as_ref().ok()
+    }
+
+    pub fn rejected(&self) -> Option<&Rejection> {
+        self.outcome.as_ref().err()
+    }
+}
+
+/// How a lease ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LeaseEnd {
+    Released,
+    Expired,
+}
+
+/// A lease that has ended, for whoever reports on it.
+#[derive(Clone, Debug)]
+pub struct EndedLease {
+    pub dependency: std::sync::Arc<str>,
+    pub lease: LeaseId,
+    pub held: Duration,
+    pub end: LeaseEnd,
+    pub snapshot: Snapshot,
+}

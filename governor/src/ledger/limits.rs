@@ -1,0 +1,200 @@
+//! Per-dependency limits, validated once at the edge so that the ledger never
+//! sees an impossible value.
+
+use std::time::Duration;
+
+/// The limits of one dependency. Built only through [`Limits::patched`], which
+/// validates every field, so a `Limits` in hand is always usable.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Limits {
+    max_concurrency: u32,
+    max_queue: u32,
+    max_wait: Duration,
+    lease_ttl: Duration,
+    retry_budget: BudgetConfig,
+}
+
+/// Finagle-style retry budget settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct BudgetConfig {
+    /// Tokens each first attempt deposits; a retry costs one.
+    pub ratio: f64,
+    /// Retries per second that are always allowed, whatever the ratio says.
+    pub min_per_second: u32,
+    /// How long a deposit (and a withdrawal) counts.
+    pub ttl: Duration,
+}
+
+/// A change to some of a dependency's limits; `None` keeps the current value.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LimitsPatch {
+    pub max_concurrency: Option<u32>,
+    pub max_queue: Option<u32>,
+    pub max_wait: Option<Duration>,
+    pub lease_ttl: Option<Duration>,
+    pub retry_budget: Option<BudgetConfig>,
+}
+
+/// A limit outside its allowed range. `field` is the limit's config key.
+#[derive(Clone, Debug, PartialEq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct InvalidLimit {
+    pub field: &'static str,
+    pub problem: String,
+}
+
+pub const MAX_CONCURRENCY: u32 = 1_000_000;
+pub const MAX_QUEUE: u32 = 1_000_000;
+pub const MAX_WAIT: Duration = Duration::from_secs(3600);
+pub const MIN_LEASE_TTL: Duration = Duration::from_millis(100);
+pub const MAX_LEASE_TTL: Duration = Duration::from_secs(24 * 3600);
+pub const MIN_BUDGET_TTL: Duration = Duration::from_secs(1);
+pub const MAX_BUDGET_TTL: Duration = Duration::from_secs(3600);
+pub const MAX_BUDGET_RATIO: f64 = 1000.0;
+pub const MAX_MIN_RETRIES_PER_SECOND: u32 = 1_000_000;
+
+impl Default for Limits {
+    /// The sidecar's built-in defaults.
+    fn default() -> Self {
+        Limits {
+            max_concurrency: 64,
+            max_queue: 256,
+            max_wait: Duration::from_secs(1),
+            lease_ttl: Duration::from_secs(30),
+            retry_budget: BudgetConfig::default(),
+        }
+    }
+}
+
+impl Default for BudgetConfig {
+    fn default() -> Self {
+        BudgetConfig {
+            ratio: 0.2,
+            min_per_second: 10,
+            ttl: Duration::from_secs(10),
+        }
+    }
+}
+
+impl Limits {
+    pub fn max_concurrency(&self) -> u32 {
+        self.max_concurrency
+    }
+    pub fn max_queue(&self) -> u32 {
+        self.max_queue
+    }
+    pub fn max_wait(&self) -> Duration {
+        self.max_wait
+    }
+    pub fn lease_ttl(&self) -> Duration {
+        self.lease_ttl
+    }
+    pub fn retry_budget(&self) -> BudgetConfig {
+        self.retry_budget
+    }
+
+    /// These limits with `patch` applied, or the first field that is out of range.
+    pub fn patched(&self, patch: &LimitsPatch) -> Result<Limits, InvalidLimit> {
+        let limits = Limits {
+            max_concurrency: patch.max_concurrency.unwrap_or(self.max_concurrency),
+            max_queue: patch.max_queue.unwrap_or(self.max_queue),
+            max_wait: patch.max_wait.unwrap_or(self.max_wait),
+            lease_ttl: patch.lease_ttl.unwrap_or(self.lease_ttl),
+            retry_budget: patch.retry_budget.unwrap_or(self.retry_budget),
+        };
+        limits.validate()?;
+        Ok(limits)
+    }
+
+    fn validate(&self) -> Result<(), InvalidLimit> {
+        let bad = |field, problem: String| Err(InvalidLimit { field, problem });
+        if !(1..=MAX_CONCURRENCY).contains(&self.max_concurrency) {
+            return bad(
+                "max_concurrency",
+                format!("must be between 1 and {MAX_CONCURRENCY}, got {}", self.max_concurrency),
+            );
+        }
+        if self.max_queue > MAX_QUEUE {
+            return bad(
+                "max_queue",
+                format!("must be at most {MAX_QUEUE}, got {}", self.max_queue),
+            );
+        }
+        if self.max_wait > MAX_WAIT {
+            return bad(
+                "max_wait",
+                format!("must be at most {}, got {:?}", humantime::format_duration(MAX_WAIT), self.max_wait),
+            );
+        }
+        if !(MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&self.lease_ttl) {
+            return bad(
+                "lease_ttl",
+                format!(
+                    "must be between {} and {}, got {:?}",
+                    humantime::format_duration(MIN_LEASE_TTL),
+                    humantime::format_duration(MAX_LEASE_TTL),
+                    self.lease_ttl
+                ),
+            );
+        }
+        let budget = &self.retry_budget;
+        if !budget.ratio.is_finite() || !(0.0..=MAX_BUDGET_RATIO).contains(&budget.ratio) {
+            return bad(
+                "retry_budget.ratio",
+                format!("must be between 0 and {MAX_BUDGET_RATIO}, got {}", budget.ratio),
+            );
+        }
+        if budget.min_per_second > MAX_MIN_RETRIES_PER_SECOND {
+            return bad(
+                "retry_budget.min_per_second",
+                format!(
+                    "must be at most {MAX_MIN_RETRIES_PER_SECOND}, got {}",
+                    budget.min_per_second
+                ),
+            );
+        }
+        if !(MIN_BUDGET_TTL..=MAX_BUDGET_TTL).contains(&budget.ttl) {
+            return bad(
+                "retry_budget.ttl",
+                format!(
+                    "must be between {} and {}, got {:?}",
+                    humantime::format_duration(MIN_BUDGET_TTL),
+                    humantime::format_duration(MAX_BUDGET_TTL),
+                    budget.ttl
+                ),
+            );
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn patch_keeps_unset_fields_and_names_the_bad_one() {
+        let base = Limits::default();
+        let raised = base
+            .patched(&LimitsPatch { max_concurrency: Some(3), ..Default::default() })
+            .unwrap();
+        assert_eq!(raised.max_concurrency(), 3);
+        assert_eq!(raised.max_queue(), base.max_queue());
+
+        let err = base
+            .patched(&LimitsPatch { max_concurrency: Some(0), ..Default::default() })
+            .unwrap_err();
+        assert_eq!(err.field, "max_concurrency");
+
+        let err = base
+            .patched(&LimitsPatch { lease_ttl: Some(Duration::from_millis(5)), ..Default::default() })
+            .unwrap_err();
+        assert_eq!(err.field, "lease_ttl");
+
+        let budget = BudgetConfig { ratio: f64::NAN, ..BudgetConfig::default() };
+        let err = base
+            .patched(&LimitsPatch { retry_budget: Some(budget), ..Default::default() })
+            .unwrap_err();
+        assert_eq!(err.field, "retry_budget.ratio");
+    }
+}

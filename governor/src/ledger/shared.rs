@@ -1,0 +1,78 @@
+//! State shared by all dependencies of one ledger.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+use dashmap::DashMap;
+use tokio::time::Instant;
+
+use super::decision::EndedLease;
+use super::dependency::Dependency;
+use super::lease::LeaseKey;
+
+/// Hears about what the ledger does on its own, off any caller's path.
+pub trait LedgerObserver: Send + Sync + std::fmt::Debug + 'static {
+    /// A lease ended: released, or expired because nobody released or
+    /// renewed it in time.
+    fn lease_ended(&self, lease: &EndedLease) {
+        let _ = lease;
+    }
+}
+
+/// An observer that ignores everything.
+#[derive(Debug, Default)]
+pub struct NoopObserver;
+
+impl LedgerObserver for NoopObserver {}
+
+#[derive(Debug)]
+pub(crate) struct LeaseRecord {
+    pub dependency: Arc<Dependency>,
+    pub deadline: Instant,
+    pub granted_at: Instant,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    /// Every live lease, by its random key. Sharded, so that releases of
+    /// different dependencies do not contend.
+    pub leases: DashMap<LeaseKey, LeaseRecord>,
+    pub epoch: u64,
+    pub draining: AtomicBool,
+    pub observer: Arc<dyn LedgerObserver>,
+    waiters: AtomicUsize,
+    max_waiters: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn new(epoch: u64, max_waiters: usize, observer: Arc<dyn LedgerObserver>) -> Self {
+        Shared {
+            leases: DashMap::new(),
+            epoch,
+            draining: AtomicBool::new(false),
+            observer,
+            waiters: AtomicUsize::new(0),
+            max_waiters: AtomicUsize::new(max_waiters),
+        }
+    }
+
+    /// Takes one place in the global waiter cap, if any is left.
+    pub(crate) fn reserve_waiter(&self) -> bool {
+        let max = self.max_waiters.load(Ordering::Relaxed);
+        self.waiters
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .is_ok()
+    }
+
+    pub(crate) fn release_waiter(&self) {
+        self.waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    pub(crate) fn waiters(&self) -> usize {
+        self.waiters.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_max_waiters(&self, max: usize) {
+        self.max_waiters.store(max, Ordering::Relaxed);
+    }
+}

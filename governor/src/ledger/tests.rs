@@ -1,0 +1,377 @@
+//! Behaviour of the ledger under paused time: every wait below is virtual, so
+//! these tests are exact and fast.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::FutureExt;
+use tokio::time::{Instant, advance};
+
+use super::*;
+
+fn limits(concurrency: u32, queue: u32, wait_ms: u64) -> Limits {
+    Limits::default()
+        .patched(&LimitsPatch {
+            max_concurrency: Some(concurrency),
+            max_queue: Some(queue),
+            max_wait: Some(Duration::from_millis(wait_ms)),
+            lease_ttl: Some(Duration::from_secs(10)),
+            retry_budget: None,
+        })
+        .unwrap()
+}
+
+fn ledger_with(name: &str, limits: Limits) -> Arc<Ledger> {
+    Arc::new(Ledger::new(LedgerConfig {
+        dependencies: vec![(name.to_owned(), limits)],
+        ..LedgerConfig::default()
+    }))
+}
+
+fn request(priority: Priority, attempt: u32) -> AcquireRequest<'static> {
+    AcquireRequest { dependency: "db", attempt, priority, max_wait: None }
+}
+
+async fn grant(ledger: &Ledger) -> String {
+    let decision = ledger.acquire(&request(Priority::Normal, 0)).await.unwrap();
+    decision.granted().expect("granted").lease.to_string()
+}
+
+/// Starts an acquire in the background and lets it reach the queue.
+async fn enqueue(
+    ledger: &Arc<Ledger>,
+    priority: Priority,
+    attempt: u32,
+) -> tokio::task::JoinHandle<Decision> {
+    let ledger = ledger.clone();
+    let handle =
+        tokio::spawn(async move { ledger.acquire(&request(priority, attempt)).await.unwrap() });
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    handle
+}
+
+fn status(ledger: &Ledger) -> DependencyStatus {
+    ledger.status("db").unwrap()
+}
+
+#[tokio::test(start_paused = true)]
+async fn grants_up_to_the_limit_then_queues_without_barging() {
+    let ledger = ledger_with("db", limits(2, 10, 1000));
+    let a = grant(&ledger).await;
+    let _b = grant(&ledger).await;
+    let waiter = enqueue(&ledger, Priority::Normal, 0).await;
+    assert_eq!(status(&ledger).queued, 1);
+    assert_eq!(status(&ledger).in_flight, 2);
+
+    advance(Duration::from_millis(30)).await;
+    assert!(ledger.release(&a).is_some());
+    let decision = waiter.await.unwrap();
+    assert!(decision.granted().is_some());
+    assert_eq!(decision.queue_wait, Duration::from_millis(30));
+    assert_eq!(decision.snapshot, Snapshot { limit: 2, in_flight: 2, queued: 0 });
+    assert_eq!(status(&ledger).in_flight, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn serves_waiters_by_priority_then_arrival() {
+    let ledger = ledger_with("db", limits(1, 10, 5000));
+    let held = grant(&ledger).await;
+    let sheddable = enqueue(&ledger, Priority::Sheddable, 0).await;
+    let normal_1 = enqueue(&ledger, Priority::Normal, 0).await;
+    let normal_2 = enqueue(&ledger, Priority::Normal, 1).await;
+    let critical = enqueue(&ledger, Priority::Critical, 0).await;
+
+    let mut lease = held;
+    for (name, waiter) in [
+        ("critical", critical),
+        ("normal_1", normal_1),
+        ("normal_2", normal_2),
+        ("sheddable", sheddable),
+    ] {
+        assert!(ledger.release(&lease).is_some(), "{name}");
+        let decision = waiter.await.unwrap();
+        lease = decision.granted().unwrap_or_else(|| panic!("{name} granted")).lease.to_string();
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_rejects_or_sheds_the_newest_lowest_waiter() {
+    let ledger = ledger_with("db", limits(1, 2, 5000));
+    let _held = grant(&ledger).await;
+    let old_sheddable = enqueue(&ledger, Priority::Sheddable, 0).await;
+    let new_sheddable = enqueue(&ledger, Priority::Sheddable, 0).await;
+
+    // Same priority as the lowest waiter: no displacement.
+    let full = ledger.acquire(&request(Priority::Sheddable, 0)).await.unwrap();
+    assert_eq!(full.rejected().unwrap().reason, RejectReason::QueueFull);
+    assert!(full.rejected().unwrap().retry_after > Duration::ZERO);
+
+    // Higher priority displaces the newest sheddable waiter.
+    let critical = enqueue(&ledger, Priority::Critical, 0).await;
+    let shed = new_sheddable.await.unwrap();
+    assert_eq!(shed.rejected().unwrap().reason, RejectReason::Shed);
+    assert_eq!(status(&ledger).queued, 2);
+    assert!(!old_sheddable.is_finished());
+    assert!(!critical.is_finished());
+
+    // A retry may not displace a first attempt.
+    let retry = ledger.acquire(&request(Priority::Critical, 1)).await.unwrap();
+    assert_eq!(retry.rejected().unwrap().reason, RejectReason::QueueFull);
+    assert_eq!(status(&ledger).rejected_total, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn waiters_time_out_at_the_shorter_of_both_waits() {
+    let ledger = ledger_with("db", limits(1, 10, 200));
+    let _held = grant(&ledger).await;
+
+    let start = Instant::now();
+    let decision = ledger.acquire(&request(Priority::Normal, 0)).await.unwrap();
+    assert_eq!(decision.rejected().unwrap().reason, RejectReason::QueueTimeout);
+    assert_eq!(start.elapsed(), Duration::from_millis(200));
+    assert_eq!(decision.queue_wait, Duration::from_millis(200));
+
+    let start = Instant::now();
+    let short = AcquireRequest { max_wait: Some(Duration::from_millis(50)), ..request(Priority::Normal, 0) };
+    let decision = ledger.acquire(&short).await.unwrap();
+    assert_eq!(decision.rejected().unwrap().reason, RejectReason::QueueTimeout);
+    assert_eq!(start.elapsed(), Duration::from_millis(50));
+
+    // A zero wait never queues.
+    let try_acquire = AcquireRequest { max_wait: Some(Duration::ZERO), ..request(Priority::Normal, 0) };
+    let decision = ledger.acquire(&try_acquire).now_or_never().expect("decided at once").unwrap();
+    assert_eq!(decision.rejected().unwrap().reason, RejectReason::QueueTimeout);
+    let status = status(&ledger);
+    assert_eq!((status.queued, status.in_flight), (0, 1));
+    assert_eq!(ledger.waiters(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_cancelled_waiter_leaves_the_queue() {
+    let ledger = ledger_with("db", limits(1, 10, 5000));
+    let held = grant(&ledger).await;
+    let waiter = enqueue(&ledger, Priority::Normal, 0).await;
+    assert_eq!(ledger.waiters(), 1);
+    waiter.abort();
+    let _ = waiter.await;
+    assert_eq!(status(&ledger).queued, 0);
+    assert_eq!(ledger.waiters(), 0);
+    ledger.release(&held).unwrap();
+    assert_eq!(status(&ledger).in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_grant_racing_a_cancellation_returns_its_slot() {
+    let ledger = ledger_with("db", limits(1, 10, 5000));
+    let held = grant(&ledger).await;
+    let mut waiting = Box::pin({
+        let ledger = ledger.clone();
+        async move { ledger.acquire(&request(Priority::Normal, 0)).await }
+    });
+    assert!(futures::poll!(waiting.as_mut()).is_pending());
+    // The release grants the waiter, but its caller drops before looking.
+    ledger.release(&held).unwrap();
+    assert_eq!(status(&ledger).in_flight, 1);
+    drop(waiting);
+    let status = status(&ledger);
+    assert_eq!((status.in_flight, status.queued), (0, 0));
+    assert_eq!(ledger.leases(), 0);
+    // And the slot is usable again.
+    grant(&ledger).await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn leases_expire_after_their_ttl_and_not_before() {
+    let ttl = Duration::from_millis(500);
+    let limits = limits(1, 10, 5000)
+        .patched(&LimitsPatch { lease_ttl: Some(ttl), ..Default::default() })
+        .unwrap();
+    let ledger = ledger_with("db", limits);
+    let lease = grant(&ledger).await;
+    let waiter = enqueue(&ledger, Priority::Normal, 0).await;
+
+    advance(ttl - Duration::from_millis(1)).await;
+    assert_eq!(status(&ledger).expired_total, 0);
+    assert!(!waiter.is_finished());
+
+    advance(Duration::from_millis(1)).await;
+    let decision = waiter.await.unwrap();
+    assert!(decision.granted().is_some(), "the expiry freed the slot for the waiter");
+    assert_eq!(status(&ledger).expired_total, 1);
+    assert!(ledger.release(&lease).is_none(), "an expired lease cannot be released");
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewal_pushes_expiry_back() {
+    let ttl = Duration::from_millis(300);
+    let limits = limits(1, 10, 5000)
+        .patched(&LimitsPatch { lease_ttl: Some(ttl), ..Default::default() })
+        .unwrap();
+    let ledger = ledger_with("db", limits);
+    let lease = grant(&ledger).await;
+    for _ in 0..5 {
+        advance(Duration::from_millis(200)).await;
+        assert_eq!(ledger.renew(&lease).unwrap().1, ttl);
+    }
+    assert_eq!(status(&ledger).expired_total, 0);
+    advance(ttl).await;
+    tokio::task::yield_now().await;
+    assert_eq!(status(&ledger).expired_total, 1);
+    assert!(ledger.renew(&lease).is_none());
+    assert_eq!(status(&ledger).in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn release_is_idempotent_and_rejects_foreign_ids() {
+    let ledger = ledger_with("db", limits(2, 10, 1000));
+    let lease = grant(&ledger).await;
+    assert!(ledger.release(&lease).is_some());
+    assert!(ledger.release(&lease).is_none());
+    assert!(ledger.release("").is_none());
+    assert!(ledger.release("not-a-lease").is_none());
+    // The same key under another process's epoch.
+    let other = Ledger::new(LedgerConfig::default());
+    let foreign = grant_on(&other).await;
+    assert!(ledger.release(&foreign).is_none());
+    assert_eq!(status(&ledger).in_flight, 0);
+}
+
+async fn grant_on(ledger: &Ledger) -> String {
+    let request = AcquireRequest { dependency: "other", ..request(Priority::Normal, 0) };
+    ledger.acquire(&request).await.unwrap().granted().unwrap().lease.to_string()
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_draw_on_the_budget_and_get_a_hint() {
+    let budget = BudgetConfig { ratio: 0.5, min_per_second: 0, ttl: Duration::from_secs(10) };
+    let limits = limits(100, 10, 1000)
+        .patched(&LimitsPatch { retry_budget: Some(budget), ..Default::default() })
+        .unwrap();
+    let ledger = ledger_with("db", limits);
+    // No first attempts yet, no reserve: no retry.
+    let retry = ledger.acquire(&request(Priority::Normal, 1)).await.unwrap();
+    let rejection = retry.rejected().unwrap();
+    assert_eq!(rejection.reason, RejectReason::RetryBudgetExhausted);
+
+    for _ in 0..4 {
+        grant(&ledger).await;
+    }
+    assert_eq!(status(&ledger).retry_budget_available, 2.0);
+    assert!(ledger.acquire(&request(Priority::Normal, 1)).await.unwrap().granted().is_some());
+    assert!(ledger.acquire(&request(Priority::Normal, 2)).await.unwrap().granted().is_some());
+    let denied = ledger.acquire(&request(Priority::Normal, 1)).await.unwrap();
+    let rejection = denied.rejected().unwrap();
+    assert_eq!(rejection.reason, RejectReason::RetryBudgetExhausted);
+    assert!(rejection.retry_after > Duration::ZERO);
+
+    // Deposits expire with the window; the withdrawals a slot later.
+    advance(Duration::from_secs(10)).await;
+    assert_eq!(status(&ledger).retry_budget_available, 0.0);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(status(&ledger).retry_budget_available, 0.0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_reserve_allows_min_per_second_retries() {
+    let budget = BudgetConfig { ratio: 0.0, min_per_second: 2, ttl: Duration::from_secs(1) };
+    let limits = limits(100, 10, 1000)
+        .patched(&LimitsPatch { retry_budget: Some(budget), ..Default::default() })
+        .unwrap();
+    let ledger = ledger_with("db", limits);
+    for _ in 0..2 {
+        assert!(ledger.acquire(&request(Priority::Normal, 1)).await.unwrap().granted().is_some());
+    }
+    let denied = ledger.acquire(&request(Priority::Normal, 1)).await.unwrap();
+    let hint = denied.rejected().unwrap().retry_after;
+    assert!(hint > Duration::ZERO && hint <= Duration::from_millis(1100), "{hint:?}");
+    advance(hint).await;
+    assert!(ledger.acquire(&request(Priority::Normal, 1)).await.unwrap().granted().is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn raising_the_limit_grants_waiters_and_lowering_revokes_nothing() {
+    let ledger = ledger_with("db", limits(1, 10, 5000));
+    let held = grant(&ledger).await;
+    let w1 = enqueue(&ledger, Priority::Normal, 0).await;
+    let w2 = enqueue(&ledger, Priority::Normal, 0).await;
+
+    let raised = ledger
+        .update("db", &LimitsPatch { max_concurrency: Some(3), ..Default::default() })
+        .unwrap();
+    assert_eq!(raised.in_flight, 3);
+    assert!(w1.await.unwrap().granted().is_some());
+    assert!(w2.await.unwrap().granted().is_some());
+
+    let lowered = ledger
+        .update("db", &LimitsPatch { max_concurrency: Some(1), ..Default::default() })
+        .unwrap();
+    assert_eq!((lowered.in_flight, lowered.limits.max_concurrency()), (3, 1));
+    let waiter = enqueue(&ledger, Priority::Normal, 0).await;
+    ledger.release(&held).unwrap();
+    assert!(!waiter.is_finished(), "2 held of 1 allowed: nobody is granted");
+    assert_eq!(status(&ledger).in_flight, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shrinking_the_queue_sheds_the_excess() {
+    let ledger = ledger_with("db", limits(1, 10, 5000));
+    let _held = grant(&ledger).await;
+    let keep = enqueue(&ledger, Priority::Normal, 0).await;
+    let drop_me = enqueue(&ledger, Priority::Sheddable, 0).await;
+    ledger.update("db", &LimitsPatch { max_queue: Some(1), ..Default::default() }).unwrap();
+    assert_eq!(drop_me.await.unwrap().rejected().unwrap().reason, RejectReason::Shed);
+    assert!(!keep.is_finished());
+    assert_eq!(ledger.waiters(), 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn draining_answers_waiters_and_newcomers() {
+    let ledger = ledger_with("db", limits(1, 10, 5000));
+    let held = grant(&ledger).await;
+    let waiter = enqueue(&ledger, Priority::Normal, 0).await;
+    ledger.drain();
+    assert_eq!(waiter.await.unwrap().rejected().unwrap().reason, RejectReason::ShuttingDown);
+    let late = ledger.acquire(&request(Priority::Critical, 0)).await.unwrap();
+    assert_eq!(late.rejected().unwrap().reason, RejectReason::ShuttingDown);
+    assert!(ledger.release(&held).is_some(), "releases still work while draining");
+}
+
+#[tokio::test(start_paused = true)]
+async fn unknown_dependencies_and_the_dependency_cap() {
+    let closed = Ledger::new(LedgerConfig {
+        allow_unknown_dependencies: false,
+        ..LedgerConfig::default()
+    });
+    let error = closed.acquire(&request(Priority::Normal, 0)).await.unwrap_err();
+    assert_eq!(error, LedgerError::UnknownDependency("db".into()));
+
+    let capped = Ledger::new(LedgerConfig { max_dependencies: 1, ..LedgerConfig::default() });
+    grant_on(&capped).await;
+    let error = capped.acquire(&request(Priority::Normal, 0)).await.unwrap_err();
+    assert_eq!(error, LedgerError::TooManyDependencies(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_global_waiter_cap_holds_across_dependencies() {
+    let ledger = Arc::new(Ledger::new(LedgerConfig {
+        defaults: limits(1, 10, 5000),
+        max_waiters: 1,
+        ..LedgerConfig::default()
+    }));
+    grant(&ledger).await;
+    let _queued = enqueue(&ledger, Priority::Normal, 0).await;
+    grant_on(&ledger).await;
+    let other = AcquireRequest { dependency: "other", ..request(Priority::Normal, 0) };
+    let full = ledger.acquire(&other).await.unwrap();
+    assert_eq!(full.rejected().unwrap().reason, RejectReason::QueueFull);
+}
+
+#[test]
+fn dependency_names_are_checked() {
+    assert!(check_dependency_name("payments-v2.eu:443/api_x").is_ok());
+    assert!(check_dependency_name("").is_err());
+    assert!(check_dependency_name(&"a".repeat(129)).is_err());
+    assert!(check_dependency_name("has space").unwrap_err().contains("' '"));
+    assert!(check_dependency_name("é").is_err());
+}

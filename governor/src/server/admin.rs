@@ -1,0 +1,88 @@
+//! `governor.v1.GovernorAdmin`: the control plane, inspect and change limits.
+
+use std::sync::Arc;
+
+use rate_governor_proto::v1::{self, governor_admin_server};
+use tonic::{Request, Response, Status};
+
+use super::fields;
+use crate::ledger::{DependencyStatus, Ledger};
+
+#[derive(Clone, Debug)]
+pub struct AdminService {
+    ledger: Arc<Ledger>,
+}
+
+impl AdminService {
+    pub fn new(ledger: Arc<Ledger>) -> Self {
+        AdminService { ledger }
+    }
+}
+
+fn to_proto(status: DependencyStatus) -> v1::DependencyStatus {
+    let limits = &status.limits;
+    let budget = limits.retry_budget();
+    v1::DependencyStatus {
+        name: status.name.to_string(),
+        max_concurrency: limits.max_concurrency(),
+        in_flight: status.in_flight,
+        queued: status.queued,
+        max_queue: limits.max_queue(),
+        max_wait: Some(fields::to_proto(limits.max_wait())),
+        lease_ttl: Some(fields::to_proto(limits.lease_ttl())),
+        retry_budget_available: status.retry_budget_available,
+        granted_total: status.granted_total,
+        rejected_total: status.rejected_total,
+        expired_total: status.expired_total,
+        retry_budget: Some(v1::RetryBudget {
+            ratio: budget.ratio,
+            min_per_second: budget.min_per_second,
+            ttl: Some(fields::to_proto(budget.ttl)),
+        }),
+    }
+}
+
+#[tonic::async_trait]
+impl governor_admin_server::GovernorAdmin for AdminService {
+    async fn list_dependencies(
+        &self,
+        _request: Request<v1::ListDependenciesRequest>,
+    ) -> Result<Response<v1::ListDependenciesResponse>, Status> {
+        let dependencies = self.ledger.statuses().into_iter().map(to_proto).collect();
+        Ok(Response::new(v1::ListDependenciesResponse { dependencies }))
+    }
+
+    async fn get_dependency(
+        &self,
+        request: Request<v1::GetDependencyRequest>,
+    ) -> Result<Response<v1::DependencyStatus>, Status> {
+        let name = request.into_inner().name;
+        fields::dependency("name", &name)?;
+        match self.ledger.status(&name) {
+            Some(status) => Ok(Response::new(to_proto(status))),
+            None => Err(Status::not_found(format!("name: no dependency {name:?}"))),
+        }
+    }
+
+    async fn update_dependency(
+        &self,
+        request: Request<v1::UpdateDependencyRequest>,
+    ) -> Result<Response<v1::DependencyStatus>, Status> {
+        let message = request.into_inner();
+        fields::dependency("name", &message.name)?;
+        let patch = fields::limits_patch(message.limits.as_ref())?;
+        let status = self.ledger.update(&message.name, &patch)?;
+        let limits = &status.limits;
+        tracing::info!(
+            dependency = %status.name,
+            max_concurrency = limits.max_concurrency(),
+            max_queue = limits.max_queue(),
+            max_wait = ?limits.max_wait(),
+            lease_ttl = ?limits.lease_ttl(),
+            in_flight = status.in_flight,
+            queued = status.queued,
+            "limits changed by the control plane"
+        );
+        Ok(Response::new(to_proto(status)))
+    }
+}

@@ -1,0 +1,30 @@
+//! The one place where the ledger's errors become gRPC statuses.
+
+use tonic::Status;
+
+use crate::ledger::{LedgerError, UpdateError};
+
+impl From<LedgerError> for Status {
+    fn from(error: LedgerError) -> Status {
+        match error {
+            LedgerError::UnknownDependency(_) => Status::not_found(format!(
+                "dependency: {error}; this governor only serves configured dependencies"
+            )),
+            LedgerError::TooManyDependencies(_) => {
+                Status::resource_exhausted(format!("dependency: {error}"))
+            }
+        }
+    }
+}
+
+impl From<UpdateError> for Status {
+    fn from(error: UpdateError) -> Status {
+        match error {
+            UpdateError::InvalidName(problem) => Status::invalid_argument(format!("name: {problem}")),
+            UpdateError::Limit(invalid) => {
+                Status::invalid_argument(format!("limits.{}: {}", invalid.field, invalid.problem))
+            }
+            UpdateError::Ledger(error) => error.into(),
+        }
+    }
+}
