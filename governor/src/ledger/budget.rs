@@ -160,3 +160,94 @@ impl RetryBudget {
         self.config.ttl
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn config(ratio: f64, min_per_second: u32, ttl_ms: u64) -> BudgetConfig {
+        BudgetConfig { ratio, min_per_second, ttl: Duration::from_millis(ttl_ms) }
+    }
+
+    #[test]
+    fn steady_traffic_allows_ratio_of_first_attempts() {
+        let start = Instant::now();
+        let mut budget = RetryBudget::new(config(0.2, 0, 10_000), start);
+        let (mut allowed, mut firsts) = (0, 0);
+        // 100 first attempts and 100 retry attempts a second for a minute.
+        for ms in (0..60_000u64).step_by(10) {
+            let now = start + Duration::from_millis(ms);
+            budget.deposit(now);
+            firsts += 1;
+            if budget.try_withdraw(now).is_ok() {
+                allowed += 1;
+            }
+        }
+        // Deposits count ~0.95 ttl on average and withdrawals ~1.05 ttl (the
+        // slot rounding errs against retrying), so the share lands a little
+        // under the ratio, never over it.
+        let share = allowed as f64 / firsts as f64;
+        assert!((0.18..=0.2).contains(&share), "retry share {share}");
+    }
+
+    proptest! {
+        /// For every window of `ttl` that ends at a granted retry: retries in
+        /// it <= ratio x first attempts in it + min_per_second x ttl.
+        #[test]
+        fn retries_never_exceed_the_budget_in_any_window(
+            ratio in prop::sample::select(vec![0.0, 0.1, 0.2, 0.5, 1.0, 2.0]),
+            min_per_second in 0u32..5,
+            ttl_ms in prop::sample::select(vec![1000u64, 2000, 10_000]),
+            events in prop::collection::vec((0u64..400, any::<bool>()), 1..400),
+        ) {
+            let start = Instant::now();
+            let mut budget = RetryBudget::new(config(ratio, min_per_second, ttl_ms), start);
+            let (mut firsts, mut retries) = (Vec::new(), Vec::new());
+            let mut at = 0u64;
+            for (gap, is_retry) in events {
+                at += gap;
+                let now = start + Duration::from_millis(at);
+                if is_retry {
+                    if budget.try_withdraw(now).is_ok() {
+                        retries.push(at);
+                    }
+                } else {
+                    budget.deposit(now);
+                    firsts.push(at);
+                }
+            }
+            let reserve = f64::from(min_per_second) * ttl_ms as f64 / 1000.0;
+            for &end in &retries {
+                let inside = |t: &&u64| **t + ttl_ms > end && **t <= end;
+                let r = retries.iter().filter(inside).count() as f64;
+                let f = firsts.iter().filter(inside).count() as f64;
+                prop_assert!(r <= ratio * f + reserve + 1e-9,
+                    "window ending {end}ms: {r} retries, {f} first attempts");
+            }
+        }
+
+        /// The hint is honest: waiting it out (with no new traffic) is enough
+        /// for the next retry whenever a reserve exists.
+        #[test]
+        fn retry_after_is_enough_with_a_reserve(
+            min_per_second in 1u32..5,
+            burst in 1usize..60,
+        ) {
+            let start = Instant::now();
+            let mut budget = RetryBudget::new(config(0.0, min_per_second, 1000), start);
+            let mut hint = None;
+            for _ in 0..burst {
+                if let Err(after) = budget.try_withdraw(start) {
+                    hint = Some(after);
+                    break;
+                }
+            }
+            if let Some(after) = hint {
+                prop_assert!(after > Duration::ZERO);
+                prop_assert!(budget.try_withdraw(start + after).is_ok());
+            }
+        }
+    }
+}

@@ -1,0 +1,119 @@
+//! Many concurrent callers acquiring, releasing, timing out and cancelling at
+//! random on a real multi-threaded runtime: the slot count never exceeds the
+//! limit, and when everyone is done nothing is left held or queued.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use rand::Rng;
+use rate_governor::ledger::{
+    AcquireRequest, Ledger, LedgerConfig, Limits, LimitsPatch, Priority,
+};
+
+const LIMIT: u32 = 4;
+
+fn ledger() -> Arc<Ledger> {
+    let limits = Limits::default()
+        .patched(&LimitsPatch {
+            max_concurrency: Some(LIMIT),
+            max_queue: Some(8),
+            max_wait: Some(Duration::from_millis(20)),
+            ..Default::default()
+        })
+        .unwrap();
+    Arc::new(Ledger::new(LedgerConfig {
+        dependencies: vec![("db".into(), limits)],
+        ..LedgerConfig::default()
+    }))
+}
+
+async fn caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) {
+    for _ in 0..rounds {
+        let (priority, attempt, cancel_after, hold) = {
+            let mut rng = rand::rng();
+            let priority = [Priority::Critical, Priority::Normal, Priority::Sheddable][rng.random_range(0..3)];
+            (priority, rng.random_range(0..2), rng.random_range(0..3000u64), rng.random_range(0..500u64))
+        };
+        let request = AcquireRequest { dependency: "db", attempt, priority, max_wait: None };
+        let acquire = ledger.acquire(&request);
+        // A third of the callers give up early: cancellation at any point.
+        let decision = if cancel_after < 1000 {
+            match tokio::time::timeout(Duration::from_micros(cancel_after), acquire).await {
+                Ok(decision) => decision.unwrap(),
+                Err(_) => continue,
+            }
+        } else {
+            acquire.await.unwrap()
+        };
+        if let Some(grant) = decision.granted() {
+            assert!(decision.snapshot.in_flight <= LIMIT, "{:?}", decision.snapshot);
+            let held = holders.fetch_add(1, Ordering::SeqCst) + 1;
+            assert!(held <= LIMIT, "{held} callers hold a permit of {LIMIT}");
+            tokio::time::sleep(Duration::from_micros(hold)).await;
+            holders.fetch_sub(1, Ordering::SeqCst);
+            assert!(ledger.release(&grant.lease.to_string()).is_some());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn invariants_hold_under_random_concurrent_load() {
+    let ledger = ledger();
+    let holders = Arc::new(AtomicU32::new(0));
+    let callers: Vec<_> = (0..64)
+        .map(|_| tokio::spawn(caller(ledger.clone(), holders.clone(), 200)))
+        .collect();
+    for caller in callers {
+        caller.await.expect("no caller panicked");
+    }
+    let status = ledger.status("db").unwrap();
+    assert_eq!((status.in_flight, status.queued), (0, 0), "{status:?}");
+    assert_eq!(ledger.leases(), 0);
+    assert_eq!(ledger.waiters(), 0);
+    assert!(status.granted_total > 0 && status.rejected_total > 0, "{status:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn limit_changes_under_load_leak_nothing() {
+    let ledger = ledger();
+    let holders = Arc::new(AtomicU32::new(u32::MAX / 2)); // not checked here
+    let callers: Vec<_> = (0..32)
+        .map(|_| tokio::spawn(caller_unchecked(ledger.clone(), holders.clone())))
+        .collect();
+    for round in 0..50u32 {
+        let patch = LimitsPatch {
+            max_concurrency: Some(1 + round % 6),
+            max_queue: Some(round % 10),
+            ..Default::default()
+        };
+        ledger.update("db", &patch).unwrap();
+        tokio::time::sleep(Duration::from_micros(300)).await;
+    }
+    for caller in callers {
+        caller.await.expect("no caller panicked");
+    }
+    let status = ledger.status("db").unwrap();
+    assert_eq!((status.in_flight, status.queued), (0, 0), "{status:?}");
+    assert_eq!(ledger.leases(), 0);
+    assert_eq!(ledger.waiters(), 0);
+}
+
+async fn caller_unchecked(ledger: Arc<Ledger>, _holders: Arc<AtomicU32>) {
+    for _ in 0..200 {
+        let cancel = rand::rng().random_bool(0.3);
+        let request = AcquireRequest { dependency: "db", attempt: 0, priority: Priority::Normal, max_wait: None };
+        let decision = if cancel {
+            match tokio::time::timeout(Duration::from_micros(200), ledger.acquire(&request)).await {
+                Ok(decision) => decision.unwrap(),
+                Err(_) => continue,
+            }
+        } else {
+            ledger.acquire(&request).await.unwrap()
+        };
+        if let Some(grant) = decision.granted() {
+            tokio::task::yield_now().await;
+            assert!(ledger.release(&grant.lease.to_string()).is_some());
+        }
+    }
+}
