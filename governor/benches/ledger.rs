@@ -1,1 +1,147 @@
-fn main() {}
+//! The permit ledger's acquire + release, without gRPC: uncontended (one
+//! caller, always a free slot), contended (callers outnumber slots, so most
+//! go through the queue and are woken by a release), and spread over many
+//! dependencies.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use rate_governor::ledger::{AcquireRequest, Ledger, LedgerConfig, Limits, LimitsPatch, Priority};
+
+fn limits(concurrency: u32) -> Limits {
+    Limits::default()
+        .patched(&LimitsPatch {
+            max_concurrency: Some(concurrency),
+            max_queue: Some(100_000),
+            max_wait: Some(Duration::from_secs(60)),
+            ..Default::default()
+        })
+        .unwrap()
+}
+
+fn ledger(concurrency: u32, max_dependencies: usize) -> Arc<Ledger> {
+    Arc::new(Ledger::new(LedgerConfig {
+        defaults: limits(concurrency),
+        max_dependencies,
+        ..LedgerConfig::default()
+    }))
+}
+
+async fn pair(ledger: &Ledger, dependency: &str) {
+    let request = AcquireRequest { dependency, attempt: 0, priority: Priority::Normal, max_wait: None };
+    let decision = ledger.acquire(&request).await.unwrap();
+    let lease = decision.granted().expect("granted").lease.to_string();
+    ledger.release(&lease).unwrap();
+}
+
+fn uncontended(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut group = c.benchmark_group("acquire_release/uncontended");
+    group.throughput(Throughput::Elements(1));
+    for dependencies in [1usize, 1_000, 100_000] {
+        let ledger = runtime.block_on(async {
+            let ledger = ledger(64, dependencies);
+            for i in 0..dependencies {
+                pair(&ledger, &format!("dep-{i}")).await;
+            }
+            ledger
+        });
+        let names: Vec<String> = (0..dependencies.min(1024)).map(|i| format!("dep-{i}")).collect();
+        let mut next = 0;
+        group.bench_function(BenchmarkId::new("dependencies", dependencies), |b| {
+            b.to_async(&runtime).iter(|| {
+                next = (next + 1) % names.len();
+                let (ledger, name) = (ledger.clone(), names[next].clone());
+                async move { pair(&ledger, &name).await }
+            })
+        });
+    }
+    group.finish();
+}
+
+/// `tasks` callers share `slots` permits on a multi-threaded runtime; one
+/// iteration is `tasks x rounds` pairs.
+fn contended(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let mut group = c.benchmark_group("acquire_release/contended");
+    for (tasks, slots) in [(8u32, 4u32), (64, 4)] {
+        let rounds = 100u64;
+        group.throughput(Throughput::Elements(u64::from(tasks) * rounds));
+        let ledger = runtime.block_on(async { ledger(slots, 16) });
+        group.bench_function(BenchmarkId::new(format!("{tasks}_callers"), format!("{slots}_slots")), |b| {
+            b.to_async(&runtime).iter_custom(|iterations| {
+                let ledger = ledger.clone();
+                async move {
+                    let start = Instant::now();
+                    for _ in 0..iterations {
+                        let callers: Vec<_> = (0..tasks)
+                            .map(|_| {
+                                let ledger = ledger.clone();
+                                tokio::spawn(async move {
+                                    for _ in 0..rounds {
+                                        pair(&ledger, "db").await;
+                                    }
+                                })
+                            })
+                            .collect();
+                        for caller in callers {
+                            caller.await.unwrap();
+                        }
+                    }
+                    start.elapsed()
+                }
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Waking one waiter when 10k are queued costs the same as when one is.
+/// Each iteration queues one normal-priority waiter ahead of a standing crowd
+/// of sheddable ones, releases the held permit (which wakes it), and keeps
+/// its permit as the next one to release.
+fn wake_with_deep_queue(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let mut group = c.benchmark_group("wake_one");
+    for crowd in [0usize, 10_000] {
+        let ledger = ledger(1, 16);
+        let request = |priority| AcquireRequest { dependency: "db", attempt: 0, priority, max_wait: None };
+        let mut held = runtime.block_on(async {
+            let held = ledger.acquire(&request(Priority::Normal)).await.unwrap();
+            for _ in 0..crowd {
+                let ledger = ledger.clone();
+                tokio::spawn(async move { ledger.acquire(&request(Priority::Sheddable)).await });
+            }
+            while ledger.waiters() < crowd {
+                tokio::task::yield_now().await;
+            }
+            held.granted().unwrap().lease.to_string()
+        });
+        assert_eq!(ledger.waiters(), crowd);
+        group.bench_function(BenchmarkId::new("queued", crowd), |b| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iterations {
+                        let next = {
+                            let ledger = ledger.clone();
+                            tokio::spawn(async move {
+                                let decision = ledger.acquire(&request(Priority::Normal)).await.unwrap();
+                                decision.granted().unwrap().lease.to_string()
+                            })
+                        };
+                        tokio::task::yield_now().await;
+                        ledger.release(&held).unwrap();
+                        held = next.await.unwrap();
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, uncontended, contended, wake_with_deep_queue);
+criterion_main!(benches);

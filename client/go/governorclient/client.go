@@ -1,0 +1,297 @@
+// Package governorclient is a small Go client for the governor sidecar
+// (service governor.v1.Governor, proto/governor/v1/governor.proto).
+//
+// A caller asks the sidecar for a concurrency permit before it calls a
+// downstream dependency and gives the permit back afterwards. The usual entry
+// point is Client.WithPermit, which acquires, keeps the lease renewed while
+// the callback runs and releases it on every path (return, error, panic) with
+// an outcome derived from the callback's error:
+//
+//	c, err := governorclient.Dial("127.0.0.1:50051", governorclient.Options{})
+//	if err != nil { ... }
+//	defer c.Close()
+//	err = c.WithPermit(ctx, "payments", func(ctx context.Context) error {
+//		return callPayments(ctx)
+//	})
+//	if rej, ok := governorclient.AsRejected(err); ok {
+//		// Backpressure: try again after rej.RetryAfter with WithAttempt(n).
+//	}
+//
+// Acquire, Release and Renew are thin wrappers over the RPCs for callers that
+// manage leases themselves.
+package governorclient
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"time"
+
+	governorv1 "github.com/governor-sidecar/governor/client/go/gen/governor/v1"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/protobuf/types/known/durationpb"
+)
+
+// DefaultAddress is where the sidecar listens unless configured otherwise.
+const DefaultAddress = "127.0.0.1:50051"
+
+// DefaultCallTimeout bounds Release and Renew calls when Options.CallTimeout
+// is zero.
+const DefaultCallTimeout = 2 * time.Second
+
+// DefaultAcquireTimeout is the Acquire deadline used when the caller's
+// context has none and Options.AcquireTimeout is zero.
+const DefaultAcquireTimeout = 10 * time.Second
+
+// Options configure a Client. The zero value is usable: fail open, 10 s
+// Acquire timeout when the caller's context has no deadline, 2 s timeout for
+// Release/Renew, no error hook.
+type Options struct {
+	// FailClosed makes WithPermit return the error, without running the
+	// callback, when the sidecar cannot be reached (the Acquire RPC fails
+	// with UNAVAILABLE). By default (false) WithPermit fails open: it runs
+	// the callback without a permit, LeaseFromContext reports no lease, and
+	// Client.Degraded counts it. Rejections (granted=false) are never
+	// bypassed: they are the sidecar working as intended.
+	FailClosed bool
+	// AcquireTimeout is the deadline given to an Acquire whose context has
+	// none, so a hung sidecar cannot block the caller for ever. The sidecar
+	// queues for at most min(max_wait, that deadline minus a margin). Zero
+	// means DefaultAcquireTimeout.
+	AcquireTimeout time.Duration
+	// CallTimeout bounds each Release and Renew RPC. Zero means
+	// DefaultCallTimeout.
+	CallTimeout time.Duration
+	// OnBackgroundError, if set, is called when something WithPermit does on
+	// the caller's behalf fails without being returned to it: op is
+	// "acquire" (the sidecar was unreachable and the call failed open),
+	// "renew" or "release"; err is the RPC error, ErrLeaseLost (a Renew
+	// answered renewed=false) or ErrNotReleased (a Release answered
+	// released=false). lease is nil for "acquire". It may be called from the
+	// renewal goroutine.
+	OnBackgroundError func(op string, lease *Lease, err error)
+}
+
+// Client wraps the governor.v1.Governor and governor.v1.GovernorAdmin stubs.
+// It is safe for concurrent use.
+type Client struct {
+	// degraded counts callbacks WithPermit ran without a permit (fail
+	// open). First in the struct for 64-bit atomic alignment on 32-bit
+	// platforms.
+	degraded uint64
+	gov      governorv1.GovernorClient
+	admin    governorv1.GovernorAdminClient
+	conn     *grpc.ClientConn
+	opts     Options
+}
+
+// Dial connects to the sidecar at target ("127.0.0.1:50051", or
+// "unix:///run/governor/governor.sock" for its Unix socket). Without
+// dialOpts the connection is plaintext, which is what a sidecar on loopback
+// or a Unix socket serves. Dial does not wait for the connection: the first
+// RPC does.
+func Dial(target string, opts Options, dialOpts ...grpc.DialOption) (*Client, error) {
+	if len(dialOpts) == 0 {
+		dialOpts = []grpc.DialOption{grpc.WithInsecure()}
+	}
+	conn, err := grpc.Dial(target, dialOpts...)
+	if err != nil {
+		return nil, fmt.Errorf("governor: dial %s: %w", target, err)
+	}
+	c := New(conn, opts)
+	c.conn = conn
+	return c, nil
+}
+
+// New wraps an existing connection; Close will not close it.
+func New(cc grpc.ClientConnInterface, opts Options) *Client {
+	return &Client{
+		gov:   governorv1.NewGovernorClient(cc),
+		admin: governorv1.NewGovernorAdminClient(cc),
+		opts:  opts,
+	}
+}
+
+// Close closes the connection if Dial opened it.
+func (c *Client) Close() error {
+	if c.conn == nil {
+		return nil
+	}
+	return c.conn.Close()
+}
+
+// Governor returns the generated data-plane stub.
+func (c *Client) Governor() governorv1.GovernorClient { return c.gov }
+
+// Admin returns the generated control-plane stub (ListDependencies,
+// GetDependency, UpdateDependency).
+func (c *Client) Admin() governorv1.GovernorAdminClient { return c.admin }
+
+// Lease is a granted permit. Pass ID to Release and Renew.
+type Lease struct {
+	ID         string
+	Dependency string
+	// TTL is the lease's time to live: it expires unless released or renewed
+	// within it.
+	TTL time.Duration
+	// QueueWait is how long the Acquire waited in the dependency's queue.
+	QueueWait time.Duration
+	// GrantedAt is when the grant was received.
+	GrantedAt time.Time
+}
+
+// AcquireOption sets optional fields of an AcquireRequest.
+type AcquireOption func(*governorv1.AcquireRequest)
+
+// WithAttempt marks the request as the n-th retry (0 = first try). Retries
+// (n >= 1) draw on the dependency's retry budget.
+func WithAttempt(n uint32) AcquireOption {
+	return func(r *governorv1.AcquireRequest) { r.Attempt = n }
+}
+
+// WithPriority sets the queueing priority.
+func WithPriority(p governorv1.Priority) AcquireOption {
+	return func(r *governorv1.AcquireRequest) { r.Priority = p }
+}
+
+// WithTenant attributes the request to a tenant (at most 128 bytes).
+func WithTenant(tenant string) AcquireOption {
+	return func(r *governorv1.AcquireRequest) { r.Tenant = tenant }
+}
+
+// WithMaxWait shortens how long the request may queue. Zero means
+// try-acquire: never queue.
+func WithMaxWait(d time.Duration) AcquireOption {
+	return func(r *governorv1.AcquireRequest) { r.MaxWait = durationpb.New(d) }
+}
+
+// Acquire asks for a permit for dependency. It returns the lease when
+// granted, a *RejectedError when the sidecar answered granted=false, and the
+// gRPC status error unchanged otherwise (INVALID_ARGUMENT for bad input,
+// UNAVAILABLE when the sidecar cannot be reached, ...). The sidecar queues
+// for at most min(configured max_wait, WithMaxWait, ctx's deadline minus a
+// small margin); without a deadline on ctx, Options.AcquireTimeout applies.
+func (c *Client) Acquire(ctx context.Context, dependency string, opts ...AcquireOption) (*Lease, error) {
+	req := &governorv1.AcquireRequest{Dependency: dependency}
+	for _, o := range opts {
+		o(req)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		timeout := c.opts.AcquireTimeout
+		if timeout <= 0 {
+			timeout = DefaultAcquireTimeout
+		}
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, timeout)
+		defer cancel()
+	}
+	resp, err := c.gov.Acquire(ctx, req)
+	if err != nil {
+		return nil, err
+	}
+	if !resp.GetGranted() {
+		return nil, &RejectedError{
+			Dependency: dependency,
+			Reason:     resp.GetReason(),
+			RetryAfter: resp.GetRetryAfter().AsDuration(),
+			QueueWait:  resp.GetQueueWait().AsDuration(),
+			Limit:      resp.GetLimit(),
+			InFlight:   resp.GetInFlight(),
+			Queued:     resp.GetQueued(),
+		}
+	}
+	if resp.GetLeaseId() == "" {
+		return nil, fmt.Errorf("governor: %s granted without a lease_id", dependency)
+	}
+	return &Lease{
+		ID:         resp.GetLeaseId(),
+		Dependency: dependency,
+		TTL:        resp.GetLeaseTtl().AsDuration(),
+		QueueWait:  resp.GetQueueWait().AsDuration(),
+		GrantedAt:  time.Now(),
+	}, nil
+}
+
+// Release gives a permit back. It reports false (not an error) when the lease
+// was unknown, expired or already released. latency is the downstream
+// latency the caller measured; zero leaves it unset. The call is bounded by
+// Options.CallTimeout.
+func (c *Client) Release(ctx context.Context, leaseID string, outcome governorv1.Outcome, latency time.Duration) (bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, c.callTimeout())
+	defer cancel()
+	req := &governorv1.ReleaseRequest{LeaseId: leaseID, Outcome: outcome}
+	if latency > 0 {
+		req.Latency = durationpb.New(latency)
+	}
+	resp, err := c.gov.Release(ctx, req)
+	if err != nil {
+		return false, err
+	}
+	return resp.GetReleased(), nil
+}
+
+// Renew extends a held lease by the dependency's lease TTL and returns the
+// new TTL. renewed is false (not an error) when the lease was unknown,
+// expired or released. The call is bounded by Options.CallTimeout.
+func (c *Client) Renew(ctx context.Context, leaseID string) (ttl time.Duration, renewed bool, err error) {
+	ctx, cancel := context.WithTimeout(ctx, c.callTimeout())
+	defer cancel()
+	resp, err := c.gov.Renew(ctx, &governorv1.RenewRequest{LeaseId: leaseID})
+	if err != nil {
+		return 0, false, err
+	}
+	return resp.GetLeaseTtl().AsDuration(), resp.GetRenewed(), nil
+}
+
+// Degraded reports how many WithPermit callbacks ran without a permit
+// because the sidecar was unreachable (fail open).
+func (c *Client) Degraded() uint64 { return atomic.LoadUint64(&c.degraded) }
+
+func (c *Client) callTimeout() time.Duration {
+	if c.opts.CallTimeout > 0 {
+		return c.opts.CallTimeout
+	}
+	return DefaultCallTimeout
+}
+
+func (c *Client) reportBackground(op string, lease *Lease, err error) {
+	if c.opts.OnBackgroundError != nil {
+		c.opts.OnBackgroundError(op, lease, err)
+	}
+}
+
+// WithTraceContext returns a context whose outgoing gRPC metadata carry the
+// W3C trace context (traceparent and, if not empty, tracestate), so the
+// sidecar's spans join the caller's trace. Callers instrumented with
+// OpenTelemetry's otelgrpc interceptors get this automatically.
+func WithTraceContext(ctx context.Context, traceparent, tracestate string) context.Context {
+	kv := []string{"traceparent", traceparent}
+	if tracestate != "" {
+		kv = append(kv, "tracestate", tracestate)
+	}
+	return metadata.AppendToOutgoingContext(ctx, kv...)
+}
+
+// detached returns a context with ctx's values (outgoing gRPC metadata such
+// as trace context, OpenTelemetry spans) but neither its deadline nor its
+// cancellation, for the Release and Renew calls that must happen even after
+// the caller's context ended. It is Go 1.21's context.WithoutCancel, for Go
+// 1.19.
+func detached(ctx context.Context) context.Context { return valuesOnly{ctx} }
+
+type valuesOnly struct{ parent context.Context }
+
+func (valuesOnly) Deadline() (time.Time, bool)         { return time.Time{}, false }
+func (valuesOnly) Done() <-chan struct{}               { return nil }
+func (valuesOnly) Err() error                          { return nil }
+func (v valuesOnly) Value(key interface{}) interface{} { return v.parent.Value(key) }
+
+// ErrLeaseLost is passed to Options.OnBackgroundError when a Renew answered
+// renewed=false: the lease expired or was released by someone else.
+var ErrLeaseLost = errors.New("governor: lease lost (renew answered renewed=false)")
+
+// ErrNotReleased is passed to Options.OnBackgroundError when the final
+// Release answered released=false (the lease had already expired).
+var ErrNotReleased = errors.New("governor: release answered released=false")

@@ -1,0 +1,115 @@
+package governorclient
+
+import (
+	"context"
+	"sync/atomic"
+	"time"
+
+	governorv1 "github.com/governor-sidecar/governor/client/go/gen/governor/v1"
+)
+
+type leaseKey struct{}
+
+// LeaseFromContext returns the lease WithPermit holds for the callback that
+// received ctx. It returns false outside WithPermit, and inside a callback
+// that runs without a permit because the sidecar was unreachable (fail open).
+func LeaseFromContext(ctx context.Context) (*Lease, bool) {
+	l, ok := ctx.Value(leaseKey{}).(*Lease)
+	return l, ok
+}
+
+// minRenewInterval keeps a tiny lease TTL from turning into a busy loop.
+const minRenewInterval = 10 * time.Millisecond
+
+// WithPermit acquires a permit for dependency, runs fn while holding it and
+// releases it on every path: when fn returns nil, returns an error or
+// panics. The Release outcome comes from fn's error (see OutcomeFor; a panic
+// is FAILURE) and carries fn's measured latency. While fn runs the lease is
+// renewed every third of its TTL, so fn may outlive lease_ttl.
+//
+// WithPermit returns fn's error unchanged. If the permit is not granted it
+// returns a *RejectedError (see AsRejected) or the Acquire RPC's error and
+// does not call fn, except that an unreachable sidecar (UNAVAILABLE) runs fn
+// without a permit unless Options.FailClosed is set (see Options). Failures of Renew and Release are
+// not returned (fn's work is already done); they go to
+// Options.OnBackgroundError.
+//
+// Release and Renew run on a context that is not cancelled with ctx but keeps
+// its values (outgoing gRPC metadata such as W3C trace context, OpenTelemetry
+// spans), so a cancelled caller still gives its permit back, in its trace.
+func (c *Client) WithPermit(ctx context.Context, dependency string, fn func(ctx context.Context) error, opts ...AcquireOption) (err error) {
+	lease, err := c.Acquire(ctx, dependency, opts...)
+	if err != nil {
+		if !c.opts.FailClosed && IsUnavailable(err) {
+			atomic.AddUint64(&c.degraded, 1)
+			c.reportBackground("acquire", nil, err)
+			return fn(ctx)
+		}
+		return err
+	}
+
+	stop := make(chan struct{})
+	renewDone := make(chan struct{})
+	go c.renewLoop(detached(ctx), lease, stop, renewDone)
+
+	start := time.Now()
+	panicked := true
+	defer func() {
+		close(stop)
+		<-renewDone
+		outcome := OutcomeFor(err)
+		if panicked {
+			outcome = governorv1.Outcome_OUTCOME_FAILURE
+		}
+		released, rerr := c.Release(detached(ctx), lease.ID, outcome, time.Since(start))
+		switch {
+		case rerr != nil:
+			c.reportBackground("release", lease, rerr)
+		case !released:
+			c.reportBackground("release", lease, ErrNotReleased)
+		}
+	}()
+
+	err = fn(context.WithValue(ctx, leaseKey{}, lease))
+	panicked = false
+	return err
+}
+
+// renewLoop renews lease every third of its TTL until stop is closed or the
+// sidecar says the lease is gone. It closes done when it returns.
+func (c *Client) renewLoop(ctx context.Context, lease *Lease, stop <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	if lease.TTL <= 0 {
+		return
+	}
+	interval := renewInterval(lease.TTL)
+	timer := time.NewTimer(interval)
+	defer timer.Stop()
+	for {
+		select {
+		case <-stop:
+			return
+		case <-timer.C:
+		}
+		ttl, renewed, err := c.Renew(ctx, lease.ID)
+		switch {
+		case err != nil:
+			// Transient: try again at the next tick; a third of the TTL
+			// leaves two more chances before the lease expires.
+			c.reportBackground("renew", lease, err)
+		case !renewed:
+			c.reportBackground("renew", lease, ErrLeaseLost)
+			return
+		case ttl > 0:
+			interval = renewInterval(ttl)
+		}
+		timer.Reset(interval)
+	}
+}
+
+func renewInterval(ttl time.Duration) time.Duration {
+	if d := ttl / 3; d > minRenewInterval {
+		return d
+	}
+	return minRenewInterval
+}

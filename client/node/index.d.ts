@@ -1,0 +1,227 @@
+// Hand-written type declarations for @governor/client (an ES module).
+import type { ChannelCredentials, ChannelOptions } from '@grpc/grpc-js';
+
+/** Absolute path of the governor.proto shipped inside the package. */
+export declare const PROTO_PATH: string;
+/** The governor's default max_wait (1000 ms); bounds the Acquire deadline when no maxWaitMs is given. */
+export declare const DEFAULT_MAX_WAIT_MS: number;
+
+export type Outcome = 'SUCCESS' | 'FAILURE' | 'TIMEOUT' | 'CANCELLED';
+export declare const Outcome: {
+  readonly SUCCESS: 'SUCCESS';
+  readonly FAILURE: 'FAILURE';
+  readonly TIMEOUT: 'TIMEOUT';
+  readonly CANCELLED: 'CANCELLED';
+};
+
+export type Priority = 'CRITICAL' | 'NORMAL' | 'SHEDDABLE';
+export declare const Priority: {
+  readonly CRITICAL: 'CRITICAL';
+  readonly NORMAL: 'NORMAL';
+  readonly SHEDDABLE: 'SHEDDABLE';
+};
+
+export type RejectReason =
+  | 'UNSPECIFIED'
+  | 'QUEUE_FULL'
+  | 'QUEUE_TIMEOUT'
+  | 'RETRY_BUDGET_EXHAUSTED'
+  | 'SHED'
+  | 'SHUTTING_DOWN';
+export declare const RejectReason: { readonly [K in RejectReason]: K };
+
+export type HealthStatus = 'SERVING' | 'NOT_SERVING' | 'UNKNOWN' | 'SERVICE_UNKNOWN';
+
+/** Anything with a `warn` method, such as `console` or a pino/winston logger. */
+export interface Logger {
+  warn(message: string, ...args: unknown[]): void;
+}
+
+export interface GovernorOptions {
+  /**
+   * What to do when the sidecar cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED, ...):
+   * true (default) proceeds with a degraded permit (`permit.degraded === true`);
+   * false throws GovernorUnavailableError.
+   */
+  failOpen?: boolean;
+  /** Receives the fail-open warning (at most once per warnIntervalMs) and release/renew problems. Default: console. */
+  logger?: Logger;
+  /** Minimum time between two fail-open warnings. Default 60000. */
+  warnIntervalMs?: number;
+  /**
+   * Default max wait sent with every Acquire (it can only shorten the governor's configured one).
+   * Unset by default: the governor's configured max_wait applies, and the Acquire deadline
+   * assumes DEFAULT_MAX_WAIT_MS.
+   */
+  maxWaitMs?: number;
+  /** Added to the max wait to form the Acquire deadline. Default 500. */
+  deadlineMarginMs?: number;
+  /** Deadline of Release, health and admin calls. Default 2000. */
+  callTimeoutMs?: number;
+  /** Default tenant sent with every Acquire. */
+  tenant?: string;
+  /** Inject the active OpenTelemetry context into call metadata when @opentelemetry/api is installed. Default true. */
+  propagateTrace?: boolean;
+  /** Fixed lease renewal interval; by default a third of the lease TTL the governor granted. */
+  renewIntervalMs?: number;
+  /** Default: insecure (plaintext), as for a local sidecar. */
+  credentials?: ChannelCredentials;
+  /** Extra grpc-js channel options. */
+  channelOptions?: ChannelOptions;
+}
+
+export interface AcquireOptions {
+  priority?: Priority;
+  tenant?: string;
+  /** 0 for a first try, n >= 1 for the n-th retry (draws on the retry budget). Default 0. */
+  attempt?: number;
+  /** Shortens the dependency's max wait; 0 means never queue. Also sets the call deadline (plus a margin). */
+  maxWaitMs?: number;
+  /** Aborting cancels a pending Acquire; withPermit then reports CANCELLED. */
+  signal?: AbortSignal;
+  /** Overrides the client's failOpen policy for this call. */
+  failOpen?: boolean;
+}
+
+export interface RetryOptions extends Omit<AcquireOptions, 'attempt'> {
+  /** Total tries, including the first. Default 3. */
+  maxAttempts?: number;
+  /** Base of the exponential backoff between tries. Default 100. */
+  backoffMs?: number;
+  /** Cap of the backoff. Default 10000. */
+  maxBackoffMs?: number;
+  /** Randomise each backoff within [backoff/2, backoff]. Default true. */
+  jitter?: boolean;
+  /** Whether an error thrown by fn is worth a retry. Default: always. */
+  retryOn?: (error: unknown, attempt: number) => boolean;
+}
+
+export interface GovernorStats {
+  readonly acquired: number;
+  readonly rejected: number;
+  /** Degraded (fail-open) permits handed out. */
+  readonly degraded: number;
+  /** Acquire calls that found the sidecar unreachable (fail-open or fail-closed). */
+  readonly unavailable: number;
+  readonly released: number;
+  readonly releaseFailures: number;
+  readonly renewed: number;
+  readonly renewFailures: number;
+  readonly leasesLost: number;
+  /** Permits currently held by this client. */
+  readonly held: number;
+}
+
+export declare class Permit {
+  private constructor();
+  readonly dependency: string;
+  /** Empty for a degraded permit. */
+  readonly leaseId: string;
+  /** True when the sidecar was unreachable and the client failed open. */
+  readonly degraded: boolean;
+  readonly leaseTtlMs: number;
+  readonly queueWaitMs: number;
+  readonly limit: number;
+  readonly inFlight: number;
+  readonly queued: number;
+  readonly attempt: number;
+  /** performance.now() when the permit was granted. */
+  readonly acquiredAt: number;
+  /** Successful lease renewals so far. */
+  readonly renewals: number;
+  readonly released: boolean;
+  readonly leaseLost: boolean;
+  /**
+   * Gives the permit back; idempotent. Resolves true when the governor released the lease.
+   * latencyMs defaults to the time since the permit was granted. Rejects only with a TypeError
+   * for a bad outcome or latency (the permit is then still held).
+   */
+  release(outcome?: Outcome, latencyMs?: number): Promise<boolean>;
+}
+
+export interface RetryBudget {
+  ratio: number;
+  minPerSecond: number;
+  ttlMs: number;
+}
+
+export interface DependencyStatus {
+  name: string;
+  maxConcurrency: number;
+  inFlight: number;
+  queued: number;
+  maxQueue: number;
+  maxWaitMs: number;
+  leaseTtlMs: number;
+  retryBudgetAvailable: number;
+  grantedTotal: number;
+  rejectedTotal: number;
+  expiredTotal: number;
+  retryBudget: RetryBudget | null;
+}
+
+export interface DependencyLimits {
+  maxConcurrency?: number;
+  maxQueue?: number;
+  maxWaitMs?: number;
+  leaseTtlMs?: number;
+  /** Replaces the whole budget: all three fields are required. */
+  retryBudget?: RetryBudget;
+}
+
+export declare class GovernorAdminClient {
+  private constructor();
+  /** Rejects with GovernorError code 'NOT_FOUND' for an unknown dependency. */
+  getDependency(name: string): Promise<DependencyStatus>;
+  listDependencies(): Promise<DependencyStatus[]>;
+  updateDependency(name: string, limits: DependencyLimits): Promise<DependencyStatus>;
+}
+
+export declare class Governor {
+  /** @param target host:port (default 127.0.0.1:50051) or unix:///path/to/governor.sock */
+  constructor(target?: string, options?: GovernorOptions);
+  readonly target: string;
+  readonly failOpen: boolean;
+  readonly stats: GovernorStats;
+  readonly admin: GovernorAdminClient;
+  acquire(dependency: string, options?: AcquireOptions): Promise<Permit>;
+  withPermit<T>(dependency: string, fn: (permit: Permit) => T | PromiseLike<T>, options?: AcquireOptions): Promise<T>;
+  callWithRetries<T>(
+    dependency: string,
+    fn: (permit: Permit, attempt: number) => T | PromiseLike<T>,
+    options?: RetryOptions,
+  ): Promise<T>;
+  health(service?: string): Promise<HealthStatus>;
+  close(): void;
+}
+
+export interface GovernorErrorOptions {
+  code?: string;
+  grpcCode?: number;
+  details?: string;
+  cause?: unknown;
+}
+
+export declare class GovernorError extends Error {
+  constructor(message: string, options?: GovernorErrorOptions);
+  /** 'REJECTED', 'CLOSED', or a gRPC status name such as 'INVALID_ARGUMENT' or 'UNAVAILABLE'. */
+  readonly code: string;
+  readonly grpcCode: number | undefined;
+  readonly details: string | undefined;
+}
+
+export declare class RejectedError extends GovernorError {
+  private constructor();
+  readonly code: 'REJECTED';
+  readonly dependency: string;
+  readonly reason: RejectReason;
+  readonly retryAfterMs: number;
+  readonly queueWaitMs: number;
+  readonly limit: number;
+  readonly inFlight: number;
+  readonly queued: number;
+}
+
+export declare class GovernorUnavailableError extends GovernorError {}
+
+export default Governor;

@@ -1,0 +1,764 @@
+// @governor/client — Node.js client for the governor sidecar.
+//
+// Plain JavaScript, ES module. Types live in index.d.ts (hand-written).
+// The API contract is the packaged copy of governor.proto (proto/), loaded at
+// run time with @grpc/proto-loader; the health check uses the health service
+// definition shipped by grpc-health-check.
+import { dirname, join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { performance } from 'node:perf_hooks';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { service as healthServiceDefinition } from 'grpc-health-check';
+
+/** Absolute path of the packaged governor.proto. */
+export const PROTO_PATH = join(
+  dirname(fileURLToPath(import.meta.url)),
+  'proto',
+  'governor',
+  'v1',
+  'governor.proto',
+);
+
+/** The governor's default `max_wait`; used for the Acquire deadline when no maxWaitMs is given. */
+export const DEFAULT_MAX_WAIT_MS = 1000;
+
+const LOADER_OPTIONS = {
+  keepCase: false,
+  longs: Number,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+};
+
+const packageDefinition = protoLoader.loadSync(PROTO_PATH, LOADER_OPTIONS);
+const loaded = grpc.loadPackageDefinition(packageDefinition);
+const GovernorServiceClient = loaded.governor.v1.Governor;
+const GovernorAdminServiceClient = loaded.governor.v1.GovernorAdmin;
+const HealthServiceClient = grpc.makeGenericClientConstructor(healthServiceDefinition, 'Health');
+
+// Optional peer dependency: when @opentelemetry/api is installed, the active
+// context is injected into every sidecar call's metadata with the globally
+// registered propagator (for example W3C trace context).
+let otel = null;
+try {
+  otel = await import('@opentelemetry/api');
+} catch (err) {
+  if (err?.code !== 'ERR_MODULE_NOT_FOUND') throw err;
+}
+
+const metadataSetter = {
+  set(carrier, key, value) {
+    carrier.set(key, value);
+  },
+};
+
+// ---------------------------------------------------------------------------
+// Enumerations
+
+/** Outcomes reported on release. */
+export const Outcome = Object.freeze({
+  SUCCESS: 'SUCCESS',
+  FAILURE: 'FAILURE',
+  TIMEOUT: 'TIMEOUT',
+  CANCELLED: 'CANCELLED',
+});
+
+/** Acquire priorities. */
+export const Priority = Object.freeze({
+  CRITICAL: 'CRITICAL',
+  NORMAL: 'NORMAL',
+  SHEDDABLE: 'SHEDDABLE',
+});
+
+/** Rejection reasons (RejectedError.reason). */
+export const RejectReason = Object.freeze({
+  UNSPECIFIED: 'UNSPECIFIED',
+  QUEUE_FULL: 'QUEUE_FULL',
+  QUEUE_TIMEOUT: 'QUEUE_TIMEOUT',
+  RETRY_BUDGET_EXHAUSTED: 'RETRY_BUDGET_EXHAUSTED',
+  SHED: 'SHED',
+  SHUTTING_DOWN: 'SHUTTING_DOWN',
+});
+
+const STATUS_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
+
+// gRPC status codes that mean "the sidecar could not serve the call" rather
+// than "the call was wrong". Only these trigger the fail-open policy.
+const TRANSPORT_CODES = new Set([
+  grpc.status.UNAVAILABLE,
+  grpc.status.DEADLINE_EXCEEDED,
+  grpc.status.UNKNOWN,
+  grpc.status.INTERNAL,
+  grpc.status.CANCELLED,
+]);
+
+// ---------------------------------------------------------------------------
+// Errors
+
+/** Base class of every error this package throws (except a caller's AbortSignal reason). */
+export class GovernorError extends Error {
+  constructor(message, { code = 'GOVERNOR_ERROR', grpcCode, details, cause } = {}) {
+    super(message, cause === undefined ? undefined : { cause });
+    this.name = 'GovernorError';
+    /** 'REJECTED', 'CLOSED', or the gRPC status name such as 'INVALID_ARGUMENT'. */
+    this.code = code;
+    /** The numeric gRPC status, when the error came from a gRPC call. */
+    this.grpcCode = grpcCode;
+    /** The gRPC status details, when the error came from a gRPC call. */
+    this.details = details;
+  }
+}
+
+/** The governor answered `granted = false`. */
+export class RejectedError extends GovernorError {
+  constructor(dependency, response) {
+    const reason = stripPrefix(response.reason, 'REJECT_REASON_');
+    const retryAfterMs = durationToMs(response.retryAfter);
+    super(`governor rejected a permit for "${dependency}": ${reason} (retry after ${retryAfterMs} ms)`, {
+      code: 'REJECTED',
+    });
+    this.name = 'RejectedError';
+    this.dependency = dependency;
+    this.reason = reason;
+    this.retryAfterMs = retryAfterMs;
+    this.queueWaitMs = durationToMs(response.queueWait);
+    this.limit = response.limit;
+    this.inFlight = response.inFlight;
+    this.queued = response.queued;
+  }
+}
+
+/** The sidecar could not be reached or did not answer in time. */
+export class GovernorUnavailableError extends GovernorError {
+  constructor(message, options) {
+    super(message, options);
+    this.name = 'GovernorUnavailableError';
+  }
+}
+
+function fromGrpcError(err, what) {
+  if (err instanceof GovernorError) return err;
+  const code = typeof err?.code === 'number' ? err.code : grpc.status.UNKNOWN;
+  const options = {
+    code: STATUS_NAMES[code] ?? 'UNKNOWN',
+    grpcCode: code,
+    details: err?.details ?? err?.message,
+    cause: err,
+  };
+  const message = `governor ${what} failed: ${options.code}: ${options.details}`;
+  return TRANSPORT_CODES.has(code)
+    ? new GovernorUnavailableError(message, options)
+    : new GovernorError(message, options);
+}
+
+// ---------------------------------------------------------------------------
+// Helpers
+
+function stripPrefix(value, prefix) {
+  const s = String(value ?? '');
+  return s.startsWith(prefix) ? s.slice(prefix.length) : s;
+}
+
+function msToDuration(ms) {
+  const total = Math.max(0, Math.round(Number(ms) * 1e6)); // nanoseconds
+  return { seconds: Math.floor(total / 1e9), nanos: total % 1e9 };
+}
+
+function durationToMs(d) {
+  if (!d) return 0;
+  return Number(d.seconds ?? 0) * 1000 + Number(d.nanos ?? 0) / 1e6;
+}
+
+function toEnum(value, prefix, allowed, field) {
+  if (value === undefined || value === null) return `${prefix}UNSPECIFIED`;
+  const name = String(value).toUpperCase();
+  const bare = stripPrefix(name, prefix);
+  if (!allowed.includes(bare)) {
+    throw new TypeError(`${field} must be one of ${allowed.join(', ')}; got ${JSON.stringify(value)}`);
+  }
+  return prefix + bare;
+}
+
+function checkNonNegative(value, field) {
+  if (value === undefined || value === null) return;
+  if (typeof value !== 'number' || !Number.isFinite(value) || value < 0) {
+    throw new TypeError(`${field} must be a non-negative finite number; got ${JSON.stringify(value)}`);
+  }
+}
+
+function abortReason(signal) {
+  return signal.reason ?? new DOMException('This operation was aborted', 'AbortError');
+}
+
+function sleep(ms, signal) {
+  return new Promise((resolve, reject) => {
+    if (signal?.aborted) {
+      reject(abortReason(signal));
+      return;
+    }
+    const onAbort = () => {
+      clearTimeout(timer);
+      reject(abortReason(signal));
+    };
+    const timer = setTimeout(() => {
+      signal?.removeEventListener('abort', onAbort);
+      resolve();
+    }, ms);
+    signal?.addEventListener('abort', onAbort, { once: true });
+  });
+}
+
+/** Outcome for a callback that threw `err` (or finished, when err is undefined). */
+function classifyOutcome(threw, err, signal) {
+  if (signal?.aborted) {
+    return signal.reason?.name === 'TimeoutError' ? Outcome.TIMEOUT : Outcome.CANCELLED;
+  }
+  if (!threw) return Outcome.SUCCESS;
+  if (err?.name === 'TimeoutError') return Outcome.TIMEOUT;
+  if (err?.name === 'AbortError') return Outcome.CANCELLED;
+  return Outcome.FAILURE;
+}
+
+function normalizeStatus(s) {
+  return {
+    name: s.name,
+    maxConcurrency: s.maxConcurrency,
+    inFlight: s.inFlight,
+    queued: s.queued,
+    maxQueue: s.maxQueue,
+    maxWaitMs: durationToMs(s.maxWait),
+    leaseTtlMs: durationToMs(s.leaseTtl),
+    retryBudgetAvailable: s.retryBudgetAvailable,
+    grantedTotal: s.grantedTotal,
+    rejectedTotal: s.rejectedTotal,
+    expiredTotal: s.expiredTotal,
+    retryBudget: s.retryBudget
+      ? {
+          ratio: s.retryBudget.ratio,
+          minPerSecond: s.retryBudget.minPerSecond,
+          ttlMs: durationToMs(s.retryBudget.ttl),
+        }
+      : null,
+  };
+}
+
+// ---------------------------------------------------------------------------
+// Permit
+
+/**
+ * A held concurrency permit. Created by Governor#acquire; give it back with
+ * release(). While held, its lease is renewed in the background.
+ */
+export class Permit {
+  #gov;
+  #releasePromise = null;
+  #timer = null;
+  #renewCall = null;
+  #stopped = false;
+  #leaseLost = false;
+
+  /** @internal */
+  constructor(gov, dependency, fields) {
+    this.#gov = gov;
+    this.dependency = dependency;
+    this.leaseId = fields.leaseId ?? '';
+    this.degraded = Boolean(fields.degraded);
+    this.leaseTtlMs = fields.leaseTtlMs ?? 0;
+    this.queueWaitMs = fields.queueWaitMs ?? 0;
+    this.limit = fields.limit ?? 0;
+    this.inFlight = fields.inFlight ?? 0;
+    this.queued = fields.queued ?? 0;
+    this.attempt = fields.attempt ?? 0;
+    this.acquiredAt = performance.now();
+    this.renewals = 0;
+  }
+
+  /** True once release() was called. */
+  get released() {
+    return this.#releasePromise !== null;
+  }
+
+  /** True when the governor no longer knows the lease (expired, e.g. after a long stall). */
+  get leaseLost() {
+    return this.#leaseLost;
+  }
+
+  /**
+   * Gives the permit back. Idempotent: only the first call talks to the
+   * sidecar; later calls resolve to false once the first has finished.
+   * Resolves to true when the governor released the lease, false otherwise
+   * (degraded permit, lease already expired, or sidecar unreachable — the
+   * lease then expires on its own). Rejects only with a TypeError for a bad
+   * outcome or latency, in which case the permit is still held.
+   */
+  release(outcome = Outcome.SUCCESS, latencyMs) {
+    if (this.#releasePromise) return this.#releasePromise.then(() => false);
+    // Validate before marking released, so a bad argument does not leak the permit.
+    let wireOutcome;
+    try {
+      wireOutcome = toEnum(outcome, 'OUTCOME_', Object.keys(Outcome), 'outcome');
+      if (latencyMs !== undefined) checkNonNegative(latencyMs, 'latencyMs');
+    } catch (err) {
+      return Promise.reject(err);
+    }
+    const measured = latencyMs ?? performance.now() - this.acquiredAt;
+    this.#stopRenewal();
+    this.#releasePromise = this.degraded
+      ? Promise.resolve(false)
+      : this.#gov._release(this, wireOutcome, measured);
+    return this.#releasePromise;
+  }
+
+  /** @internal */
+  _startRenewal() {
+    if (this.degraded || this.leaseTtlMs <= 0) return;
+    this.#schedule(this.#renewIntervalMs(this.leaseTtlMs));
+  }
+
+  /** @internal Stops renewing without releasing (client closed). */
+  _abandon() {
+    this.#stopRenewal();
+  }
+
+  #renewIntervalMs(ttlMs) {
+    return Math.max(10, this.#gov._renewIntervalMs ?? Math.floor(ttlMs / 3));
+  }
+
+  #schedule(ms) {
+    if (this.#stopped) return;
+    this.#timer = setTimeout(() => this.#renew(), ms);
+    this.#timer.unref();
+  }
+
+  async #renew() {
+    this.#timer = null;
+    if (this.#stopped) return;
+    const interval = this.#renewIntervalMs(this.leaseTtlMs);
+    let res;
+    try {
+      const { promise, call } = this.#gov._renew(this.leaseId, interval);
+      this.#renewCall = call;
+      res = await promise;
+    } catch (err) {
+      this.#renewCall = null;
+      if (this.#stopped) return;
+      this.#gov._onRenewFailure(this, err);
+      this.#schedule(interval);
+      return;
+    }
+    this.#renewCall = null;
+    if (this.#stopped) return;
+    if (!res.renewed) {
+      this.#leaseLost = true;
+      this.#stopped = true;
+      this.#gov._onLeaseLost(this);
+      return;
+    }
+    this.renewals += 1;
+    const ttl = durationToMs(res.leaseTtl);
+    if (ttl > 0) this.leaseTtlMs = ttl;
+    this.#gov._onRenewed();
+    this.#schedule(this.#renewIntervalMs(this.leaseTtlMs));
+  }
+
+  #stopRenewal() {
+    this.#stopped = true;
+    if (this.#timer) clearTimeout(this.#timer);
+    this.#timer = null;
+    // A Renew still in flight could land after the Release; its answer is ignored.
+    this.#renewCall?.cancel();
+    this.#renewCall = null;
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Admin
+
+/** GovernorAdmin: inspect and change per-dependency limits. Reached via `gov.admin`. */
+export class GovernorAdminClient {
+  #gov;
+
+  /** @internal */
+  constructor(gov) {
+    this.#gov = gov;
+  }
+
+  async getDependency(name) {
+    const res = await this.#gov._adminCall('GetDependency', { name });
+    return normalizeStatus(res);
+  }
+
+  async listDependencies() {
+    const res = await this.#gov._adminCall('ListDependencies', {});
+    return res.dependencies.map(normalizeStatus);
+  }
+
+  async updateDependency(name, limits = {}) {
+    const wire = {};
+    if (limits.maxConcurrency !== undefined) wire.maxConcurrency = limits.maxConcurrency;
+    if (limits.maxQueue !== undefined) wire.maxQueue = limits.maxQueue;
+    if (limits.maxWaitMs !== undefined) wire.maxWait = msToDuration(limits.maxWaitMs);
+    if (limits.leaseTtlMs !== undefined) wire.leaseTtl = msToDuration(limits.leaseTtlMs);
+    if (limits.retryBudget !== undefined) {
+      // The governor replaces the budget as a whole, so all three fields are required.
+      const { ratio, minPerSecond, ttlMs } = limits.retryBudget ?? {};
+      if (typeof ratio !== 'number' || !Number.isInteger(minPerSecond) || typeof ttlMs !== 'number') {
+        throw new TypeError('retryBudget needs ratio, minPerSecond and ttlMs');
+      }
+      wire.retryBudget = { ratio, minPerSecond, ttl: msToDuration(ttlMs) };
+    }
+    const res = await this.#gov._adminCall('UpdateDependency', { name, limits: wire });
+    return normalizeStatus(res);
+  }
+}
+
+// ---------------------------------------------------------------------------
+// Governor
+
+const DEFAULT_CHANNEL_OPTIONS = {
+  // Reconnect quickly once a restarted sidecar is back, instead of grpc-js's
+  // default backoff of up to two minutes (during which every call would fail).
+  'grpc.initial_reconnect_backoff_ms': 200,
+  'grpc.max_reconnect_backoff_ms': 5000,
+};
+
+export class Governor {
+  #target;
+  #failOpen;
+  #logger;
+  #warnIntervalMs;
+  #maxWaitMs;
+  #deadlineMarginMs;
+  #callTimeoutMs;
+  #tenant;
+  #propagateTrace;
+  #client;
+  #adminClient;
+  #healthClient;
+  #held = new Set();
+  #closed = false;
+  #lastWarnAt = -Infinity;
+  #suppressedWarnings = 0;
+  #stats = {
+    acquired: 0,
+    rejected: 0,
+    degraded: 0,
+    unavailable: 0,
+    released: 0,
+    releaseFailures: 0,
+    renewed: 0,
+    renewFailures: 0,
+    leasesLost: 0,
+  };
+
+  /**
+   * @param {string} target host:port, or unix:///path/to/governor.sock
+   * @param {object} [options] see index.d.ts (GovernorOptions)
+   */
+  constructor(target = '127.0.0.1:50051', options = {}) {
+    if (typeof target !== 'string' || target === '') throw new TypeError('target must be a non-empty string');
+    checkNonNegative(options.maxWaitMs, 'maxWaitMs');
+    checkNonNegative(options.deadlineMarginMs, 'deadlineMarginMs');
+    checkNonNegative(options.callTimeoutMs, 'callTimeoutMs');
+    checkNonNegative(options.warnIntervalMs, 'warnIntervalMs');
+    checkNonNegative(options.renewIntervalMs, 'renewIntervalMs');
+    this.#target = target;
+    this.#failOpen = options.failOpen ?? true;
+    this.#logger = options.logger ?? console;
+    this.#warnIntervalMs = options.warnIntervalMs ?? 60_000;
+    this.#maxWaitMs = options.maxWaitMs;
+    this.#deadlineMarginMs = options.deadlineMarginMs ?? 500;
+    this.#callTimeoutMs = options.callTimeoutMs ?? 2000;
+    this.#tenant = options.tenant ?? '';
+    this.#propagateTrace = options.propagateTrace ?? true;
+    /** @internal fixed renewal interval (overrides leaseTtl/3) */
+    this._renewIntervalMs = options.renewIntervalMs;
+    const credentials = options.credentials ?? grpc.credentials.createInsecure();
+    const channelOptions = { ...DEFAULT_CHANNEL_OPTIONS, ...(options.channelOptions ?? {}) };
+    this.#client = new GovernorServiceClient(target, credentials, channelOptions);
+    const channelOverride = this.#client.getChannel();
+    this.#adminClient = new GovernorAdminServiceClient(target, credentials, { channelOverride });
+    this.#healthClient = new HealthServiceClient(target, credentials, { channelOverride });
+    this.admin = new GovernorAdminClient(this);
+  }
+
+  /** The target this client talks to. */
+  get target() {
+    return this.#target;
+  }
+
+  /** True when sidecar-unreachable errors yield degraded permits instead of throwing. */
+  get failOpen() {
+    return this.#failOpen;
+  }
+
+  /** A snapshot of this client's counters. */
+  get stats() {
+    return Object.freeze({ ...this.#stats, held: this.#held.size });
+  }
+
+  /**
+   * Asks for a permit. Resolves to a Permit (degraded when the sidecar is
+   * unreachable and the policy is fail-open); rejects with RejectedError,
+   * GovernorUnavailableError (fail-closed), GovernorError (bad input), or the
+   * AbortSignal's reason.
+   */
+  async acquire(dependency, options = {}) {
+    this.#assertOpen();
+    if (typeof dependency !== 'string') throw new TypeError('dependency must be a string');
+    const { signal } = options;
+    const attempt = options.attempt ?? 0;
+    if (!Number.isInteger(attempt) || attempt < 0) {
+      throw new TypeError(`attempt must be a non-negative integer; got ${JSON.stringify(options.attempt)}`);
+    }
+    checkNonNegative(options.maxWaitMs, 'maxWaitMs');
+    const maxWaitMs = options.maxWaitMs ?? this.#maxWaitMs;
+    const request = {
+      dependency,
+      attempt,
+      priority: toEnum(options.priority, 'PRIORITY_', Object.keys(Priority), 'priority'),
+      tenant: options.tenant ?? this.#tenant,
+      maxWait: maxWaitMs === undefined ? null : msToDuration(maxWaitMs),
+    };
+    if (signal?.aborted) throw abortReason(signal);
+    const deadlineMs = (maxWaitMs ?? DEFAULT_MAX_WAIT_MS) + this.#deadlineMarginMs;
+    let response;
+    try {
+      response = await this.#unary(this.#client, 'Acquire', request, deadlineMs, signal).promise;
+    } catch (err) {
+      if (signal?.aborted) throw abortReason(signal);
+      const error = fromGrpcError(err, `Acquire("${dependency}")`);
+      if (!(error instanceof GovernorUnavailableError)) throw error;
+      this.#stats.unavailable += 1;
+      if (!(options.failOpen ?? this.#failOpen)) throw error;
+      this.#stats.degraded += 1;
+      this.#warnDegraded(error);
+      return new Permit(this, dependency, { degraded: true, attempt });
+    }
+    if (!response.granted) {
+      this.#stats.rejected += 1;
+      throw new RejectedError(dependency, response);
+    }
+    this.#stats.acquired += 1;
+    const permit = new Permit(this, dependency, {
+      leaseId: response.leaseId,
+      leaseTtlMs: durationToMs(response.leaseTtl),
+      queueWaitMs: durationToMs(response.queueWait),
+      limit: response.limit,
+      inFlight: response.inFlight,
+      queued: response.queued,
+      attempt,
+    });
+    if (this.#closed) {
+      // close() ran while Acquire was in flight: nobody can renew or release
+      // this lease any more, so it expires on the governor after its TTL.
+      throw new GovernorError('governor client is closed', { code: 'CLOSED' });
+    }
+    this.#held.add(permit);
+    permit._startRenewal();
+    return permit;
+  }
+
+  /**
+   * Runs `fn(permit)` under a permit and always gives the permit back: with
+   * SUCCESS when fn resolves, TIMEOUT when it throws an error named
+   * TimeoutError, CANCELLED when options.signal aborted, FAILURE otherwise
+   * (the error is rethrown), together with fn's measured latency.
+   */
+  async withPermit(dependency, fn, options = {}) {
+    if (typeof fn !== 'function') throw new TypeError('fn must be a function');
+    const permit = await this.acquire(dependency, options);
+    const started = performance.now();
+    let threw = false;
+    let error;
+    try {
+      return await fn(permit);
+    } catch (err) {
+      threw = true;
+      error = err;
+      throw err;
+    } finally {
+      const latencyMs = performance.now() - started;
+      await permit.release(classifyOutcome(threw, error, options.signal), latencyMs);
+    }
+  }
+
+  /**
+   * Calls `fn(permit, attempt)` under a permit up to maxAttempts times. Each
+   * retry is sent with `attempt = n` so it draws on the governor's retry
+   * budget; it waits max(retryAfterMs, exponential backoff) between tries and
+   * stops at once on RETRY_BUDGET_EXHAUSTED.
+   */
+  async callWithRetries(dependency, fn, options = {}) {
+    if (typeof fn !== 'function') throw new TypeError('fn must be a function');
+    const maxAttempts = options.maxAttempts ?? 3;
+    if (!Number.isInteger(maxAttempts) || maxAttempts < 1) {
+      throw new TypeError(`maxAttempts must be a positive integer; got ${JSON.stringify(options.maxAttempts)}`);
+    }
+    const backoffMs = options.backoffMs ?? 100;
+    const maxBackoffMs = options.maxBackoffMs ?? 10_000;
+    checkNonNegative(backoffMs, 'backoffMs');
+    checkNonNegative(maxBackoffMs, 'maxBackoffMs');
+    const jitter = options.jitter ?? true;
+    const retryOn = options.retryOn ?? (() => true);
+    const { signal } = options;
+    const permitOptions = {
+      priority: options.priority,
+      tenant: options.tenant,
+      maxWaitMs: options.maxWaitMs,
+      signal,
+      failOpen: options.failOpen,
+    };
+    for (let attempt = 0; ; attempt += 1) {
+      let error;
+      try {
+        return await this.withPermit(dependency, (permit) => fn(permit, attempt), { ...permitOptions, attempt });
+      } catch (err) {
+        error = err;
+      }
+      if (signal?.aborted) throw error;
+      let retryAfterMs = 0;
+      if (error instanceof RejectedError) {
+        if (error.reason === RejectReason.RETRY_BUDGET_EXHAUSTED) throw error;
+        retryAfterMs = error.retryAfterMs;
+      } else if (error instanceof GovernorError) {
+        throw error; // bad input, closed client, or unavailable sidecar under fail-closed
+      } else if (!retryOn(error, attempt)) {
+        throw error;
+      }
+      if (attempt + 1 >= maxAttempts) throw error;
+      let backoff = Math.min(maxBackoffMs, backoffMs * 2 ** attempt);
+      if (jitter) backoff = backoff / 2 + Math.random() * (backoff / 2);
+      await sleep(Math.max(retryAfterMs, backoff), signal);
+    }
+  }
+
+  /**
+   * The sidecar's health: 'SERVING', 'NOT_SERVING', 'UNKNOWN', or
+   * 'SERVICE_UNKNOWN' when the health service does not know `service`.
+   * Rejects with GovernorUnavailableError when the sidecar cannot be reached.
+   */
+  async health(service = '') {
+    this.#assertOpen();
+    try {
+      const res = await this.#unary(this.#healthClient, 'Check', { service }, this.#callTimeoutMs).promise;
+      return res.status;
+    } catch (err) {
+      if (err?.code === grpc.status.NOT_FOUND) return 'SERVICE_UNKNOWN';
+      throw fromGrpcError(err, 'health check');
+    }
+  }
+
+  /**
+   * Closes the connection. Stops renewing held permits (their leases expire
+   * on the governor after lease_ttl); later calls throw GovernorError CLOSED.
+   */
+  close() {
+    if (this.#closed) return;
+    this.#closed = true;
+    for (const permit of this.#held) permit._abandon();
+    this.#held.clear();
+    this.#client.close();
+  }
+
+  // -- internals used by Permit and GovernorAdminClient ----------------------
+
+  /** @internal */
+  async _release(permit, wireOutcome, latencyMs) {
+    this.#held.delete(permit);
+    if (this.#closed) return false;
+    const request = { leaseId: permit.leaseId, outcome: wireOutcome, latency: msToDuration(latencyMs) };
+    try {
+      const res = await this.#unary(this.#client, 'Release', request, this.#callTimeoutMs).promise;
+      if (res.released) this.#stats.released += 1;
+      return Boolean(res.released);
+    } catch (err) {
+      this.#stats.releaseFailures += 1;
+      const error = fromGrpcError(err, `Release("${permit.dependency}")`);
+      this.#logger.warn?.(`${error.message}; the lease will expire after its TTL`);
+      return false;
+    }
+  }
+
+  /** @internal */
+  _renew(leaseId, intervalMs) {
+    return this.#unary(this.#client, 'Renew', { leaseId }, Math.max(intervalMs, 50));
+  }
+
+  /** @internal */
+  _onRenewed() {
+    this.#stats.renewed += 1;
+  }
+
+  /** @internal */
+  _onRenewFailure(permit, err) {
+    this.#stats.renewFailures += 1;
+    const error = fromGrpcError(err, `Renew("${permit.dependency}")`);
+    this.#logger.warn?.(`${error.message}; retrying`);
+  }
+
+  /** @internal */
+  _onLeaseLost(permit) {
+    this.#stats.leasesLost += 1;
+    this.#held.delete(permit);
+    this.#logger.warn?.(
+      `governor: lease for "${permit.dependency}" was lost (expired before renewal); the permit no longer counts`,
+    );
+  }
+
+  /** @internal */
+  async _adminCall(method, request) {
+    this.#assertOpen();
+    try {
+      return await this.#unary(this.#adminClient, method, request, this.#callTimeoutMs).promise;
+    } catch (err) {
+      throw fromGrpcError(err, method);
+    }
+  }
+
+  #assertOpen() {
+    if (this.#closed) throw new GovernorError('governor client is closed', { code: 'CLOSED' });
+  }
+
+  #warnDegraded(error) {
+    const now = performance.now();
+    if (now - this.#lastWarnAt < this.#warnIntervalMs) {
+      this.#suppressedWarnings += 1;
+      return;
+    }
+    const suppressed = this.#suppressedWarnings;
+    this.#lastWarnAt = now;
+    this.#suppressedWarnings = 0;
+    this.#logger.warn?.(
+      `governor: sidecar at ${this.#target} is unavailable (${error.message}); ` +
+        `proceeding without a permit (fail-open)` +
+        (suppressed > 0 ? `; ${suppressed} more degraded permit(s) since the last warning` : ''),
+    );
+  }
+
+  #metadata() {
+    const metadata = new grpc.Metadata();
+    if (otel && this.#propagateTrace) {
+      otel.propagation.inject(otel.context.active(), metadata, metadataSetter);
+    }
+    return metadata;
+  }
+
+  #unary(client, method, request, deadlineMs, signal) {
+    let call;
+    const promise = new Promise((resolve, reject) => {
+      const deadline = new Date(Date.now() + deadlineMs);
+      call = client[method](request, this.#metadata(), { deadline }, (err, res) => {
+        signal?.removeEventListener('abort', onAbort);
+        if (err) reject(err);
+        else resolve(res);
+      });
+      const onAbort = () => call.cancel();
+      signal?.addEventListener('abort', onAbort, { once: true });
+    });
+    return { promise, call };
+  }
+}
+
+export default Governor;

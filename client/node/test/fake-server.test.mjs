@@ -1,0 +1,328 @@
+// Client behaviour that the real sidecar cannot show from the outside — what
+// exactly goes on the wire (trace metadata, outcomes, latencies, deadlines,
+// attempt numbers) — checked with a tiny in-test grpc-js server that
+// implements governor.v1.Governor from the packaged proto and records calls.
+import assert from 'node:assert/strict';
+import { after, before, beforeEach, describe, test } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { context, propagation, trace, TraceFlags } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
+import { TraceState, W3CTraceContextPropagator } from '@opentelemetry/core';
+import { Governor, GovernorUnavailableError, PROTO_PATH, RejectedError } from '../index.js';
+import { recordingLogger, waitFor } from './helpers.mjs';
+
+const TRACE_ID = '0af7651916cd43dd8448eb211c80319c';
+const SPAN_ID = 'b7ad6b7169203331';
+const TRACEPARENT = `00-${TRACE_ID}-${SPAN_ID}-01`;
+const W3C_TRACEPARENT = /^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$/;
+
+const GRANT = { granted: true, leaseId: 'lease-1', leaseTtl: { seconds: 30, nanos: 0 }, limit: 4, inFlight: 1 };
+
+let server;
+let target;
+let calls = [];
+let acquireScript = [];
+let renewReply = null;
+
+function deadlineToMs(deadline) {
+  return deadline instanceof Date ? deadline.getTime() : Number(deadline);
+}
+
+function record(method, call) {
+  const entry = {
+    method,
+    request: call.request,
+    metadata: call.metadata.getMap(),
+    deadlineMs: deadlineToMs(call.getDeadline()),
+    receivedAt: Date.now(),
+  };
+  calls.push(entry);
+  return entry;
+}
+
+before(async () => {
+  const definition = protoLoader.loadSync(PROTO_PATH, { keepCase: false, longs: Number, enums: String, defaults: true });
+  const pkg = grpc.loadPackageDefinition(definition);
+  server = new grpc.Server();
+  server.addService(pkg.governor.v1.Governor.service, {
+    Acquire(call, callback) {
+      record('Acquire', call);
+      const next = acquireScript.shift() ?? GRANT;
+      if (next === 'hang') return; // never answers: the client's deadline must fire
+      callback(null, next);
+    },
+    Release(call, callback) {
+      record('Release', call);
+      callback(null, { released: true });
+    },
+    Renew(call, callback) {
+      record('Renew', call);
+      callback(null, renewReply ?? { renewed: true, leaseTtl: { seconds: 0, nanos: 150e6 } });
+    },
+  });
+  const port = await new Promise((resolve, reject) =>
+    server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
+  );
+  target = `127.0.0.1:${port}`;
+  context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+  propagation.setGlobalPropagator(new W3CTraceContextPropagator());
+});
+
+after(() => {
+  server?.forceShutdown();
+  context.disable();
+  propagation.disable();
+});
+
+beforeEach(() => {
+  calls = [];
+  acquireScript = [];
+  renewReply = null;
+});
+
+const only = (method) => calls.filter((c) => c.method === method);
+
+describe('trace context propagation', () => {
+  test('the active span context reaches Acquire, Renew and Release as W3C traceparent/tracestate', async () => {
+    acquireScript = [{ ...GRANT, leaseTtl: { seconds: 0, nanos: 150e6 } }];
+    const gov = new Governor(target, { failOpen: false });
+    try {
+      const spanContext = {
+        traceId: TRACE_ID,
+        spanId: SPAN_ID,
+        traceFlags: TraceFlags.SAMPLED,
+        traceState: new TraceState('vendor=opaque'),
+      };
+      const ctx = trace.setSpanContext(context.active(), spanContext);
+      await context.with(ctx, () =>
+        gov.withPermit('payments', () => waitFor(() => only('Renew').length >= 1, { what: 'a Renew call' })),
+      );
+    } finally {
+      gov.close();
+    }
+    for (const method of ['Acquire', 'Renew', 'Release']) {
+      const [call] = only(method);
+      assert.ok(call, `${method} was called`);
+      assert.match(String(call.metadata.traceparent), W3C_TRACEPARENT, `${method} traceparent`);
+      assert.equal(call.metadata.traceparent, TRACEPARENT, `${method} traceparent`);
+      assert.equal(call.metadata.tracestate, 'vendor=opaque', `${method} tracestate`);
+    }
+  });
+
+  test('no active span means no traceparent', async () => {
+    const gov = new Governor(target, { failOpen: false });
+    try {
+      await gov.withPermit('payments', () => {});
+    } finally {
+      gov.close();
+    }
+    assert.equal(only('Acquire').length, 1);
+    assert.equal(only('Acquire')[0].metadata.traceparent, undefined);
+  });
+
+  test('propagateTrace: false sends no trace metadata', async () => {
+    const gov = new Governor(target, { failOpen: false, propagateTrace: false });
+    try {
+      const ctx = trace.setSpanContext(context.active(), { traceId: TRACE_ID, spanId: SPAN_ID, traceFlags: 1 });
+      await context.with(ctx, () => gov.withPermit('payments', () => {}));
+    } finally {
+      gov.close();
+    }
+    assert.equal(only('Acquire')[0].metadata.traceparent, undefined);
+  });
+});
+
+describe('release outcome and latency', () => {
+  let gov;
+  before(() => {
+    gov = new Governor(target, { failOpen: false });
+  });
+  after(() => gov.close());
+
+  test('SUCCESS with the measured latency when the callback resolves', async () => {
+    const value = await gov.withPermit('payments', async () => {
+      await delay(120);
+      return 'done';
+    });
+    assert.equal(value, 'done');
+    const [release] = only('Release');
+    assert.equal(release.request.leaseId, 'lease-1');
+    assert.equal(release.request.outcome, 'OUTCOME_SUCCESS');
+    const latencyMs = release.request.latency.seconds * 1000 + release.request.latency.nanos / 1e6;
+    assert.ok(latencyMs >= 115 && latencyMs < 2000, `latency ${latencyMs} ms`);
+  });
+
+  const cases = [
+    ['FAILURE when the callback throws', () => new Error('nope'), undefined, 'OUTCOME_FAILURE'],
+    [
+      'TIMEOUT for an error named TimeoutError',
+      () => Object.assign(new Error('too slow'), { name: 'TimeoutError' }),
+      undefined,
+      'OUTCOME_TIMEOUT',
+    ],
+    ['CANCELLED when the AbortSignal aborted', () => new Error('gave up'), 'abort', 'OUTCOME_CANCELLED'],
+    ['TIMEOUT when an AbortSignal.timeout fired', () => new Error('gave up'), 'timeout', 'OUTCOME_TIMEOUT'],
+  ];
+  for (const [name, makeError, signalKind, expected] of cases) {
+    test(`${name}, rethrowing the error`, async () => {
+      const controller = new AbortController();
+      const signal = signalKind === 'timeout' ? AbortSignal.timeout(200) : signalKind ? controller.signal : undefined;
+      const error = makeError();
+      await assert.rejects(
+        gov.withPermit(
+          'payments',
+          async () => {
+            if (signalKind === 'abort') controller.abort();
+            if (signalKind === 'timeout') await new Promise((r) => signal.addEventListener('abort', r, { once: true }));
+            throw error;
+          },
+          { signal },
+        ),
+        (err) => err === error,
+      );
+      const releases = only('Release');
+      assert.equal(releases.length, 1);
+      assert.equal(releases[0].request.outcome, expected);
+    });
+  }
+});
+
+describe('deadlines', () => {
+  test('Acquire carries maxWait and a deadline of maxWait plus the margin', async () => {
+    const gov = new Governor(target, { failOpen: false, deadlineMarginMs: 400 });
+    try {
+      const sentAt = Date.now();
+      await (await gov.acquire('payments', { maxWaitMs: 300, priority: 'CRITICAL', tenant: 'team-a', attempt: 2 })).release();
+      const [acquire] = only('Acquire');
+      assert.deepEqual(acquire.request.maxWait, { seconds: 0, nanos: 300e6 });
+      assert.equal(acquire.request.priority, 'PRIORITY_CRITICAL');
+      assert.equal(acquire.request.tenant, 'team-a');
+      assert.equal(acquire.request.attempt, 2);
+      const budget = acquire.deadlineMs - sentAt;
+      // The server dates the deadline from when it received the call, so allow for the trip.
+      assert.ok(budget >= 650 && budget < 1100, `deadline ${budget} ms after the call (expected ~700)`);
+    } finally {
+      gov.close();
+    }
+  });
+
+  test('without maxWaitMs the governor default applies and the deadline assumes 1 s', async () => {
+    const gov = new Governor(target, { failOpen: false });
+    try {
+      const sentAt = Date.now();
+      await (await gov.acquire('payments')).release();
+      const [acquire] = only('Acquire');
+      assert.equal(acquire.request.maxWait, null);
+      assert.equal(acquire.request.priority, 'PRIORITY_UNSPECIFIED');
+      const budget = acquire.deadlineMs - sentAt;
+      assert.ok(budget >= 1450 && budget < 1900, `deadline ${budget} ms after the call (expected ~1500)`);
+    } finally {
+      gov.close();
+    }
+  });
+
+  test('a hung sidecar is GovernorUnavailableError DEADLINE_EXCEEDED when failing closed', async () => {
+    acquireScript = ['hang'];
+    const gov = new Governor(target, { failOpen: false, deadlineMarginMs: 100 });
+    try {
+      const started = performance.now();
+      await assert.rejects(gov.acquire('payments', { maxWaitMs: 100 }), (err) => {
+        assert.ok(err instanceof GovernorUnavailableError);
+        assert.equal(err.code, 'DEADLINE_EXCEEDED');
+        return true;
+      });
+      const took = performance.now() - started;
+      assert.ok(took >= 150 && took < 2000, `gave up after ${took} ms`);
+    } finally {
+      gov.close();
+    }
+  });
+
+  test('a hung sidecar yields a degraded permit when failing open', async () => {
+    acquireScript = ['hang'];
+    const logger = recordingLogger();
+    const gov = new Governor(target, { deadlineMarginMs: 100, logger });
+    try {
+      const permit = await gov.acquire('payments', { maxWaitMs: 100 });
+      assert.equal(permit.degraded, true);
+      assert.equal(logger.warnings.length, 1);
+      assert.match(logger.warnings[0], /DEADLINE_EXCEEDED/);
+    } finally {
+      gov.close();
+    }
+  });
+});
+
+describe('retries and leases', () => {
+  test('callWithRetries honours retryAfterMs and numbers the attempts', async () => {
+    acquireScript = [
+      GRANT,
+      { granted: false, reason: 'REJECT_REASON_QUEUE_FULL', retryAfter: { seconds: 0, nanos: 250e6 }, limit: 4, inFlight: 4 },
+      GRANT,
+    ];
+    const gov = new Governor(target, { failOpen: false });
+    try {
+      let tries = 0;
+      const result = await gov.callWithRetries(
+        'payments',
+        () => {
+          tries += 1;
+          if (tries === 1) throw new Error('first try fails downstream');
+          return 'second try worked';
+        },
+        { maxAttempts: 3, backoffMs: 1 },
+      );
+      assert.equal(result, 'second try worked');
+    } finally {
+      gov.close();
+    }
+    const acquires = only('Acquire');
+    assert.deepEqual(
+      acquires.map((c) => c.request.attempt),
+      [0, 1, 2],
+    );
+    const gap = acquires[2].receivedAt - acquires[1].receivedAt;
+    assert.ok(gap >= 240, `waited ${gap} ms after a rejection with retry_after 250ms`);
+    assert.deepEqual(
+      only('Release').map((c) => c.request.outcome),
+      ['OUTCOME_FAILURE', 'OUTCOME_SUCCESS'],
+    );
+  });
+
+  test('callWithRetries gives up after maxAttempts with the last error', async () => {
+    const rejection = { granted: false, reason: 'REJECT_REASON_SHED', retryAfter: { seconds: 0, nanos: 1e6 } };
+    acquireScript = [rejection, rejection, rejection];
+    const gov = new Governor(target, { failOpen: false });
+    try {
+      await assert.rejects(
+        gov.callWithRetries('payments', () => assert.fail('must not run'), { maxAttempts: 3, backoffMs: 1 }),
+        (err) => err instanceof RejectedError && err.reason === 'SHED',
+      );
+    } finally {
+      gov.close();
+    }
+    assert.equal(only('Acquire').length, 3);
+  });
+
+  test('a lease the governor no longer knows is reported as lost and renewal stops', async () => {
+    acquireScript = [{ ...GRANT, leaseTtl: { seconds: 0, nanos: 150e6 } }];
+    renewReply = { renewed: false };
+    const logger = recordingLogger();
+    const gov = new Governor(target, { failOpen: false, logger });
+    try {
+      const permit = await gov.acquire('payments');
+      await waitFor(() => permit.leaseLost, { what: 'the lease to be reported lost' });
+      assert.equal(gov.stats.leasesLost, 1);
+      assert.equal(gov.stats.held, 0);
+      assert.match(logger.warnings.join('\n'), /lost/);
+      const renewsAtLoss = only('Renew').length;
+      await delay(200);
+      assert.equal(only('Renew').length, renewsAtLoss, 'no renewal after the lease was lost');
+      assert.equal(await permit.release(), true);
+    } finally {
+      gov.close();
+    }
+  });
+});

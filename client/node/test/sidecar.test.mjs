@@ -1,0 +1,404 @@
+// End-to-end tests against the REAL governor binary over real gRPC.
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { join } from 'node:path';
+import { after, before, describe, test } from 'node:test';
+import { setTimeout as delay } from 'node:timers/promises';
+import {
+  Governor,
+  GovernorError,
+  GovernorUnavailableError,
+  Outcome,
+  RejectedError,
+} from '../index.js';
+import { PKG_DIR, recordingLogger, startGovernor, waitFor } from './helpers.mjs';
+
+const CONFIG = `
+[server]
+listen = "127.0.0.1:50051"
+
+[defaults]
+max_concurrency = 64
+max_queue = 256
+max_wait = "1s"
+lease_ttl = "30s"
+
+[limits]
+allow_unknown_dependencies = true
+
+[dependencies.basic]
+max_concurrency = 4
+
+[dependencies.solo]
+max_concurrency = 1
+max_queue = 4
+max_wait = "2s"
+
+[dependencies.leaky]
+max_concurrency = 4
+lease_ttl = "300ms"
+
+[dependencies.orphan]
+max_concurrency = 4
+lease_ttl = "300ms"
+
+[dependencies.full]
+max_concurrency = 1
+max_queue = 0
+
+[dependencies.slow]
+max_concurrency = 1
+max_queue = 4
+max_wait = "200ms"
+
+[dependencies.renewed]
+max_concurrency = 2
+lease_ttl = "300ms"
+
+[dependencies.abortable]
+max_concurrency = 1
+max_queue = 4
+max_wait = "10s"
+
+[dependencies.nobudget]
+retry_budget = { ratio = 0.0, min_per_second = 0, ttl = "1s" }
+
+[dependencies.retried]
+max_concurrency = 4
+`;
+
+let sidecar;
+let gov;
+const logger = recordingLogger();
+
+before(async () => {
+  sidecar = await startGovernor(CONFIG);
+  gov = new Governor(sidecar.addr, { failOpen: false, logger });
+});
+
+after(async () => {
+  gov?.close();
+  await sidecar?.stop();
+});
+
+const status = (name) => gov.admin.getDependency(name);
+
+/** Runs fixtures/hold-permit.mjs; resolves with the child and its lease id once it acquired. */
+function spawnHolder(dependency, mode) {
+  const child = spawn(process.execPath, [join(PKG_DIR, 'test', 'fixtures', 'hold-permit.mjs'), sidecar.addr, dependency, mode], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stderr = '';
+  child.stderr.setEncoding('utf8');
+  child.stderr.on('data', (c) => (stderr += c));
+  const exited = new Promise((r) => child.once('exit', (code, signal) => r({ code, signal })));
+  const acquired = new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout.setEncoding('utf8');
+    child.stdout.on('data', (c) => {
+      out += c;
+      const m = /ACQUIRED (\S+)/.exec(out);
+      if (m) resolve(m[1]);
+    });
+    exited.then(({ code, signal }) => reject(new Error(`holder exited (${code ?? signal}) before acquiring: ${stderr}`)));
+  });
+  return { child, acquired, exited };
+}
+
+describe('permits against the real sidecar', () => {
+  test('health reports SERVING for the server and the Governor service', async () => {
+    assert.equal(await gov.health(), 'SERVING');
+    assert.equal(await gov.health('governor.v1.Governor'), 'SERVING');
+    assert.equal(await gov.health('no.such.Service'), 'SERVICE_UNKNOWN');
+  });
+
+  test('withPermit holds a slot during the callback and releases it with the result', async () => {
+    const before = await status('basic');
+    const result = await gov.withPermit('basic', async (permit) => {
+      assert.equal(permit.degraded, false);
+      assert.ok(permit.leaseId.length > 0, 'granted permit has a lease id');
+      assert.ok(permit.leaseTtlMs > 0, 'granted permit has a lease TTL');
+      const during = await status('basic');
+      assert.equal(during.inFlight, 1);
+      return 42;
+    });
+    assert.equal(result, 42);
+    const afterStatus = await status('basic');
+    assert.equal(afterStatus.inFlight, 0);
+    assert.equal(afterStatus.grantedTotal, before.grantedTotal + 1);
+    assert.equal(gov.stats.held, 0);
+  });
+
+  test("a permit's slot returns after the callback throws", async () => {
+    const boom = new Error('downstream exploded');
+    let ran = false;
+    await assert.rejects(
+      gov.withPermit('solo', async () => {
+        ran = true;
+        throw boom;
+      }),
+      (err) => err === boom,
+    );
+    assert.ok(ran);
+    const s = await status('solo');
+    assert.equal(s.maxConcurrency, 1);
+    assert.equal(s.inFlight, 0);
+    // With max_concurrency = 1, a try-acquire (never queue) only succeeds if the slot came back.
+    const second = await gov.acquire('solo', { maxWaitMs: 0 });
+    assert.equal(second.degraded, false);
+    assert.equal((await status('solo')).inFlight, 1);
+    assert.equal(await second.release(Outcome.SUCCESS, 1), true);
+    assert.equal((await status('solo')).inFlight, 0);
+  });
+
+  test('release is idempotent', async () => {
+    const permit = await gov.acquire('basic');
+    const first = permit.release('SUCCESS', 5);
+    const second = permit.release('FAILURE', 5);
+    assert.equal(await first, true);
+    assert.equal(await second, false);
+    assert.equal(await permit.release(), false);
+    assert.equal(permit.released, true);
+    assert.equal((await status('basic')).inFlight, 0);
+  });
+
+  test("a killed client process's permit returns by lease expiry", async () => {
+    const before = await status('leaky');
+    const holder = spawnHolder('leaky', 'hold');
+    const leaseId = await holder.acquired;
+    assert.ok(leaseId.length > 0);
+    assert.equal((await status('leaky')).inFlight, before.inFlight + 1);
+    holder.child.kill('SIGKILL');
+    assert.equal((await holder.exited).signal, 'SIGKILL');
+    const s = await waitFor(
+      async () => {
+        const st = await status('leaky');
+        return st.inFlight === 0 ? st : null;
+      },
+      { timeoutMs: 5000, what: 'in_flight == 0 on "leaky" after the holder was killed' },
+    );
+    assert.ok(s.expiredTotal > before.expiredTotal, `expired_total went up (${before.expiredTotal} -> ${s.expiredTotal})`);
+  });
+
+  test('the renewal timer never keeps the process alive', async () => {
+    const before = await status('orphan');
+    const holder = spawnHolder('orphan', 'exit');
+    await holder.acquired;
+    // The child returns from its module without releasing or closing: it must exit by itself.
+    const timeout = delay(10_000).then(() => 'still running');
+    const exit = await Promise.race([holder.exited, timeout]);
+    if (exit === 'still running') holder.child.kill('SIGKILL');
+    assert.deepEqual(exit, { code: 0, signal: null });
+    const s = await waitFor(
+      async () => {
+        const st = await status('orphan');
+        return st.inFlight === 0 ? st : null;
+      },
+      { timeoutMs: 5000, what: 'in_flight == 0 on "orphan"' },
+    );
+    assert.ok(s.expiredTotal > before.expiredTotal);
+  });
+
+  test('renewal keeps a permit alive past its TTL, and stops at release', async () => {
+    const permit = await gov.acquire('renewed');
+    assert.ok(permit.leaseTtlMs > 0 && permit.leaseTtlMs <= 300, `lease TTL ${permit.leaseTtlMs}`);
+    const before = await status('renewed');
+    // Four TTLs plus the governor's ≤ ~1 s expiry slack: without renewal the lease would be gone.
+    await delay(4 * 300 + 1000);
+    const during = await status('renewed');
+    assert.equal(during.inFlight, 1);
+    assert.equal(during.expiredTotal, before.expiredTotal);
+    assert.equal(permit.leaseLost, false);
+    assert.ok(permit.renewals >= 4, `renewed ${permit.renewals} times`);
+    assert.equal(await permit.release(Outcome.SUCCESS), true);
+    const renewalsAtRelease = permit.renewals;
+    await delay(300);
+    assert.equal(permit.renewals, renewalsAtRelease, 'no renewal after release');
+    assert.equal((await status('renewed')).inFlight, 0);
+  });
+
+  test('control: without renewal the same permit expires', async () => {
+    const lazy = new Governor(sidecar.addr, { failOpen: false, renewIntervalMs: 60_000, logger });
+    try {
+      const before = await status('renewed');
+      const permit = await lazy.acquire('renewed');
+      const s = await waitFor(
+        async () => {
+          const st = await status('renewed');
+          return st.expiredTotal > before.expiredTotal ? st : null;
+        },
+        { timeoutMs: 5000, what: 'the unrenewed lease to expire' },
+      );
+      assert.equal(s.inFlight, 0);
+      assert.equal(await permit.release(), false, 'releasing an expired lease answers false');
+    } finally {
+      lazy.close();
+    }
+  });
+
+  test('a full queue surfaces as RejectedError QUEUE_FULL', async () => {
+    const holder = await gov.acquire('full');
+    const rejectedBefore = gov.stats.rejected;
+    let ran = false;
+    try {
+      await assert.rejects(
+        gov.withPermit('full', () => {
+          ran = true;
+        }),
+        (err) => {
+          assert.ok(err instanceof RejectedError);
+          assert.ok(err instanceof GovernorError);
+          assert.equal(err.code, 'REJECTED');
+          assert.equal(err.reason, 'QUEUE_FULL');
+          assert.equal(err.dependency, 'full');
+          assert.equal(typeof err.retryAfterMs, 'number');
+          assert.ok(err.retryAfterMs >= 0);
+          assert.equal(err.limit, 1);
+          assert.equal(err.inFlight, 1);
+          assert.equal(err.queued, 0);
+          return true;
+        },
+      );
+    } finally {
+      await holder.release();
+    }
+    assert.equal(ran, false, 'callback must not run without a permit');
+    assert.equal(gov.stats.rejected, rejectedBefore + 1);
+  });
+
+  test('waiting out max_wait surfaces as RejectedError QUEUE_TIMEOUT', async () => {
+    const holder = await gov.acquire('slow');
+    try {
+      const started = performance.now();
+      await assert.rejects(gov.acquire('slow'), (err) => {
+        assert.ok(err instanceof RejectedError);
+        assert.equal(err.reason, 'QUEUE_TIMEOUT');
+        assert.equal(err.inFlight, 1);
+        return true;
+      });
+      const waited = performance.now() - started;
+      assert.ok(waited >= 150, `waited ${waited} ms in the queue (max_wait 200ms)`);
+    } finally {
+      await holder.release();
+    }
+  });
+
+  test('aborting a queued acquire cancels it and leaves the queue', async () => {
+    const holder = await gov.acquire('abortable');
+    try {
+      const controller = new AbortController();
+      const pending = gov.acquire('abortable', { signal: controller.signal });
+      await waitFor(async () => (await status('abortable')).queued === 1, { what: 'the acquire to be queued' });
+      controller.abort();
+      await assert.rejects(pending, { name: 'AbortError' });
+      await waitFor(async () => (await status('abortable')).queued === 0, { what: 'the waiter to leave the queue' });
+      assert.equal((await status('abortable')).inFlight, 1);
+    } finally {
+      await holder.release();
+    }
+  });
+
+  test('invalid input is a GovernorError, never a degraded permit, even when failing open', async () => {
+    const open = new Governor(sidecar.addr, { failOpen: true, logger });
+    try {
+      await assert.rejects(open.acquire('not a valid name!'), (err) => {
+        assert.ok(err instanceof GovernorError);
+        assert.ok(!(err instanceof GovernorUnavailableError));
+        assert.equal(err.code, 'INVALID_ARGUMENT');
+        assert.match(err.message, /dependency/);
+        return true;
+      });
+      assert.equal(open.stats.degraded, 0);
+    } finally {
+      open.close();
+    }
+  });
+
+  test('callWithRetries sends attempt numbers and returns the first success', async () => {
+    const attempts = [];
+    const result = await gov.callWithRetries(
+      'retried',
+      (permit, attempt) => {
+        attempts.push([attempt, permit.attempt]);
+        if (attempt < 2) throw new Error(`flaky ${attempt}`);
+        return 'ok';
+      },
+      { maxAttempts: 4, backoffMs: 1 },
+    );
+    assert.equal(result, 'ok');
+    assert.deepEqual(attempts, [
+      [0, 0],
+      [1, 1],
+      [2, 2],
+    ]);
+    assert.equal((await status('retried')).inFlight, 0);
+  });
+
+  test('callWithRetries stops at RETRY_BUDGET_EXHAUSTED', async () => {
+    let calls = 0;
+    const failure = new Error('downstream down');
+    await assert.rejects(
+      gov.callWithRetries(
+        'nobudget',
+        () => {
+          calls += 1;
+          throw failure;
+        },
+        { maxAttempts: 5, backoffMs: 1 },
+      ),
+      (err) => {
+        assert.ok(err instanceof RejectedError, `got ${err}`);
+        assert.equal(err.reason, 'RETRY_BUDGET_EXHAUSTED');
+        return true;
+      },
+    );
+    assert.equal(calls, 1, 'only the first attempt ran');
+    assert.equal((await status('nobudget')).inFlight, 0);
+  });
+
+  test('admin can change limits at runtime', async () => {
+    const updated = await gov.admin.updateDependency('basic', { maxConcurrency: 7 });
+    assert.equal(updated.maxConcurrency, 7);
+    assert.equal((await status('basic')).maxConcurrency, 7);
+    const budget = { ratio: 0.5, minPerSecond: 3, ttlMs: 2000 };
+    assert.deepEqual((await gov.admin.updateDependency('basic', { retryBudget: budget, maxWaitMs: 750 })).retryBudget, budget);
+    const s = await status('basic');
+    assert.deepEqual(s.retryBudget, budget);
+    assert.equal(s.maxWaitMs, 750);
+    assert.equal(s.maxConcurrency, 7, 'unset limits keep their value');
+    await assert.rejects(gov.admin.updateDependency('basic', { retryBudget: { ratio: 1 } }), TypeError);
+    await assert.rejects(gov.admin.updateDependency('basic', { maxConcurrency: 0 }), { code: 'INVALID_ARGUMENT' });
+    const names = (await gov.admin.listDependencies()).map((d) => d.name);
+    assert.ok(names.includes('basic'));
+    await assert.rejects(gov.admin.getDependency('never-seen-dependency'), { code: 'NOT_FOUND' });
+  });
+});
+
+describe('unix domain socket', () => {
+  let uds;
+  before(async () => {
+    const socketDirSidecar = await startGovernor('[defaults]\nmax_concurrency = 2\n', {
+      extraArgs: ['--uds', join(sidecar.dir, 'gov.sock')],
+    });
+    uds = socketDirSidecar;
+  });
+  after(async () => {
+    await uds?.stop();
+  });
+
+  test('acquires over unix:///path.sock', async () => {
+    assert.equal(uds.uds, join(sidecar.dir, 'gov.sock'));
+    const overUds = new Governor(`unix://${uds.uds}`, { failOpen: false });
+    try {
+      assert.equal(await overUds.health(), 'SERVING');
+      const value = await overUds.withPermit('over-uds', async (permit) => {
+        assert.equal(permit.degraded, false);
+        return (await overUds.admin.getDependency('over-uds')).inFlight;
+      });
+      assert.equal(value, 1);
+      assert.equal((await overUds.admin.getDependency('over-uds')).inFlight, 0);
+    } finally {
+      overUds.close();
+    }
+  });
+});

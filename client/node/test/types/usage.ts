@@ -1,0 +1,78 @@
+// Typed usage of @governor/client, checked by `tsc --noEmit` (test/package.test.mjs).
+// The @ts-expect-error lines make the check fail if the declarations loosen to `any`.
+import Governor, {
+  Governor as NamedGovernor,
+  GovernorError,
+  GovernorUnavailableError,
+  Outcome,
+  Permit,
+  RejectedError,
+  type DependencyStatus,
+  type GovernorStats,
+  type HealthStatus,
+  type RejectReason,
+} from '@governor/client';
+
+async function main(): Promise<void> {
+  const gov: NamedGovernor = new Governor('127.0.0.1:50051', {
+    failOpen: true,
+    logger: console,
+    warnIntervalMs: 30_000,
+  });
+  const overUds = new Governor('unix:///run/governor/governor.sock', { failOpen: false });
+
+  const total: number = await gov.withPermit(
+    'payments',
+    async (permit: Permit) => {
+      const degraded: boolean = permit.degraded;
+      return degraded ? 0 : permit.inFlight;
+    },
+    { priority: 'CRITICAL', tenant: 'checkout', attempt: 0, maxWaitMs: 250, signal: AbortSignal.timeout(1000) },
+  );
+
+  const permit = await gov.acquire('payments', { maxWaitMs: 0 });
+  const released: boolean = await permit.release(Outcome.FAILURE, 12.5);
+  await permit.release('TIMEOUT');
+  // @ts-expect-error: not an outcome
+  await permit.release('OK');
+  // @ts-expect-error: not a priority
+  await gov.acquire('payments', { priority: 'URGENT' });
+  // @ts-expect-error: leaseId is read-only
+  permit.leaseId = 'forged';
+
+  const body: string = await gov.callWithRetries('search', async (p, attempt: number) => `${p.dependency}#${attempt}`, {
+    maxAttempts: 3,
+    backoffMs: 50,
+    retryOn: (err) => !(err instanceof TypeError),
+  });
+
+  try {
+    await gov.acquire('payments');
+  } catch (err) {
+    if (err instanceof RejectedError) {
+      const reason: RejectReason = err.reason;
+      const retryAfterMs: number = err.retryAfterMs;
+      const counts: number[] = [err.limit, err.inFlight, err.queued];
+      void [reason, retryAfterMs, counts];
+      // @ts-expect-error: reasons are a closed set
+      const bogus: typeof err.reason = 'FULL';
+      void bogus;
+    } else if (err instanceof GovernorUnavailableError) {
+      const base: GovernorError = err;
+      const code: string = base.code;
+      void code;
+    }
+  }
+
+  const health: HealthStatus = await gov.health('governor.v1.Governor');
+  const status: DependencyStatus = await gov.admin.getDependency('payments');
+  const updated = await gov.admin.updateDependency('payments', { maxConcurrency: 16, maxWaitMs: 250 });
+  const stats: GovernorStats = gov.stats;
+  // @ts-expect-error: stats are a read-only snapshot
+  stats.degraded = 0;
+  void [total, released, body, health, status.inFlight, updated.maxConcurrency, stats.degraded];
+  gov.close();
+  overUds.close();
+}
+
+void main;

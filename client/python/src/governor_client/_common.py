@@ -1,0 +1,416 @@
+"""Pieces shared by the sync and asyncio clients: enums, errors, conversions."""
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import random
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Union, cast
+
+import grpc
+from google.protobuf import duration_pb2
+
+from .v1 import governor_pb2 as pb
+
+logger = logging.getLogger("governor_client")
+
+Metadata = Tuple[Tuple[str, str], ...]
+
+#: Added to ``max_wait`` to form the gRPC deadline of an Acquire call, so the
+#: sidecar (which stops queueing a little before the caller's deadline) answers
+#: with a proper QUEUE_TIMEOUT instead of the call failing with DEADLINE_EXCEEDED.
+DEFAULT_TIMEOUT_MARGIN = 0.5
+#: Deadline of an Acquire call when neither ``timeout`` nor ``max_wait`` is known.
+DEFAULT_ACQUIRE_TIMEOUT = 5.0
+#: Deadline of Release and Renew calls.
+DEFAULT_RPC_TIMEOUT = 2.0
+
+
+class Priority(enum.IntEnum):
+    """Queue priority of an Acquire (``governor.v1.Priority``)."""
+
+    UNSPECIFIED = pb.PRIORITY_UNSPECIFIED
+    CRITICAL = pb.PRIORITY_CRITICAL
+    NORMAL = pb.PRIORITY_NORMAL
+    SHEDDABLE = pb.PRIORITY_SHEDDABLE
+
+
+class RejectReason(enum.IntEnum):
+    """Why the sidecar refused a permit (``governor.v1.RejectReason``)."""
+
+    UNSPECIFIED = pb.REJECT_REASON_UNSPECIFIED
+    QUEUE_FULL = pb.REJECT_REASON_QUEUE_FULL
+    QUEUE_TIMEOUT = pb.REJECT_REASON_QUEUE_TIMEOUT
+    RETRY_BUDGET_EXHAUSTED = pb.REJECT_REASON_RETRY_BUDGET_EXHAUSTED
+    SHED = pb.REJECT_REASON_SHED
+    SHUTTING_DOWN = pb.REJECT_REASON_SHUTTING_DOWN
+
+    @classmethod
+    def from_wire(cls, value: int) -> "RejectReason":
+        try:
+            return cls(value)
+        except ValueError:  # a reason newer than this client
+            return cls.UNSPECIFIED
+
+
+class Outcome(enum.IntEnum):
+    """Result of the downstream call, reported on Release (``governor.v1.Outcome``)."""
+
+    UNSPECIFIED = pb.OUTCOME_UNSPECIFIED
+    SUCCESS = pb.OUTCOME_SUCCESS
+    FAILURE = pb.OUTCOME_FAILURE
+    TIMEOUT = pb.OUTCOME_TIMEOUT
+    CANCELLED = pb.OUTCOME_CANCELLED
+
+
+PriorityLike = Union[Priority, int, str]
+OutcomeLike = Union[Outcome, int, str]
+
+
+class GovernorError(Exception):
+    """Base class of every error raised by this package."""
+
+
+class Rejected(GovernorError):
+    """The sidecar answered, and refused the permit.
+
+    Attributes:
+        dependency: the dependency asked for.
+        reason: why (:class:`RejectReason`).
+        retry_after: the sidecar's estimate, in seconds, of when a retry could succeed.
+        queue_wait: seconds the request spent queued before the rejection.
+        limit, in_flight, queued: the dependency's state right after the decision.
+    """
+
+    def __init__(
+        self,
+        dependency: str,
+        reason: RejectReason,
+        retry_after: float,
+        queue_wait: float,
+        limit: int,
+        in_flight: int,
+        queued: int,
+    ) -> None:
+        self.dependency = dependency
+        self.reason = reason
+        self.retry_after = retry_after
+        self.queue_wait = queue_wait
+        self.limit = limit
+        self.in_flight = in_flight
+        self.queued = queued
+        super().__init__(
+            f"permit for {dependency!r} rejected: {reason.name} "
+            f"(retry_after={retry_after:.3f}s, limit={limit}, in_flight={in_flight}, queued={queued})"
+        )
+
+
+class GovernorUnavailable(GovernorError):
+    """The sidecar could not be reached or did not answer in time (a transport error).
+
+    Attributes:
+        code: the gRPC status code, when there is one.
+        details: the gRPC status details.
+    """
+
+    def __init__(self, message: str, code: Optional[grpc.StatusCode] = None, details: str = "") -> None:
+        self.code = code
+        self.details = details
+        super().__init__(message)
+
+
+class InvalidRequest(GovernorError):
+    """The sidecar refused the request itself (bad argument, unknown dependency).
+
+    This is a bug or misconfiguration on the caller's side, so it is raised even
+    when the client is ``fail_open``.
+
+    Attributes:
+        code: the gRPC status code (e.g. INVALID_ARGUMENT, NOT_FOUND).
+        details: the sidecar's message, naming the offending field.
+    """
+
+    def __init__(self, message: str, code: grpc.StatusCode, details: str) -> None:
+        self.code = code
+        self.details = details
+        super().__init__(message)
+
+
+#: Status codes that mean "the request is wrong", not "the sidecar is down".
+_CALLER_ERROR_CODES = frozenset(
+    {
+        grpc.StatusCode.INVALID_ARGUMENT,
+        grpc.StatusCode.NOT_FOUND,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.FAILED_PRECONDITION,
+        grpc.StatusCode.ALREADY_EXISTS,
+    }
+)
+
+
+def classify_rpc_error(err: grpc.RpcError, what: str) -> GovernorError:
+    """Turn a gRPC error into :class:`InvalidRequest` or :class:`GovernorUnavailable`."""
+    code = err.code() if hasattr(err, "code") else None
+    details = (err.details() if hasattr(err, "details") else None) or ""
+    name = code.name if code is not None else "UNKNOWN"
+    if code in _CALLER_ERROR_CODES:
+        return InvalidRequest(f"{what} refused by the governor sidecar: {name}: {details}", code, details)
+    return GovernorUnavailable(f"{what} failed, governor sidecar unavailable: {name}: {details}", code, details)
+
+
+def to_duration(seconds: float) -> duration_pb2.Duration:
+    """Seconds (float) to a protobuf Duration."""
+    d = duration_pb2.Duration()
+    d.FromNanoseconds(int(round(seconds * 1e9)))
+    return d
+
+
+def from_duration(d: duration_pb2.Duration) -> float:
+    """A protobuf Duration to seconds (float)."""
+    return d.seconds + d.nanos / 1e9
+
+
+def coerce_priority(priority: PriorityLike) -> Priority:
+    if isinstance(priority, str):
+        try:
+            return Priority[priority.upper()]
+        except KeyError:
+            raise ValueError(f"unknown priority {priority!r}; expected one of {[p.name.lower() for p in Priority]}") from None
+    return Priority(int(priority))
+
+
+def coerce_outcome(outcome: OutcomeLike) -> Outcome:
+    if isinstance(outcome, str):
+        try:
+            return Outcome[outcome.upper()]
+        except KeyError:
+            raise ValueError(f"unknown outcome {outcome!r}; expected one of {[o.name.lower() for o in Outcome]}") from None
+    return Outcome(int(outcome))
+
+
+def build_acquire_request(
+    dependency: str,
+    priority: PriorityLike,
+    tenant: str,
+    attempt: int,
+    max_wait: Optional[float],
+) -> pb.AcquireRequest:
+    if not isinstance(dependency, str) or not dependency:
+        raise ValueError("dependency must be a non-empty string")
+    if attempt < 0:
+        raise ValueError("attempt must be >= 0")
+    req = pb.AcquireRequest(
+        dependency=dependency,
+        attempt=int(attempt),
+        priority=cast(Any, int(coerce_priority(priority))),
+        tenant=tenant or "",
+    )
+    if max_wait is not None:
+        if max_wait < 0:
+            raise ValueError("max_wait must be >= 0 (0 means: do not queue)")
+        # CopyFrom marks the field present even for a zero duration (try-acquire).
+        req.max_wait.CopyFrom(to_duration(max_wait))
+    return req
+
+
+def acquire_timeout(
+    timeout: Optional[float], max_wait: Optional[float], margin: float, fallback: float
+) -> float:
+    """The gRPC deadline (seconds) of one Acquire call."""
+    if timeout is not None:
+        if timeout <= 0:
+            raise ValueError("timeout must be > 0")
+        return timeout
+    if max_wait is not None:
+        return max_wait + margin
+    return fallback
+
+
+def rejection_from_response(dependency: str, resp: pb.AcquireResponse) -> Rejected:
+    return Rejected(
+        dependency=dependency,
+        reason=RejectReason.from_wire(resp.reason),
+        retry_after=from_duration(resp.retry_after),
+        queue_wait=from_duration(resp.queue_wait),
+        limit=resp.limit,
+        in_flight=resp.in_flight,
+        queued=resp.queued,
+    )
+
+
+def outcome_for_exception(exc: Optional[BaseException]) -> Outcome:
+    """The outcome reported for a block that ended with ``exc`` (None: no exception)."""
+    if exc is None:
+        return Outcome.SUCCESS
+    if isinstance(exc, (asyncio.CancelledError, KeyboardInterrupt)):
+        return Outcome.CANCELLED
+    if isinstance(exc, TimeoutError):  # also asyncio.TimeoutError and socket.timeout on 3.11+
+        return Outcome.TIMEOUT
+    if isinstance(exc, asyncio.TimeoutError):  # a distinct class before Python 3.11
+        return Outcome.TIMEOUT
+    if isinstance(exc, grpc.RpcError) and hasattr(exc, "code"):
+        try:
+            code = exc.code()
+        except Exception:  # pragma: no cover - defensive: odd RpcError subclasses
+            code = None
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return Outcome.TIMEOUT
+        if code == grpc.StatusCode.CANCELLED:
+            return Outcome.CANCELLED
+    return Outcome.FAILURE
+
+
+# --- trace propagation ---------------------------------------------------------
+
+try:  # optional dependency: the [otel] extra
+    from opentelemetry import context as _otel_context
+    from opentelemetry import propagate as _otel_propagate
+except ImportError:  # pragma: no cover - exercised only without the extra
+    _otel_context = None  # type: ignore[assignment]
+    _otel_propagate = None  # type: ignore[assignment]
+
+
+def otel_available() -> bool:
+    """Whether ``opentelemetry-api`` is importable (trace context is then propagated)."""
+    return _otel_propagate is not None
+
+
+def capture_context() -> Any:
+    """The current OpenTelemetry context (None without opentelemetry)."""
+    if _otel_context is None:
+        return None
+    return _otel_context.get_current()
+
+
+def trace_metadata(ctx: Any = None) -> Metadata:
+    """gRPC metadata carrying ``ctx`` (default: the current context) via the global propagator.
+
+    Gives ``traceparent``/``tracestate`` (and whatever else the configured
+    propagator writes, e.g. ``baggage``); empty when opentelemetry is missing or
+    there is no valid span in the context.
+    """
+    if _otel_propagate is None:
+        return ()
+    carrier: dict = {}
+    try:
+        _otel_propagate.inject(carrier, context=ctx)
+    except Exception:  # a broken propagator must never break the permit
+        logger.debug("trace context injection failed", exc_info=True)
+        return ()
+    return tuple((str(k).lower(), v) for k, v in carrier.items() if isinstance(v, str) and v)
+
+
+# --- retries -------------------------------------------------------------------
+
+Backoff = Callable[[int], float]
+
+
+@dataclass(frozen=True)
+class ExponentialBackoff:
+    """``base * multiplier**(retry-1)`` seconds capped at ``max_delay``, with full jitter.
+
+    Called with the retry number (1 for the first retry) and returns seconds.
+    """
+
+    base: float = 0.05
+    multiplier: float = 2.0
+    max_delay: float = 2.0
+    jitter: bool = True
+
+    def __call__(self, retry: int) -> float:
+        delay = min(self.max_delay, self.base * (self.multiplier ** max(0, retry - 1)))
+        return random.uniform(0, delay) if self.jitter else delay
+
+
+DEFAULT_BACKOFF: Backoff = ExponentialBackoff()
+
+RetryOn = Union[Tuple[type, ...], Callable[[BaseException], bool]]
+
+
+def should_retry(exc: BaseException, retry_on: RetryOn) -> bool:
+    if isinstance(retry_on, tuple):
+        return isinstance(exc, retry_on)
+    return bool(retry_on(exc))
+
+
+def retry_delay(backoff: Backoff, retry: int, rejection: Optional[Rejected]) -> float:
+    delay = max(0.0, float(backoff(retry)))
+    if rejection is not None:
+        delay = max(delay, rejection.retry_after)
+    return delay
+
+
+# --- degraded-mode accounting ----------------------------------------------------
+
+
+class DegradedCounter:
+    """Counts fail-open permits and logs a (rate-limited) warning for them."""
+
+    #: At most one warning per this many seconds; the rest go to DEBUG.
+    WARN_INTERVAL = 10.0
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+        self._last_warn = float("-inf")
+        self._suppressed = 0
+
+    def record(self, dependency: str, error: GovernorError) -> None:
+        with self._lock:
+            self.count += 1
+            now = time.monotonic()
+            warn = now - self._last_warn >= self.WARN_INTERVAL
+            if warn:
+                self._last_warn = now
+                suppressed, self._suppressed = self._suppressed, 0
+            else:
+                self._suppressed += 1
+        if warn:
+            extra = f" ({suppressed} similar warnings suppressed)" if suppressed else ""
+            logger.warning(
+                "governor sidecar unavailable; proceeding WITHOUT a permit for %r (fail_open): %s%s",
+                dependency,
+                error,
+                extra,
+            )
+        else:
+            logger.debug("governor sidecar unavailable; degraded permit for %r: %s", dependency, error)
+
+
+def renew_delay(lease_ttl: float) -> float:
+    """When to renew a lease of ``lease_ttl`` seconds: at about a third of it."""
+    return max(0.01, lease_ttl / 3.0)
+
+
+def renew_retry_delay(lease_ttl: float) -> float:
+    """Pause before retrying a Renew that failed at the transport level."""
+    return max(0.02, min(1.0, lease_ttl / 10.0))
+
+
+def renew_timeout(lease_ttl: float, rpc_timeout: float) -> float:
+    return max(0.05, min(rpc_timeout, lease_ttl / 3.0))
+
+
+def channel_options(target: str, options: Optional[Sequence[Tuple[str, Any]]]) -> list:
+    """Channel options for ``target``, with a fix-up for Unix sockets.
+
+    For ``unix:`` targets gRPC C-core sends the percent-encoded socket path as
+    the HTTP/2 ``:authority``, which the sidecar's HTTP/2 server (hyper) refuses
+    with a PROTOCOL_ERROR. Unless the caller chose one, use "localhost" instead.
+    """
+    opts = list(options or ())
+    if target.startswith("unix:") and not any(k == "grpc.default_authority" for k, _ in opts):
+        opts.append(("grpc.default_authority", "localhost"))
+    return opts
+
+
+def merge_metadata(*parts: Optional[Sequence[Tuple[str, str]]]) -> Metadata:
+    out: List[Tuple[str, str]] = []
+    for part in parts:
+        if part:
+            out.extend(part)
+    return tuple(out)
+
