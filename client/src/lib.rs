@@ -1,1 +1,77 @@
-//! Rust client for the governor sidecar.
+//! Rust client for the governor sidecar, which hands out concurrency permits
+//! for downstream dependencies with bounded queues and retry budgets.
+//!
+//! Ask the local sidecar for a permit before calling a dependency, and give
+//! it back with the outcome afterwards. Permits are RAII guards: dropped
+//! without release, they are released as `CANCELLED`; held for long, their
+//! lease is renewed in the background.
+//!
+//! ```no_run
+//! use rate_governor_client::{Governor, Outcome};
+//!
+//! # async fn call_payments() -> Result<(), std::io::Error> { Ok(()) }
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let gov = Governor::connect("http://127.0.0.1:50051")?;
+//!
+//! // Scoped: the permit is released with SUCCESS/FAILURE and the latency.
+//! gov.run("payments", call_payments()).await?;
+//!
+//! // Explicit: a rejection is a typed error with a retry-after hint.
+//! let permit = gov.acquire("payments").max_wait(std::time::Duration::from_millis(50)).await?;
+//! let outcome = match call_payments().await {
+//!     Ok(()) => Outcome::Success,
+//!     Err(_) => Outcome::Failure,
+//! };
+//! permit.release(outcome).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Also: [`GovernorLayer`] governs any tower service (a tonic or HTTP
+//! client); [`Governor::retry`] retries under the sidecar's retry budget.
+//!
+//! # Failure handling
+//!
+//! When the sidecar cannot be reached, [`FailPolicy::Open`] (the default)
+//! proceeds without a permit and counts it in [`Stats`];
+//! [`FailPolicy::Closed`] returns [`AcquireError::Unavailable`]. A rejection
+//! ([`AcquireError::Rejected`]) and a malformed request
+//! ([`AcquireError::Invalid`]) are errors under either policy.
+//!
+//! # Tracing
+//!
+//! Every RPC carries the current OpenTelemetry context as W3C
+//! `traceparent`/`tracestate` metadata, through the propagator installed with
+//! `opentelemetry::global::set_text_map_propagator`. With `tracing` and
+//! `tracing-opentelemetry` (0.32 or later, whose context activation is on by
+//! default), the entered `tracing` span is that current context. Renewals
+//! carry the context of the acquire; a drop-time release that of the drop.
+//!
+//! # Runtime
+//!
+//! Requires a tokio runtime: the channel, lease renewal and drop-time
+//! release run on it.
+
+mod acquire;
+mod duration;
+mod error;
+mod governor;
+mod layer;
+mod permit;
+mod propagation;
+mod retry;
+mod transport;
+
+#[cfg(test)]
+mod tests;
+
+pub use acquire::Acquire;
+pub use error::{AcquireError, GovernedError, Rejection, ReleaseError, RetryError};
+pub use governor::{
+    DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, FailPolicy, Governor, GovernorBuilder, Stats,
+};
+pub use layer::{GovernorLayer, GovernorService, ResponseFuture};
+pub use permit::Permit;
+pub use rate_governor_proto::v1::{Outcome, Priority, RejectReason};
+pub use retry::RetryPolicy;
+pub use transport::ConnectError;

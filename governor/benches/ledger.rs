@@ -29,14 +29,22 @@ fn ledger(concurrency: u32, max_dependencies: usize) -> Arc<Ledger> {
 }
 
 async fn pair(ledger: &Ledger, dependency: &str) {
-    let request = AcquireRequest { dependency, attempt: 0, priority: Priority::Normal, max_wait: None };
+    let request = AcquireRequest {
+        dependency,
+        attempt: 0,
+        priority: Priority::Normal,
+        max_wait: None,
+    };
     let decision = ledger.acquire(&request).await.unwrap();
     let lease = decision.granted().expect("granted").lease.to_string();
     ledger.release(&lease).unwrap();
 }
 
 fn uncontended(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("acquire_release/uncontended");
     group.throughput(Throughput::Elements(1));
     for dependencies in [1usize, 1_000, 100_000] {
@@ -47,7 +55,9 @@ fn uncontended(c: &mut Criterion) {
             }
             ledger
         });
-        let names: Vec<String> = (0..dependencies.min(1024)).map(|i| format!("dep-{i}")).collect();
+        let names: Vec<String> = (0..dependencies.min(1024))
+            .map(|i| format!("dep-{i}"))
+            .collect();
         let mut next = 0;
         group.bench_function(BenchmarkId::new("dependencies", dependencies), |b| {
             b.to_async(&runtime).iter(|| {
@@ -63,36 +73,43 @@ fn uncontended(c: &mut Criterion) {
 /// `tasks` callers share `slots` permits on a multi-threaded runtime; one
 /// iteration is `tasks x rounds` pairs.
 fn contended(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("acquire_release/contended");
     for (tasks, slots) in [(8u32, 4u32), (64, 4)] {
         let rounds = 100u64;
         group.throughput(Throughput::Elements(u64::from(tasks) * rounds));
         let ledger = runtime.block_on(async { ledger(slots, 16) });
-        group.bench_function(BenchmarkId::new(format!("{tasks}_callers"), format!("{slots}_slots")), |b| {
-            b.to_async(&runtime).iter_custom(|iterations| {
-                let ledger = ledger.clone();
-                async move {
-                    let start = Instant::now();
-                    for _ in 0..iterations {
-                        let callers: Vec<_> = (0..tasks)
-                            .map(|_| {
-                                let ledger = ledger.clone();
-                                tokio::spawn(async move {
-                                    for _ in 0..rounds {
-                                        pair(&ledger, "db").await;
-                                    }
+        group.bench_function(
+            BenchmarkId::new(format!("{tasks}_callers"), format!("{slots}_slots")),
+            |b| {
+                b.to_async(&runtime).iter_custom(|iterations| {
+                    let ledger = ledger.clone();
+                    async move {
+                        let start = Instant::now();
+                        for _ in 0..iterations {
+                            let callers: Vec<_> = (0..tasks)
+                                .map(|_| {
+                                    let ledger = ledger.clone();
+                                    tokio::spawn(async move {
+                                        for _ in 0..rounds {
+                                            pair(&ledger, "db").await;
+                                        }
+                                    })
                                 })
-                            })
-                            .collect();
-                        for caller in callers {
-                            caller.await.unwrap();
+                                .collect();
+                            for caller in callers {
+                                caller.await.unwrap();
+                            }
                         }
+                        start.elapsed()
                     }
-                    start.elapsed()
-                }
-            })
-        });
+                })
+            },
+        );
     }
     group.finish();
 }
@@ -102,11 +119,19 @@ fn contended(c: &mut Criterion) {
 /// of sheddable ones, releases the held permit (which wakes it), and keeps
 /// its permit as the next one to release.
 fn wake_with_deep_queue(c: &mut Criterion) {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let mut group = c.benchmark_group("wake_one");
     for crowd in [0usize, 10_000] {
         let ledger = ledger(1, 16);
-        let request = |priority| AcquireRequest { dependency: "db", attempt: 0, priority, max_wait: None };
+        let request = |priority| AcquireRequest {
+            dependency: "db",
+            attempt: 0,
+            priority,
+            max_wait: None,
+        };
         let mut held = runtime.block_on(async {
             let held = ledger.acquire(&request(Priority::Normal)).await.unwrap();
             for _ in 0..crowd {
@@ -127,7 +152,8 @@ fn wake_with_deep_queue(c: &mut Criterion) {
                         let next = {
                             let ledger = ledger.clone();
                             tokio::spawn(async move {
-                                let decision = ledger.acquire(&request(Priority::Normal)).await.unwrap();
+                                let decision =
+                                    ledger.acquire(&request(Priority::Normal)).await.unwrap();
                                 decision.granted().unwrap().lease.to_string()
                             })
                         };

@@ -16,3 +16,4 @@ pub mod app;
 pub mod config;
 pub mod ledger;
 pub mod server;
+pub mod telemetry;

@@ -13,7 +13,11 @@ fn main() -> ExitCode {
         Err(error) => {
             let usage = error.use_stderr();
             let _ = error.print();
-            return if usage { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+            return if usage {
+                ExitCode::from(EXIT_USAGE)
+            } else {
+                ExitCode::SUCCESS
+            };
         }
     };
     if cli.print_default_config {
@@ -37,14 +41,22 @@ fn main() -> ExitCode {
         };
     }
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("governor: cannot start the runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::Probe { addr, service, timeout }) = cli.command {
+    if let Some(Command::Probe {
+        addr,
+        service,
+        timeout,
+    }) = cli.command
+    {
         return runtime.block_on(app::probe(addr, service, timeout));
     }
 
@@ -55,8 +67,15 @@ fn main() -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    let tracing = match config.telemetry.resolve(|name| std::env::var(name).ok()) {
+        Ok(tracing) => tracing,
+        Err(error) => {
+            eprintln!("governor: invalid telemetry settings: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
     init_logging(cli.log_format);
-    runtime.block_on(app::run(cli, config))
+    runtime.block_on(app::run(cli, config, tracing))
 }
 
 fn init_logging(format: LogFormat) {

@@ -7,9 +7,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
-use rate_governor::ledger::{
-    AcquireRequest, Ledger, LedgerConfig, Limits, LimitsPatch, Priority,
-};
+use rate_governor::ledger::{AcquireRequest, Ledger, LedgerConfig, Limits, LimitsPatch, Priority};
 
 const LIMIT: u32 = 4;
 
@@ -32,10 +30,21 @@ async fn caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) {
     for _ in 0..rounds {
         let (priority, attempt, cancel_after, hold) = {
             let mut rng = rand::rng();
-            let priority = [Priority::Critical, Priority::Normal, Priority::Sheddable][rng.random_range(0..3)];
-            (priority, rng.random_range(0..2), rng.random_range(0..3000u64), rng.random_range(0..500u64))
+            let priority =
+                [Priority::Critical, Priority::Normal, Priority::Sheddable][rng.random_range(0..3)];
+            (
+                priority,
+                rng.random_range(0..2),
+                rng.random_range(0..3000u64),
+                rng.random_range(0..500u64),
+            )
         };
-        let request = AcquireRequest { dependency: "db", attempt, priority, max_wait: None };
+        let request = AcquireRequest {
+            dependency: "db",
+            attempt,
+            priority,
+            max_wait: None,
+        };
         let acquire = ledger.acquire(&request);
         // A third of the callers give up early: cancellation at any point.
         let decision = if cancel_after < 1000 {
@@ -47,7 +56,11 @@ async fn caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) {
             acquire.await.unwrap()
         };
         if let Some(grant) = decision.granted() {
-            assert!(decision.snapshot.in_flight <= LIMIT, "{:?}", decision.snapshot);
+            assert!(
+                decision.snapshot.in_flight <= LIMIT,
+                "{:?}",
+                decision.snapshot
+            );
             let held = holders.fetch_add(1, Ordering::SeqCst) + 1;
             assert!(held <= LIMIT, "{held} callers hold a permit of {LIMIT}");
             tokio::time::sleep(Duration::from_micros(hold)).await;
@@ -71,7 +84,10 @@ async fn invariants_hold_under_random_concurrent_load() {
     assert_eq!((status.in_flight, status.queued), (0, 0), "{status:?}");
     assert_eq!(ledger.leases(), 0);
     assert_eq!(ledger.waiters(), 0);
-    assert!(status.granted_total > 0 && status.rejected_total > 0, "{status:?}");
+    assert!(
+        status.granted_total > 0 && status.rejected_total > 0,
+        "{status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -102,7 +118,12 @@ async fn limit_changes_under_load_leak_nothing() {
 async fn caller_unchecked(ledger: Arc<Ledger>, _holders: Arc<AtomicU32>) {
     for _ in 0..200 {
         let cancel = rand::rng().random_bool(0.3);
-        let request = AcquireRequest { dependency: "db", attempt: 0, priority: Priority::Normal, max_wait: None };
+        let request = AcquireRequest {
+            dependency: "db",
+            attempt: 0,
+            priority: Priority::Normal,
+            max_wait: None,
+        };
         let decision = if cancel {
             match tokio::time::timeout(Duration::from_micros(200), ledger.acquire(&request)).await {
                 Ok(decision) => decision.unwrap(),

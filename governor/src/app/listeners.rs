@@ -25,9 +25,14 @@ pub async fn bind(config: &ServerConfig) -> Result<Bound, String> {
     let tcp = TcpListener::bind(config.listen)
         .await
         .map_err(|e| format!("server.listen: cannot listen on {}: {e}", config.listen))?;
-    let tcp_addr = tcp.local_addr().map_err(|e| format!("server.listen: {e}"))?;
+    let tcp_addr = tcp
+        .local_addr()
+        .map_err(|e| format!("server.listen: {e}"))?;
     let uds = match &config.uds {
-        Some(path) => Some((bind_unix(path).map_err(|e| format!("server.uds: {}: {e}", path.display()))?, path.clone())),
+        Some(path) => Some((
+            bind_unix(path).map_err(|e| format!("server.uds: {}: {e}", path.display()))?,
+            path.clone(),
+        )),
         None => None,
     };
     Ok(Bound { tcp, tcp_addr, uds })
@@ -78,16 +83,20 @@ impl Bound {
         };
         let tcp = builder()
             .add_routes(routes.clone())
-            .serve_with_incoming_shutdown(TcpListenerStream::new(self.tcp), stop.clone().cancelled_owned());
+            .serve_with_incoming_shutdown(
+                TcpListenerStream::new(self.tcp),
+                stop.clone().cancelled_owned(),
+            );
         let tcp = tokio::spawn(async move {
             if let Err(error) = tcp.await {
                 tracing::error!(%error, "gRPC listener failed");
             }
         });
         let uds = self.uds.map(|(listener, path)| {
-            let server = builder()
-                .add_routes(routes)
-                .serve_with_incoming_shutdown(UnixListenerStream::new(listener), stop.cancelled_owned());
+            let server = builder().add_routes(routes).serve_with_incoming_shutdown(
+                UnixListenerStream::new(listener),
+                stop.cancelled_owned(),
+            );
             tokio::spawn(async move {
                 if let Err(error) = server.await {
                     tracing::error!(%error, "Unix socket listener failed");

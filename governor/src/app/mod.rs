@@ -8,6 +8,7 @@
 //! listeners close, letting calls under way finish within what is left of
 //! the grace period.
 
+mod admin_http;
 pub mod cli;
 mod listeners;
 mod probe;
@@ -24,9 +25,10 @@ use tokio_util::sync::CancellationToken;
 pub use cli::{Cli, Command, LogFormat};
 pub use probe::probe;
 
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, TracingConfig};
 use crate::ledger::Ledger;
 use crate::server;
+use crate::telemetry::Telemetry;
 
 /// Exit status for a bad command line or config (EX_USAGE).
 pub const EXIT_USAGE: u8 = 64;
@@ -49,7 +51,9 @@ pub fn resolve_config(cli: &Cli) -> Result<Config, ConfigError> {
         config.server.admin_listen = match admin.as_str() {
             "off" => None,
             text => Some(text.parse().map_err(|_| {
-                ConfigError(format!("--admin-listen: invalid address {text:?}: write an IP and a port, or \"off\""))
+                ConfigError(format!(
+                    "--admin-listen: invalid address {text:?}: write an IP and a port, or \"off\""
+                ))
             })?),
         };
     }
@@ -57,37 +61,81 @@ pub fn resolve_config(cli: &Cli) -> Result<Config, ConfigError> {
 }
 
 /// Runs the sidecar until it is told to stop.
-pub async fn run(cli: Cli, config: Config) -> ExitCode {
-    let ledger = Arc::new(Ledger::new(config.ledger.clone()));
-    let (health, health_service) = tonic_health::server::health_reporter();
-    let routes = server::routes(ledger.clone(), health_service, &config.server);
-
-    let stop_serving = CancellationToken::new();
-    let bound = match listeners::bind(&config.server).await {
-        Ok(bound) => bound,
+pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> ExitCode {
+    let telemetry = match Telemetry::start(tracing.as_ref()) {
+        Ok(telemetry) => telemetry,
         Err(error) => {
-            tracing::error!(%error, "cannot listen");
             eprintln!("governor: {error}");
-            return ExitCode::from(EXIT_UNAVAILABLE);
+            return ExitCode::from(EXIT_USAGE);
         }
     };
-    let ready_line = bound.ready_line();
+    let ledger = Arc::new(Ledger::with_observer(
+        config.ledger.clone(),
+        telemetry.clone(),
+    ));
+    telemetry.attach(&ledger);
+    let (health, health_service) = tonic_health::server::health_reporter();
+    let routes = server::routes(
+        ledger.clone(),
+        telemetry.clone(),
+        health_service,
+        &config.server,
+    );
+
+    let stop_serving = CancellationToken::new();
+    let unavailable = |error: String| {
+        tracing::error!(%error, "cannot listen");
+        eprintln!("governor: {error}");
+        ExitCode::from(EXIT_UNAVAILABLE)
+    };
+    let bound = match listeners::bind(&config.server).await {
+        Ok(bound) => bound,
+        Err(error) => return unavailable(error),
+    };
+    let admin = match config.server.admin_listen {
+        Some(addr) => match admin_http::bind(addr).await {
+            Ok(listener) => Some(listener),
+            Err(error) => return unavailable(error),
+        },
+        None => None,
+    };
+    // Handlers go in before the ready line: a SIGTERM right after it must
+    // drain, not kill.
+    let signals = Signals::install();
+    let reloader = Arc::new(reload::Reloader::new(
+        cli.config.clone(),
+        ledger.clone(),
+        telemetry.clone(),
+    ));
+    let mut ready_line = bound.ready_line();
+    if let Some(listener) = admin {
+        if let Ok(addr) = listener.local_addr() {
+            ready_line.push_str(&format!(" admin={addr}"));
+        }
+        admin_http::spawn(
+            listener,
+            ledger.clone(),
+            telemetry.clone(),
+            stop_serving.clone(),
+        );
+    }
+    telemetry.spawn_log_flusher(stop_serving.clone());
     let servers = bound.serve(routes, &config.server, stop_serving.clone());
     server::set_serving(&health, true).await;
 
     tracing::info!(
         ready = %ready_line,
         dependencies = config.ledger.dependencies.len(),
+        tracing = telemetry.tracing_enabled(),
         "governor serving"
     );
     // The one line on stdout: harnesses and humans wait for it.
     println!("{ready_line}");
 
-    let reloader = Arc::new(reload::Reloader::new(cli.config.clone(), config.clone(), ledger.clone()));
     if cli.watch_config {
         reloader.clone().spawn_watch(stop_serving.clone());
     }
-    wait_for_stop(&reloader).await;
+    signals.wait_for_stop(&reloader).await;
 
     let deadline = Instant::now() + config.server.shutdown_grace;
     tracing::info!(grace = ?config.server.shutdown_grace, leases = ledger.leases(), "draining");
@@ -98,20 +146,39 @@ pub async fn run(cli: Cli, config: Config) -> ExitCode {
     if tokio::time::timeout_at(deadline, servers).await.is_err() {
         tracing::warn!("grace period over with calls still open; exiting anyway");
     }
+    // Telemetry last, so that the drain itself is traced.
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
+    telemetry.shutdown(left).await;
     tracing::info!(leases_left = ledger.leases(), "stopped");
     ExitCode::SUCCESS
 }
 
-/// Returns on SIGTERM or SIGINT; reloads the config on SIGHUP meanwhile.
-async fn wait_for_stop(reloader: &reload::Reloader) {
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    loop {
-        tokio::select! {
-            _ = term.recv() => return,
-            _ = int.recv() => return,
-            _ = hup.recv() => reloader.reload("SIGHUP"),
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        let install = |kind| signal(kind).expect("installing a signal handler");
+        Signals {
+            term: install(SignalKind::terminate()),
+            int: install(SignalKind::interrupt()),
+            hup: install(SignalKind::hangup()),
+        }
+    }
+
+    /// Returns on SIGTERM or SIGINT; reloads the config on SIGHUP meanwhile.
+    async fn wait_for_stop(mut self, reloader: &reload::Reloader) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => reloader.reload("SIGHUP"),
+            }
         }
     }
 }

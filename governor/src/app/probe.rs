@@ -17,7 +17,9 @@ pub async fn probe(addr: SocketAddr, service: String, timeout: Duration) -> Exit
             .connect_timeout(timeout);
         let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
         let response = HealthClient::new(channel)
-            .check(HealthCheckRequest { service: service.clone() })
+            .check(HealthCheckRequest {
+                service: service.clone(),
+            })
             .await
             .map_err(|status| status.message().to_owned())?;
         Ok::<_, String>(response.into_inner().status())

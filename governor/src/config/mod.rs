@@ -7,6 +7,7 @@
 //! whole and the running config stays.
 
 mod duration;
+mod telemetry;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 pub use duration::{HumanDuration, parse as parse_duration};
+pub use telemetry::{OtlpProtocol, TelemetryConfig, TracingConfig};
 
 use crate::ledger::{self, BudgetConfig, LedgerConfig, Limits, LimitsPatch};
 
@@ -27,6 +29,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
 pub struct Config {
     pub server: ServerConfig,
     pub ledger: LedgerConfig,
+    pub telemetry: TelemetryConfig,
 }
 
 /// The `[server]` section.
@@ -66,6 +69,8 @@ struct File {
     limits: CapsSection,
     #[serde(default)]
     dependencies: BTreeMap<String, LimitsSection>,
+    #[serde(default)]
+    telemetry: telemetry::TelemetrySection,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -142,14 +147,20 @@ impl Config {
             .map_err(|e| ConfigError::at(format!("defaults.{}", e.field), e.problem))?;
 
         let caps = file.limits;
-        let max_dependencies = caps.max_dependencies.or(base.limits.max_dependencies).unwrap_or(1024);
+        let max_dependencies = caps
+            .max_dependencies
+            .or(base.limits.max_dependencies)
+            .unwrap_or(1024);
         if !(1..=MAX_DEPENDENCIES).contains(&max_dependencies) {
             return Err(ConfigError::at(
                 "limits.max_dependencies",
                 format!("must be between 1 and {MAX_DEPENDENCIES}, got {max_dependencies}"),
             ));
         }
-        let max_waiters = caps.max_waiters.or(base.limits.max_waiters).unwrap_or(100_000);
+        let max_waiters = caps
+            .max_waiters
+            .or(base.limits.max_waiters)
+            .unwrap_or(100_000);
         if max_waiters > MAX_WAITERS {
             return Err(ConfigError::at(
                 "limits.max_waiters",
@@ -172,11 +183,14 @@ impl Config {
                 .map_err(|problem| ConfigError::at(format!("dependencies.{name:?}"), problem))?;
             let limits = defaults
                 .patched(&patch(section, &defaults.retry_budget()))
-                .map_err(|e| ConfigError::at(format!("dependencies.{name}.{}", e.field), e.problem))?;
+                .map_err(|e| {
+                    ConfigError::at(format!("dependencies.{name}.{}", e.field), e.problem)
+                })?;
             dependencies.push((name.clone(), limits));
         }
 
         Ok(Config {
+            telemetry: TelemetryConfig::from_section(file.telemetry)?,
             server,
             ledger: LedgerConfig {
                 defaults,
@@ -213,11 +227,16 @@ fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfi
         value.parse::<SocketAddr>().map_err(|_| {
             ConfigError::at(
                 format!("server.{key}"),
-                format!("invalid address {value:?}: write an IP and a port, like \"127.0.0.1:50051\""),
+                format!(
+                    "invalid address {value:?}: write an IP and a port, like \"127.0.0.1:50051\""
+                ),
             )
         })
     };
-    let listen = file.listen.or(base.listen).unwrap_or_else(|| "127.0.0.1:50051".into());
+    let listen = file
+        .listen
+        .or(base.listen)
+        .unwrap_or_else(|| "127.0.0.1:50051".into());
     let admin_listen = match file.admin_listen.or(base.admin_listen) {
         Some(text) if text != "off" => Some(address("admin_listen", &text)?),
         _ => None,
@@ -234,12 +253,18 @@ fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfi
             .max_concurrent_streams
             .or(base.max_concurrent_streams)
             .unwrap_or(4096),
-        max_message_bytes: file.max_message_bytes.or(base.max_message_bytes).unwrap_or(16 * 1024),
+        max_message_bytes: file
+            .max_message_bytes
+            .or(base.max_message_bytes)
+            .unwrap_or(16 * 1024),
         keepalive_interval: pick(file.keepalive_interval, base.keepalive_interval, 30),
         keepalive_timeout: pick(file.keepalive_timeout, base.keepalive_timeout, 10),
     };
     if config.shutdown_grace > Duration::from_secs(3600) {
-        return Err(ConfigError::at("server.shutdown_grace", "must be at most 1h"));
+        return Err(ConfigError::at(
+            "server.shutdown_grace",
+            "must be at most 1h",
+        ));
     }
     if !(1..=1_000_000).contains(&config.max_concurrent_streams) {
         return Err(ConfigError::at(
@@ -254,10 +279,16 @@ fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfi
         ));
     }
     if config.keepalive_interval < Duration::from_secs(1) {
-        return Err(ConfigError::at("server.keepalive_interval", "must be at least 1s"));
+        return Err(ConfigError::at(
+            "server.keepalive_interval",
+            "must be at least 1s",
+        ));
     }
     if config.keepalive_timeout < Duration::from_millis(100) {
-        return Err(ConfigError::at("server.keepalive_timeout", "must be at least 100ms"));
+        return Err(ConfigError::at(
+            "server.keepalive_timeout",
+            "must be at least 100ms",
+        ));
     }
     if let Some(path) = &config.uds {
         if path.as_os_str().is_empty() {

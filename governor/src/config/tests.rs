@@ -40,25 +40,40 @@ fn dependencies_inherit_every_key_they_leave_out() {
     assert_eq!(payments.max_wait(), Duration::from_millis(250));
     assert_eq!(payments.lease_ttl(), Duration::from_secs(30));
     let budget = payments.retry_budget();
-    assert_eq!((budget.ratio, budget.min_per_second, budget.ttl), (0.1, 3, Duration::from_secs(20)));
+    assert_eq!(
+        (budget.ratio, budget.min_per_second, budget.ttl),
+        (0.1, 3, Duration::from_secs(20))
+    );
     let (_, db) = &deps.iter().find(|(n, _)| n == "db:5432").unwrap();
     assert_eq!(db, &config.ledger.defaults);
 }
 
 #[test]
 fn errors_name_the_key() {
-    assert!(error("[dependencies.payments]\nmax_concurrency = 0").starts_with("dependencies.payments.max_concurrency:"));
+    assert!(
+        error("[dependencies.payments]\nmax_concurrency = 0")
+            .starts_with("dependencies.payments.max_concurrency:")
+    );
     assert!(error("[defaults]\nlease_ttl = \"1ms\"").starts_with("defaults.lease_ttl:"));
-    assert!(error("[dependencies.payments]\nretry_budget = { ratio = -1 }").starts_with("dependencies.payments.retry_budget.ratio:"));
+    assert!(
+        error("[dependencies.payments]\nretry_budget = { ratio = -1 }")
+            .starts_with("dependencies.payments.retry_budget.ratio:")
+    );
     assert!(error("[server]\nlisten = \"localhost\"").starts_with("server.listen:"));
     assert!(error("[limits]\nmax_dependencies = 0").starts_with("limits.max_dependencies:"));
     assert!(error("[dependencies.\"bad name\"]").contains("dependencies.\"bad name\""));
-    assert!(error("[limits]\nmax_dependencies = 1\n[dependencies.a]\n[dependencies.b]").starts_with("dependencies:"));
+    assert!(
+        error("[limits]\nmax_dependencies = 1\n[dependencies.a]\n[dependencies.b]")
+            .starts_with("dependencies:")
+    );
     // Parse errors from the TOML reader point at the key too.
     let unknown = error("[defaults]\nmax_concurency = 3");
     assert!(unknown.contains("max_concurency"), "{unknown}");
     let bad_duration = error("[defaults]\nmax_wait = \"soon\"");
-    assert!(bad_duration.contains("max_wait") && bad_duration.contains("250ms"), "{bad_duration}");
+    assert!(
+        bad_duration.contains("max_wait") && bad_duration.contains("250ms"),
+        "{bad_duration}"
+    );
     let wrong_type = error("[defaults]\nmax_queue = \"ten\"");
     assert!(wrong_type.contains("max_queue"), "{wrong_type}");
 }
@@ -76,7 +91,10 @@ fn server_settings_parse_and_admin_listen_can_be_off() {
     )
     .unwrap();
     assert_eq!(config.server.listen.port(), 7000);
-    assert_eq!(config.server.uds.as_deref(), Some(Path::new("/run/governor/governor.sock")));
+    assert_eq!(
+        config.server.uds.as_deref(),
+        Some(Path::new("/run/governor/governor.sock"))
+    );
     assert_eq!(config.server.admin_listen.unwrap().port(), 9464);
     assert_eq!(config.server.shutdown_grace, Duration::from_secs(3));
     let off = Config::parse("[server]\nadmin_listen = \"off\"").unwrap();

@@ -12,11 +12,11 @@
 //! Deposits and withdrawals are counted in a ring of slots, each a tenth of the
 //! `ttl`. A deposit counts for at most `ttl` (ten slots, it may leave up to a
 //! slot early) and a withdrawal for at least `ttl` (eleven slots), so rounding
-//! always errs against retrying. This gives, for every window of `ttl`:
-//! retries ≤ ratio × first attempts in that window and the `ttl` before it
-//! + min_per_second × ttl; in steady state retries ≤ ratio × first attempts
-//! + min_per_second × ttl. Amounts are integer milli-tokens, so the sums never
-//! drift.
+//! always errs against retrying. This gives the budget's guarantee:
+//! for every window of `ttl` that ends at a granted retry, retries in it are
+//! at most `ratio` × the first attempts in it, plus `min_per_second` × `ttl`
+//! (a window ending elsewhere holds no more retries than the one ending at its
+//! last retry). Amounts are integer milli-tokens, so the sums never drift.
 
 use std::time::Duration;
 
@@ -168,7 +168,11 @@ mod tests {
     use super::*;
 
     fn config(ratio: f64, min_per_second: u32, ttl_ms: u64) -> BudgetConfig {
-        BudgetConfig { ratio, min_per_second, ttl: Duration::from_millis(ttl_ms) }
+        BudgetConfig {
+            ratio,
+            min_per_second,
+            ttl: Duration::from_millis(ttl_ms),
+        }
     }
 
     #[test]

@@ -110,7 +110,10 @@ impl State {
 
     fn reject(&mut self, reason: RejectReason, retry_after: Duration) -> Rejection {
         self.rejected_total += 1;
-        Rejection { reason, retry_after }
+        Rejection {
+            reason,
+            retry_after,
+        }
     }
 
     fn record_hold(&mut self, held: Duration) {
@@ -153,7 +156,9 @@ impl Dependency {
     fn lock(&self) -> MutexGuard<'_, State> {
         // A panic while holding the lock cannot leave the counts half-updated
         // in a way that matters more than stopping service would.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.state
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Decides on arrival, or queues the request.
@@ -188,20 +193,22 @@ impl Dependency {
             return decided(&mut state, Ok(grant));
         }
 
-        let wait = request
-            .max_wait
-            .map_or(state.limits.max_wait(), |cap| cap.min(state.limits.max_wait()));
+        let wait = request.max_wait.map_or(state.limits.max_wait(), |cap| {
+            cap.min(state.limits.max_wait())
+        });
         if wait.is_zero() {
             let retry_after = state.queue_retry_after();
             let rejection = state.reject(RejectReason::QueueTimeout, retry_after);
             return decided(&mut state, Err(rejection));
         }
 
-        let has_room = state.waiters.len() < state.limits.max_queue() as usize
-            && self.shared.reserve_waiter();
+        let has_room =
+            state.waiters.len() < state.limits.max_queue() as usize && self.shared.reserve_waiter();
         if !has_room {
             // Full: take the place of a lower-priority waiter, or go away.
-            let victim = state.waiters.victim_for(request.priority, request.is_retry());
+            let victim = state
+                .waiters
+                .victim_for(request.priority, request.is_retry());
             match victim.and_then(|key| state.waiters.remove(key)) {
                 Some(victim) => {
                     let retry_after = state.queue_retry_after();
@@ -210,7 +217,10 @@ impl Dependency {
                     // Its receiver is alive: a waiter leaves the queue only
                     // under this lock. The displaced waiter's place in the
                     // global waiter count passes to the arrival.
-                    let _ = victim.wake.send(Wake { outcome: Err(rejection), snapshot });
+                    let _ = victim.wake.send(Wake {
+                        outcome: Err(rejection),
+                        snapshot,
+                    });
                 }
                 None => {
                     let retry_after = state.queue_retry_after();
@@ -221,8 +231,15 @@ impl Dependency {
         }
 
         let (tx, rx) = oneshot::channel();
-        let key = state.waiters.push(request.priority, request.is_retry(), Waiter { wake: tx });
-        Admission::Queued { key, wake: rx, deadline: now + wait, queue_depth }
+        let key = state
+            .waiters
+            .push(request.priority, request.is_retry(), Waiter { wake: tx });
+        Admission::Queued {
+            key,
+            wake: rx,
+            deadline: now + wait,
+            queue_depth,
+        }
     }
 
     /// A waiter whose wait ran out: it leaves with QUEUE_TIMEOUT, unless it was
@@ -233,7 +250,10 @@ impl Dependency {
             self.shared.release_waiter();
             let retry_after = state.queue_retry_after();
             let rejection = state.reject(RejectReason::QueueTimeout, retry_after);
-            return Wake { outcome: Err(rejection), snapshot: state.snapshot() };
+            return Wake {
+                outcome: Err(rejection),
+                snapshot: state.snapshot(),
+            };
         }
         match wake.try_recv() {
             Ok(wake) => wake,
@@ -242,7 +262,10 @@ impl Dependency {
             Err(_) => {
                 let retry_after = state.queue_retry_after();
                 let rejection = state.reject(RejectReason::QueueTimeout, retry_after);
-                Wake { outcome: Err(rejection), snapshot: state.snapshot() }
+                Wake {
+                    outcome: Err(rejection),
+                    snapshot: state.snapshot(),
+                }
             }
         }
     }
@@ -255,7 +278,10 @@ impl Dependency {
             self.shared.release_waiter();
             return;
         }
-        if let Ok(Wake { outcome: Ok(grant), .. }) = wake.try_recv() {
+        if let Ok(Wake {
+            outcome: Ok(grant), ..
+        }) = wake.try_recv()
+        {
             if self.shared.leases.remove(&grant.lease.key).is_some() {
                 self.free_slot(&mut state, Instant::now());
             }
@@ -311,13 +337,19 @@ impl Dependency {
             }
             state.expiry.pop_front();
             // Renewed leases have a later deadline in the index and stay.
-            let expired = self.shared.leases.remove_if(&key, |_, record| record.deadline <= now);
+            let expired = self
+                .shared
+                .leases
+                .remove_if(&key, |_, record| record.deadline <= now);
             if let Some((_, record)) = expired {
                 state.expired_total += 1;
                 state.in_flight -= 1;
                 ended.push(EndedLease {
                     dependency: self.name.clone(),
-                    lease: LeaseId { epoch: self.shared.epoch, key },
+                    lease: LeaseId {
+                        epoch: self.shared.epoch,
+                        key,
+                    },
                     held: now.saturating_duration_since(record.granted_at),
                     end: LeaseEnd::Expired,
                     snapshot: Snapshot::default(),
@@ -343,7 +375,10 @@ impl Dependency {
         state.budget.reconfigure(limits.retry_budget(), now);
         state.limits = limits;
         while state.waiters.len() > state.limits.max_queue() as usize {
-            let Some(victim) = state.waiters.newest_lowest().and_then(|k| state.waiters.remove(k))
+            let Some(victim) = state
+                .waiters
+                .newest_lowest()
+                .and_then(|k| state.waiters.remove(k))
             else {
                 break;
             };
@@ -351,12 +386,18 @@ impl Dependency {
             let retry_after = state.queue_retry_after();
             let rejection = state.reject(RejectReason::Shed, retry_after);
             let snapshot = state.snapshot();
-            let _ = victim.wake.send(Wake { outcome: Err(rejection), snapshot });
+            let _ = victim.wake.send(Wake {
+                outcome: Err(rejection),
+                snapshot,
+            });
         }
         self.grant_waiters(&mut state, now);
         if ttl_changed {
             // New leases may now expire before older ones: restore the order.
-            state.expiry.make_contiguous().sort_unstable_by_key(|&(deadline, _)| deadline);
+            state
+                .expiry
+                .make_contiguous()
+                .sort_unstable_by_key(|&(deadline, _)| deadline);
             self.reaper.notify_one();
         }
     }
@@ -368,7 +409,10 @@ impl Dependency {
             self.shared.release_waiter();
             let rejection = state.reject(RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER);
             let snapshot = state.snapshot();
-            let _ = waiter.wake.send(Wake { outcome: Err(rejection), snapshot });
+            let _ = waiter.wake.send(Wake {
+                outcome: Err(rejection),
+                snapshot,
+            });
         }
     }
 
@@ -397,7 +441,11 @@ impl Dependency {
         let deadline = now + ttl;
         self.shared.leases.insert(
             lease.key,
-            LeaseRecord { dependency: self.clone(), deadline, granted_at: now },
+            LeaseRecord {
+                dependency: self.clone(),
+                deadline,
+                granted_at: now,
+            },
         );
         state.in_flight += 1;
         state.granted_total += 1;
@@ -413,11 +461,20 @@ impl Dependency {
     /// Hands free slots to waiters, best first.
     fn grant_waiters(self: &Arc<Self>, state: &mut State, now: Instant) {
         while state.in_flight < state.limits.max_concurrency() {
-            let Some(waiter) = state.waiters.pop() else { break };
+            let Some(waiter) = state.waiters.pop() else {
+                break;
+            };
             self.shared.release_waiter();
             let grant = self.grant(state, now);
             let snapshot = state.snapshot();
-            if waiter.wake.send(Wake { outcome: Ok(grant), snapshot }).is_err() {
+            if waiter
+                .wake
+                .send(Wake {
+                    outcome: Ok(grant),
+                    snapshot,
+                })
+                .is_err()
+            {
                 // The waiter is gone (it cannot be while queued, see `abandon`):
                 // take the slot straight back.
                 self.shared.leases.remove(&grant.lease.key);
@@ -459,10 +516,12 @@ fn spawn_reaper(dependency: Weak<Dependency>, wake: Arc<Notify>) {
     tokio::spawn(async move {
         loop {
             let next = {
-                let Some(dependency) = dependency.upgrade() else { return };
+                let Some(dependency) = dependency.upgrade() else {
+                    return;
+                };
                 let (ended, next) = dependency.reap(Instant::now());
                 for lease in &ended {
-                    dependency.shared.observer.lease_ended(lease);
+                    dependency.shared.observer.lease_expired(lease);
                 }
                 next
             };

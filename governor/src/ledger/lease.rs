@@ -25,7 +25,10 @@ pub struct LeaseId {
 
 impl LeaseId {
     pub(crate) fn random(epoch: u64) -> LeaseId {
-        LeaseId { epoch, key: rand::rng().random() }
+        LeaseId {
+            epoch,
+            key: rand::rng().random(),
+        }
     }
 
     /// Parses an id; `None` for anything that is not 48 hex digits.

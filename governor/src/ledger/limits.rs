@@ -111,7 +111,10 @@ impl Limits {
         if !(1..=MAX_CONCURRENCY).contains(&self.max_concurrency) {
             return bad(
                 "max_concurrency",
-                format!("must be between 1 and {MAX_CONCURRENCY}, got {}", self.max_concurrency),
+                format!(
+                    "must be between 1 and {MAX_CONCURRENCY}, got {}",
+                    self.max_concurrency
+                ),
             );
         }
         if self.max_queue > MAX_QUEUE {
@@ -123,7 +126,11 @@ impl Limits {
         if self.max_wait > MAX_WAIT {
             return bad(
                 "max_wait",
-                format!("must be at most {}, got {:?}", humantime::format_duration(MAX_WAIT), self.max_wait),
+                format!(
+                    "must be at most {}, got {:?}",
+                    humantime::format_duration(MAX_WAIT),
+                    self.max_wait
+                ),
             );
         }
         if !(MIN_LEASE_TTL..=MAX_LEASE_TTL).contains(&self.lease_ttl) {
@@ -141,7 +148,10 @@ impl Limits {
         if !budget.ratio.is_finite() || !(0.0..=MAX_BUDGET_RATIO).contains(&budget.ratio) {
             return bad(
                 "retry_budget.ratio",
-                format!("must be between 0 and {MAX_BUDGET_RATIO}, got {}", budget.ratio),
+                format!(
+                    "must be between 0 and {MAX_BUDGET_RATIO}, got {}",
+                    budget.ratio
+                ),
             );
         }
         if budget.min_per_second > MAX_MIN_RETRIES_PER_SECOND {
@@ -176,24 +186,39 @@ mod tests {
     fn patch_keeps_unset_fields_and_names_the_bad_one() {
         let base = Limits::default();
         let raised = base
-            .patched(&LimitsPatch { max_concurrency: Some(3), ..Default::default() })
+            .patched(&LimitsPatch {
+                max_concurrency: Some(3),
+                ..Default::default()
+            })
             .unwrap();
         assert_eq!(raised.max_concurrency(), 3);
         assert_eq!(raised.max_queue(), base.max_queue());
 
         let err = base
-            .patched(&LimitsPatch { max_concurrency: Some(0), ..Default::default() })
+            .patched(&LimitsPatch {
+                max_concurrency: Some(0),
+                ..Default::default()
+            })
             .unwrap_err();
         assert_eq!(err.field, "max_concurrency");
 
         let err = base
-            .patched(&LimitsPatch { lease_ttl: Some(Duration::from_millis(5)), ..Default::default() })
+            .patched(&LimitsPatch {
+                lease_ttl: Some(Duration::from_millis(5)),
+                ..Default::default()
+            })
             .unwrap_err();
         assert_eq!(err.field, "lease_ttl");
 
-        let budget = BudgetConfig { ratio: f64::NAN, ..BudgetConfig::default() };
+        let budget = BudgetConfig {
+            ratio: f64::NAN,
+            ..BudgetConfig::default()
+        };
         let err = base
-            .patched(&LimitsPatch { retry_budget: Some(budget), ..Default::default() })
+            .patched(&LimitsPatch {
+                retry_budget: Some(budget),
+                ..Default::default()
+            })
             .unwrap_err();
         assert_eq!(err.field, "retry_budget.ratio");
     }

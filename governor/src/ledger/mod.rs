@@ -70,15 +70,23 @@ pub fn check_dependency_name(name: &str) -> Result<(), String> {
         return Err("must not be empty".into());
     }
     if name.len() > MAX_NAME_LEN {
-        return Err(format!("must be at most {MAX_NAME_LEN} bytes, got {}", name.len()));
+        return Err(format!(
+            "must be at most {MAX_NAME_LEN} bytes, got {}",
+            name.len()
+        ));
     }
-    match name.bytes().position(|b| !(b.is_ascii_alphanumeric() || b"._:/-".contains(&b))) {
+    match name
+        .bytes()
+        .position(|b| !(b.is_ascii_alphanumeric() || b"._:/-".contains(&b)))
+    {
         Some(at) => {
             let found = match name.as_bytes()[at] {
                 b if b.is_ascii() => format!("{:?}", char::from(b)),
                 _ => "a non-ASCII byte".to_owned(),
             };
-            Err(format!("may only contain [A-Za-z0-9._:/-], found {found} at byte {at}"))
+            Err(format!(
+                "may only contain [A-Za-z0-9._:/-], found {found} at byte {at}"
+            ))
         }
         None => Ok(()),
     }
@@ -144,7 +152,11 @@ impl Ledger {
 
     pub fn with_observer(config: LedgerConfig, observer: Arc<dyn LedgerObserver>) -> Ledger {
         let ledger = Ledger {
-            shared: Arc::new(Shared::new(lease::new_epoch(), config.max_waiters, observer)),
+            shared: Arc::new(Shared::new(
+                lease::new_epoch(),
+                config.max_waiters,
+                observer,
+            )),
             dependencies: DashMap::new(),
             settings: RwLock::new(Settings {
                 defaults: config.defaults.clone(),
@@ -169,8 +181,15 @@ impl Ledger {
         let arrived = Instant::now();
         match dependency.admit(request, arrived) {
             Admission::Decided(decision) => Ok(decision),
-            Admission::Queued { key, wake, deadline, queue_depth } => {
-                let wake = queued::Queued::new(dependency, key, wake).wait(deadline).await;
+            Admission::Queued {
+                key,
+                wake,
+                deadline,
+                queue_depth,
+            } => {
+                let wake = queued::Queued::new(dependency, key, wake)
+                    .wait(deadline)
+                    .await;
                 Ok(Decision {
                     outcome: wake.outcome,
                     queue_wait: arrived.elapsed(),
@@ -187,9 +206,7 @@ impl Ledger {
         let lease = LeaseId::parse(lease_id).filter(|id| id.epoch == self.shared.epoch)?;
         let (_, record) = self.shared.leases.remove(&lease.key)?;
         let dependency = record.dependency.clone();
-        let ended = dependency.finish(lease, record, Instant::now());
-        self.shared.observer.lease_ended(&ended);
-        Some(ended)
+        Some(dependency.finish(lease, record, Instant::now()))
     }
 
     /// Extends a live lease by its dependency's lease TTL; returns the TTL.
@@ -216,7 +233,7 @@ impl Ledger {
     /// does not exist (even when unknown dependencies are not allowed: the
     /// control plane is trusted). Fails on the first invalid field.
     pub fn update(&self, name: &str, patch: &LimitsPatch) -> Result<DependencyStatus, UpdateError> {
-        check_dependency_name(name).map_err(|problem| UpdateError::InvalidName(problem))?;
+        check_dependency_name(name).map_err(UpdateError::InvalidName)?;
         let dependency = self.get_or_create(name, true)?;
         let limits = dependency.status().limits.patched(patch)?;
         dependency.set_limits(limits, Instant::now());
@@ -245,7 +262,10 @@ impl Ledger {
             }
         }
         for dependency in self.dependencies.iter() {
-            let configured = config.dependencies.iter().any(|(n, _)| **n == **dependency.name());
+            let configured = config
+                .dependencies
+                .iter()
+                .any(|(n, _)| **n == **dependency.name());
             if !configured {
                 dependency.set_limits(config.defaults.clone(), now);
             }
@@ -263,6 +283,11 @@ impl Ledger {
 
     pub fn is_draining(&self) -> bool {
         self.shared.draining.load(Ordering::Acquire)
+    }
+
+    /// Whether `lease` is live in this ledger.
+    pub fn holds(&self, lease: &LeaseId) -> bool {
+        lease.epoch == self.shared.epoch && self.shared.leases.contains_key(&lease.key)
     }
 
     /// Leases held, across all dependencies.

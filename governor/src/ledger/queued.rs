@@ -23,7 +23,11 @@ impl Queued {
         key: WaiterKey,
         wake: oneshot::Receiver<Wake>,
     ) -> Self {
-        Queued { dependency, key, wake: Some(wake) }
+        Queued {
+            dependency,
+            key,
+            wake: Some(wake),
+        }
     }
 
     /// Waits for a grant, a displacement or the deadline, whichever is first.

@@ -12,9 +12,9 @@ use super::lease::LeaseKey;
 
 /// Hears about what the ledger does on its own, off any caller's path.
 pub trait LedgerObserver: Send + Sync + std::fmt::Debug + 'static {
-    /// A lease ended: released, or expired because nobody released or
-    /// renewed it in time.
-    fn lease_ended(&self, lease: &EndedLease) {
+    /// A lease expired: nobody released or renewed it in time, and its slot
+    /// is free again. (Releases are reported by whoever called release.)
+    fn lease_expired(&self, lease: &EndedLease) {
         let _ = lease;
     }
 }
@@ -60,7 +60,9 @@ impl Shared {
     pub(crate) fn reserve_waiter(&self) -> bool {
         let max = self.max_waiters.load(Ordering::Relaxed);
         self.waiters
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < max).then_some(n + 1))
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
             .is_ok()
     }
 

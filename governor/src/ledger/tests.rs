@@ -29,7 +29,12 @@ fn ledger_with(name: &str, limits: Limits) -> Arc<Ledger> {
 }
 
 fn request(priority: Priority, attempt: u32) -> AcquireRequest<'static> {
-    AcquireRequest { dependency: "db", attempt, priority, max_wait: None }
+    AcquireRequest {
+        dependency: "db",
+        attempt,
+        priority,
+        max_wait: None,
+    }
 }
 
 async fn grant(ledger: &Ledger) -> String {
@@ -69,7 +74,14 @@ async fn grants_up_to_the_limit_then_queues_without_barging() {
     let decision = waiter.await.unwrap();
     assert!(decision.granted().is_some());
     assert_eq!(decision.queue_wait, Duration::from_millis(30));
-    assert_eq!(decision.snapshot, Snapshot { limit: 2, in_flight: 2, queued: 0 });
+    assert_eq!(
+        decision.snapshot,
+        Snapshot {
+            limit: 2,
+            in_flight: 2,
+            queued: 0
+        }
+    );
     assert_eq!(status(&ledger).in_flight, 2);
 }
 
@@ -91,7 +103,11 @@ async fn serves_waiters_by_priority_then_arrival() {
     ] {
         assert!(ledger.release(&lease).is_some(), "{name}");
         let decision = waiter.await.unwrap();
-        lease = decision.granted().unwrap_or_else(|| panic!("{name} granted")).lease.to_string();
+        lease = decision
+            .granted()
+            .unwrap_or_else(|| panic!("{name} granted"))
+            .lease
+            .to_string();
     }
 }
 
@@ -103,7 +119,10 @@ async fn a_full_queue_rejects_or_sheds_the_newest_lowest_waiter() {
     let new_sheddable = enqueue(&ledger, Priority::Sheddable, 0).await;
 
     // Same priority as the lowest waiter: no displacement.
-    let full = ledger.acquire(&request(Priority::Sheddable, 0)).await.unwrap();
+    let full = ledger
+        .acquire(&request(Priority::Sheddable, 0))
+        .await
+        .unwrap();
     assert_eq!(full.rejected().unwrap().reason, RejectReason::QueueFull);
     assert!(full.rejected().unwrap().retry_after > Duration::ZERO);
 
@@ -116,7 +135,10 @@ async fn a_full_queue_rejects_or_sheds_the_newest_lowest_waiter() {
     assert!(!critical.is_finished());
 
     // A retry may not displace a first attempt.
-    let retry = ledger.acquire(&request(Priority::Critical, 1)).await.unwrap();
+    let retry = ledger
+        .acquire(&request(Priority::Critical, 1))
+        .await
+        .unwrap();
     assert_eq!(retry.rejected().unwrap().reason, RejectReason::QueueFull);
     assert_eq!(status(&ledger).rejected_total, 3);
 }
@@ -128,20 +150,39 @@ async fn waiters_time_out_at_the_shorter_of_both_waits() {
 
     let start = Instant::now();
     let decision = ledger.acquire(&request(Priority::Normal, 0)).await.unwrap();
-    assert_eq!(decision.rejected().unwrap().reason, RejectReason::QueueTimeout);
+    assert_eq!(
+        decision.rejected().unwrap().reason,
+        RejectReason::QueueTimeout
+    );
     assert_eq!(start.elapsed(), Duration::from_millis(200));
     assert_eq!(decision.queue_wait, Duration::from_millis(200));
 
     let start = Instant::now();
-    let short = AcquireRequest { max_wait: Some(Duration::from_millis(50)), ..request(Priority::Normal, 0) };
+    let short = AcquireRequest {
+        max_wait: Some(Duration::from_millis(50)),
+        ..request(Priority::Normal, 0)
+    };
     let decision = ledger.acquire(&short).await.unwrap();
-    assert_eq!(decision.rejected().unwrap().reason, RejectReason::QueueTimeout);
+    assert_eq!(
+        decision.rejected().unwrap().reason,
+        RejectReason::QueueTimeout
+    );
     assert_eq!(start.elapsed(), Duration::from_millis(50));
 
     // A zero wait never queues.
-    let try_acquire = AcquireRequest { max_wait: Some(Duration::ZERO), ..request(Priority::Normal, 0) };
-    let decision = ledger.acquire(&try_acquire).now_or_never().expect("decided at once").unwrap();
-    assert_eq!(decision.rejected().unwrap().reason, RejectReason::QueueTimeout);
+    let try_acquire = AcquireRequest {
+        max_wait: Some(Duration::ZERO),
+        ..request(Priority::Normal, 0)
+    };
+    let decision = ledger
+        .acquire(&try_acquire)
+        .now_or_never()
+        .expect("decided at once")
+        .unwrap();
+    assert_eq!(
+        decision.rejected().unwrap().reason,
+        RejectReason::QueueTimeout
+    );
     let status = status(&ledger);
     assert_eq!((status.queued, status.in_flight), (0, 1));
     assert_eq!(ledger.waiters(), 0);
@@ -185,7 +226,10 @@ async fn a_grant_racing_a_cancellation_returns_its_slot() {
 async fn leases_expire_after_their_ttl_and_not_before() {
     let ttl = Duration::from_millis(500);
     let limits = limits(1, 10, 5000)
-        .patched(&LimitsPatch { lease_ttl: Some(ttl), ..Default::default() })
+        .patched(&LimitsPatch {
+            lease_ttl: Some(ttl),
+            ..Default::default()
+        })
         .unwrap();
     let ledger = ledger_with("db", limits);
     let lease = grant(&ledger).await;
@@ -197,16 +241,25 @@ async fn leases_expire_after_their_ttl_and_not_before() {
 
     advance(Duration::from_millis(1)).await;
     let decision = waiter.await.unwrap();
-    assert!(decision.granted().is_some(), "the expiry freed the slot for the waiter");
+    assert!(
+        decision.granted().is_some(),
+        "the expiry freed the slot for the waiter"
+    );
     assert_eq!(status(&ledger).expired_total, 1);
-    assert!(ledger.release(&lease).is_none(), "an expired lease cannot be released");
+    assert!(
+        ledger.release(&lease).is_none(),
+        "an expired lease cannot be released"
+    );
 }
 
 #[tokio::test(start_paused = true)]
 async fn renewal_pushes_expiry_back() {
     let ttl = Duration::from_millis(300);
     let limits = limits(1, 10, 5000)
-        .patched(&LimitsPatch { lease_ttl: Some(ttl), ..Default::default() })
+        .patched(&LimitsPatch {
+            lease_ttl: Some(ttl),
+            ..Default::default()
+        })
         .unwrap();
     let ledger = ledger_with("db", limits);
     let lease = grant(&ledger).await;
@@ -238,15 +291,32 @@ async fn release_is_idempotent_and_rejects_foreign_ids() {
 }
 
 async fn grant_on(ledger: &Ledger) -> String {
-    let request = AcquireRequest { dependency: "other", ..request(Priority::Normal, 0) };
-    ledger.acquire(&request).await.unwrap().granted().unwrap().lease.to_string()
+    let request = AcquireRequest {
+        dependency: "other",
+        ..request(Priority::Normal, 0)
+    };
+    ledger
+        .acquire(&request)
+        .await
+        .unwrap()
+        .granted()
+        .unwrap()
+        .lease
+        .to_string()
 }
 
 #[tokio::test(start_paused = true)]
 async fn retries_draw_on_the_budget_and_get_a_hint() {
-    let budget = BudgetConfig { ratio: 0.5, min_per_second: 0, ttl: Duration::from_secs(10) };
+    let budget = BudgetConfig {
+        ratio: 0.5,
+        min_per_second: 0,
+        ttl: Duration::from_secs(10),
+    };
     let limits = limits(100, 10, 1000)
-        .patched(&LimitsPatch { retry_budget: Some(budget), ..Default::default() })
+        .patched(&LimitsPatch {
+            retry_budget: Some(budget),
+            ..Default::default()
+        })
         .unwrap();
     let ledger = ledger_with("db", limits);
     // No first attempts yet, no reserve: no retry.
@@ -258,8 +328,22 @@ async fn retries_draw_on_the_budget_and_get_a_hint() {
         grant(&ledger).await;
     }
     assert_eq!(status(&ledger).retry_budget_available, 2.0);
-    assert!(ledger.acquire(&request(Priority::Normal, 1)).await.unwrap().granted().is_some());
-    assert!(ledger.acquire(&request(Priority::Normal, 2)).await.unwrap().granted().is_some());
+    assert!(
+        ledger
+            .acquire(&request(Priority::Normal, 1))
+            .await
+            .unwrap()
+            .granted()
+            .is_some()
+    );
+    assert!(
+        ledger
+            .acquire(&request(Priority::Normal, 2))
+            .await
+            .unwrap()
+            .granted()
+            .is_some()
+    );
     let denied = ledger.acquire(&request(Priority::Normal, 1)).await.unwrap();
     let rejection = denied.rejected().unwrap();
     assert_eq!(rejection.reason, RejectReason::RetryBudgetExhausted);
@@ -274,19 +358,43 @@ async fn retries_draw_on_the_budget_and_get_a_hint() {
 
 #[tokio::test(start_paused = true)]
 async fn the_reserve_allows_min_per_second_retries() {
-    let budget = BudgetConfig { ratio: 0.0, min_per_second: 2, ttl: Duration::from_secs(1) };
+    let budget = BudgetConfig {
+        ratio: 0.0,
+        min_per_second: 2,
+        ttl: Duration::from_secs(1),
+    };
     let limits = limits(100, 10, 1000)
-        .patched(&LimitsPatch { retry_budget: Some(budget), ..Default::default() })
+        .patched(&LimitsPatch {
+            retry_budget: Some(budget),
+            ..Default::default()
+        })
         .unwrap();
     let ledger = ledger_with("db", limits);
     for _ in 0..2 {
-        assert!(ledger.acquire(&request(Priority::Normal, 1)).await.unwrap().granted().is_some());
+        assert!(
+            ledger
+                .acquire(&request(Priority::Normal, 1))
+                .await
+                .unwrap()
+                .granted()
+                .is_some()
+        );
     }
     let denied = ledger.acquire(&request(Priority::Normal, 1)).await.unwrap();
     let hint = denied.rejected().unwrap().retry_after;
-    assert!(hint > Duration::ZERO && hint <= Duration::from_millis(1100), "{hint:?}");
+    assert!(
+        hint > Duration::ZERO && hint <= Duration::from_millis(1100),
+        "{hint:?}"
+    );
     advance(hint).await;
-    assert!(ledger.acquire(&request(Priority::Normal, 1)).await.unwrap().granted().is_some());
+    assert!(
+        ledger
+            .acquire(&request(Priority::Normal, 1))
+            .await
+            .unwrap()
+            .granted()
+            .is_some()
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -297,19 +405,37 @@ async fn raising_the_limit_grants_waiters_and_lowering_revokes_nothing() {
     let w2 = enqueue(&ledger, Priority::Normal, 0).await;
 
     let raised = ledger
-        .update("db", &LimitsPatch { max_concurrency: Some(3), ..Default::default() })
+        .update(
+            "db",
+            &LimitsPatch {
+                max_concurrency: Some(3),
+                ..Default::default()
+            },
+        )
         .unwrap();
     assert_eq!(raised.in_flight, 3);
     assert!(w1.await.unwrap().granted().is_some());
     assert!(w2.await.unwrap().granted().is_some());
 
     let lowered = ledger
-        .update("db", &LimitsPatch { max_concurrency: Some(1), ..Default::default() })
+        .update(
+            "db",
+            &LimitsPatch {
+                max_concurrency: Some(1),
+                ..Default::default()
+            },
+        )
         .unwrap();
-    assert_eq!((lowered.in_flight, lowered.limits.max_concurrency()), (3, 1));
+    assert_eq!(
+        (lowered.in_flight, lowered.limits.max_concurrency()),
+        (3, 1)
+    );
     let waiter = enqueue(&ledger, Priority::Normal, 0).await;
     ledger.release(&held).unwrap();
-    assert!(!waiter.is_finished(), "2 held of 1 allowed: nobody is granted");
+    assert!(
+        !waiter.is_finished(),
+        "2 held of 1 allowed: nobody is granted"
+    );
     assert_eq!(status(&ledger).in_flight, 2);
 }
 
@@ -319,8 +445,19 @@ async fn shrinking_the_queue_sheds_the_excess() {
     let _held = grant(&ledger).await;
     let keep = enqueue(&ledger, Priority::Normal, 0).await;
     let drop_me = enqueue(&ledger, Priority::Sheddable, 0).await;
-    ledger.update("db", &LimitsPatch { max_queue: Some(1), ..Default::default() }).unwrap();
-    assert_eq!(drop_me.await.unwrap().rejected().unwrap().reason, RejectReason::Shed);
+    ledger
+        .update(
+            "db",
+            &LimitsPatch {
+                max_queue: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert_eq!(
+        drop_me.await.unwrap().rejected().unwrap().reason,
+        RejectReason::Shed
+    );
     assert!(!keep.is_finished());
     assert_eq!(ledger.waiters(), 1);
 }
@@ -331,10 +468,19 @@ async fn draining_answers_waiters_and_newcomers() {
     let held = grant(&ledger).await;
     let waiter = enqueue(&ledger, Priority::Normal, 0).await;
     ledger.drain();
-    assert_eq!(waiter.await.unwrap().rejected().unwrap().reason, RejectReason::ShuttingDown);
-    let late = ledger.acquire(&request(Priority::Critical, 0)).await.unwrap();
+    assert_eq!(
+        waiter.await.unwrap().rejected().unwrap().reason,
+        RejectReason::ShuttingDown
+    );
+    let late = ledger
+        .acquire(&request(Priority::Critical, 0))
+        .await
+        .unwrap();
     assert_eq!(late.rejected().unwrap().reason, RejectReason::ShuttingDown);
-    assert!(ledger.release(&held).is_some(), "releases still work while draining");
+    assert!(
+        ledger.release(&held).is_some(),
+        "releases still work while draining"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -343,12 +489,21 @@ async fn unknown_dependencies_and_the_dependency_cap() {
         allow_unknown_dependencies: false,
         ..LedgerConfig::default()
     });
-    let error = closed.acquire(&request(Priority::Normal, 0)).await.unwrap_err();
+    let error = closed
+        .acquire(&request(Priority::Normal, 0))
+        .await
+        .unwrap_err();
     assert_eq!(error, LedgerError::UnknownDependency("db".into()));
 
-    let capped = Ledger::new(LedgerConfig { max_dependencies: 1, ..LedgerConfig::default() });
+    let capped = Ledger::new(LedgerConfig {
+        max_dependencies: 1,
+        ..LedgerConfig::default()
+    });
     grant_on(&capped).await;
-    let error = capped.acquire(&request(Priority::Normal, 0)).await.unwrap_err();
+    let error = capped
+        .acquire(&request(Priority::Normal, 0))
+        .await
+        .unwrap_err();
     assert_eq!(error, LedgerError::TooManyDependencies(1));
 }
 
@@ -362,7 +517,10 @@ async fn the_global_waiter_cap_holds_across_dependencies() {
     grant(&ledger).await;
     let _queued = enqueue(&ledger, Priority::Normal, 0).await;
     grant_on(&ledger).await;
-    let other = AcquireRequest { dependency: "other", ..request(Priority::Normal, 0) };
+    let other = AcquireRequest {
+        dependency: "other",
+        ..request(Priority::Normal, 0)
+    };
     let full = ledger.acquire(&other).await.unwrap();
     assert_eq!(full.rejected().unwrap().reason, RejectReason::QueueFull);
 }
@@ -372,6 +530,10 @@ fn dependency_names_are_checked() {
     assert!(check_dependency_name("payments-v2.eu:443/api_x").is_ok());
     assert!(check_dependency_name("").is_err());
     assert!(check_dependency_name(&"a".repeat(129)).is_err());
-    assert!(check_dependency_name("has space").unwrap_err().contains("' '"));
+    assert!(
+        check_dependency_name("has space")
+            .unwrap_err()
+            .contains("' '")
+    );
     assert!(check_dependency_name("é").is_err());
 }

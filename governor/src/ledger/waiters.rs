@@ -92,7 +92,13 @@ impl<T> WaiterQueue<T> {
         self.next_seq += 1;
         let class = class(priority, retry);
         let tail = self.lists[class].tail;
-        let index = self.nodes.insert(Node { value, seq, class, prev: tail, next: None });
+        let index = self.nodes.insert(Node {
+            value,
+            seq,
+            class,
+            prev: tail,
+            next: None,
+        });
         match tail {
             Some(tail) => self.nodes[tail].next = Some(index),
             None => self.lists[class].head = Some(index),
@@ -164,7 +170,10 @@ impl<T> WaiterQueue<T> {
     }
 
     fn tail_key(&self, class: usize) -> Option<WaiterKey> {
-        self.lists[class].tail.map(|index| WaiterKey { index, seq: self.nodes[index].seq })
+        self.lists[class].tail.map(|index| WaiterKey {
+            index,
+            seq: self.nodes[index].seq,
+        })
     }
 
     fn unlink(&mut self, index: usize) -> T {

@@ -58,9 +58,18 @@ mod tests {
 
     #[test]
     fn leaves_a_margin_for_the_answer() {
-        assert_eq!(wait_budget(Duration::from_secs(1)), Duration::from_millis(980));
-        assert_eq!(wait_budget(Duration::from_millis(100)), Duration::from_millis(90));
-        assert_eq!(wait_budget(Duration::from_millis(10)), Duration::from_millis(8));
+        assert_eq!(
+            wait_budget(Duration::from_secs(1)),
+            Duration::from_millis(980)
+        );
+        assert_eq!(
+            wait_budget(Duration::from_millis(100)),
+            Duration::from_millis(90)
+        );
+        assert_eq!(
+            wait_budget(Duration::from_millis(10)),
+            Duration::from_millis(8)
+        );
         assert_eq!(wait_budget(Duration::from_millis(1)), Duration::ZERO);
     }
 }

@@ -20,7 +20,9 @@ impl From<LedgerError> for Status {
 impl From<UpdateError> for Status {
     fn from(error: UpdateError) -> Status {
         match error {
-            UpdateError::InvalidName(problem) => Status::invalid_argument(format!("name: {problem}")),
+            UpdateError::InvalidName(problem) => {
+                Status::invalid_argument(format!("name: {problem}"))
+            }
             UpdateError::Limit(invalid) => {
                 Status::invalid_argument(format!("limits.{}: {}", invalid.field, invalid.problem))
             }

@@ -25,7 +25,10 @@ pub fn tenant(tenant: &str) -> Result<(), Status> {
     if tenant.len() > MAX_TENANT_LEN {
         return Err(invalid(
             "tenant",
-            format!("must be at most {MAX_TENANT_LEN} bytes, got {}", tenant.len()),
+            format!(
+                "must be at most {MAX_TENANT_LEN} bytes, got {}",
+                tenant.len()
+            ),
         ));
     }
     if tenant.chars().any(char::is_control) {
@@ -103,10 +106,9 @@ pub fn limits_patch(limits: Option<&v1::DependencyLimits>) -> Result<LimitsPatch
     let retry_budget = match &limits.retry_budget {
         None => None,
         Some(budget) => {
-            let ttl = budget
-                .ttl
-                .as_ref()
-                .ok_or_else(|| invalid("limits.retry_budget.ttl", "is required with a retry_budget"))?;
+            let ttl = budget.ttl.as_ref().ok_or_else(|| {
+                invalid("limits.retry_budget.ttl", "is required with a retry_budget")
+            })?;
             Some(BudgetConfig {
                 ratio: budget.ratio,
                 min_per_second: budget.min_per_second,

@@ -9,16 +9,32 @@ use tonic::{Request, Response, Status};
 use super::deadline;
 use super::fields;
 use crate::ledger::{AcquireRequest, Ledger, MAX_WAIT, RejectReason};
+use crate::telemetry::{AcquireFields, AcquireTrace, Telemetry};
 
 /// The data plane.
 #[derive(Clone, Debug)]
 pub struct GovernorService {
     ledger: Arc<Ledger>,
+    telemetry: Arc<Telemetry>,
 }
 
 impl GovernorService {
-    pub fn new(ledger: Arc<Ledger>) -> Self {
-        GovernorService { ledger }
+    pub fn new(ledger: Arc<Ledger>, telemetry: Arc<Telemetry>) -> Self {
+        GovernorService { ledger, telemetry }
+    }
+}
+
+/// Ends the Acquire's spans as cancelled if the caller goes away mid-wait.
+struct TraceGuard<'a> {
+    telemetry: &'a Telemetry,
+    trace: Option<AcquireTrace>,
+}
+
+impl Drop for TraceGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(trace) = self.trace.take() {
+            self.telemetry.acquire_cancelled(trace);
+        }
     }
 }
 
@@ -39,7 +55,7 @@ impl governor_server::Governor for GovernorService {
         request: Request<v1::AcquireRequest>,
     ) -> Result<Response<v1::AcquireResponse>, Status> {
         let caller_wait = deadline::grpc_timeout(request.metadata()).map(deadline::wait_budget);
-        let message = request.into_inner();
+        let (metadata, _, message) = request.into_parts();
         fields::dependency("dependency", &message.dependency)?;
         fields::tenant(&message.tenant)?;
         let priority = fields::priority(message.priority)?;
@@ -59,7 +75,21 @@ impl governor_server::Governor for GovernorService {
             priority,
             max_wait,
         };
-        let decision = self.ledger.acquire(&request).await?;
+        let fields = AcquireFields {
+            dependency: &message.dependency,
+            tenant: &message.tenant,
+            priority,
+            attempt: message.attempt,
+        };
+        let mut guard = TraceGuard {
+            telemetry: &self.telemetry,
+            trace: self.telemetry.acquire_started(&metadata, &fields),
+        };
+        let decision = self.ledger.acquire(&request).await;
+        let trace = guard.trace.take();
+        let decision = decision?;
+        self.telemetry
+            .acquire_finished(&self.ledger, trace, &fields, &decision);
 
         let mut response = v1::AcquireResponse {
             queue_wait: Some(fields::to_proto(decision.queue_wait)),
@@ -75,14 +105,6 @@ impl governor_server::Governor for GovernorService {
                 response.lease_ttl = Some(fields::to_proto(grant.ttl));
             }
             Err(rejection) => {
-                tracing::debug!(
-                    dependency = %message.dependency,
-                    reason = rejection.reason.as_str(),
-                    limit = decision.snapshot.limit,
-                    in_flight = decision.snapshot.in_flight,
-                    queued = decision.snapshot.queued,
-                    "acquire rejected"
-                );
                 response.set_reason(reject_reason(rejection.reason));
                 response.retry_after = Some(fields::to_proto(rejection.retry_after));
             }
@@ -96,12 +118,19 @@ impl governor_server::Governor for GovernorService {
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
         let message = request.into_inner();
         fields::lease_id(&message.lease_id)?;
-        fields::outcome(message.outcome)?;
-        if let Some(latency) = &message.latency {
-            fields::duration("latency", latency, Duration::from_secs(24 * 3600))?;
+        let outcome = fields::outcome(message.outcome)?;
+        let latency = message
+            .latency
+            .as_ref()
+            .map(|latency| fields::duration("latency", latency, Duration::from_secs(24 * 3600)))
+            .transpose()?;
+        let ended = self.ledger.release(&message.lease_id);
+        if let Some(ended) = &ended {
+            self.telemetry.released(ended, outcome as usize, latency);
         }
-        let released = self.ledger.release(&message.lease_id).is_some();
-        Ok(Response::new(v1::ReleaseResponse { released }))
+        Ok(Response::new(v1::ReleaseResponse {
+            released: ended.is_some(),
+        }))
     }
 
     async fn renew(
@@ -111,10 +140,18 @@ impl governor_server::Governor for GovernorService {
         let message = request.into_inner();
         fields::lease_id(&message.lease_id)?;
         let response = match self.ledger.renew(&message.lease_id) {
-            Some((_, ttl)) => v1::RenewResponse { renewed: true, lease_ttl: Some(fields::to_proto(ttl)) },
-            None => v1::RenewResponse { renewed: false, lease_ttl: None },
+            Some((_, ttl)) => {
+                self.telemetry.renewed(&message.lease_id);
+                v1::RenewResponse {
+                    renewed: true,
+                    lease_ttl: Some(fields::to_proto(ttl)),
+                }
+            }
+            None => v1::RenewResponse {
+                renewed: false,
+                lease_ttl: None,
+            },
         };
         Ok(Response::new(response))
     }
 }
-

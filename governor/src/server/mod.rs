@@ -24,15 +24,21 @@ pub use governor::GovernorService;
 
 use crate::config::ServerConfig;
 use crate::ledger::Ledger;
+use crate::telemetry::Telemetry;
 
 /// The fully-qualified name health checks use for the data plane.
 pub const GOVERNOR_SERVICE_NAME: &str = "governor.v1.Governor";
 
 /// Every gRPC service the sidecar serves, ready to be mounted on a listener:
 /// the data plane, the control plane, health, and reflection (v1 and v1alpha).
-pub fn routes(ledger: Arc<Ledger>, health: HealthServer<impl Health>, config: &ServerConfig) -> Routes {
+pub fn routes(
+    ledger: Arc<Ledger>,
+    telemetry: Arc<Telemetry>,
+    health: HealthServer<impl Health>,
+    config: &ServerConfig,
+) -> Routes {
     let max = config.max_message_bytes;
-    let governor = GovernorServer::new(GovernorService::new(ledger.clone()))
+    let governor = GovernorServer::new(GovernorService::new(ledger.clone(), telemetry))
         .max_decoding_message_size(max);
     let admin = GovernorAdminServer::new(AdminService::new(ledger)).max_decoding_message_size(max);
     let reflection = || {
@@ -40,8 +46,12 @@ pub fn routes(ledger: Arc<Ledger>, health: HealthServer<impl Health>, config: &S
             .register_encoded_file_descriptor_set(rate_governor_proto::FILE_DESCRIPTOR_SET)
             .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
     };
-    let reflection_v1 = reflection().build_v1().expect("the embedded descriptors are valid");
-    let reflection_v1alpha = reflection().build_v1alpha().expect("the embedded descriptors are valid");
+    let reflection_v1 = reflection()
+        .build_v1()
+        .expect("the embedded descriptors are valid");
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .expect("the embedded descriptors are valid");
     let mut routes = Routes::builder();
     routes
         .add_service(governor)
@@ -57,5 +67,7 @@ pub async fn set_serving(reporter: &HealthReporter, serving: bool) {
     use tonic_health::ServingStatus::{NotServing, Serving};
     let status = if serving { Serving } else { NotServing };
     reporter.set_service_status("", status).await;
-    reporter.set_service_status(GOVERNOR_SERVICE_NAME, status).await;
+    reporter
+        .set_service_status(GOVERNOR_SERVICE_NAME, status)
+        .await;
 }

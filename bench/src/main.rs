@@ -1,0 +1,503 @@
+//! `governor-bench`: the benchmark and overload-evaluation harness.
+//!
+//! It starts what it needs itself (governor sidecars from `--governor-bin`, a
+//! redis-server, an OTLP span sink, a simulated downstream), runs every arm in
+//! the same run, and writes JSON, a Markdown report and an SVG plot.
+//!
+//! ```text
+//! cargo build --release -p rate-governor --bin governor
+//! cargo run --release -p governor-bench -- --quick     # about a minute
+//! cargo run --release -p governor-bench                # the full run
+//! cargo run -p governor-bench -- --smoke --governor-bin target/debug/governor   # CI, < 30 s
+//! ```
+
+mod downstream;
+mod env;
+mod happy;
+mod load;
+mod otlp;
+mod overload;
+mod process;
+mod redis_sem;
+mod report;
+mod scale;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::Parser;
+use rate_governor_proto::v1::governor_client::GovernorClient;
+
+use crate::env::{Machine, Pinning};
+use crate::happy::{HappyPlan, Servers};
+use crate::otlp::SpanSink;
+use crate::overload::{OverloadPlan, StormPlan};
+use crate::process::{Governor, Redis};
+use crate::report::Results;
+use crate::scale::ScalePlan;
+
+/// Benchmarks the governor sidecar against the alternatives and under overload.
+#[derive(Debug, Parser)]
+#[command(name = "governor-bench", version, about)]
+struct Args {
+    /// A shorter run, about a minute.
+    #[arg(long, conflicts_with = "smoke")]
+    quick: bool,
+    /// Every arm very briefly (< 30 s), for CI: exits non-zero if any arm
+    /// failed or produced no samples. Writes to target/bench-smoke unless
+    /// --out-dir is given.
+    #[arg(long)]
+    smoke: bool,
+    /// The governor binary [default: <repo>/target/release/governor].
+    #[arg(long, env = "GOVERNOR_BIN")]
+    governor_bin: Option<PathBuf>,
+    /// The redis-server program (a path or a name on PATH). A4 is skipped,
+    /// with a note, when it is missing.
+    #[arg(long, default_value = "redis-server")]
+    redis_server: String,
+    /// Where the JSON and the SVG go [default: <repo>/docs/bench].
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// The Markdown report [default: <repo>/docs/benchmarks.md; with --smoke, OUT_DIR/benchmarks.md].
+    #[arg(long)]
+    doc: Option<PathBuf>,
+    /// Repeats of the happy-path and overload arms (overrides the mode's).
+    #[arg(long)]
+    repeats: Option<usize>,
+    /// Do not pin the sidecar and the load generator to different cores.
+    #[arg(long)]
+    no_pin: bool,
+}
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap_or(Path::new("."))
+        .to_path_buf()
+}
+
+fn secs(s: f64) -> Duration {
+    Duration::from_secs_f64(s)
+}
+
+struct Plans {
+    mode: &'static str,
+    happy: HappyPlan,
+    overload: OverloadPlan,
+    storm: StormPlan,
+    scale: ScalePlan,
+}
+
+fn plans(args: &Args) -> Plans {
+    // (mode, happy warm-up, happy measure, saturation, repeats, ledger pairs,
+    //  overload warm-up, overload measure, overload repeats, storm warm-up,
+    //  storm measure, scale pairs)
+    let (mode, hw, hm, hs, reps, lp, ow, om, oreps, sw, sm, sp) = if args.smoke {
+        (
+            "smoke", 0.1, 0.3, 0.3, 1, 20_000, 0.1, 0.4, 1, 0.3, 0.5, 20_000,
+        )
+    } else if args.quick {
+        (
+            "quick", 0.2, 0.6, 0.5, 3, 100_000, 0.3, 1.5, 1, 1.2, 2.0, 200_000,
+        )
+    } else {
+        (
+            "full", 0.5, 3.0, 2.0, 5, 500_000, 1.0, 8.0, 3, 2.0, 8.0, 1_000_000,
+        )
+    };
+    let reps = args.repeats.unwrap_or(reps).max(1);
+    let oreps = args.repeats.map_or(oreps, |r| r.clamp(1, 5));
+    Plans {
+        mode,
+        happy: HappyPlan {
+            rate: if args.smoke { 500.0 } else { 2000.0 },
+            warmup: secs(hw),
+            measure: secs(hm),
+            concurrency: 16,
+            saturation_measure: secs(hs),
+            repeats: reps,
+            span_settle: secs(if args.smoke { 2.0 } else { 3.0 }),
+            ledger_pairs: lp,
+        },
+        // Smoke runs debug builds: a smaller downstream keeps 10x affordable.
+        overload: OverloadPlan {
+            concurrency: if args.smoke { 4 } else { 8 },
+            service_ms: if args.smoke { 20.0 } else { 10.0 },
+            slo_ms: 50.0,
+            client_timeout_ms: 1000.0,
+            multiples: vec![0.5, 1.0, 2.0, 10.0],
+            max_queue: 8,
+            max_wait_ms: 30,
+            warmup: secs(ow),
+            measure: secs(om),
+            repeats: oreps,
+        },
+        storm: StormPlan {
+            rate: 400.0,
+            retries: 3,
+            fail_probability: 1.0,
+            service_ms: 1.0,
+            concurrency: 8,
+            budget_ratio: 0.2,
+            budget_min_per_second: 10,
+            budget_ttl_s: 1,
+            warmup: secs(sw),
+            measure: secs(sm),
+            repeats: oreps,
+        },
+        scale: ScalePlan {
+            dependency_counts: vec![1, 1_000, 100_000],
+            pairs: sp,
+            waiter_counts: vec![100, 1_000, 10_000],
+            repeats: if args.smoke { 1 } else { 3 },
+        },
+    }
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    // Describe the machine before pinning narrows what this process sees.
+    let machine = Machine::describe();
+    // Pin before the runtime starts, so that every thread inherits it.
+    let pinning = Pinning::apply(args.no_pin);
+    // On one load core, a single-threaded runtime: no second thread competing
+    // for the core with the one that sends. Otherwise everything runs on the
+    // workers (not on this thread) for the same reason.
+    let runtime = if pinning.load_threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(pinning.load_threads)
+            .enable_all()
+            .build()
+    };
+    let runtime = match runtime {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("governor-bench: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async move {
+        tokio::spawn(run(args, pinning, machine))
+            .await
+            .unwrap_or_else(|e| Err(format!("the harness panicked: {e}")))
+    });
+    match outcome {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("governor-bench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn log(line: &str) {
+    eprintln!("{line}");
+}
+
+async fn run(args: Args, pinning: Pinning, machine: Machine) -> Result<bool, String> {
+    let root = repo_root();
+    let plans = plans(&args);
+    let governor_bin = args
+        .governor_bin
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/governor"));
+    let out_dir = args.out_dir.clone().unwrap_or_else(|| {
+        if args.smoke {
+            root.join("target/bench-smoke")
+        } else {
+            root.join("docs/bench")
+        }
+    });
+    let doc = args.doc.clone().unwrap_or_else(|| {
+        if args.smoke {
+            out_dir.join("benchmarks.md")
+        } else {
+            root.join("docs/benchmarks.md")
+        }
+    });
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("create {}: {e}", out_dir.display()))?;
+    let work = std::env::temp_dir().join(format!("governor-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
+    log(&format!("governor-bench {} mode", plans.mode));
+    log(&format!(
+        "machine: {} CPUs ({}), {} RAM; {}",
+        machine.nproc, machine.cpu_model, machine.memory, pinning.note
+    ));
+    log(&format!("governor: {}", governor_bin.display()));
+    let result = measure(&args, &plans, &pinning, &governor_bin, &work, machine).await;
+    let _ = std::fs::remove_dir_all(&work);
+    let results = result?;
+
+    for t in &results.targets {
+        println!(
+            "{:<12} {} — goal {}, measured {}",
+            t.verdict(),
+            t.name,
+            t.goal,
+            t.measured
+        );
+    }
+    for w in &results.warnings {
+        println!("WARNING      {w}");
+    }
+    for f in &results.failures {
+        println!("FAILED       {f}");
+    }
+
+    let json = out_dir.join("results.json");
+    let svg = out_dir.join("overload.svg");
+    report::write_json(&results, &json)?;
+    std::fs::write(&svg, report::svg(&results.overload, &results.overload_plan))
+        .map_err(|e| format!("write {}: {e}", svg.display()))?;
+    let rel = |p: &Path| {
+        doc.parent()
+            .and_then(|d| p.strip_prefix(d).ok())
+            .map_or_else(|| p.display().to_string(), |r| r.display().to_string())
+    };
+    let analysis = report::existing_analysis(&doc);
+    let json_name = json
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let text = report::markdown(&results, &rel(&svg), &json_name, analysis.as_deref());
+    std::fs::write(&doc, text).map_err(|e| format!("write {}: {e}", doc.display()))?;
+    println!(
+        "wrote {}, {} and {}",
+        doc.display(),
+        json.display(),
+        svg.display()
+    );
+    let ok = results.failures.is_empty();
+    if args.smoke {
+        println!(
+            "smoke mode: PASS/MISS above are informational (debug builds, sub-second runs); only failed arms fail the run"
+        );
+    }
+    println!(
+        "governor-bench {}: {} — {} targets passed, {} missed, {} arms failed",
+        results.mode,
+        if ok { "ok" } else { "FAILED" },
+        results
+            .targets
+            .iter()
+            .filter(|t| t.pass == Some(true))
+            .count(),
+        results
+            .targets
+            .iter()
+            .filter(|t| t.pass == Some(false))
+            .count(),
+        results.failures.len()
+    );
+    Ok(ok)
+}
+
+async fn measure(
+    args: &Args,
+    plans: &Plans,
+    pinning: &Pinning,
+    bin: &Path,
+    work: &Path,
+    machine: Machine,
+) -> Result<Results, String> {
+    let ticks = env::clock_ticks();
+    let mut failures = Vec::new();
+    let mut warnings = Vec::new();
+
+    let happy_config = "[server]\nshutdown_grace = \"1s\"\n";
+    let sink_1pct = SpanSink::start().await?;
+    let sink_all = SpanSink::start().await?;
+    let otel = |sink: &SpanSink, share: &str| {
+        vec![
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                format!("http://{}", sink.addr),
+            ),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc".to_owned()),
+            ("OTEL_TRACES_EXPORTER", "otlp".to_owned()),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio".to_owned()),
+            ("OTEL_TRACES_SAMPLER_ARG", share.to_owned()),
+            ("OTEL_BSP_SCHEDULE_DELAY", "200".to_owned()),
+            ("OTEL_SERVICE_NAME", "governor-bench".to_owned()),
+        ]
+    };
+    log("starting governor sidecars");
+    let plain = Governor::start(bin, "plain", happy_config, &[], work, pinning).await?;
+    let traced_1pct = Governor::start(
+        bin,
+        "traced-1pct",
+        happy_config,
+        &otel(&sink_1pct, "0.01"),
+        work,
+        pinning,
+    )
+    .await?;
+    let traced_all = Governor::start(
+        bin,
+        "traced-all",
+        happy_config,
+        &otel(&sink_all, "1.0"),
+        work,
+        pinning,
+    )
+    .await?;
+    let overload_gov = Governor::start(
+        bin,
+        "overload",
+        &plans.overload.governor_config(&plans.storm),
+        &[],
+        work,
+        pinning,
+    )
+    .await?;
+    let redis = match Redis::start(&args.redis_server, work, pinning).await {
+        Ok(r) => {
+            log(&format!("redis-server {} on port {}", r.version, r.port));
+            Some(r)
+        }
+        Err(e) => {
+            let note = format!("A4 (Redis semaphore) skipped: {e}");
+            log(&note);
+            warnings.push(note);
+            None
+        }
+    };
+
+    log("happy path");
+    let servers = Servers {
+        plain: &plain,
+        traced_1pct: (&traced_1pct, &sink_1pct),
+        traced_all: (&traced_all, &sink_all),
+        redis: redis.as_ref(),
+        ticks,
+    };
+    let happy = happy::run(&servers, &plans.happy, &log).await?;
+    for arm in &happy.arms {
+        let name = format!("{} {} over {}", arm.id, arm.label, arm.transport.as_str());
+        if arm.samples() == 0 {
+            failures.push(format!(
+                "{name}: no samples ({})",
+                arm.first_error().unwrap_or("no error")
+            ));
+        } else if arm.errors() > 0 {
+            failures.push(format!(
+                "{name}: {} errors, first: {}",
+                arm.errors(),
+                arm.first_error().unwrap_or("?")
+            ));
+        } else if !arm.available {
+            warnings.push(format!(
+                "{name}: {}",
+                arm.note.as_deref().unwrap_or("not available")
+            ));
+        }
+        if arm.id != "A0" && arm.id != "A1" && arm.id != "A4" {
+            continue;
+        }
+        if arm.saturation.iter().all(|r| r.latency.count == 0) {
+            failures.push(format!("{name}: saturation run produced no samples"));
+        }
+    }
+    if happy
+        .ledger
+        .repeats
+        .iter()
+        .any(|r| r.errors > 0 || r.latency.count == 0)
+    {
+        failures.push("A3 in-process ledger: errors or no samples".into());
+    }
+
+    log("overload");
+    let client = GovernorClient::new(overload_gov.tcp_channel().await?);
+    let overload = overload::run(&plans.overload, &client, &log).await;
+    for p in &overload {
+        let name = format!("overload {}x, {}", p.multiple, p.guard.as_str());
+        let errors: u64 = p.repeats.iter().map(|r| r.errors).sum();
+        if p.samples() == 0 {
+            failures.push(format!("{name}: no samples"));
+        } else if errors > 0 {
+            let first = p
+                .repeats
+                .iter()
+                .find_map(|r| r.first_error.clone())
+                .unwrap_or_default();
+            failures.push(format!("{name}: {errors} errors, first: {first}"));
+        }
+    }
+    log("retry storm");
+    let storm = overload::storm(&plans.storm, &client, &log).await;
+    for arm in &storm {
+        let name = format!(
+            "retry storm, budget {}",
+            if arm.budget { "on" } else { "off" }
+        );
+        let errors: u64 = arm.repeats.iter().map(|r| r.errors).sum();
+        if arm.samples() == 0 {
+            failures.push(format!("{name}: no samples"));
+        } else if errors > 0 {
+            let first = arm
+                .repeats
+                .iter()
+                .find_map(|r| r.first_error.clone())
+                .unwrap_or_default();
+            failures.push(format!("{name}: {errors} errors, first: {first}"));
+        }
+    }
+    drop(client);
+
+    log("scale");
+    let scale = scale::run(&plans.scale, &log).await;
+    let scale = match scale {
+        Ok(s) => s,
+        Err(e) => {
+            failures.push(format!("scale: {e}"));
+            scale::ScaleResults {
+                plan: plans.scale.clone(),
+                dependencies: Vec::new(),
+                waiters: Vec::new(),
+            }
+        }
+    };
+
+    for governor in [plain, traced_1pct, traced_all, overload_gov] {
+        let name = governor.process.name.clone();
+        if let Err(e) = governor.process.stop(Duration::from_secs(5)).await {
+            warnings.push(format!(
+                "governor {name} did not shut down cleanly on SIGTERM: {e}"
+            ));
+        }
+    }
+    if let Some(redis) = redis {
+        let _ = redis.process.stop(Duration::from_secs(5)).await;
+    }
+
+    let targets = report::targets(&happy, &overload, &storm);
+    let command = std::iter::once("governor-bench".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ");
+    Ok(Results {
+        mode: plans.mode.to_owned(),
+        command,
+        date: env::utc_now(),
+        machine,
+        pinning: pinning.clone(),
+        governor_bin: bin.display().to_string(),
+        governor_version: env::version_of(bin),
+        happy,
+        overload_plan: plans.overload.clone(),
+        overload,
+        storm_plan: plans.storm.clone(),
+        storm,
+        scale,
+        targets,
+        failures,
+        warnings,
+    })
+}

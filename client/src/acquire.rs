@@ -1,0 +1,139 @@
+//! The `Acquire` request builder and the permit-scoped `run`.
+
+use std::{
+    future::{Future, IntoFuture},
+    pin::Pin,
+    sync::atomic::Ordering,
+    time::{Duration, Instant},
+};
+
+use opentelemetry::Context;
+use rate_governor_proto::v1::{AcquireRequest, Outcome, Priority};
+
+use crate::{
+    AcquireError, FailPolicy, GovernedError, Governor, Permit, Rejection, duration::to_proto,
+    error::is_invalid,
+};
+
+/// A pending request for a permit, from [`Governor::acquire`]. Set options,
+/// then `.await` it for a [`Permit`].
+///
+/// # Cancel safety
+///
+/// Dropping the future while it waits makes the sidecar drop the queued
+/// request. If the permit was granted in the instant before, the lease is
+/// unknown to the client and its slot comes back when the lease TTL expires.
+#[derive(Debug, Clone)]
+#[must_use = "an Acquire does nothing until awaited"]
+pub struct Acquire {
+    gov: Governor,
+    request: AcquireRequest,
+}
+
+impl Acquire {
+    pub(crate) fn new(gov: Governor, dependency: String) -> Self {
+        let request = AcquireRequest {
+            dependency,
+            attempt: 0,
+            priority: gov.inner.priority as i32,
+            tenant: gov.inner.tenant.clone().unwrap_or_default(),
+            max_wait: None,
+        };
+        Self { gov, request }
+    }
+
+    /// Queueing priority (default: the builder's, `Normal` unless changed).
+    pub fn priority(mut self, priority: Priority) -> Self {
+        self.request.priority = priority as i32;
+        self
+    }
+
+    /// Tenant for attribution (default: the builder's).
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.request.tenant = tenant.into();
+        self
+    }
+
+    /// 0 for a first try, n for the n-th retry, which draws on the
+    /// dependency's retry budget.
+    pub fn attempt(mut self, attempt: u32) -> Self {
+        self.request.attempt = attempt;
+        self
+    }
+
+    /// Waits in the queue at most this long (it can only shorten the
+    /// configured max wait); zero means never queue.
+    pub fn max_wait(mut self, max_wait: Duration) -> Self {
+        self.request.max_wait = Some(to_proto(max_wait));
+        self
+    }
+
+    /// The dependency the permit is for.
+    pub fn dependency(&self) -> &str {
+        &self.request.dependency
+    }
+
+    /// Runs `fut` under the permit and releases it with `SUCCESS` (`Ok`) or
+    /// `FAILURE` (`Err`) and the latency of `fut`. A release error is logged,
+    /// not returned: the lease then expires on its own.
+    ///
+    /// # Cancel safety
+    ///
+    /// Dropping the returned future releases a held permit as `CANCELLED` (in
+    /// the background). `fut` is only polled once a permit is held.
+    ///
+    /// # Errors
+    ///
+    /// [`GovernedError::Acquire`] without a permit (then `fut` never runs),
+    /// [`GovernedError::Inner`] with `fut`'s error.
+    pub async fn run<F, T, E>(self, fut: F) -> Result<T, GovernedError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+    {
+        let permit = self.await.map_err(GovernedError::Acquire)?;
+        let started = Instant::now();
+        let result = fut.await;
+        let outcome = if result.is_ok() {
+            Outcome::Success
+        } else {
+            Outcome::Failure
+        };
+        if let Err(error) = permit
+            .release_with_latency(outcome, started.elapsed())
+            .await
+        {
+            tracing::debug!(%error, "governor release failed; the lease will expire");
+        }
+        result.map_err(GovernedError::Inner)
+    }
+
+    async fn send(self) -> Result<Permit, AcquireError> {
+        let Self { gov, request } = self;
+        let cx = Context::current();
+        let dependency = request.dependency.clone();
+        match gov.acquire_rpc(request, &cx).await {
+            Ok(response) if response.granted => Ok(Permit::granted(gov, dependency, response, cx)),
+            Ok(response) => Err(AcquireError::Rejected(Rejection::from(response))),
+            Err(status) if is_invalid(&status) || gov.inner.fail_policy == FailPolicy::Closed => {
+                Err(AcquireError::from_status(status))
+            }
+            Err(status) => {
+                gov.inner
+                    .counters
+                    .fail_open_permits
+                    .fetch_add(1, Ordering::Relaxed);
+                gov.warn_fail_open(&dependency, &status);
+                Ok(Permit::degraded(dependency))
+            }
+        }
+    }
+}
+
+impl IntoFuture for Acquire {
+    type Output = Result<Permit, AcquireError>;
+    type IntoFuture = Pin<Box<dyn Future<Output = Self::Output> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.send())
+    }
+}

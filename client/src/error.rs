@@ -1,0 +1,211 @@
+//! Typed errors. A rejection is the sidecar doing its job and carries the
+//! information needed to back off; it is kept apart from "the sidecar could
+//! not be asked" and from "the request was malformed", which call for
+//! different reactions (fail-open, and fixing the caller, respectively).
+
+use std::{fmt, time::Duration};
+
+use rate_governor_proto::v1::{AcquireResponse, RejectReason};
+use tonic::{Code, Status};
+
+use crate::duration::from_proto;
+
+/// Why [`Governor::acquire`](crate::Governor::acquire) returned no permit.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum AcquireError {
+    /// The sidecar answered and said no: back off for `retry_after`.
+    #[error("permit rejected: {0}")]
+    Rejected(Rejection),
+    /// The sidecar could not be reached or failed (only with
+    /// [`FailPolicy::Closed`](crate::FailPolicy::Closed); `Open` proceeds
+    /// without a permit instead).
+    #[error("governor sidecar unavailable: {}", .0.message())]
+    Unavailable(#[source] Status),
+    /// The request was refused as malformed (bad dependency name, unknown
+    /// dependency, ...). Never turned into a fail-open permit.
+    #[error("invalid acquire request: {}", .0.message())]
+    Invalid(#[source] Status),
+}
+
+impl AcquireError {
+    /// The rejection, if the sidecar refused the permit.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            Self::Rejected(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Sorts a failed RPC into `Invalid` (the caller's fault) or `Unavailable`.
+    pub(crate) fn from_status(status: Status) -> Self {
+        if is_invalid(&status) {
+            Self::Invalid(status)
+        } else {
+            Self::Unavailable(status)
+        }
+    }
+}
+
+/// Codes that mean "fix the request", as opposed to "the sidecar is in trouble".
+pub(crate) fn is_invalid(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::OutOfRange
+    )
+}
+
+/// A refused permit: why, when to try again, and the dependency's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Rejection {
+    /// Why the permit was refused.
+    pub reason: RejectReason,
+    /// The sidecar's estimate of when a retry could succeed.
+    pub retry_after: Duration,
+    /// The dependency's concurrency limit at the time of the decision.
+    pub limit: u32,
+    /// Permits held at the time of the decision.
+    pub in_flight: u32,
+    /// Requests queued at the time of the decision.
+    pub queued: u32,
+}
+
+impl From<AcquireResponse> for Rejection {
+    fn from(r: AcquireResponse) -> Self {
+        Self {
+            reason: RejectReason::try_from(r.reason).unwrap_or(RejectReason::Unspecified),
+            retry_after: from_proto(r.retry_after),
+            limit: r.limit,
+            in_flight: r.in_flight,
+            queued: r.queued,
+        }
+    }
+}
+
+impl fmt::Display for Rejection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let reason = match self.reason {
+            RejectReason::Unspecified => "unspecified reason",
+            RejectReason::QueueFull => "queue full",
+            RejectReason::QueueTimeout => "queue timeout",
+            RejectReason::RetryBudgetExhausted => "retry budget exhausted",
+            RejectReason::Shed => "shed by a higher-priority request",
+            RejectReason::ShuttingDown => "sidecar shutting down",
+        };
+        write!(
+            f,
+            "{reason}, retry after {:?} (limit {}, in flight {}, queued {})",
+            self.retry_after, self.limit, self.in_flight, self.queued
+        )
+    }
+}
+
+impl std::error::Error for Rejection {}
+
+/// A failed `Release` RPC. The lease still expires after its TTL, so this is
+/// worth logging but rarely worth acting on.
+#[derive(Debug, thiserror::Error)]
+#[error("release failed: {}", .0.message())]
+pub struct ReleaseError(#[source] pub Status);
+
+/// The error of a call made under a permit ([`Acquire::run`](crate::Acquire::run),
+/// [`GovernorService`](crate::GovernorService)): either no permit, or the
+/// call itself failed.
+#[derive(Debug, thiserror::Error)]
+pub enum GovernedError<E> {
+    /// No permit: rejected, sidecar unavailable (fail-closed) or invalid.
+    #[error(transparent)]
+    Acquire(AcquireError),
+    /// The governed call ran and failed.
+    #[error("governed call failed")]
+    Inner(#[source] E),
+}
+
+impl<E> GovernedError<E> {
+    /// The rejection, if no permit was granted because the sidecar refused.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            Self::Acquire(e) => e.rejection(),
+            Self::Inner(_) => None,
+        }
+    }
+
+    /// The governed call's own error, if it ran and failed.
+    pub fn into_inner(self) -> Option<E> {
+        match self {
+            Self::Inner(e) => Some(e),
+            Self::Acquire(_) => None,
+        }
+    }
+}
+
+/// Why [`Governor::retry`](crate::Governor::retry) gave up.
+#[derive(Debug, thiserror::Error)]
+pub enum RetryError<E> {
+    /// The operation failed on its last allowed attempt, or with an error
+    /// the predicate called permanent.
+    #[error("operation failed after {attempts} attempt(s)")]
+    Failed {
+        /// Attempts made, the first try included.
+        attempts: u32,
+        /// The operation's last error.
+        #[source]
+        error: E,
+    },
+    /// No permit for the next attempt, and retrying would not help: the retry
+    /// budget is exhausted, the sidecar is shutting down or unavailable
+    /// (fail-closed), the request is invalid, or attempts ran out while
+    /// rejected.
+    #[error("no permit for attempt {attempt}")]
+    Acquire {
+        /// The attempt number (0 = first try) that got no permit.
+        attempt: u32,
+        /// Why there was no permit.
+        #[source]
+        error: AcquireError,
+        /// The operation's error from the previous attempt, if it ran.
+        last_error: Option<E>,
+    },
+}
+
+impl<E> RetryError<E> {
+    /// The rejection that ended the retries, if the sidecar refused a permit.
+    pub fn rejection(&self) -> Option<&Rejection> {
+        match self {
+            Self::Acquire { error, .. } => error.rejection(),
+            Self::Failed { .. } => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn display_is_lowercase_and_informative() {
+        let r = Rejection {
+            reason: RejectReason::QueueFull,
+            retry_after: Duration::from_millis(25),
+            limit: 1,
+            in_flight: 1,
+            queued: 0,
+        };
+        let e = AcquireError::Rejected(r);
+        assert_eq!(
+            e.to_string(),
+            "permit rejected: queue full, retry after 25ms (limit 1, in flight 1, queued 0)"
+        );
+        let u = AcquireError::from_status(Status::unavailable("connection refused"));
+        assert!(matches!(u, AcquireError::Unavailable(_)));
+        assert_eq!(
+            u.to_string(),
+            "governor sidecar unavailable: connection refused"
+        );
+        assert!(matches!(
+            AcquireError::from_status(Status::invalid_argument("dependency")),
+            AcquireError::Invalid(_)
+        ));
+    }
+}

@@ -1,0 +1,225 @@
+//! The RAII permit: released explicitly with an outcome, or as `CANCELLED`
+//! when dropped; renewed in the background while held so that a long call is
+//! never expired under its caller.
+
+use std::{fmt, sync::atomic::Ordering, time::Duration};
+
+use opentelemetry::Context;
+use rate_governor_proto::v1::{AcquireResponse, Outcome};
+use tokio::task::AbortHandle;
+
+use crate::{Governor, ReleaseError, duration::from_proto};
+
+/// Renewal never runs more often than this, whatever the TTL.
+const MIN_RENEW_PERIOD: Duration = Duration::from_millis(10);
+
+/// A concurrency permit for one dependency. Give it back with
+/// [`release`](Self::release) and the call's outcome; dropping it releases it
+/// as `CANCELLED` in the background (when a tokio runtime is present; else
+/// the lease expires after its TTL).
+///
+/// A *degraded* permit (granted without the sidecar under
+/// [`FailPolicy::Open`](crate::FailPolicy::Open)) does nothing on release.
+#[must_use = "dropping a Permit releases it at once"]
+pub struct Permit {
+    dependency: String,
+    queue_wait: Duration,
+    lease: Option<Lease>,
+}
+
+/// A lease held at the sidecar.
+struct Lease {
+    gov: Governor,
+    id: String,
+    ttl: Duration,
+    renewer: Option<AbortHandle>,
+}
+
+impl Lease {
+    fn stop_renewing(&mut self) {
+        if let Some(renewer) = self.renewer.take() {
+            renewer.abort();
+        }
+    }
+}
+
+impl Permit {
+    pub(crate) fn granted(
+        gov: Governor,
+        dependency: String,
+        response: AcquireResponse,
+        cx: Context,
+    ) -> Self {
+        let ttl = from_proto(response.lease_ttl);
+        let id = response.lease_id;
+        let renewer = (!ttl.is_zero())
+            .then(|| tokio::spawn(renew_loop(gov.clone(), id.clone(), ttl, cx)).abort_handle());
+        Self {
+            dependency,
+            queue_wait: from_proto(response.queue_wait),
+            lease: Some(Lease {
+                gov,
+                id,
+                ttl,
+                renewer,
+            }),
+        }
+    }
+
+    pub(crate) fn degraded(dependency: String) -> Self {
+        Self {
+            dependency,
+            queue_wait: Duration::ZERO,
+            lease: None,
+        }
+    }
+
+    /// The dependency this permit is for.
+    pub fn dependency(&self) -> &str {
+        &self.dependency
+    }
+
+    /// True when granted without the sidecar (fail-open).
+    pub fn is_degraded(&self) -> bool {
+        self.lease.is_none()
+    }
+
+    /// The sidecar's lease id, `None` for a degraded permit.
+    pub fn lease_id(&self) -> Option<&str> {
+        self.lease.as_ref().map(|l| l.id.as_str())
+    }
+
+    /// The lease TTL granted at acquire time (renewal keeps extending it).
+    pub fn lease_ttl(&self) -> Option<Duration> {
+        self.lease.as_ref().map(|l| l.ttl)
+    }
+
+    /// How long the request waited in the sidecar's queue.
+    pub fn queue_wait(&self) -> Duration {
+        self.queue_wait
+    }
+
+    /// Gives the permit back with the call's `outcome`. Returns whether the
+    /// sidecar still knew the lease (`false` if it had expired, and always
+    /// `false` for a degraded permit).
+    ///
+    /// # Cancel safety
+    ///
+    /// If this future is dropped before the sidecar answers, the permit is
+    /// released again in the background as `CANCELLED` (release is idempotent).
+    ///
+    /// # Errors
+    ///
+    /// If the `Release` RPC fails; the lease then expires after its TTL.
+    pub async fn release(self, outcome: Outcome) -> Result<bool, ReleaseError> {
+        self.release_inner(outcome, None).await
+    }
+
+    /// Like [`release`](Self::release), also reporting the downstream
+    /// `latency` the caller measured.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`release`](Self::release).
+    ///
+    /// # Errors
+    ///
+    /// As [`release`](Self::release).
+    pub async fn release_with_latency(
+        self,
+        outcome: Outcome,
+        latency: Duration,
+    ) -> Result<bool, ReleaseError> {
+        self.release_inner(outcome, Some(latency)).await
+    }
+
+    async fn release_inner(
+        mut self,
+        outcome: Outcome,
+        latency: Option<Duration>,
+    ) -> Result<bool, ReleaseError> {
+        let Some(lease) = self.lease.as_mut() else {
+            return Ok(false);
+        };
+        lease.stop_renewing();
+        let result = lease
+            .gov
+            .release_rpc(lease.id.clone(), outcome, latency, &Context::current())
+            .await;
+        // Only now is the drop-time release disarmed: if this future is
+        // dropped mid-RPC, `Drop` still gives the lease back.
+        self.lease = None;
+        result.map_err(ReleaseError)
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let Some(mut lease) = self.lease.take() else {
+            return;
+        };
+        lease.stop_renewing();
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let cx = Context::current();
+                runtime.spawn(async move {
+                    let id = lease.id.clone();
+                    if let Err(status) = lease
+                        .gov
+                        .release_rpc(lease.id, Outcome::Cancelled, None, &cx)
+                        .await
+                    {
+                        tracing::debug!(lease_id = id, %status, "background release failed");
+                    }
+                });
+            }
+            Err(_) => tracing::debug!(
+                lease_id = lease.id,
+                "permit dropped outside a tokio runtime; its lease expires after the TTL"
+            ),
+        }
+    }
+}
+
+impl fmt::Debug for Permit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Permit")
+            .field("dependency", &self.dependency)
+            .field("lease_id", &self.lease_id())
+            .field("lease_ttl", &self.lease_ttl())
+            .field("queue_wait", &self.queue_wait)
+            .finish()
+    }
+}
+
+/// Renews the lease at a third of its TTL, so that two renewals can fail
+/// before it expires. Stops when the sidecar no longer knows the lease;
+/// aborted by release and drop.
+async fn renew_loop(gov: Governor, lease_id: String, mut ttl: Duration, cx: Context) {
+    loop {
+        let period = (ttl / 3).max(MIN_RENEW_PERIOD);
+        tokio::time::sleep(period).await;
+        match gov.renew_rpc(lease_id.clone(), period, &cx).await {
+            Ok(response) if response.renewed => {
+                let renewed = from_proto(response.lease_ttl);
+                if !renewed.is_zero() {
+                    ttl = renewed;
+                }
+            }
+            Ok(_) => {
+                gov.inner
+                    .counters
+                    .leases_lost
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    lease_id,
+                    "governor lease expired while the permit was held; the call is no longer counted"
+                );
+                return;
+            }
+            Err(status) => {
+                tracing::debug!(lease_id, %status, "governor lease renewal failed; retrying");
+            }
+        }
+    }
+}

@@ -1,0 +1,237 @@
+"""The sidecar as the manifests run it, against the real binary: the
+ConfigMap's config, the container's args (listeners moved to free loopback
+ports, the socket into a temp dir), the probes' health service names, the
+scrape path, live config reload through a ConfigMap-style mount, and a
+restart next to a stale socket."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import grpc
+import pytest
+
+import helpers
+from conftest import health_status
+
+
+def _configmap_dir(root: Path, text: str, stamp: str = "..2024_01_01_00_00_00.000000001") -> Path:
+    """Lays out a directory the way the kubelet mounts a ConfigMap: the key is
+    a symlink to ..data/<key>, and ..data a symlink to a timestamped dir that
+    is swapped atomically on update."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / stamp).mkdir()
+    (root / stamp / "governor.toml").write_text(text)
+    os.symlink(stamp, root / "..data")
+    os.symlink("..data/governor.toml", root / "governor.toml")
+    return root / "governor.toml"
+
+
+def _configmap_update(root: Path, text: str, stamp: str) -> None:
+    old = os.readlink(root / "..data")
+    (root / stamp).mkdir()
+    (root / stamp / "governor.toml").write_text(text)
+    os.symlink(stamp, root / "..data_tmp")
+    os.rename(root / "..data_tmp", root / "..data")
+    for f in (root / old).iterdir():
+        f.unlink()
+    (root / old).rmdir()
+
+
+def _local_args(s: helpers.Sidecar, config: Path, sock: Path) -> list[str]:
+    """The container's args with the listeners on free loopback ports and the
+    socket and config under the test's temp dir."""
+    args = list(s.container["args"])
+    swap = {
+        "--config": str(config),
+        "--listen": "127.0.0.1:0",
+        "--admin-listen": "127.0.0.1:0",
+        "--uds": str(sock),
+    }
+    for i, a in enumerate(args[:-1]):
+        if a in swap:
+            args[i + 1] = swap[a]
+    for flag, value in swap.items():
+        if flag not in args:
+            args += [flag, value]
+    return args
+
+
+@pytest.fixture(params=helpers.WORKLOADS)
+def sidecar(request, built) -> helpers.Sidecar:
+    (s,) = helpers.sidecars(built[request.param])
+    return s
+
+
+@pytest.fixture
+def running(sidecar, governor_bin, tmp_path):
+    config = _configmap_dir(tmp_path / "etc-governor", sidecar.config_text)
+    sock = tmp_path / "run-governor" / os.path.basename(sidecar.uds)
+    sock.parent.mkdir()
+    gov = helpers.Governor(governor_bin, _local_args(sidecar, config, sock))
+    yield sidecar, gov, sock
+    gov.kill()
+
+
+def test_check_config_accepts_the_configmaps(built, governor_bin, tmp_path):
+    checked = 0
+    for name in helpers.KUSTOMIZATIONS:
+        for cm in helpers.find(built[name], "ConfigMap"):
+            f = tmp_path / f"{name}-{cm['metadata']['name']}.toml"
+            f.write_text(cm["data"]["governor.toml"])
+            res = subprocess.run(
+                [str(governor_bin), "--check-config", str(f)], capture_output=True, text=True
+            )
+            assert res.returncode == 0, f"{name}: {res.stdout}{res.stderr}"
+            checked += 1
+    assert checked == 3
+
+
+def test_check_config_rejects_a_bad_key(governor_bin, tmp_path):
+    f = tmp_path / "bad.toml"
+    f.write_text('[dependencies.payments]\nmax_concurency = 8\n')
+    res = subprocess.run([str(governor_bin), "--check-config", str(f)], capture_output=True, text=True)
+    assert res.returncode == 64
+    assert "max_concurency" in res.stdout + res.stderr
+
+
+def test_probe_services_answer_serving(running):
+    s, gov, sock = running
+    assert gov.uds == str(sock)
+    names = {s.container[p]["grpc"].get("service", "") for p in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert "governor.v1.Governor" in names
+    # Over the socket with an explicit :authority; the default one is checked
+    # in test_unix_socket_accepts_default_grpc_clients.
+    for target, authority in ((gov.grpc, None), (f"unix://{sock}", "localhost")):
+        for name in names:
+            assert health_status(target, name, authority) == "SERVING", (target, name)
+        # A health check that could not fail would prove nothing.
+        assert health_status(target, "no.such.Service", authority) == "NOT_FOUND"
+    gov.stop()
+
+
+def test_unix_socket_accepts_default_grpc_clients(running):
+    """The app dials GOVERNOR_UDS (unix:///run/governor/governor.sock) with
+    its gRPC library's defaults; grpc-python (like grpcurl) then sends the
+    socket path as :authority."""
+    s, gov, sock = running
+    assert health_status(f"unix://{sock}", "governor.v1.Governor") == "SERVING"
+    gov.stop()
+
+
+def test_socket_is_reachable_by_the_pods_group(running):
+    s, gov, sock = running
+    mode = sock.stat().st_mode
+    assert mode & 0o060 == 0o060, f"socket mode {oct(mode)}: fsGroup members cannot connect"
+    assert mode & 0o007 == 0, f"socket mode {oct(mode)} is open to every user"
+
+
+def test_configmap_limits_are_loaded(running, pb):
+    s, gov, _ = running
+    want = {
+        name: dep.get("max_concurrency", s.config["defaults"]["max_concurrency"])
+        for name, dep in s.config["dependencies"].items()
+    }
+    assert want
+    with grpc.insecure_channel(gov.grpc) as ch:
+        admin = pb.grpc.GovernorAdminStub(ch)
+        for name, limit in want.items():
+            st = admin.GetDependency(pb.pb2.GetDependencyRequest(name=name), timeout=5)
+            assert st.max_concurrency == limit, name
+
+
+def test_scrape_endpoint_serves_metrics(running):
+    s, gov, _ = running
+    assert gov.admin, (
+        f"the sidecar runs with --admin-listen but its ready line has no admin=: {gov.ready_line!r}"
+    )
+    path = s.deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/path"]
+    with urllib.request.urlopen(f"http://{gov.admin}{path}", timeout=5) as resp:
+        assert resp.status == 200
+        body = resp.read().decode()
+    assert "# TYPE" in body
+    for health in ("/healthz", "/readyz"):
+        with urllib.request.urlopen(f"http://{gov.admin}{health}", timeout=5) as resp:
+            assert resp.status == 200
+
+
+def _limit(pb, target: str, name: str) -> int:
+    with grpc.insecure_channel(target) as ch:
+        admin = pb.grpc.GovernorAdminStub(ch)
+        return admin.GetDependency(pb.pb2.GetDependencyRequest(name=name), timeout=5).max_concurrency
+
+
+def test_configmap_update_reaches_the_running_sidecar(sidecar, governor_bin, pb, tmp_path):
+    """What the kubelet does on a ConfigMap edit (swap ..data), picked up by
+    --watch-config without a signal or restart."""
+    root = tmp_path / "etc-governor"
+    config = _configmap_dir(root, sidecar.config_text)
+    sock = tmp_path / "governor.sock"
+    name = next(iter(sidecar.config["dependencies"]))
+    before = sidecar.config["dependencies"][name]["max_concurrency"]
+    after = before + 7
+    text = sidecar.config_text.replace(
+        f"[dependencies.{name}]\nmax_concurrency = {before}\n",
+        f"[dependencies.{name}]\nmax_concurrency = {after}\n",
+    )
+    assert text != sidecar.config_text
+    with helpers.Governor(governor_bin, _local_args(sidecar, config, sock)) as gov:
+        assert _limit(pb, gov.grpc, name) == before
+        _configmap_update(root, text, "..2024_01_01_00_05_00.000000002")
+        helpers.wait_until(
+            lambda: _limit(pb, gov.grpc, name) == after, timeout=20, what=f"{name} limit {after}"
+        )
+        assert health_status(gov.grpc, "governor.v1.Governor") == "SERVING"
+        gov.stop()
+
+
+def test_sighup_reloads_the_config(sidecar, governor_bin, pb, tmp_path):
+    config = tmp_path / "governor.toml"
+    config.write_text(sidecar.config_text)
+    args = [a for a in _local_args(sidecar, config, tmp_path / "g.sock") if a != "--watch-config"]
+    name = next(iter(sidecar.config["dependencies"]))
+    before = sidecar.config["dependencies"][name]["max_concurrency"]
+    with helpers.Governor(governor_bin, args) as gov:
+        assert _limit(pb, gov.grpc, name) == before
+        config.write_text(
+            sidecar.config_text.replace(
+                f"[dependencies.{name}]\nmax_concurrency = {before}\n",
+                f"[dependencies.{name}]\nmax_concurrency = {before + 3}\n",
+            )
+        )
+        gov.proc.send_signal(signal.SIGHUP)
+        helpers.wait_until(lambda: _limit(pb, gov.grpc, name) == before + 3, timeout=10, what="reload")
+        gov.stop()
+
+
+def test_restart_next_to_a_stale_socket(sidecar, governor_bin, tmp_path):
+    """A restarted sidecar finds its old socket in the emptyDir (the volume
+    outlives the container) and must still come up."""
+    sock = tmp_path / "governor.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(sock))
+    stale.close()
+    assert sock.exists()
+    config = tmp_path / "governor.toml"
+    config.write_text(sidecar.config_text)
+    with helpers.Governor(governor_bin, _local_args(sidecar, config, sock)) as gov:
+        assert health_status(f"unix://{sock}", "governor.v1.Governor", "localhost") == "SERVING"
+        gov.stop()
+
+
+def test_sigterm_drains_and_exits_zero(sidecar, governor_bin, tmp_path):
+    """The kubelet sends SIGTERM whenever the pod goes away, also right after
+    the sidecar started; the governor must drain and exit 0, not die from
+    the signal (exit 143). Repeated, because the window is short."""
+    config = tmp_path / "governor.toml"
+    config.write_text(sidecar.config_text)
+    codes = []
+    for i in range(10):
+        gov = helpers.Governor(governor_bin, _local_args(sidecar, config, tmp_path / f"g{i}.sock"))
+        codes.append(gov.stop(timeout=sidecar.shutdown_grace_s + 5))
+    assert codes == [0] * 10, f"exit codes after SIGTERM: {codes}"

@@ -1,0 +1,303 @@
+//! Prometheus metrics. Counters and histograms are updated on the request
+//! path through handles cached per dependency (one map lookup, then atomics);
+//! gauges are read from the ledger when scraped, so they cost nothing between
+//! scrapes. Label values are the dependency names, whose number the
+//! dependency cap bounds; tenants are never labels.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use dashmap::DashMap;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::ledger::{Ledger, RejectReason};
+
+/// Bucket bounds in seconds: sub-millisecond to multi-second waits and holds.
+const BUCKETS: [f64; 16] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyLabels {
+    dependency: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DecisionLabels {
+    dependency: String,
+    result: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OutcomeLabels {
+    dependency: String,
+    outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
+}
+
+fn histogram() -> Histogram {
+    Histogram::new(BUCKETS)
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Every metric the sidecar exports.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    acquires: Family<DecisionLabels, Counter>,
+    releases: Family<OutcomeLabels, Counter>,
+    expired: Family<DependencyLabels, Counter>,
+    queue_wait: HistogramFamily<DependencyLabels>,
+    hold: HistogramFamily<DependencyLabels>,
+    limit: Family<DependencyLabels, Gauge>,
+    in_flight: Family<DependencyLabels, Gauge>,
+    queued: Family<DependencyLabels, Gauge>,
+    max_queue: Family<DependencyLabels, Gauge>,
+    budget: Family<DependencyLabels, Gauge<f64, AtomicU64>>,
+    dependencies: Gauge,
+    draining: Gauge,
+    reloads: Family<ResultLabels, Counter>,
+    pub(crate) spans_dropped: Counter,
+    pub(crate) span_exports_failed: Counter,
+    handles: DashMap<Arc<str>, Arc<DependencyMetrics>>,
+}
+
+/// One dependency's request-path metrics, resolved once.
+#[derive(Debug)]
+pub struct DependencyMetrics {
+    granted: Counter,
+    rejected: [Counter; RejectReason::ALL.len()],
+    released: [Counter; OUTCOMES.len()],
+    expired: Counter,
+    queue_wait: Histogram,
+    hold: Histogram,
+}
+
+/// Release outcomes as label values, in `governor.v1.Outcome` order.
+pub const OUTCOMES: [&str; 5] = ["unspecified", "success", "failure", "timeout", "cancelled"];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut metrics = Metrics {
+            registry: Registry::with_prefix("governor"),
+            acquires: Family::default(),
+            releases: Family::default(),
+            expired: Family::default(),
+            queue_wait: Family::new_with_constructor(histogram),
+            hold: Family::new_with_constructor(histogram),
+            limit: Family::default(),
+            in_flight: Family::default(),
+            queued: Family::default(),
+            max_queue: Family::default(),
+            budget: Family::default(),
+            dependencies: Gauge::default(),
+            draining: Gauge::default(),
+            reloads: Family::default(),
+            spans_dropped: Counter::default(),
+            span_exports_failed: Counter::default(),
+            handles: DashMap::new(),
+        };
+        let r = &mut metrics.registry;
+        r.register(
+            "acquire",
+            "Acquire decisions, by result (granted, rejected) and reject reason",
+            metrics.acquires.clone(),
+        );
+        r.register(
+            "release",
+            "Releases of live leases, by the outcome the caller reported",
+            metrics.releases.clone(),
+        );
+        r.register(
+            "lease_expired",
+            "Leases that expired unreleased and unrenewed",
+            metrics.expired.clone(),
+        );
+        r.register(
+            "queue_wait_seconds",
+            "Time Acquire requests spent in the queue (zero when decided on arrival)",
+            metrics.queue_wait.clone(),
+        );
+        r.register(
+            "permit_hold_seconds",
+            "Time from grant to release or expiry",
+            metrics.hold.clone(),
+        );
+        r.register(
+            "dependency_limit",
+            "Concurrency limit (max_concurrency)",
+            metrics.limit.clone(),
+        );
+        r.register(
+            "dependency_in_flight",
+            "Permits held",
+            metrics.in_flight.clone(),
+        );
+        r.register(
+            "dependency_queued",
+            "Requests waiting in the queue",
+            metrics.queued.clone(),
+        );
+        r.register(
+            "dependency_max_queue",
+            "Queue capacity (max_queue)",
+            metrics.max_queue.clone(),
+        );
+        r.register(
+            "retry_budget_tokens",
+            "Retries the budget allows right now",
+            metrics.budget.clone(),
+        );
+        r.register(
+            "dependencies",
+            "Dependencies known",
+            metrics.dependencies.clone(),
+        );
+        r.register(
+            "draining",
+            "1 while shutting down",
+            metrics.draining.clone(),
+        );
+        r.register(
+            "config_reloads",
+            "Config reloads, by result (ok, error)",
+            metrics.reloads.clone(),
+        );
+        r.register(
+            "trace_spans_dropped",
+            "Spans dropped because the export queue was full",
+            metrics.spans_dropped.clone(),
+        );
+        r.register(
+            "trace_exports_failed",
+            "Span batches the exporter failed to deliver",
+            metrics.span_exports_failed.clone(),
+        );
+        metrics
+    }
+
+    /// The request-path handles of one dependency.
+    pub fn dependency(&self, name: &str) -> Arc<DependencyMetrics> {
+        if let Some(handles) = self.handles.get(name) {
+            return handles.clone();
+        }
+        // Each handle is cloned out in a statement (or closure) of its own:
+        // a family's read guard lives to the end of its statement, and creating
+        // the next label of the same family needs the write lock.
+        let labels = DependencyLabels {
+            dependency: name.to_owned(),
+        };
+        let counter = |result, reason| {
+            let labels = DecisionLabels {
+                dependency: name.to_owned(),
+                result,
+                reason,
+            };
+            self.acquires.get_or_create(&labels).clone()
+        };
+        let granted = counter("granted", "none");
+        let rejected = RejectReason::ALL.map(|reason| counter("rejected", reason.as_str()));
+        let released = OUTCOMES.map(|outcome| {
+            let labels = OutcomeLabels {
+                dependency: name.to_owned(),
+                outcome,
+            };
+            self.releases.get_or_create(&labels).clone()
+        });
+        let expired = self.expired.get_or_create(&labels).clone();
+        let queue_wait = self.queue_wait.get_or_create(&labels).clone();
+        let hold = self.hold.get_or_create(&labels).clone();
+        let handles = Arc::new(DependencyMetrics {
+            granted,
+            rejected,
+            released,
+            expired,
+            queue_wait,
+            hold,
+        });
+        self.handles
+            .entry(Arc::from(name))
+            .or_insert(handles)
+            .clone()
+    }
+
+    pub fn config_reloaded(&self, ok: bool) {
+        let result = if ok { "ok" } else { "error" };
+        self.reloads.get_or_create(&ResultLabels { result }).inc();
+    }
+
+    /// The metrics in the Prometheus text exposition format (OpenMetrics).
+    pub fn render(&self, ledger: &Ledger) -> String {
+        for status in ledger.statuses() {
+            let labels = DependencyLabels {
+                dependency: status.name.to_string(),
+            };
+            self.limit
+                .get_or_create(&labels)
+                .set(i64::from(status.limits.max_concurrency()));
+            self.in_flight
+                .get_or_create(&labels)
+                .set(i64::from(status.in_flight));
+            self.queued
+                .get_or_create(&labels)
+                .set(i64::from(status.queued));
+            self.max_queue
+                .get_or_create(&labels)
+                .set(i64::from(status.limits.max_queue()));
+            self.budget
+                .get_or_create(&labels)
+                .set(status.retry_budget_available);
+        }
+        self.dependencies.set(ledger.dependency_count() as i64);
+        self.draining.set(i64::from(ledger.is_draining()));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            .expect("writing to a String cannot fail");
+        text
+    }
+}
+
+impl DependencyMetrics {
+    pub fn decided(&self, outcome: Result<(), RejectReason>, queue_wait: Duration) {
+        match outcome {
+            Ok(()) => self.granted.inc(),
+            Err(reason) => {
+                let index = RejectReason::ALL
+                    .iter()
+                    .position(|r| *r == reason)
+                    .unwrap_or(0);
+                self.rejected[index].inc()
+            }
+        };
+        self.queue_wait.observe(queue_wait.as_secs_f64());
+    }
+
+    /// A lease ended: `outcome` is the index into [`OUTCOMES`] for releases,
+    /// `None` for expiry.
+    pub fn lease_ended(&self, outcome: Option<usize>, held: Duration) {
+        match outcome {
+            Some(index) => self.released[index.min(OUTCOMES.len() - 1)].inc(),
+            None => self.expired.inc(),
+        };
+        self.hold.observe(held.as_secs_f64());
+    }
+}

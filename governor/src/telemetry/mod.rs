@@ -1,0 +1,336 @@
+//! What the sidecar tells the outside world: OpenTelemetry traces that
+//! separate queue wait from processing, Prometheus metrics, and rate-limited
+//! structured logs of backpressure events.
+//!
+//! The gRPC shell calls [`Telemetry`] at the edges of each request; the ledger
+//! reports expiries through [`LedgerObserver`]. With no trace endpoint
+//! configured, tracing is off and the request path only touches a few atomic
+//! counters.
+
+mod events;
+mod export;
+mod metrics;
+mod trace;
+
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use dashmap::DashMap;
+use opentelemetry::trace::{Span as _, Status, TraceContextExt};
+use opentelemetry::{Context, KeyValue};
+use tokio_util::sync::CancellationToken;
+use tonic::metadata::MetadataMap;
+
+pub use events::{BackpressureLog, Event};
+pub use export::QueueConfig;
+pub use metrics::{Metrics, OUTCOMES};
+pub use opentelemetry_sdk::trace::Sampler;
+pub use trace::{Tracing, sampler};
+
+use crate::config::TracingConfig;
+use crate::ledger::{Decision, EndedLease, LeaseId, Ledger, LedgerObserver, Priority};
+
+/// The request fields telemetry reports.
+#[derive(Clone, Copy, Debug)]
+pub struct AcquireFields<'a> {
+    pub dependency: &'a str,
+    pub tenant: &'a str,
+    pub priority: Priority,
+    pub attempt: u32,
+}
+
+/// A traced Acquire in progress.
+#[derive(Debug)]
+pub struct AcquireTrace {
+    caller: Context,
+    acquire: Context,
+    arrival: SystemTime,
+}
+
+#[derive(Debug)]
+pub struct Telemetry {
+    pub metrics: Metrics,
+    tracing: Option<Tracing>,
+    events: BackpressureLog,
+    /// Open `governor.permit` spans by lease key; bounded by the leases held.
+    permits: DashMap<u128, opentelemetry_sdk::trace::Span>,
+    ledger: OnceLock<Weak<Ledger>>,
+}
+
+impl Telemetry {
+    /// Starts telemetry; with `tracing`, the trace pipeline too (which needs
+    /// the multi-threaded runtime).
+    pub fn start(tracing: Option<&TracingConfig>) -> Result<Arc<Telemetry>, String> {
+        let metrics = Metrics::new();
+        let tracing = tracing
+            .map(|config| {
+                Tracing::start(
+                    config,
+                    metrics.spans_dropped.clone(),
+                    metrics.span_exports_failed.clone(),
+                )
+            })
+            .transpose()?;
+        Ok(Arc::new(Telemetry {
+            metrics,
+            tracing,
+            events: BackpressureLog::default(),
+            permits: DashMap::new(),
+            ledger: OnceLock::new(),
+        }))
+    }
+
+    /// Telemetry with tracing off, for tests and benchmarks.
+    pub fn disabled() -> Arc<Telemetry> {
+        Telemetry::start(None).expect("no tracing to start")
+    }
+
+    /// Connects the ledger, whose expiries this observes.
+    pub fn attach(&self, ledger: &Arc<Ledger>) {
+        let _ = self.ledger.set(Arc::downgrade(ledger));
+    }
+
+    pub fn tracing_enabled(&self) -> bool {
+        self.tracing.is_some()
+    }
+
+    /// An Acquire arrived: opens its span when tracing is on.
+    pub fn acquire_started(
+        &self,
+        metadata: &MetadataMap,
+        fields: &AcquireFields<'_>,
+    ) -> Option<AcquireTrace> {
+        let tracing = self.tracing.as_ref()?;
+        let caller = tracing.caller_context(metadata);
+        let arrival = SystemTime::now();
+        let mut attributes = vec![
+            KeyValue::new("governor.dependency", fields.dependency.to_owned()),
+            KeyValue::new("governor.priority", fields.priority.as_str()),
+            KeyValue::new("governor.attempt", i64::from(fields.attempt)),
+        ];
+        if !fields.tenant.is_empty() {
+            attributes.push(KeyValue::new("governor.tenant", fields.tenant.to_owned()));
+        }
+        let acquire = tracing.start_acquire(&caller, arrival, attributes);
+        Some(AcquireTrace {
+            caller,
+            acquire,
+            arrival,
+        })
+    }
+
+    /// An Acquire was decided.
+    pub fn acquire_finished(
+        &self,
+        ledger: &Ledger,
+        trace: Option<AcquireTrace>,
+        fields: &AcquireFields<'_>,
+        decision: &Decision,
+    ) {
+        let dependency = self.metrics.dependency(fields.dependency);
+        dependency.decided(
+            decision.outcome.map(|_| ()).map_err(|r| r.reason),
+            decision.queue_wait,
+        );
+        if let Err(rejection) = decision.outcome {
+            let name: Arc<str> = Arc::from(fields.dependency);
+            self.events.record(
+                ledger,
+                &name,
+                Event::Rejected(rejection.reason),
+                decision.snapshot,
+            );
+        }
+        let (Some(trace), Some(tracing)) = (trace, &self.tracing) else {
+            return;
+        };
+
+        let snapshot = decision.snapshot;
+        let mut attributes = vec![
+            KeyValue::new(
+                "governor.decision",
+                if decision.granted().is_some() {
+                    "granted"
+                } else {
+                    "rejected"
+                },
+            ),
+            KeyValue::new("governor.queue.depth", i64::from(decision.queue_depth)),
+            KeyValue::new("governor.limit", i64::from(snapshot.limit)),
+            KeyValue::new("governor.in_flight", i64::from(snapshot.in_flight)),
+            KeyValue::new("governor.queued", i64::from(snapshot.queued)),
+        ];
+        match &decision.outcome {
+            Ok(grant) => {
+                attributes.push(KeyValue::new("governor.lease_id", grant.lease.to_string()))
+            }
+            Err(rejection) => {
+                attributes.push(KeyValue::new(
+                    "governor.reject_reason",
+                    rejection.reason.as_str(),
+                ));
+                attributes.push(KeyValue::new(
+                    "governor.retry_after_ms",
+                    rejection.retry_after.as_millis() as i64,
+                ));
+            }
+        }
+        if !decision.queue_wait.is_zero() {
+            tracing.queue_wait(
+                &trace.acquire,
+                trace.arrival,
+                decision.queue_wait,
+                vec![
+                    KeyValue::new("governor.dependency", fields.dependency.to_owned()),
+                    KeyValue::new("governor.queue.depth", i64::from(decision.queue_depth)),
+                ],
+            );
+        }
+        let span = trace.acquire.span();
+        span.set_attributes(attributes);
+        span.end();
+
+        if let Ok(grant) = &decision.outcome {
+            let mut attributes = vec![
+                KeyValue::new("governor.dependency", fields.dependency.to_owned()),
+                KeyValue::new("governor.lease_id", grant.lease.to_string()),
+                KeyValue::new("governor.attempt", i64::from(fields.attempt)),
+            ];
+            if !fields.tenant.is_empty() {
+                attributes.push(KeyValue::new("governor.tenant", fields.tenant.to_owned()));
+            }
+            let permit = tracing.start_permit(
+                &trace.caller,
+                trace.arrival + decision.queue_wait,
+                attributes,
+            );
+            self.permits.insert(grant.lease.key, permit);
+            // A lease cannot end before its TTL, but if this one already did,
+            // its span must not wait in the map forever.
+            if !ledger.holds(&grant.lease) {
+                self.end_permit(grant.lease.key, None, Duration::ZERO);
+            }
+        }
+    }
+
+    /// The caller went away while its Acquire waited in the queue.
+    pub fn acquire_cancelled(&self, trace: AcquireTrace) {
+        let Some(tracing) = &self.tracing else { return };
+        let waited = trace.arrival.elapsed().unwrap_or_default();
+        tracing.queue_wait(&trace.acquire, trace.arrival, waited, Vec::new());
+        let span = trace.acquire.span();
+        span.set_attribute(KeyValue::new("governor.decision", "cancelled"));
+        span.end();
+    }
+
+    /// A live lease was released with `outcome` (an index into [`OUTCOMES`]).
+    pub fn released(&self, ended: &EndedLease, outcome: usize, caller_latency: Option<Duration>) {
+        self.metrics
+            .dependency(&ended.dependency)
+            .lease_ended(Some(outcome), ended.held);
+        if self.tracing.is_some() {
+            self.end_permit(
+                ended.lease.key,
+                Some(outcome),
+                caller_latency.unwrap_or_default(),
+            );
+        }
+    }
+
+    /// A lease was renewed: noted on its permit span.
+    pub fn renewed(&self, lease: &str) {
+        if self.tracing.is_none() {
+            return;
+        }
+        if let Some(key) = LeaseId::parse(lease).map(|id| id.key) {
+            if let Some(mut span) = self.permits.get_mut(&key) {
+                span.add_event("governor.lease.renewed", Vec::new());
+            }
+        }
+    }
+
+    fn end_permit(&self, key: u128, outcome: Option<usize>, caller_latency: Duration) {
+        let Some((_, mut span)) = self.permits.remove(&key) else {
+            return;
+        };
+        match outcome {
+            Some(index) => {
+                let name = OUTCOMES[index.min(OUTCOMES.len() - 1)];
+                span.set_attribute(KeyValue::new("governor.outcome", name));
+                if !caller_latency.is_zero() {
+                    span.set_attribute(KeyValue::new(
+                        "governor.caller_latency_ms",
+                        caller_latency.as_secs_f64() * 1000.0,
+                    ));
+                }
+                if name == "failure" || name == "timeout" {
+                    span.set_status(Status::error(format!(
+                        "the call to the dependency ended with {name}"
+                    )));
+                }
+            }
+            None => {
+                span.set_attribute(KeyValue::new("governor.lease.expired", true));
+                span.set_status(Status::error(
+                    "lease expired: neither released nor renewed within its TTL",
+                ));
+            }
+        }
+        span.end();
+    }
+
+    /// Logs summaries of rate-limited backpressure events once a second.
+    pub fn spawn_log_flusher(self: &Arc<Self>, stop: CancellationToken) {
+        let telemetry = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tick.tick() => {}
+                }
+                let Some(telemetry) = telemetry.upgrade() else {
+                    return;
+                };
+                telemetry.events.flush();
+            }
+        });
+    }
+
+    /// Exports the spans still queued, within `timeout`. Open permit spans
+    /// end here, marked as cut short by the shutdown.
+    pub async fn shutdown(&self, timeout: Duration) {
+        let Some(tracing) = &self.tracing else { return };
+        let open: Vec<u128> = self.permits.iter().map(|entry| *entry.key()).collect();
+        for key in open {
+            if let Some((_, mut span)) = self.permits.remove(&key) {
+                span.set_attribute(KeyValue::new("governor.shutdown", true));
+                span.end();
+            }
+        }
+        tracing.shutdown(timeout).await;
+    }
+
+    fn ledger(&self) -> Option<Arc<Ledger>> {
+        self.ledger.get().and_then(Weak::upgrade)
+    }
+}
+
+impl LedgerObserver for Telemetry {
+    fn lease_expired(&self, lease: &EndedLease) {
+        self.metrics
+            .dependency(&lease.dependency)
+            .lease_ended(None, lease.held);
+        if let Some(ledger) = self.ledger() {
+            self.events.record(
+                &ledger,
+                &lease.dependency,
+                Event::LeaseExpired,
+                lease.snapshot,
+            );
+        }
+        if self.tracing.is_some() {
+            self.end_permit(lease.lease.key, None, Duration::ZERO);
+        }
+    }
+}

@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh machine, installing what the tests
+# need into local folders (Python virtualenvs, node_modules) or from the
+# machine's package manager (Go toolchain, redis-server).
+#
+#   bash scripts/test.sh            # everything
+#   bash scripts/test.sh rust node  # only some suites
+#
+# Suites: rust python node go deploy tracing bench
+set -uo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$root"
+
+all=(rust python node go deploy tracing bench)
+suites=("${@:-${all[@]}}")
+
+export GOVERNOR_BIN="${GOVERNOR_BIN:-$root/target/debug/governor}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "build the governor binary (debug)"
+cargo build --workspace --bins || exit 1
+
+passed=() failed=()
+run_suite() {
+  local name=$1; shift
+  step "suite: $name"
+  if "$@"; then passed+=("$name"); else failed+=("$name"); fi
+}
+
+for suite in "${suites[@]}"; do
+  case $suite in
+    rust)    run_suite rust cargo test --workspace ;;
+    python)  run_suite python bash client/python/test.sh ;;
+    node)    run_suite node bash client/node/test.sh ;;
+    go)      run_suite go bash client/go/test.sh ;;
+    deploy)  run_suite deploy bash deploy/test.sh ;;
+    tracing) run_suite tracing bash tests/e2e/tracing.sh ;;
+    bench)   run_suite bench bash bench/smoke.sh ;;
+    *) echo "unknown suite: $suite (known: ${all[*]})" >&2; exit 2 ;;
+  esac
+done
+
+step "summary"
+echo "passed: ${passed[*]:-none}"
+echo "failed: ${failed[*]:-none}"
+echo "suites: ${#passed[@]} passed, ${#failed[@]} failed"
+[[ ${#failed[@]} -eq 0 ]]
