@@ -19,6 +19,14 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n==> %s\n' "$*"; }
 
+# redis-server backs the benchmark's Redis-semaphore arm (A4).
+if [[ " ${suites[*]} " == *" bench "* ]] && ! command -v redis-server >/dev/null; then
+  step "install redis-server (Debian package)"
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null \
+    || { echo "cannot install redis-server" >&2; exit 1; }
+fi
+
 step "build the governor binary (debug)"
 cargo build --workspace --bins || exit 1
 

@@ -609,3 +609,48 @@ async fn an_unresponsive_collector_costs_dropped_spans_not_stuck_acquires() {
         "the bounded export queue dropped spans: {dropped}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_rust_clients_trace_context_reaches_the_sidecars_spans() {
+    use opentelemetry::context::FutureExt as _;
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    let (receiver, addr) = Receiver::start().await;
+    let gov = GovernorProcess::start(&config(addr, "")).await;
+    let client = rate_governor_client::Governor::connect(gov.endpoint()).unwrap();
+
+    let trace_id = "33333333333333333333333333333333";
+    let caller = SpanContext::new(
+        TraceId::from_hex(trace_id).unwrap(),
+        SpanId::from_hex(PARENT_ID).unwrap(),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    let cx = opentelemetry::Context::new().with_remote_span_context(caller);
+    let permit = client
+        .acquire("db")
+        .into_future()
+        .with_context(cx.clone())
+        .await
+        .unwrap();
+    permit
+        .release(rate_governor_client::Outcome::Success)
+        .with_context(cx)
+        .await
+        .unwrap();
+
+    let spans = receiver
+        .wait_for(trace_id, &["governor.acquire", "governor.permit"])
+        .await;
+    assert_eq!(hex(&spans["governor.acquire"].parent_span_id), PARENT_ID);
+    assert_eq!(
+        string_attribute(&spans["governor.permit"], "governor.outcome"),
+        "success"
+    );
+}

@@ -369,8 +369,24 @@ impl Dependency {
     /// Applies new limits. Raising the concurrency grants waiters at once;
     /// lowering it never revokes a held lease; a smaller queue sheds its
     /// newest lowest-priority waiters.
-    pub(crate) fn set_limits(self: &Arc<Self>, limits: Limits, now: Instant) {
+    pub(crate) fn set_limits(self: &Arc<Self>, limits: Limits, now: Instant, source: &str) {
         let mut state = self.lock();
+        if limits != state.limits {
+            let budget = limits.retry_budget();
+            tracing::info!(
+                dependency = %self.name,
+                source,
+                max_concurrency = limits.max_concurrency(),
+                max_queue = limits.max_queue(),
+                max_wait_ms = limits.max_wait().as_millis() as u64,
+                lease_ttl_ms = limits.lease_ttl().as_millis() as u64,
+                budget_ratio = budget.ratio,
+                budget_min_per_second = budget.min_per_second,
+                in_flight = state.in_flight,
+                queued = state.waiters.len(),
+                "limits changed"
+            );
+        }
         let ttl_changed = limits.lease_ttl() != state.limits.lease_ttl();
         state.budget.reconfigure(limits.retry_budget(), now);
         state.limits = limits;

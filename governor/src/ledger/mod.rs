@@ -236,7 +236,7 @@ impl Ledger {
         check_dependency_name(name).map_err(UpdateError::InvalidName)?;
         let dependency = self.get_or_create(name, true)?;
         let limits = dependency.status().limits.patched(patch)?;
-        dependency.set_limits(limits, Instant::now());
+        dependency.set_limits(limits, Instant::now(), "control plane");
         Ok(dependency.status())
     }
 
@@ -257,7 +257,7 @@ impl Ledger {
         let now = Instant::now();
         for (name, limits) in &config.dependencies {
             match self.get_or_create(name, true) {
-                Ok(dependency) => dependency.set_limits(limits.clone(), now),
+                Ok(dependency) => dependency.set_limits(limits.clone(), now, "config"),
                 Err(error) => tracing::warn!(dependency = %name, %error, "dependency not created"),
             }
         }
@@ -267,7 +267,7 @@ impl Ledger {
                 .iter()
                 .any(|(n, _)| **n == **dependency.name());
             if !configured {
-                dependency.set_limits(config.defaults.clone(), now);
+                dependency.set_limits(config.defaults.clone(), now, "config defaults");
             }
         }
     }

@@ -72,17 +72,6 @@ impl governor_admin_server::GovernorAdmin for AdminService {
         fields::dependency("name", &message.name)?;
         let patch = fields::limits_patch(message.limits.as_ref())?;
         let status = self.ledger.update(&message.name, &patch)?;
-        let limits = &status.limits;
-        tracing::info!(
-            dependency = %status.name,
-            max_concurrency = limits.max_concurrency(),
-            max_queue = limits.max_queue(),
-            max_wait = ?limits.max_wait(),
-            lease_ttl = ?limits.lease_ttl(),
-            in_flight = status.in_flight,
-            queued = status.queued,
-            "limits changed by the control plane"
-        );
         Ok(Response::new(to_proto(status)))
     }
 }
