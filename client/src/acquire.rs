@@ -98,12 +98,9 @@ impl Acquire {
         } else {
             Outcome::Failure
         };
-        if let Err(error) = permit
-            .release_with_latency(outcome, started.elapsed())
-            .await
-        {
-            tracing::debug!(%error, "governor release failed; the lease will expire");
-        }
+        // The result is in hand: give the permit back without making the
+        // caller wait for the sidecar's answer.
+        permit.release_in_background(outcome, Some(started.elapsed()));
         result.map_err(GovernedError::Inner)
     }
 

@@ -5,7 +5,10 @@
 //! `poll_ready`: a rejection then fails only that call (as
 //! [`GovernedError::Acquire`]) and never marks the whole service as broken,
 //! which tower would otherwise take it for. The inner service is cloned per
-//! call, as `tower::buffer` and tonic channels allow cheaply.
+//! call, as `tower::buffer` and tonic channels allow cheaply, and is polled
+//! ready only once the permit is held, so a call waiting in the sidecar's
+//! queue never holds a slot of the inner service (a buffer slot, a
+//! concurrency-limit permit) that calls of other dependencies need.
 
 use std::{
     fmt,
@@ -15,7 +18,7 @@ use std::{
 };
 
 use rate_governor_proto::v1::Priority;
-use tower::{Layer, Service};
+use tower::{Layer, Service, ServiceExt};
 
 use crate::{GovernedError, Governor};
 
@@ -92,14 +95,13 @@ where
     type Error = GovernedError<S::Error>;
     type Future = ResponseFuture<S::Response, S::Error>;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx).map_err(GovernedError::Inner)
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness of the inner service is awaited per call, after the permit.
+        Poll::Ready(Ok(()))
     }
 
     fn call(&mut self, request: Request) -> Self::Future {
-        // The instance that was polled ready serves this call.
-        let clone = self.inner.clone();
-        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let inner = self.inner.clone();
         let layer = &self.layer;
         let mut acquire = layer.gov.acquire(layer.dependency.clone());
         if let Some(priority) = layer.priority {
@@ -109,7 +111,7 @@ where
             acquire = acquire.tenant(tenant.clone());
         }
         ResponseFuture {
-            inner: Box::pin(acquire.run(async move { inner.call(request).await })),
+            inner: Box::pin(acquire.run(async move { inner.oneshot(request).await })),
         }
     }
 }

@@ -153,30 +153,41 @@ impl Permit {
     }
 }
 
+impl Permit {
+    /// Releases in a background task and returns at once, so a result that is
+    /// already in hand never waits on the sidecar.
+    pub(crate) fn release_in_background(mut self, outcome: Outcome, latency: Option<Duration>) {
+        if let Some(lease) = self.lease.take() {
+            spawn_release(lease, outcome, latency);
+        }
+    }
+}
+
+/// Sends the release from a spawned task (or, outside a runtime, leaves the
+/// lease to expire).
+fn spawn_release(mut lease: Lease, outcome: Outcome, latency: Option<Duration>) {
+    lease.stop_renewing();
+    match tokio::runtime::Handle::try_current() {
+        Ok(runtime) => {
+            let cx = Context::current();
+            runtime.spawn(async move {
+                let id = lease.id.clone();
+                if let Err(status) = lease.gov.release_rpc(lease.id, outcome, latency, &cx).await {
+                    tracing::debug!(lease_id = id, %status, "background release failed");
+                }
+            });
+        }
+        Err(_) => tracing::debug!(
+            lease_id = lease.id,
+            "permit dropped outside a tokio runtime; its lease expires after the TTL"
+        ),
+    }
+}
+
 impl Drop for Permit {
     fn drop(&mut self) {
-        let Some(mut lease) = self.lease.take() else {
-            return;
-        };
-        lease.stop_renewing();
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                let cx = Context::current();
-                runtime.spawn(async move {
-                    let id = lease.id.clone();
-                    if let Err(status) = lease
-                        .gov
-                        .release_rpc(lease.id, Outcome::Cancelled, None, &cx)
-                        .await
-                    {
-                        tracing::debug!(lease_id = id, %status, "background release failed");
-                    }
-                });
-            }
-            Err(_) => tracing::debug!(
-                lease_id = lease.id,
-                "permit dropped outside a tokio runtime; its lease expires after the TTL"
-            ),
+        if let Some(lease) = self.lease.take() {
+            spawn_release(lease, Outcome::Cancelled, None);
         }
     }
 }

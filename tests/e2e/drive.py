@@ -5,12 +5,12 @@ Phoenix through its REST API and checks their shape and timing.
 Started by tracing.sh, which runs Phoenix and the governor:
 
     python drive.py --governor 127.0.0.1:PORT --phoenix http://127.0.0.1:PORT \
-        --proto <repo>/proto [--admin 127.0.0.1:PORT] [--project default]
+        --proto <repo>/proto [--admin 127.0.0.1:PORT] [--project default] [--label NAME]
 
 The governor must have a dependency `e2e-one` (max_concurrency = 1, a queue,
 max_wait of a few seconds) and a dependency `e2e-full` (max_concurrency = 1,
-max_queue = 0). Prints one line per check and closes with `N passed, M failed`;
-exits 1 if any check failed.
+max_queue = 0). Prints one line per check and closes with `N passed, M failed`
+(`NAME: N passed, M failed` with --label); exits 1 if any check failed.
 """
 
 from __future__ import annotations
@@ -194,6 +194,7 @@ def main() -> int:
     parser.add_argument("--proto", required=True, help="the repository's proto/ folder")
     parser.add_argument("--project", default="default", help="the Phoenix project the spans land in")
     parser.add_argument("--admin", default="", help="host:port of the governor's admin HTTP (diagnostics)")
+    parser.add_argument("--label", default="", help="one word naming this run in the summary line")
     args = parser.parse_args()
     phoenix = args.phoenix.rstrip("/")
 
@@ -212,7 +213,8 @@ def main() -> int:
     print()
     if checks.failures:
         print("failed checks: " + ", ".join(checks.failures))
-    print(f"{checks.passed} passed, {checks.failed} failed", flush=True)
+    prefix = f"{args.label}: " if args.label else ""
+    print(f"{prefix}{checks.passed} passed, {checks.failed} failed", flush=True)
     return 0 if checks.failed == 0 and checks.passed > 0 else 1
 
 
@@ -297,13 +299,16 @@ def run(checks: Checks, pb2, pb2_grpc, channel, phoenix: str, project: str, admi
     def ingested():
         spans = phoenix_spans(phoenix, project, trace_id)
         rejects = phoenix_spans(phoenix, project, reject_trace)
-        if all(by_name(spans, n) for n in SPAN_NAMES) and by_name(rejects, "governor.acquire"):
-            return spans, rejects
+        holders = phoenix_spans(phoenix, project, holder_trace)
+        if (all(by_name(spans, n) for n in SPAN_NAMES)
+                and by_name(rejects, "governor.acquire")
+                and by_name(holders, "governor.permit")):
+            return spans, rejects, holders
         return None
 
     started = time.monotonic()
     try:
-        spans, rejects = wait_until(
+        spans, rejects, holders = wait_until(
             f"the spans of traces {trace_id} and {reject_trace} in Phoenix project {project!r}",
             SPAN_POLL_TIMEOUT,
             ingested,
@@ -312,6 +317,7 @@ def run(checks: Checks, pb2, pb2_grpc, channel, phoenix: str, project: str, admi
     except TimeoutError as error:
         spans = phoenix_spans(phoenix, project, trace_id)
         rejects = phoenix_spans(phoenix, project, reject_trace)
+        holders = phoenix_spans(phoenix, project, holder_trace)
         checks.check("spans reach Phoenix", False, str(error))
         diagnose(phoenix, project, trace_id, spans, admin)
         # Go on: the checks below say which spans are missing.
@@ -326,9 +332,12 @@ def run(checks: Checks, pb2, pb2_grpc, channel, phoenix: str, project: str, admi
                        ("governor.permit", permit)):
         checks.check(f"exactly one {name} span in the caller's trace", span is not None,
                      f"found {len(by_name(spans, name))}")
-    checks.check("the holder's spans are not in the caller's trace",
-                 len(spans) == 3 and not phoenix_spans(phoenix, project, holder_trace)[:0],
+    checks.check("the caller's trace holds only its own three spans",
+                 len(spans) == 3,
                  f"{len(spans)} spans: " + ", ".join(sorted(s.get('name', '?') for s in spans)))
+    holder_names = sorted(s.get("name", "?") for s in holders)
+    checks.check("the holder's spans are in the holder's own trace",
+                 holder_names == ["governor.acquire", "governor.permit"], ", ".join(holder_names))
 
     if acquire is not None:
         checks.check("governor.acquire's parent is the caller's span",
@@ -355,6 +364,10 @@ def run(checks: Checks, pb2, pb2_grpc, channel, phoenix: str, project: str, admi
         checks.check("governor.permit lasts at least the hold",
                      permit_duration >= hold,
                      f"permit={permit_duration * 1000:.3f}ms hold={hold * 1000:.3f}ms")
+        checks.check("governor.permit ends at the Release, not at the lease's expiry",
+                     permit_duration <= hold + 1.0 and attr(permit, "governor.lease.expired") is None,
+                     f"permit={permit_duration * 1000:.3f}ms "
+                     f"governor.lease.expired={attr(permit, 'governor.lease.expired')!r}")
         got = {k: attr(permit, k) for k in ("governor.lease_id", "governor.outcome", "governor.dependency")}
         checks.check("governor.permit carries the lease and the outcome",
                      got == {"governor.lease_id": second.lease_id, "governor.outcome": "success",

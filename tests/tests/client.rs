@@ -74,7 +74,8 @@ async fn the_slot_returns_after_the_governed_future_errors() {
         result,
         Err(GovernedError::Inner("downstream failed"))
     ));
-    assert_eq!(status(&mut admin, "payments").await.in_flight, 0);
+    // The release goes out in the background once the result is in hand.
+    wait_in_flight(&mut admin, "payments", 0).await;
 
     // The single slot is free again: a try-acquire is granted.
     let permit = gov
@@ -219,13 +220,13 @@ async fn the_tower_layer_releases_on_success_and_on_error() {
         "response"
     );
     assert_eq!(in_flight_seen.load(Ordering::SeqCst), 1);
-    assert_eq!(status(&mut admin, "payments").await.in_flight, 0);
+    wait_in_flight(&mut admin, "payments", 0).await;
 
     in_flight_seen.store(u32::MAX, Ordering::SeqCst);
     let err = svc.ready().await.unwrap().call(true).await.unwrap_err();
     assert!(matches!(err, GovernedError::Inner("downstream error")));
     assert_eq!(in_flight_seen.load(Ordering::SeqCst), 1);
-    assert_eq!(status(&mut admin, "payments").await.in_flight, 0);
+    wait_in_flight(&mut admin, "payments", 0).await;
 
     // With the slot taken, the layer rejects without calling the service.
     let held = client(&sidecar).acquire("payments").await.unwrap();

@@ -681,3 +681,53 @@ async fn a_lease_from_another_process_never_releases_a_slot() {
     assert_eq!(status(&mut admin, "db").await.in_flight, 1);
     assert!(release(&mut client, &held.lease_id).await);
 }
+
+#[tokio::test]
+async fn the_control_plane_can_be_kept_off_tcp() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("governor.sock");
+    let gov = GovernorProcess::start_with_args(
+        "[server]\ncontrol_plane = \"uds\"",
+        &["--uds".as_ref(), socket.as_os_str()],
+    )
+    .await;
+    let mut admin = gov.admin_client().await;
+    let refused = admin
+        .list_dependencies(ListDependenciesRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Code::Unimplemented);
+    // The data plane is still served on TCP.
+    grant(&mut gov.governor_client().await, "db").await;
+
+    // "uds" without a socket is a config error naming the key.
+    let config = governor_integration_tests::write_config("[server]\ncontrol_plane = \"uds\"");
+    let output = run_governor(&["--config".as_ref(), config.path().as_os_str()]).await;
+    assert_eq!(output.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("server.control_plane"));
+}
+
+#[tokio::test]
+async fn a_live_unix_socket_is_never_taken_over() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("governor.sock");
+    let args = ["--uds".as_ref(), socket.as_os_str()];
+    let first = GovernorProcess::start_with_args("", &args).await;
+    let config = governor_integration_tests::write_config("");
+    let second = run_governor(&[
+        "--config".as_ref(),
+        config.path().as_os_str(),
+        "--listen".as_ref(),
+        "127.0.0.1:0".as_ref(),
+        "--uds".as_ref(),
+        socket.as_os_str(),
+    ])
+    .await;
+    assert_eq!(second.status.code(), Some(69), "{second:?}");
+    assert!(String::from_utf8_lossy(&second.stderr).contains("in use"));
+    assert!(
+        socket.exists(),
+        "the first governor's socket is still there"
+    );
+    drop(first);
+}

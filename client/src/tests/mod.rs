@@ -307,6 +307,9 @@ async fn retry_numbers_attempts_and_stops_on_success() {
         .await
         .unwrap();
     assert_eq!(value, 2);
+    // Releases go out in the background once each result is in hand.
+    fake.wait_for("three releases", |s| s.releases.len() == 3)
+        .await;
     fake.with(|s| {
         let attempts: Vec<u32> = s.acquires.iter().map(|a| a.message.attempt).collect();
         assert_eq!(attempts, [0, 1, 2]);

@@ -55,7 +55,11 @@ pub fn spawn(
                 tokio::pin!(connection);
                 tokio::select! {
                     _ = connection.as_mut() => {}
-                    _ = stop.cancelled() => connection.as_mut().graceful_shutdown(),
+                    _ = stop.cancelled() => {
+                        // Finish the request under way, then close.
+                        connection.as_mut().graceful_shutdown();
+                        let _ = connection.await;
+                    }
                 }
             });
         }

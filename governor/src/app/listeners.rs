@@ -2,14 +2,15 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
+use tonic::transport::server::TcpIncoming;
 
 use crate::config::ServerConfig;
 
@@ -17,7 +18,16 @@ use crate::config::ServerConfig;
 pub struct Bound {
     tcp: TcpListener,
     tcp_addr: SocketAddr,
-    uds: Option<(UnixListener, PathBuf)>,
+    uds: Option<UnixSocket>,
+}
+
+/// A bound Unix socket, and the identity of the file it created, so that
+/// only that file is removed at exit (never a successor's).
+#[derive(Debug)]
+struct UnixSocket {
+    listener: UnixListener,
+    path: PathBuf,
+    inode: (u64, u64),
 }
 
 /// Binds every configured listener, or says which one failed and why.
@@ -29,47 +39,54 @@ pub async fn bind(config: &ServerConfig) -> Result<Bound, String> {
         .local_addr()
         .map_err(|e| format!("server.listen: {e}"))?;
     let uds = match &config.uds {
-        Some(path) => Some((
-            bind_unix(path).map_err(|e| format!("server.uds: {}: {e}", path.display()))?,
-            path.clone(),
-        )),
+        Some(path) => {
+            Some(bind_unix(path).map_err(|e| format!("server.uds: {}: {e}", path.display()))?)
+        }
         None => None,
     };
     Ok(Bound { tcp, tcp_addr, uds })
 }
 
-/// Binds a Unix socket with mode 0660, replacing a stale socket file left by
-/// a previous run (but never any other kind of file).
-fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+/// Binds a Unix socket with mode 0660. A socket file left by a previous run
+/// is replaced; one that a live process still accepts on, or any other kind
+/// of file, is an error.
+fn bind_unix(path: &Path) -> std::io::Result<UnixSocket> {
     if let Ok(meta) = std::fs::symlink_metadata(path) {
-        if meta.file_type().is_socket() {
-            std::fs::remove_file(path)?;
-        } else {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::AlreadyExists,
-                "exists and is not a socket",
-            ));
+        let error = |message| Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, message));
+        if !meta.file_type().is_socket() {
+            return error("exists and is not a socket");
         }
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            return error("in use by a running process");
+        }
+        std::fs::remove_file(path)?;
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    Ok(listener)
+    let meta = std::fs::metadata(path)?;
+    Ok(UnixSocket {
+        listener,
+        path: path.to_owned(),
+        inode: (meta.dev(), meta.ino()),
+    })
 }
 
 impl Bound {
     pub fn ready_line(&self) -> String {
         let mut line = format!("governor ready grpc={}", self.tcp_addr);
-        if let Some((_, path)) = &self.uds {
-            line.push_str(&format!(" uds={}", path.display()));
+        if let Some(uds) = &self.uds {
+            line.push_str(&format!(" uds={}", uds.path.display()));
         }
         line
     }
 
-    /// Serves until `stop` is cancelled, then lets open calls finish; the
-    /// future ends when every listener has.
+    /// Serves `tcp_routes` on TCP and `uds_routes` on the Unix socket until
+    /// `stop` is cancelled, then lets open calls finish; the future ends when
+    /// every listener has.
     pub fn serve(
         self,
-        routes: Routes,
+        tcp_routes: Routes,
+        uds_routes: Routes,
         config: &ServerConfig,
         stop: CancellationToken,
     ) -> impl Future<Output = ()> + use<> {
@@ -79,29 +96,30 @@ impl Bound {
                 .http2_keepalive_interval(Some(config.keepalive_interval))
                 .http2_keepalive_timeout(Some(config.keepalive_timeout))
                 .http2_max_header_list_size(16 * 1024)
-                .tcp_nodelay(true)
         };
+        // Nagle off on accepted sockets: Acquire and Release are small frames.
+        let incoming = TcpIncoming::from(self.tcp).with_nodelay(Some(true));
         let tcp = builder()
-            .add_routes(routes.clone())
-            .serve_with_incoming_shutdown(
-                TcpListenerStream::new(self.tcp),
-                stop.clone().cancelled_owned(),
-            );
+            .add_routes(tcp_routes)
+            .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let tcp = tokio::spawn(async move {
             if let Err(error) = tcp.await {
                 tracing::error!(%error, "gRPC listener failed");
             }
         });
-        let uds = self.uds.map(|(listener, path)| {
-            let server = builder().add_routes(routes).serve_with_incoming_shutdown(
-                UnixListenerStream::new(listener),
-                stop.cancelled_owned(),
-            );
+        let uds = self.uds.map(|socket| {
+            let server = builder()
+                .add_routes(uds_routes)
+                .serve_with_incoming_shutdown(
+                    UnixListenerStream::new(socket.listener),
+                    stop.cancelled_owned(),
+                );
+            let (path, inode) = (socket.path, socket.inode);
             tokio::spawn(async move {
                 if let Err(error) = server.await {
                     tracing::error!(%error, "Unix socket listener failed");
                 }
-                let _ = std::fs::remove_file(&path);
+                UnixSocket::remove_path(&path, inode);
             })
         });
         async move {
@@ -109,6 +127,16 @@ impl Bound {
             if let Some(uds) = uds {
                 let _ = uds.await;
             }
+        }
+    }
+}
+
+impl UnixSocket {
+    fn remove_path(path: &Path, inode: (u64, u64)) {
+        let ours =
+            std::fs::symlink_metadata(path).is_ok_and(|meta| (meta.dev(), meta.ino()) == inode);
+        if ours {
+            let _ = std::fs::remove_file(path);
         }
     }
 }

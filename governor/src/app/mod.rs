@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 pub use cli::{Cli, Command, LogFormat};
 pub use probe::probe;
 
-use crate::config::{Config, ConfigError, TracingConfig};
+use crate::config::{Config, ConfigError, ControlPlane, TracingConfig};
 use crate::ledger::Ledger;
 use crate::server;
 use crate::telemetry::Telemetry;
@@ -57,6 +57,11 @@ pub fn resolve_config(cli: &Cli) -> Result<Config, ConfigError> {
             })?),
         };
     }
+    if config.server.control_plane == ControlPlane::UnixSocket && config.server.uds.is_none() {
+        return Err(ConfigError(
+            "server.control_plane: \"uds\" needs a Unix socket (server.uds or --uds)".into(),
+        ));
+    }
     Ok(config)
 }
 
@@ -75,12 +80,18 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
     ));
     telemetry.attach(&ledger);
     let (health, health_service) = tonic_health::server::health_reporter();
-    let routes = server::routes(
-        ledger.clone(),
-        telemetry.clone(),
-        health_service,
-        &config.server,
-    );
+    let routes = |with_control_plane| {
+        server::routes(
+            ledger.clone(),
+            telemetry.clone(),
+            health_service.clone(),
+            &config.server,
+            with_control_plane,
+        )
+    };
+    let control_plane = config.server.control_plane;
+    let tcp_routes = routes(control_plane == ControlPlane::All);
+    let uds_routes = routes(control_plane != ControlPlane::Off);
 
     let stop_serving = CancellationToken::new();
     let unavailable = |error: String| {
@@ -120,7 +131,7 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
         );
     }
     telemetry.spawn_log_flusher(stop_serving.clone());
-    let servers = bound.serve(routes, &config.server, stop_serving.clone());
+    let servers = bound.serve(tcp_routes, uds_routes, &config.server, stop_serving.clone());
     server::set_serving(&health, true).await;
 
     tracing::info!(
@@ -135,16 +146,29 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
     if cli.watch_config {
         reloader.clone().spawn_watch(stop_serving.clone());
     }
-    signals.wait_for_stop(&reloader).await;
+    let mut signals = signals.wait_for_stop(&reloader).await;
 
     let deadline = Instant::now() + config.server.shutdown_grace;
     tracing::info!(grace = ?config.server.shutdown_grace, leases = ledger.leases(), "draining");
-    server::set_serving(&health, false).await;
-    ledger.drain();
-    wait_for_leases(&ledger, deadline).await;
-    stop_serving.cancel();
-    if tokio::time::timeout_at(deadline, servers).await.is_err() {
-        tracing::warn!("grace period over with calls still open; exiting anyway");
+    let drain = async {
+        server::set_serving(&health, false).await;
+        ledger.drain();
+        wait_for_leases(&ledger, deadline).await;
+        stop_serving.cancel();
+        if tokio::time::timeout_at(deadline, servers).await.is_err() {
+            tracing::warn!("grace period over with calls still open; exiting anyway");
+        }
+    };
+    // A second SIGTERM or SIGINT cuts the grace period short.
+    let cut_short = tokio::select! {
+        () = drain => false,
+        () = signals.next_stop() => true,
+    };
+    if cut_short {
+        tracing::warn!(
+            leases_left = ledger.leases(),
+            "second stop signal: exiting without waiting"
+        );
     }
     // Telemetry last, so that the drain itself is traced.
     let left = deadline
@@ -152,7 +176,11 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
         .max(Duration::from_secs(1));
     telemetry.shutdown(left).await;
     tracing::info!(leases_left = ledger.leases(), "stopped");
-    ExitCode::SUCCESS
+    if cut_short {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 struct Signals {
@@ -172,13 +200,21 @@ impl Signals {
     }
 
     /// Returns on SIGTERM or SIGINT; reloads the config on SIGHUP meanwhile.
-    async fn wait_for_stop(mut self, reloader: &reload::Reloader) {
+    async fn wait_for_stop(mut self, reloader: &reload::Reloader) -> Self {
         loop {
             tokio::select! {
-                _ = self.term.recv() => return,
-                _ = self.int.recv() => return,
+                _ = self.term.recv() => return self,
+                _ = self.int.recv() => return self,
                 _ = self.hup.recv() => reloader.reload("SIGHUP"),
             }
+        }
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next_stop(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
         }
     }
 }

@@ -45,6 +45,21 @@ pub struct ServerConfig {
     pub max_message_bytes: usize,
     pub keepalive_interval: Duration,
     pub keepalive_timeout: Duration,
+    /// Where `governor.v1.GovernorAdmin` is served.
+    pub control_plane: ControlPlane,
+}
+
+/// Which listeners serve the control plane. It can change every limit, so a
+/// pod whose gRPC port is reachable from the network may keep it on the Unix
+/// socket, where file permissions guard it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ControlPlane {
+    /// TCP and the Unix socket.
+    All,
+    /// Only the Unix socket (`server.uds` must be set).
+    UnixSocket,
+    /// Nowhere.
+    Off,
 }
 
 /// A configuration problem, naming the key.
@@ -84,6 +99,7 @@ struct ServerSection {
     max_message_bytes: Option<usize>,
     keepalive_interval: Option<HumanDuration>,
     keepalive_timeout: Option<HumanDuration>,
+    control_plane: Option<String>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -259,6 +275,17 @@ fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfi
             .unwrap_or(16 * 1024),
         keepalive_interval: pick(file.keepalive_interval, base.keepalive_interval, 30),
         keepalive_timeout: pick(file.keepalive_timeout, base.keepalive_timeout, 10),
+        control_plane: match file.control_plane.or(base.control_plane).as_deref() {
+            None | Some("all") => ControlPlane::All,
+            Some("uds") => ControlPlane::UnixSocket,
+            Some("off") => ControlPlane::Off,
+            Some(other) => {
+                return Err(ConfigError::at(
+                    "server.control_plane",
+                    format!("unknown value {other:?}: use \"all\", \"uds\" or \"off\""),
+                ));
+            }
+        },
     };
     if config.shutdown_grace > Duration::from_secs(3600) {
         return Err(ConfigError::at(

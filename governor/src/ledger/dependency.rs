@@ -5,7 +5,8 @@
 //! only loops hand out permits (one iteration a grant) or expire leases (one
 //! iteration an expiry).
 
-use std::collections::VecDeque;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
@@ -18,7 +19,7 @@ use super::decision::{
     AcquireRequest, Decision, EndedLease, Grant, LeaseEnd, RejectReason, Rejection, Snapshot,
 };
 use super::lease::{LeaseId, LeaseKey};
-use super::limits::Limits;
+use super::limits::{InvalidLimit, Limits, LimitsPatch};
 use super::shared::{LeaseRecord, Shared};
 use super::waiters::{WaiterKey, WaiterQueue};
 
@@ -42,9 +43,11 @@ struct State {
     in_flight: u32,
     waiters: WaiterQueue<Waiter>,
     budget: RetryBudget,
-    /// (deadline, lease) in deadline order. Renewals and releases leave stale
-    /// entries behind, skipped when reached and compacted when they pile up.
-    expiry: VecDeque<(Instant, LeaseKey)>,
+    /// (deadline, lease), earliest first: a heap, because a lowered lease TTL
+    /// gives new leases earlier deadlines than old ones. Renewals and releases
+    /// leave stale entries behind, skipped when reached and compacted when
+    /// they outnumber the live ones.
+    expiry: BinaryHeap<Reverse<(Instant, LeaseKey)>>,
     /// Moving average of how long permits are held, for retry-after hints.
     mean_hold: Option<Duration>,
     granted_total: u64,
@@ -137,7 +140,7 @@ impl Dependency {
                 limits,
                 in_flight: 0,
                 waiters: WaiterQueue::default(),
-                expiry: VecDeque::new(),
+                expiry: BinaryHeap::new(),
                 mean_hold: None,
                 granted_total: 0,
                 rejected_total: 0,
@@ -320,9 +323,14 @@ impl Dependency {
             if record.deadline <= now {
                 return None;
             }
+            if record.deadline == deadline {
+                // Renewed twice in the same instant: already in the heap.
+                return Some(ttl);
+            }
             record.deadline = deadline;
         }
         self.push_expiry(&mut state, deadline, key);
+        self.compact_expiry(&mut state);
         Some(ttl)
     }
 
@@ -331,11 +339,11 @@ impl Dependency {
     fn reap(self: &Arc<Self>, now: Instant) -> (Vec<EndedLease>, Option<Instant>) {
         let mut state = self.lock();
         let mut ended = Vec::new();
-        while let Some(&(deadline, key)) = state.expiry.front() {
+        while let Some(&Reverse((deadline, key))) = state.expiry.peek() {
             if deadline > now {
                 break;
             }
-            state.expiry.pop_front();
+            state.expiry.pop();
             // Renewed leases have a later deadline in the index and stay.
             let expired = self
                 .shared
@@ -363,7 +371,10 @@ impl Dependency {
                 lease.snapshot = snapshot;
             }
         }
-        (ended, state.expiry.front().map(|&(deadline, _)| deadline))
+        (
+            ended,
+            state.expiry.peek().map(|&Reverse((deadline, _))| deadline),
+        )
     }
 
     /// Applies new limits. Raising the concurrency grants waiters at once;
@@ -371,6 +382,30 @@ impl Dependency {
     /// newest lowest-priority waiters.
     pub(crate) fn set_limits(self: &Arc<Self>, limits: Limits, now: Instant, source: &str) {
         let mut state = self.lock();
+        self.apply_limits(&mut state, limits, now, source);
+    }
+
+    /// Applies `patch` to the current limits under one lock hold, so that
+    /// concurrent updates of different fields never undo each other.
+    pub(crate) fn patch_limits(
+        self: &Arc<Self>,
+        patch: &LimitsPatch,
+        now: Instant,
+        source: &str,
+    ) -> Result<(), InvalidLimit> {
+        let mut state = self.lock();
+        let limits = state.limits.patched(patch)?;
+        self.apply_limits(&mut state, limits, now, source);
+        Ok(())
+    }
+
+    fn apply_limits(
+        self: &Arc<Self>,
+        state: &mut State,
+        limits: Limits,
+        now: Instant,
+        source: &str,
+    ) {
         if limits != state.limits {
             let budget = limits.retry_budget();
             tracing::info!(
@@ -387,7 +422,6 @@ impl Dependency {
                 "limits changed"
             );
         }
-        let ttl_changed = limits.lease_ttl() != state.limits.lease_ttl();
         state.budget.reconfigure(limits.retry_budget(), now);
         state.limits = limits;
         while state.waiters.len() > state.limits.max_queue() as usize {
@@ -407,15 +441,7 @@ impl Dependency {
                 snapshot,
             });
         }
-        self.grant_waiters(&mut state, now);
-        if ttl_changed {
-            // New leases may now expire before older ones: restore the order.
-            state
-                .expiry
-                .make_contiguous()
-                .sort_unstable_by_key(|&(deadline, _)| deadline);
-            self.reaper.notify_one();
-        }
+        self.grant_waiters(state, now);
     }
 
     /// Answers every waiter SHUTTING_DOWN.
@@ -445,6 +471,11 @@ impl Dependency {
             rejected_total: state.rejected_total,
             expired_total: state.expired_total,
         }
+    }
+
+    #[cfg(test)]
+    pub(crate) fn expiry_len(&self) -> usize {
+        self.lock().expiry.len()
     }
 
     pub fn snapshot(&self) -> Snapshot {
@@ -499,23 +530,29 @@ impl Dependency {
         }
     }
 
+    /// O(log leases); wakes the reaper when the new deadline is the earliest.
     fn push_expiry(&self, state: &mut State, deadline: Instant, key: LeaseKey) {
-        if state.expiry.is_empty() {
+        let earliest = state
+            .expiry
+            .peek()
+            .is_none_or(|Reverse((first, _))| deadline < *first);
+        state.expiry.push(Reverse((deadline, key)));
+        if earliest {
             self.reaper.notify_one();
         }
-        state.expiry.push_back((deadline, key));
     }
 
     /// Drops stale expiry entries once they outnumber the live ones, so the
-    /// expiry order stays within twice the leases held (amortised O(1)).
+    /// expiry heap stays within twice the leases held plus a constant
+    /// (amortised O(1) per release or renewal).
     fn compact_expiry(&self, state: &mut State) {
         if state.expiry.len() <= 2 * state.in_flight as usize + 64 {
             return;
         }
         let leases = &self.shared.leases;
-        state
-            .expiry
-            .retain(|(deadline, key)| leases.get(key).is_some_and(|r| r.deadline == *deadline));
+        state.expiry.retain(|Reverse((deadline, key))| {
+            leases.get(key).is_some_and(|r| r.deadline == *deadline)
+        });
     }
 }
 

@@ -13,7 +13,7 @@
 //!   more leases held; none is granted until they drop below it).
 //! - Every queue and map is bounded: waiters by `max_queue` and `max_waiters`,
 //!   dependencies by `max_dependencies`, leases by the limits, and the expiry
-//!   order by twice the leases held.
+//!   heap by twice the leases held plus a constant.
 //!
 //! # Example
 //! ```
@@ -42,6 +42,7 @@ mod queued;
 mod shared;
 mod waiters;
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -130,7 +131,7 @@ struct Settings {
     defaults: Limits,
     allow_unknown_dependencies: bool,
     max_dependencies: usize,
-    configured: Vec<(String, Limits)>,
+    configured: HashMap<String, Limits>,
 }
 
 /// All dependencies of one sidecar.
@@ -162,7 +163,7 @@ impl Ledger {
                 defaults: config.defaults.clone(),
                 allow_unknown_dependencies: config.allow_unknown_dependencies,
                 max_dependencies: config.max_dependencies,
-                configured: Vec::new(),
+                configured: HashMap::new(),
             }),
             creating: Mutex::new(()),
         };
@@ -234,9 +235,16 @@ impl Ledger {
     /// control plane is trusted). Fails on the first invalid field.
     pub fn update(&self, name: &str, patch: &LimitsPatch) -> Result<DependencyStatus, UpdateError> {
         check_dependency_name(name).map_err(UpdateError::InvalidName)?;
-        let dependency = self.get_or_create(name, true)?;
-        let limits = dependency.status().limits.patched(patch)?;
-        dependency.set_limits(limits, Instant::now(), "control plane");
+        let existing = self.dependencies.get(name).map(|d| d.clone());
+        let dependency = match existing {
+            Some(dependency) => dependency,
+            None => {
+                // Validate before creating: a refused update leaves nothing behind.
+                self.creation_limits(name).patched(patch)?;
+                self.get_or_create(name, true)?
+            }
+        };
+        dependency.patch_limits(patch, Instant::now(), "control plane")?;
         Ok(dependency.status())
     }
 
@@ -250,7 +258,7 @@ impl Ledger {
                 defaults: config.defaults.clone(),
                 allow_unknown_dependencies: config.allow_unknown_dependencies,
                 max_dependencies: config.max_dependencies,
-                configured: config.dependencies.clone(),
+                configured: config.dependencies.iter().cloned().collect(),
             };
         }
         self.shared.set_max_waiters(config.max_waiters);
@@ -261,12 +269,13 @@ impl Ledger {
                 Err(error) => tracing::warn!(dependency = %name, %error, "dependency not created"),
             }
         }
+        let configured: HashSet<&str> = config
+            .dependencies
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
         for dependency in self.dependencies.iter() {
-            let configured = config
-                .dependencies
-                .iter()
-                .any(|(n, _)| **n == **dependency.name());
-            if !configured {
+            if !configured.contains(&**dependency.name()) {
                 dependency.set_limits(config.defaults.clone(), now, "config defaults");
             }
         }
@@ -311,6 +320,13 @@ impl Ledger {
         self.get_or_create(name, false)
     }
 
+    fn creation_limits(&self, name: &str) -> Limits {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .limits_for(name)
+    }
+
     fn get_or_create(&self, name: &str, trusted: bool) -> Result<Arc<Dependency>, LedgerError> {
         let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(dependency) = self.dependencies.get(name) {
@@ -323,15 +339,18 @@ impl Ledger {
         if self.dependencies.len() >= settings.max_dependencies {
             return Err(LedgerError::TooManyDependencies(settings.max_dependencies));
         }
-        let limits = settings
-            .configured
-            .iter()
-            .find(|(n, _)| n == name)
-            .map_or_else(|| settings.defaults.clone(), |(_, limits)| limits.clone());
+        let limits = settings.limits_for(name);
         let name: Arc<str> = Arc::from(name);
         let dependency = Dependency::new(name.clone(), limits, self.shared.clone());
         self.dependencies.insert(name, dependency.clone());
         Ok(dependency)
+    }
+}
+
+impl Settings {
+    /// What a new dependency of this name starts with.
+    fn limits_for(&self, name: &str) -> Limits {
+        self.configured.get(name).unwrap_or(&self.defaults).clone()
     }
 }
 

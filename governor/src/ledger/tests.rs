@@ -537,3 +537,102 @@ fn dependency_names_are_checked() {
     );
     assert!(check_dependency_name("é").is_err());
 }
+
+#[tokio::test(start_paused = true)]
+async fn lowering_the_lease_ttl_expires_new_leases_on_time() {
+    let long = limits(2, 10, 1000)
+        .patched(&LimitsPatch {
+            lease_ttl: Some(Duration::from_secs(600)),
+            ..Default::default()
+        })
+        .unwrap();
+    let ledger = ledger_with("db", long);
+    let _old = grant(&ledger).await;
+    ledger
+        .update(
+            "db",
+            &LimitsPatch {
+                lease_ttl: Some(Duration::from_secs(1)),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let _new = grant(&ledger).await;
+    advance(Duration::from_secs(1)).await;
+    tokio::task::yield_now().await;
+    let status = status(&ledger);
+    assert_eq!(
+        (status.expired_total, status.in_flight),
+        (1, 1),
+        "the new lease expired, the old one holds"
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn renewing_in_a_loop_keeps_the_expiry_order_bounded() {
+    let ledger = ledger_with("db", limits(1, 10, 1000));
+    let lease = grant(&ledger).await;
+    for _ in 0..10_000 {
+        advance(Duration::from_micros(10)).await;
+        assert!(ledger.renew(&lease).is_some());
+    }
+    let dependency = ledger.dependencies.get("db").unwrap().clone();
+    assert!(
+        dependency.expiry_len() <= 2 + 64,
+        "{}",
+        dependency.expiry_len()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_refused_update_creates_nothing() {
+    let ledger = Ledger::new(LedgerConfig {
+        max_dependencies: 1,
+        ..LedgerConfig::default()
+    });
+    let bad = LimitsPatch {
+        max_concurrency: Some(0),
+        ..Default::default()
+    };
+    assert!(matches!(
+        ledger.update("a", &bad),
+        Err(UpdateError::Limit(_))
+    ));
+    assert_eq!(ledger.dependency_count(), 0);
+    assert!(ledger.update("b", &LimitsPatch::default()).is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_updates_of_different_fields_both_stick() {
+    let ledger = Arc::new(ledger_with("db", limits(1, 1, 1000)));
+    let queue = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            for i in 0..2000u32 {
+                ledger
+                    .update(
+                        "db",
+                        &LimitsPatch {
+                            max_queue: Some(i),
+                            ..Default::default()
+                        },
+                    )
+                    .unwrap();
+            }
+        })
+    };
+    for i in 1..=2000u32 {
+        ledger
+            .update(
+                "db",
+                &LimitsPatch {
+                    max_concurrency: Some(i),
+                    ..Default::default()
+                },
+            )
+            .unwrap();
+    }
+    queue.await.unwrap();
+    let limits = status(&ledger).limits;
+    assert_eq!((limits.max_concurrency(), limits.max_queue()), (2000, 1999));
+}

@@ -139,7 +139,13 @@ impl<T> WaiterQueue<T> {
             return None;
         }
         if retry {
-            self.tail_key(class(lowest, true))
+            // A retry only displaces a retry: the newest of the lowest
+            // priority that has retries waiting, below the arrival's.
+            Priority::ALL
+                .iter()
+                .rev()
+                .take_while(|&&p| p > priority)
+                .find_map(|&p| self.tail_key(class(p, true)))
         } else {
             self.newest_of(lowest)
         }
@@ -252,6 +258,13 @@ mod tests {
         assert_eq!(q.victim_for(Critical, true), None);
         let r = q.push(Sheddable, true, "s-retry");
         assert_eq!(q.victim_for(Critical, true), Some(r));
+        q.remove(r);
+        // Lower-priority retries above the lowest first attempts still go.
+        let normal_retry = q.push(Normal, true, "n-retry");
+        assert_eq!(q.victim_for(Critical, true), Some(normal_retry));
+        assert_eq!(q.victim_for(Normal, true), None);
+        q.remove(normal_retry);
+        q.push(Sheddable, true, "s-retry-2");
         // A first attempt takes the newest of either kind.
         let f = q.push(Sheddable, false, "s-first-2");
         assert_eq!(q.victim_for(Critical, false), Some(f));

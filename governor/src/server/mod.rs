@@ -36,6 +36,7 @@ pub fn routes(
     telemetry: Arc<Telemetry>,
     health: HealthServer<impl Health>,
     config: &ServerConfig,
+    with_control_plane: bool,
 ) -> Routes {
     let max = config.max_message_bytes;
     let governor = GovernorServer::new(GovernorService::new(ledger.clone(), telemetry))
@@ -53,9 +54,11 @@ pub fn routes(
         .build_v1alpha()
         .expect("the embedded descriptors are valid");
     let mut routes = Routes::builder();
+    routes.add_service(governor);
+    if with_control_plane {
+        routes.add_service(admin);
+    }
     routes
-        .add_service(governor)
-        .add_service(admin)
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);

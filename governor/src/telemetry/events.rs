@@ -43,7 +43,7 @@ impl Event {
 
 const KINDS: usize = RejectReason::ALL.len() + 1;
 
-#[derive(Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Window {
     started: Instant,
     suppressed: [u64; KINDS],
@@ -57,35 +57,35 @@ pub struct BackpressureLog {
 
 impl BackpressureLog {
     /// Records an event; logs it in full if it opens its dependency's window.
-    pub fn record(&self, ledger: &Ledger, dependency: &Arc<str>, event: Event, load: Snapshot) {
+    /// Lines are written after the window's lock is released.
+    pub fn record(&self, ledger: &Ledger, dependency: &str, event: Event, load: Snapshot) {
         let now = Instant::now();
-        let opens = match self.windows.get(dependency) {
+        let fresh = || Window {
+            started: now,
+            suppressed: [0; KINDS],
+            last: load,
+        };
+        let (opens, closed) = match self.windows.get(dependency) {
             Some(window) => {
                 let mut window = window.lock().unwrap_or_else(|e| e.into_inner());
                 if now.duration_since(window.started) < WINDOW {
                     window.suppressed[event.index()] += 1;
                     window.last = load;
-                    false
+                    (false, None)
                 } else {
-                    summarise(dependency, &window);
-                    *window = Window {
-                        started: now,
-                        suppressed: [0; KINDS],
-                        last: load,
-                    };
-                    true
+                    (true, Some(std::mem::replace(&mut *window, fresh())))
                 }
             }
             None => {
-                let window = Window {
-                    started: now,
-                    suppressed: [0; KINDS],
-                    last: load,
-                };
-                self.windows.insert(dependency.clone(), Mutex::new(window));
-                true
+                self.windows
+                    .entry(Arc::from(dependency))
+                    .or_insert_with(|| Mutex::new(fresh()));
+                (true, None)
             }
         };
+        if let Some(closed) = closed {
+            summarise(dependency, &closed);
+        }
         if opens {
             log_in_full(ledger, dependency, event, load);
         }
@@ -95,12 +95,18 @@ impl BackpressureLog {
     /// back until the next event. Run about once a second.
     pub fn flush(&self) {
         let now = Instant::now();
+        let mut closed = Vec::new();
         for entry in self.windows.iter() {
             let mut window = entry.value().lock().unwrap_or_else(|e| e.into_inner());
-            if now.duration_since(window.started) >= WINDOW {
-                summarise(entry.key(), &window);
+            if now.duration_since(window.started) >= WINDOW
+                && window.suppressed.iter().any(|n| *n > 0)
+            {
+                closed.push((entry.key().clone(), *window));
                 window.suppressed = [0; KINDS];
             }
+        }
+        for (dependency, window) in closed {
+            summarise(&dependency, &window);
         }
     }
 }
