@@ -456,6 +456,8 @@ async fn layer_governs_each_call() {
     );
     assert_eq!(inner_calls.load(Ordering::SeqCst), 2, "rejected call ran");
 
+    fake.wait_for("two releases", |s| s.releases.len() == 2)
+        .await;
     fake.with(|s| {
         assert!(s.acquires.iter().all(|a| a.message.dependency == "backend"
             && a.message.priority == Priority::Critical as i32
