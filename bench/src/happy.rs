@@ -231,31 +231,13 @@ impl Arm {
             .next()
     }
     pub fn p50(&self) -> Spread {
-        Spread::of(
-            &self
-                .open
-                .iter()
-                .map(|r| r.latency.p50_us)
-                .collect::<Vec<_>>(),
-        )
+        Spread::over(&self.open, |r| r.latency.p50_us)
     }
     pub fn p99(&self) -> Spread {
-        Spread::of(
-            &self
-                .open
-                .iter()
-                .map(|r| r.latency.p99_us)
-                .collect::<Vec<_>>(),
-        )
+        Spread::over(&self.open, |r| r.latency.p99_us)
     }
     pub fn p999(&self) -> Spread {
-        Spread::of(
-            &self
-                .open
-                .iter()
-                .map(|r| r.latency.p999_us)
-                .collect::<Vec<_>>(),
-        )
+        Spread::over(&self.open, |r| r.latency.p999_us)
     }
     /// Sidecar CPU cores per 1000 calls a second, from the totals of all
     /// repeats (the same as CPU seconds per 1000 calls).
@@ -269,31 +251,13 @@ impl Arm {
         }
     }
     pub fn throughput(&self) -> Spread {
-        Spread::of(
-            &self
-                .saturation
-                .iter()
-                .map(|r| r.throughput)
-                .collect::<Vec<_>>(),
-        )
+        Spread::over(&self.saturation, |r| r.throughput)
     }
     pub fn server_cores(&self) -> Spread {
-        Spread::of(
-            &self
-                .saturation
-                .iter()
-                .map(|r| r.server_cores)
-                .collect::<Vec<_>>(),
-        )
+        Spread::over(&self.saturation, |r| r.server_cores)
     }
     pub fn per_server_core(&self) -> Spread {
-        Spread::of(
-            &self
-                .saturation
-                .iter()
-                .map(|r| r.per_server_core)
-                .collect::<Vec<_>>(),
-        )
+        Spread::over(&self.saturation, |r| r.per_server_core)
     }
 }
 

@@ -271,6 +271,11 @@ pub struct Spread {
 }
 
 impl Spread {
+    /// The spread of `value` over `items` (one per repeat).
+    pub fn over<T>(items: &[T], value: impl Fn(&T) -> f64) -> Spread {
+        Spread::of(&items.iter().map(value).collect::<Vec<_>>())
+    }
+
     pub fn of(values: &[f64]) -> Spread {
         let mut v: Vec<f64> = values.iter().copied().filter(|x| x.is_finite()).collect();
         if v.is_empty() {

@@ -452,22 +452,10 @@ pub struct StormArm {
 
 impl StormArm {
     pub fn amplification(&self) -> Spread {
-        Spread::of(
-            &self
-                .repeats
-                .iter()
-                .map(|r| r.amplification)
-                .collect::<Vec<_>>(),
-        )
+        Spread::over(&self.repeats, |r| r.amplification)
     }
     pub fn attempt_amplification(&self) -> Spread {
-        Spread::of(
-            &self
-                .repeats
-                .iter()
-                .map(|r| r.attempt_amplification)
-                .collect::<Vec<_>>(),
-        )
+        Spread::over(&self.repeats, |r| r.attempt_amplification)
     }
     pub fn samples(&self) -> u64 {
         self.repeats.iter().map(|r| r.first_attempts).sum()

@@ -21,6 +21,20 @@ fn limits(concurrency: u32, queue: u32, wait_ms: u64) -> Limits {
         .unwrap()
 }
 
+/// Roomy limits with the given retry budget (ttl in seconds).
+fn with_budget(ratio: f64, min_per_second: u32, ttl_secs: u64) -> Limits {
+    let budget = BudgetConfig {
+        ratio,
+        min_per_second,
+        ttl: Duration::from_secs(ttl_secs),
+    };
+    let patch = LimitsPatch {
+        retry_budget: Some(budget),
+        ..Default::default()
+    };
+    limits(100, 10, 1000).patched(&patch).unwrap()
+}
+
 fn ledger_with(name: &str, limits: Limits) -> Arc<Ledger> {
     Arc::new(Ledger::new(LedgerConfig {
         dependencies: vec![(name.to_owned(), limits)],
@@ -307,17 +321,7 @@ async fn grant_on(ledger: &Ledger) -> String {
 
 #[tokio::test(start_paused = true)]
 async fn retries_draw_on_the_budget_and_get_a_hint() {
-    let budget = BudgetConfig {
-        ratio: 0.5,
-        min_per_second: 0,
-        ttl: Duration::from_secs(10),
-    };
-    let limits = limits(100, 10, 1000)
-        .patched(&LimitsPatch {
-            retry_budget: Some(budget),
-            ..Default::default()
-        })
-        .unwrap();
+    let limits = with_budget(0.5, 0, 10);
     let ledger = ledger_with("db", limits);
     // No first attempts yet, no reserve: no retry.
     let retry = ledger.acquire(&request(Priority::Normal, 1)).await.unwrap();
@@ -358,17 +362,7 @@ async fn retries_draw_on_the_budget_and_get_a_hint() {
 
 #[tokio::test(start_paused = true)]
 async fn the_reserve_allows_min_per_second_retries() {
-    let budget = BudgetConfig {
-        ratio: 0.0,
-        min_per_second: 2,
-        ttl: Duration::from_secs(1),
-    };
-    let limits = limits(100, 10, 1000)
-        .patched(&LimitsPatch {
-            retry_budget: Some(budget),
-            ..Default::default()
-        })
-        .unwrap();
+    let limits = with_budget(0.0, 2, 1);
     let ledger = ledger_with("db", limits);
     for _ in 0..2 {
         assert!(
