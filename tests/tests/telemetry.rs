@@ -425,13 +425,7 @@ async fn metrics_count_what_happened_and_readiness_follows_the_drain() {
         &["--admin-listen", "127.0.0.1:0"],
     )
     .await;
-    let admin_addr: SocketAddr = gov
-        .ready_line()
-        .split(' ')
-        .find_map(|field| field.strip_prefix("admin="))
-        .expect("admin= in the ready line")
-        .parse()
-        .unwrap();
+    let admin_addr = gov.admin_addr().expect("admin= in the ready line");
     let mut client = gov.governor_client().await;
 
     let a = client.acquire(acquire("db")).await.unwrap().into_inner();
@@ -584,13 +578,7 @@ async fn an_unresponsive_collector_costs_dropped_spans_not_stuck_acquires() {
         &["--admin-listen", "127.0.0.1:0"],
     )
     .await;
-    let admin_addr: SocketAddr = gov
-        .ready_line()
-        .split(' ')
-        .find_map(|field| field.strip_prefix("admin="))
-        .unwrap()
-        .parse()
-        .unwrap();
+    let admin_addr = gov.admin_addr().expect("admin= in the ready line");
     let mut client = gov.governor_client().await;
     for i in 0..200 {
         let trace_id = format!("{:032x}", i + 1);

@@ -478,10 +478,6 @@ impl Dependency {
         self.lock().expiry.len()
     }
 
-    pub fn snapshot(&self) -> Snapshot {
-        self.lock().snapshot()
-    }
-
     fn grant(self: &Arc<Self>, state: &mut State, now: Instant) -> Grant {
         let ttl = state.limits.lease_ttl();
         let lease = LeaseId::random(self.shared.epoch);

@@ -21,6 +21,16 @@ fn limits(concurrency: u32, queue: u32, wait_ms: u64) -> Limits {
         .unwrap()
 }
 
+/// `limits` with another lease TTL.
+fn with_ttl(limits: Limits, ttl: Duration) -> Limits {
+    limits
+        .patched(&LimitsPatch {
+            lease_ttl: Some(ttl),
+            ..Default::default()
+        })
+        .unwrap()
+}
+
 /// Roomy limits with the given retry budget (ttl in seconds).
 fn with_budget(ratio: f64, min_per_second: u32, ttl_secs: u64) -> Limits {
     let budget = BudgetConfig {
@@ -239,12 +249,7 @@ async fn a_grant_racing_a_cancellation_returns_its_slot() {
 #[tokio::test(start_paused = true)]
 async fn leases_expire_after_their_ttl_and_not_before() {
     let ttl = Duration::from_millis(500);
-    let limits = limits(1, 10, 5000)
-        .patched(&LimitsPatch {
-            lease_ttl: Some(ttl),
-            ..Default::default()
-        })
-        .unwrap();
+    let limits = with_ttl(limits(1, 10, 5000), ttl);
     let ledger = ledger_with("db", limits);
     let lease = grant(&ledger).await;
     let waiter = enqueue(&ledger, Priority::Normal, 0).await;
@@ -269,12 +274,7 @@ async fn leases_expire_after_their_ttl_and_not_before() {
 #[tokio::test(start_paused = true)]
 async fn renewal_pushes_expiry_back() {
     let ttl = Duration::from_millis(300);
-    let limits = limits(1, 10, 5000)
-        .patched(&LimitsPatch {
-            lease_ttl: Some(ttl),
-            ..Default::default()
-        })
-        .unwrap();
+    let limits = with_ttl(limits(1, 10, 5000), ttl);
     let ledger = ledger_with("db", limits);
     let lease = grant(&ledger).await;
     for _ in 0..5 {
@@ -534,12 +534,7 @@ fn dependency_names_are_checked() {
 
 #[tokio::test(start_paused = true)]
 async fn lowering_the_lease_ttl_expires_new_leases_on_time() {
-    let long = limits(2, 10, 1000)
-        .patched(&LimitsPatch {
-            lease_ttl: Some(Duration::from_secs(600)),
-            ..Default::default()
-        })
-        .unwrap();
+    let long = with_ttl(limits(2, 10, 1000), Duration::from_secs(600));
     let ledger = ledger_with("db", long);
     let _old = grant(&ledger).await;
     ledger

@@ -80,11 +80,6 @@ impl Telemetry {
         }))
     }
 
-    /// Telemetry with tracing off, for tests and benchmarks.
-    pub fn disabled() -> Arc<Telemetry> {
-        Telemetry::start(None).expect("no tracing to start")
-    }
-
     /// Connects the ledger, whose expiries this observes.
     pub fn attach(&self, ledger: &Arc<Ledger>) {
         let _ = self.ledger.set(Arc::downgrade(ledger));

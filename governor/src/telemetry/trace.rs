@@ -12,7 +12,7 @@
 use std::time::{Duration, SystemTime};
 
 use opentelemetry::propagation::{Extractor, TextMapCompositePropagator, TextMapPropagator};
-use opentelemetry::trace::{SpanKind, TraceContextExt, Tracer, TracerProvider as _};
+use opentelemetry::trace::{Span as _, SpanKind, TraceContextExt, Tracer, TracerProvider as _};
 use opentelemetry::{Context, KeyValue};
 use opentelemetry_otlp::WithExportConfig;
 use opentelemetry_sdk::Resource;
@@ -107,15 +107,14 @@ impl Tracing {
         wait: Duration,
         attributes: Vec<KeyValue>,
     ) {
-        let span = self
+        let mut span = self
             .tracer
             .span_builder("governor.queue_wait")
             .with_kind(SpanKind::Internal)
             .with_start_time(start)
             .with_attributes(attributes)
             .start_with_context(&self.tracer, acquire);
-        let mut span = span;
-        opentelemetry::trace::Span::end_with_timestamp(&mut span, start + wait);
+        span.end_with_timestamp(start + wait);
     }
 
     /// Starts `governor.permit` under the caller's context.
