@@ -6,9 +6,10 @@
 #   bash deploy/prometheus/test.sh [pytest args]
 #
 # Needs prometheus and promtool on PATH (Debian's `prometheus` package;
-# scripts/test.sh installs it). GOVERNOR_BIN selects the binary (default:
-# <repo>/target/debug/governor). Python packages go into
-# deploy/prometheus/.venv on the first run.
+# scripts/test.sh installs it), and node with npm. GOVERNOR_BIN selects the
+# binary (default: <repo>/target/debug/governor). Python packages go into
+# deploy/prometheus/.venv and npm packages into deploy/grafana/node_modules on
+# the first run.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -45,6 +46,22 @@ fi
 if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$WANT" ]]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "${REQUIREMENTS[@]}"
     printf '%s' "$WANT" > "$STAMP"
+fi
+
+# Grafana's dashboard schema types and TypeScript, from the committed lock
+# (npm ci), to type-check the dashboard.
+GRAFANA="$REPO/deploy/grafana"
+for tool in node npm; do
+    if ! command -v "$tool" >/dev/null 2>&1; then
+        echo "deploy/prometheus/test.sh: $tool is required (the dashboard's schema check)" >&2
+        exit 1
+    fi
+done
+LOCK_STAMP="$GRAFANA/node_modules/.governor-lock.sha256"
+WANT_LOCK="$(sha256sum "$GRAFANA/package-lock.json" | cut -d' ' -f1)"
+if [[ ! -f "$LOCK_STAMP" || "$(cat "$LOCK_STAMP")" != "$WANT_LOCK" ]]; then
+    (cd "$GRAFANA" && npm ci --no-audit --no-fund --loglevel=error --ignore-scripts)
+    echo "$WANT_LOCK" > "$LOCK_STAMP"
 fi
 
 prometheus --version 2>&1 | head -n 1

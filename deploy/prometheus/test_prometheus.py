@@ -4,7 +4,7 @@ promtool and by a real Prometheus that scrapes the real governor binary.
 Static checks first (promtool check/test rules, every alert tested both ways,
 runbook anchors, the dashboard's structure), then one stack: the governor
 (GOVERNOR_BIN) with small dependencies and a trace endpoint that refuses
-connections, and Prometheus on loopback running the example scrape job's
+connections (a bound port that does not listen), and Prometheus on loopback running the example scrape job's
 relabeling and the rules every second. The tests drive overload, leaked
 leases, refused retries, a bad reload and a drain over real gRPC, and read the
 results through Prometheus's HTTP API. They run in file order: the last one
@@ -26,6 +26,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -302,7 +303,7 @@ def test_dashboard_structure():
     for name in ("pod", "dependency"):
         v = variables[name]
         assert v["type"] == "query" and v["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
-        assert v["query"]["query"] == v["definition"]
+        assert v["query"]["query"].startswith("label_values(")
         assert v["multi"] and v["includeAll"] and v["allValue"] == ".*"
     ids = [p["id"] for p in all_panels(dash)]
     assert len(ids) == len(set(ids)), "panel ids repeat"
@@ -327,6 +328,52 @@ def test_dashboard_structure():
     for title, expr in dashboard_exprs(dash):
         for name in re.findall(r"\$\{?(\w+)", expr):
             assert name in known, f"{title}: unknown variable ${name}"
+
+
+# The dashboard as a TypeScript value that must satisfy @grafana/schema's
+# Dashboard type, with string enums spelled as their JSON values: unknown keys,
+# wrong types and invalid enum values are compile errors.
+SCHEMA_CHECK = """\
+import type { Dashboard } from "@grafana/schema";
+
+type Json<T> = T extends string
+  ? `${T}`
+  : T extends readonly (infer U)[]
+    ? Json<U>[]
+    : T extends object
+      ? { [K in keyof T]: Json<T[K]> }
+      : T;
+
+export const dashboard = %s satisfies Json<Dashboard>;
+"""
+
+
+def tsc_check(tmp_path: Path, dash_text: str) -> subprocess.CompletedProcess:
+    modules = DEPLOY / "grafana" / "node_modules"
+    assert (modules / "@grafana" / "schema").is_dir(), "run deploy/prometheus/test.sh (it installs @grafana/schema)"
+    (tmp_path / "node_modules").symlink_to(modules)
+    (tmp_path / "check.ts").write_text(SCHEMA_CHECK % dash_text.rstrip())
+    (tmp_path / "tsconfig.json").write_text(json.dumps({
+        "compilerOptions": {"strict": True, "noEmit": True, "module": "nodenext",
+                            "moduleResolution": "nodenext", "target": "es2022", "skipLibCheck": True},
+        "files": ["check.ts"],
+    }))
+    return subprocess.run([str(modules / ".bin" / "tsc"), "-p", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_dashboard_satisfies_grafanas_schema(tmp_path):
+    (tmp_path / "ok").mkdir()
+    res = tsc_check(tmp_path / "ok", DASHBOARD.read_text())
+    assert res.returncode == 0, res.stdout + res.stderr
+    # The check can fail: a misspelled key and a wrong type are errors.
+    bad = DASHBOARD.read_text().replace('"gridPos"', '"gridPosition"', 1).replace(
+        '"schemaVersion": 42', '"schemaVersion": "42"')
+    (tmp_path / "bad").mkdir()
+    res = tsc_check(tmp_path / "bad", bad)
+    assert res.returncode != 0
+    assert "'\"gridPosition\"' does not exist" in res.stdout, res.stdout
+    assert "Type 'string' is not assignable to type 'number'" in res.stdout, res.stdout
 
 
 def test_dashboard_shows_what_operators_need_per_dependency():
@@ -513,13 +560,16 @@ class Stack:
         binary = Path(os.environ.get("GOVERNOR_BIN") or REPO / "target" / "debug" / "governor")
         assert binary.is_file(), f"governor binary not found at {binary}: cargo build -p rate-governor --bin governor"
         self.config_path = workdir / "governor.toml"
-        # Nothing listens there: every span export fails.
-        self.config_path.write_text(GOVERNOR_CONFIG.format(otlp_port=free_port()))
+        # A port bound but not listening: every span export is refused.
+        self.otlp = socket.socket()
+        self.otlp.bind(("127.0.0.1", 0))
+        self.config_path.write_text(GOVERNOR_CONFIG.format(otlp_port=self.otlp.getsockname()[1]))
         self.governor = Governor(binary, self.config_path, workdir)
         try:
             self.prom = Prometheus(prometheus_config(self.governor.admin), workdir)
         except BaseException:
             self.governor.kill()
+            self.otlp.close()
             raise
         self.selector = f'job="governor", pod="{POD}"'
 
@@ -536,6 +586,7 @@ class Stack:
         self.governor.channel.close()
         self.governor.kill()
         self.prom.stop()
+        self.otlp.close()
 
 
 @pytest.fixture(scope="module")
@@ -683,8 +734,8 @@ def test_every_dashboard_query_is_valid_and_answers(stack):
     # The variable queries, as Grafana runs label_values(selector, label).
     values = {}
     for var in ("pod", "dependency"):
-        m = re.fullmatch(r"label_values\((.+), (\w+)\)", variables[var]["definition"])
-        assert m, variables[var]["definition"]
+        m = re.fullmatch(r"label_values\((.+), (\w+)\)", variables[var]["query"]["query"])
+        assert m, variables[var]["query"]
         selector = substitute(m.group(1), {"pod": ".*", "dependency": ".*"})
         values[var] = stack.prom.api(f"label/{m.group(2)}/values", **{"match[]": selector})
     assert POD in values["pod"], values
