@@ -11,6 +11,8 @@ export declare const MAX_SIDECAR_WAIT_MS: number;
 export declare const DEFAULT_ACQUIRE_TIMEOUT_MS: number;
 /** The deadline of Release calls and the cap of each Renew's (2000 ms). */
 export declare const DEFAULT_CALL_TIMEOUT_MS: number;
+/** The channel options every Governor starts from: fast reconnect, HTTP/2 keepalive (10 s, 5 s to answer). */
+export declare const DEFAULT_CHANNEL_OPTIONS: Readonly<ChannelOptions>;
 
 export type Outcome = 'SUCCESS' | 'FAILURE' | 'TIMEOUT' | 'CANCELLED';
 export declare const Outcome: {

@@ -442,7 +442,8 @@ export class GovernorAdminClient {
 // ---------------------------------------------------------------------------
 // Governor
 
-const DEFAULT_CHANNEL_OPTIONS = {
+/** The grpc-js channel options every Governor starts from (options.channelOptions override them). */
+export const DEFAULT_CHANNEL_OPTIONS = Object.freeze({
   // Reconnect quickly once a restarted sidecar is back, instead of grpc-js's
   // default backoff of up to two minutes (during which every call would fail).
   'grpc.initial_reconnect_backoff_ms': 200,
@@ -451,7 +452,7 @@ const DEFAULT_CHANNEL_OPTIONS = {
   // call fails UNAVAILABLE) within about 15 s, even during a long queued wait.
   'grpc.keepalive_time_ms': 10_000,
   'grpc.keepalive_timeout_ms': 5_000,
-};
+});
 
 export class Governor {
   #target;

@@ -406,3 +406,59 @@ func TestTableDrainingSidecarRejectsEvenFailingOpen(t *testing.T) {
 		t.Errorf("release of the held lease: %v %v", released, err)
 	}
 }
+
+// A frozen sidecar (SIGSTOP) during a queued Acquire that may wait an hour:
+// the keepalive drops the connection and the call fails open. grpc-go pings
+// at most every 10 s, so this takes about 11 s; it runs beside the others.
+func TestTableKeepaliveNoticesAFrozenSidecar(t *testing.T) {
+	t.Parallel()
+	p, err := startGovernor("[dependencies.frozen]\nmax_concurrency = 1\nmax_queue = 4\nmax_wait = \"1h\"\n")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.stop()
+	holder := dial(t, p.grpcAddr, governorclient.Options{FailClosed: true})
+	held, err := holder.Acquire(context.Background(), "frozen")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// DefaultKeepalive with a shorter answer time (grpc-go's shortest ping interval is 10 s).
+	quick := governorclient.DefaultKeepalive
+	quick.Timeout = time.Second
+	c, err := governorclient.Dial(p.grpcAddr, governorclient.Options{}, grpc.WithInsecure(), grpc.WithKeepaliveParams(quick))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	done := make(chan error, 1)
+	ran := false
+	go func() {
+		done <- c.WithPermit(context.Background(), "frozen", func(ctx context.Context) error {
+			_, hasLease := governorclient.LeaseFromContext(ctx)
+			ran = !hasLease
+			return nil
+		})
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for dependency(t, holder, "frozen").GetQueued() == 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the acquire never queued")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err = <-done:
+	case <-time.After(20 * time.Second):
+		err = errors.New("keepalive did not notice the frozen sidecar within 20 s")
+	}
+	_ = p.cmd.Process.Signal(syscall.SIGCONT)
+	if err != nil || !ran || c.Degraded() != 1 {
+		t.Fatalf("err=%v ran-without-lease=%v degraded=%d; want a fail-open run", err, ran, c.Degraded())
+	}
+	if _, err := holder.Release(context.Background(), held.ID, governorv1.Outcome_OUTCOME_SUCCESS, 0); err != nil {
+		t.Fatal(err)
+	}
+}

@@ -96,3 +96,42 @@ test('close() gives held permits back to the sidecar', async () => {
     await sidecar.stop();
   }
 });
+
+test('keepalive notices a frozen sidecar during a long queued wait', async () => {
+  const sidecar = await startGovernor(`
+[dependencies.frozen]
+max_concurrency = 1
+max_queue = 4
+max_wait = "1h"
+`);
+  const holder = new Governor(sidecar.addr, { failOpen: false });
+  // The client's keepalive options, with shorter times so the test is quick.
+  const gov = new Governor(sidecar.addr, {
+    logger: recordingLogger(),
+    channelOptions: { 'grpc.keepalive_time_ms': 200, 'grpc.keepalive_timeout_ms': 300 },
+  });
+  try {
+    const held = await holder.acquire('frozen');
+    const waiting = gov.acquire('frozen'); // no maxWaitMs: the deadline is 1 h + 1 s
+    await waitFor(async () => (await holder.admin.getDependency('frozen')).queued === 1, { what: 'the acquire to queue' });
+    sidecar.proc.kill('SIGSTOP');
+    let permit;
+    try {
+      permit = await Promise.race([
+        waiting,
+        delay(10_000).then(() => {
+          throw new Error('keepalive did not notice the frozen sidecar within 10 s');
+        }),
+      ]);
+    } finally {
+      sidecar.proc.kill('SIGCONT');
+    }
+    assert.equal(permit.degraded, true);
+    assert.equal(gov.stats.degraded, 1);
+    await held.release();
+  } finally {
+    await gov.close();
+    await holder.close();
+    await sidecar.stop();
+  }
+});

@@ -12,7 +12,14 @@ import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-ho
 import { TraceState, W3CTraceContextPropagator } from '@opentelemetry/core';
 import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
-import { Governor, GovernorError, GovernorUnavailableError, PROTO_PATH, RejectedError } from '../index.js';
+import {
+  DEFAULT_CHANNEL_OPTIONS,
+  Governor,
+  GovernorError,
+  GovernorUnavailableError,
+  PROTO_PATH,
+  RejectedError,
+} from '../index.js';
 import { recordingLogger, waitFor } from './helpers.mjs';
 
 const TRACE_ID = '0af7651916cd43dd8448eb211c80319c';
@@ -351,6 +358,11 @@ describe('the behaviour table', () => {
     const releaseBudget = release.deadlineMs - release.receivedAt;
     assert.ok(renewBudget > 50 && renewBudget <= 100, `Renew deadline ${renewBudget} ms (expected 100)`);
     assert.ok(releaseBudget > 1900 && releaseBudget <= 2000, `Release deadline ${releaseBudget} ms (expected 2000)`);
+  });
+
+  test('channels ping every 10 s and drop a connection whose ping is not answered in 5 s', () => {
+    assert.equal(DEFAULT_CHANNEL_OPTIONS['grpc.keepalive_time_ms'], 10_000);
+    assert.equal(DEFAULT_CHANNEL_OPTIONS['grpc.keepalive_timeout_ms'], 5_000);
   });
 
   test('close() releases held permits as UNSPECIFIED', async () => {

@@ -486,4 +486,5 @@ def test_channels_have_keepalive():
 
     opts = dict(_common.channel_options("127.0.0.1:1", None))
     assert opts["grpc.keepalive_time_ms"] == 10_000 and opts["grpc.keepalive_timeout_ms"] == 5_000
+    assert opts["grpc.http2.ping_timeout_ms"] == 5_000
     assert dict(_common.channel_options("x:1", [("grpc.keepalive_time_ms", 1)]))["grpc.keepalive_time_ms"] == 1

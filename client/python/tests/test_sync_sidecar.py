@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -346,3 +347,32 @@ def test_resource_exhausted_dependency_cap_is_an_error_even_failing_open(start_s
         assert gov.degraded_total == 0
     finally:
         gov.close()
+
+
+def test_keepalive_notices_a_frozen_sidecar_during_a_long_wait(start_sidecar):
+    sc = start_sidecar({"frozen": {"max_concurrency": 1, "max_queue": 4, "max_wait": "1h"}})
+    holder = Governor(sc.addr, fail_open=False)
+    # The package's keepalive options, with shorter times so the test is quick.
+    quick = [("grpc.keepalive_time_ms", 200), ("grpc.keepalive_timeout_ms", 300), ("grpc.http2.ping_timeout_ms", 300)]
+    gov = Governor(sc.addr, channel_options=quick)
+    result = {}
+
+    def wait_for_a_permit():
+        result["permit"] = gov.acquire("frozen")  # no max_wait: the deadline is 1 h + 1 s
+
+    held = holder.acquire("frozen")
+    waiter = threading.Thread(target=wait_for_a_permit, daemon=True)
+    waiter.start()
+    try:
+        wait_until(lambda: sc.status("frozen").queued == 1, timeout=5, what="the acquire to queue")
+        sc.proc.send_signal(signal.SIGSTOP)
+        waiter.join(timeout=10)
+    finally:
+        sc.proc.send_signal(signal.SIGCONT)
+    assert not waiter.is_alive(), "keepalive did not notice the frozen sidecar within 10 s"
+    permit = result["permit"]
+    assert permit.degraded and permit.degraded_error.code == grpc.StatusCode.UNAVAILABLE
+    assert gov.degraded_total == 1
+    held.release()
+    gov.close()
+    holder.close()

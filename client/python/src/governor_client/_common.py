@@ -36,8 +36,14 @@ DEFAULT_ACQUIRE_TIMEOUT = MAX_SIDECAR_WAIT + DEFAULT_TIMEOUT_MARGIN
 DEFAULT_RPC_TIMEOUT = 2.0
 #: HTTP/2 keepalive of the channels this package creates: a ping every 10 s
 #: while a call is open, the connection dropped (UNAVAILABLE) when one is not
-#: answered within 5 s.
-KEEPALIVE_OPTIONS = (("grpc.keepalive_time_ms", 10_000), ("grpc.keepalive_timeout_ms", 5_000))
+#: answered within 5 s. C-core times out an unanswered ping after
+#: ``grpc.http2.ping_timeout_ms`` (default 1 min), not ``keepalive_timeout_ms``
+#: alone, so both are set.
+KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
+)
 
 
 class Priority(enum.IntEnum):
