@@ -393,3 +393,20 @@ async fn with_deadline<T>(
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_table() {
+        let b = GovernorBuilder::default();
+        assert_eq!(b.fail_policy, FailPolicy::Open);
+        assert_eq!(b.call_timeout, Duration::from_secs(2));
+        assert_eq!(b.acquire_timeout, Duration::from_secs(3601));
+        assert_eq!(
+            b.keepalive,
+            (Duration::from_secs(10), Duration::from_secs(5))
+        );
+    }
+}
