@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
-# Builds and tests the Go client example against the real governor binary,
-# offline, with Debian's Go toolchain and gRPC packages in GOPATH mode.
+# Builds and tests the Go client against the real governor binary, offline,
+# in module mode: the committed go.mod through a temporary -modfile that
+# points every module at Debian's packaged sources (modfile.sh).
 #
 #   bash client/go/test.sh            # from any directory
 #   GOVERNOR_BIN=/path/to/governor bash client/go/test.sh
 #
-# Steps: install the Debian packages if missing, generate the Go stubs
-# (gen.sh), go vet, docs/grpcurl-check.sh (the grpcurl session documented in
-# docs/any-language.md), then go test -v (which starts the sidecar on a free
-# port).
+# Steps: install the Debian packages if missing, check the committed stubs
+# in gen/ against the proto (gen.sh into a temp dir, diff), check go.mod is
+# tidy, go build and go vet, docs/grpcurl-check.sh (the grpcurl session
+# documented in docs/any-language.md), then go test -v (which starts the
+# sidecar on a free port).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,24 +57,39 @@ if [ ! -x "$GOVERNOR_BIN" ]; then
   exit 1
 fi
 
-bash "$HERE/gen.sh"
+# The committed stubs must be what gen.sh makes from proto/ now.
+echo "test.sh: checking gen/ against proto/governor/v1/governor.proto"
+GEN_CHECK="$(mktemp -d)"
+trap 'rm -rf "$GEN_CHECK"' EXIT
+GEN_OUT="$GEN_CHECK" bash "$HERE/gen.sh" >/dev/null
+if ! diff -r "$GEN_CHECK/governor/v1" "$HERE/gen/governor/v1"; then
+  echo "test.sh: gen/ is stale: run 'bash client/go/gen.sh' and commit the result" >&2
+  exit 1
+fi
 
-# GOPATH mode, offline: the example's import path points back at this folder
-# through a symlink; everything else comes from Debian's /usr/share/gocode.
-IMPORT_ROOT="github.com/governor-sidecar/governor/client/go"
-GOPATH_DIR="$HERE/.build/gopath"
-mkdir -p "$GOPATH_DIR/src/$(dirname "$IMPORT_ROOT")"
-ln -sfn "$HERE" "$GOPATH_DIR/src/$IMPORT_ROOT"
-export GO111MODULE=off
-export GOPATH="$GOPATH_DIR:/usr/share/gocode"
-export GOPROXY=off
-export GOFLAGS=
+# Module mode, offline: the committed go.mod, through a temporary -modfile
+# whose replace directives point at Debian's packaged module sources.
+export GO111MODULE=on GOPROXY=off GOSUMDB=off GOFLAGS=-mod=mod
+export GOPATH="$HERE/.build/modpath"
 export GOCACHE="$HERE/.build/gocache"
-
-cd "$GOPATH_DIR/src/$IMPORT_ROOT"
+MODFILE="$(bash "$HERE/modfile.sh" "$GEN_CHECK/mod")"
+cd "$HERE"
 go version
-echo "test.sh: go vet"
-go vet "$IMPORT_ROOT/governorclient" "$IMPORT_ROOT/cmd/governor-example"
+
+# The committed go.mod is tidy: go mod tidy changes none of its requirements.
+requires() { sed -n '/^require/,/^)/p' "$1"; }
+go mod tidy -modfile="$MODFILE"
+if ! diff <(requires "$HERE/go.mod") <(requires "$MODFILE"); then
+  echo "test.sh: go.mod is not tidy (above: committed vs go mod tidy)" >&2
+  exit 1
+fi
+
+# From here on every go command (the example build in TestExampleProgram
+# included) uses the temporary modfile.
+export GOFLAGS="-mod=mod -modfile=$MODFILE"
+echo "test.sh: go build and go vet (module mode)"
+go build ./...
+go vet ./...
 
 # The documented grpcurl session (docs/any-language.md), asserted.
 bash "$REPO/docs/grpcurl-check.sh"
@@ -80,4 +97,4 @@ bash "$REPO/docs/grpcurl-check.sh"
 # Last, so its summary line closes the output. The example program is built
 # and run by TestExampleProgram.
 echo "test.sh: go test -v (governor: $GOVERNOR_BIN)"
-go test -v -count=1 "$IMPORT_ROOT/governorclient"
+go test -v -count=1 ./governorclient

@@ -3,8 +3,16 @@ import type { ChannelCredentials, ChannelOptions } from '@grpc/grpc-js';
 
 /** Absolute path of the governor.proto shipped inside the package. */
 export declare const PROTO_PATH: string;
-/** The governor's default max_wait (1000 ms); bounds the Acquire deadline when no maxWaitMs is given. */
-export declare const DEFAULT_MAX_WAIT_MS: number;
+/** Added to maxWaitMs to form the Acquire deadline (1000 ms). */
+export declare const ACQUIRE_DEADLINE_MARGIN_MS: number;
+/** The largest max_wait the sidecar accepts (3 600 000 ms). */
+export declare const MAX_SIDECAR_WAIT_MS: number;
+/** The Acquire deadline without a maxWaitMs: MAX_SIDECAR_WAIT_MS + ACQUIRE_DEADLINE_MARGIN_MS. */
+export declare const DEFAULT_ACQUIRE_TIMEOUT_MS: number;
+/** The deadline of Release calls and the cap of each Renew's (2000 ms). */
+export declare const DEFAULT_CALL_TIMEOUT_MS: number;
+/** The channel options every Governor starts from: fast reconnect, HTTP/2 keepalive (10 s, 5 s to answer). */
+export declare const DEFAULT_CHANNEL_OPTIONS: Readonly<ChannelOptions>;
 
 export type Outcome = 'SUCCESS' | 'FAILURE' | 'TIMEOUT' | 'CANCELLED';
 export declare const Outcome: {
@@ -39,9 +47,10 @@ export interface Logger {
 
 export interface GovernorOptions {
   /**
-   * What to do when the sidecar cannot be reached (UNAVAILABLE, DEADLINE_EXCEEDED, ...):
-   * true (default) proceeds with a degraded permit (`permit.degraded === true`);
-   * false throws GovernorUnavailableError.
+   * What to do when the sidecar gives no answer (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED,
+   * UNKNOWN, INTERNAL, DATA_LOSS): true (default) proceeds with a degraded permit
+   * (`permit.degraded === true`); false throws GovernorUnavailableError. Rejections (every
+   * reason, SHUTTING_DOWN included) and every other code are thrown under both.
    */
   failOpen?: boolean;
   /** Receives the fail-open warning (at most once per warnIntervalMs) and release/renew problems. Default: console. */
@@ -51,12 +60,14 @@ export interface GovernorOptions {
   /**
    * Default max wait sent with every Acquire (it can only shorten the governor's configured one).
    * Unset by default: the governor's configured max_wait applies, and the Acquire deadline
-   * assumes DEFAULT_MAX_WAIT_MS.
+   * is acquireTimeoutMs.
    */
   maxWaitMs?: number;
-  /** Added to the max wait to form the Acquire deadline. Default 500. */
+  /** Added to the max wait to form the Acquire deadline. Default 1000. */
   deadlineMarginMs?: number;
-  /** Deadline of Release, health and admin calls. Default 2000. */
+  /** The Acquire deadline when no max wait is set. Default DEFAULT_ACQUIRE_TIMEOUT_MS (1 h + 1 s). */
+  acquireTimeoutMs?: number;
+  /** Deadline of Release, health and admin calls, and the cap of each Renew's. Default 2000. */
   callTimeoutMs?: number;
   /** Default tenant sent with every Acquire. */
   tenant?: string;
@@ -108,6 +119,8 @@ export interface GovernorStats {
   readonly renewed: number;
   readonly renewFailures: number;
   readonly leasesLost: number;
+  /** Permits garbage-collected while held, released by the client as UNSPECIFIED. */
+  readonly orphansReleased: number;
   /** Permits currently held by this client. */
   readonly held: number;
 }
@@ -192,7 +205,11 @@ export declare class Governor {
     options?: RetryOptions,
   ): Promise<T>;
   health(service?: string): Promise<HealthStatus>;
-  close(): void;
+  /**
+   * Releases every permit still held (outcome UNSPECIFIED), then closes the connection.
+   * Resolves once done; later calls throw GovernorError CLOSED.
+   */
+  close(): Promise<void>;
 }
 
 export interface GovernorErrorOptions {

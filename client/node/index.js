@@ -20,8 +20,24 @@ export const PROTO_PATH = join(
   'governor.proto',
 );
 
-/** The governor's default `max_wait`; used for the Acquire deadline when no maxWaitMs is given. */
-export const DEFAULT_MAX_WAIT_MS = 1000;
+// The numbers below are the table every client of the project follows
+// (docs/any-language.md, "What every client does").
+
+/** Added to maxWaitMs to form the Acquire deadline (the sidecar's own margin is at most 20 ms). */
+export const ACQUIRE_DEADLINE_MARGIN_MS = 1000;
+
+/** The largest `max_wait` the sidecar accepts (config and control plane). */
+export const MAX_SIDECAR_WAIT_MS = 3_600_000;
+
+/**
+ * The Acquire deadline without a maxWaitMs: longer than any `max_wait` the
+ * sidecar accepts, so its configured wait is never cut short. A frozen sidecar
+ * is noticed by the HTTP/2 keepalive instead (DEFAULT_CHANNEL_OPTIONS).
+ */
+export const DEFAULT_ACQUIRE_TIMEOUT_MS = MAX_SIDECAR_WAIT_MS + ACQUIRE_DEADLINE_MARGIN_MS;
+
+/** The deadline of Release calls and the cap of each Renew's. */
+export const DEFAULT_CALL_TIMEOUT_MS = 2000;
 
 const LOADER_OPTIONS = {
   keepCase: false,
@@ -83,14 +99,16 @@ export const RejectReason = Object.freeze({
 
 const STATUS_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
 
-// gRPC status codes that mean "the sidecar could not serve the call" rather
-// than "the call was wrong". Only these trigger the fail-open policy.
-const TRANSPORT_CODES = new Set([
+// gRPC status codes that mean "the sidecar gave no answer" (down, frozen, a
+// broken connection, a crash mid-call). Only these trigger the fail-open
+// policy; every other code is an answer (a bug or a configuration error).
+const NO_ANSWER_CODES = new Set([
   grpc.status.UNAVAILABLE,
   grpc.status.DEADLINE_EXCEEDED,
+  grpc.status.CANCELLED,
   grpc.status.UNKNOWN,
   grpc.status.INTERNAL,
-  grpc.status.CANCELLED,
+  grpc.status.DATA_LOSS,
 ]);
 
 // ---------------------------------------------------------------------------
@@ -147,7 +165,7 @@ function fromGrpcError(err, what) {
     cause: err,
   };
   const message = `governor ${what} failed: ${options.code}: ${options.details}`;
-  return TRANSPORT_CODES.has(code)
+  return NO_ANSWER_CODES.has(code)
     ? new GovernorUnavailableError(message, options)
     : new GovernorError(message, options);
 }
@@ -316,19 +334,27 @@ export class Permit {
     this.#schedule(this.#renewIntervalMs(this.leaseTtlMs));
   }
 
-  /** @internal Stops renewing without releasing (client closed). */
-  _abandon() {
-    this.#stopRenewal();
-  }
-
   #renewIntervalMs(ttlMs) {
     return Math.max(10, this.#gov._renewIntervalMs ?? Math.floor(ttlMs / 3));
   }
 
+  /** @internal Stops renewing; the lease is released by the client (close). */
+  _stopRenewal() {
+    this.#stopRenewal();
+  }
+
   #schedule(ms) {
     if (this.#stopped) return;
-    this.#timer = setTimeout(() => this.#renew(), ms);
+    // The timer holds the permit only weakly, so a permit dropped without
+    // release can be garbage-collected (and then released as UNSPECIFIED).
+    const ref = new WeakRef(this);
+    this.#timer = setTimeout(() => ref.deref()?._renewTick(), ms);
     this.#timer.unref();
+  }
+
+  /** @internal */
+  _renewTick() {
+    this.#renew();
   }
 
   async #renew() {
@@ -416,12 +442,17 @@ export class GovernorAdminClient {
 // ---------------------------------------------------------------------------
 // Governor
 
-const DEFAULT_CHANNEL_OPTIONS = {
+/** The grpc-js channel options every Governor starts from (options.channelOptions override them). */
+export const DEFAULT_CHANNEL_OPTIONS = Object.freeze({
   // Reconnect quickly once a restarted sidecar is back, instead of grpc-js's
   // default backoff of up to two minutes (during which every call would fail).
   'grpc.initial_reconnect_backoff_ms': 200,
   'grpc.max_reconnect_backoff_ms': 5000,
-};
+  // HTTP/2 keepalive while a call is open: a frozen sidecar is noticed (the
+  // call fails UNAVAILABLE) within about 15 s, even during a long queued wait.
+  'grpc.keepalive_time_ms': 10_000,
+  'grpc.keepalive_timeout_ms': 5_000,
+});
 
 export class Governor {
   #target;
@@ -430,14 +461,19 @@ export class Governor {
   #warnIntervalMs;
   #maxWaitMs;
   #deadlineMarginMs;
+  #acquireTimeoutMs;
   #callTimeoutMs;
   #tenant;
   #propagateTrace;
   #client;
   #adminClient;
   #healthClient;
-  #held = new Set();
+  // Held permits by lease id, weakly: a permit dropped without release is
+  // garbage-collected and then released by #orphans.
+  #held = new Map();
+  #orphans = new FinalizationRegistry((held) => this.#releaseOrphan(held));
   #closed = false;
+  #closing = null;
   #lastWarnAt = -Infinity;
   #suppressedWarnings = 0;
   #stats = {
@@ -450,6 +486,7 @@ export class Governor {
     renewed: 0,
     renewFailures: 0,
     leasesLost: 0,
+    orphansReleased: 0,
   };
 
   /**
@@ -461,6 +498,7 @@ export class Governor {
     checkNonNegative(options.maxWaitMs, 'maxWaitMs');
     checkNonNegative(options.deadlineMarginMs, 'deadlineMarginMs');
     checkNonNegative(options.callTimeoutMs, 'callTimeoutMs');
+    checkNonNegative(options.acquireTimeoutMs, 'acquireTimeoutMs');
     checkNonNegative(options.warnIntervalMs, 'warnIntervalMs');
     checkNonNegative(options.renewIntervalMs, 'renewIntervalMs');
     this.#target = target;
@@ -468,8 +506,9 @@ export class Governor {
     this.#logger = options.logger ?? console;
     this.#warnIntervalMs = options.warnIntervalMs ?? 60_000;
     this.#maxWaitMs = options.maxWaitMs;
-    this.#deadlineMarginMs = options.deadlineMarginMs ?? 500;
-    this.#callTimeoutMs = options.callTimeoutMs ?? 2000;
+    this.#deadlineMarginMs = options.deadlineMarginMs ?? ACQUIRE_DEADLINE_MARGIN_MS;
+    this.#acquireTimeoutMs = options.acquireTimeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
+    this.#callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
     this.#tenant = options.tenant ?? '';
     this.#propagateTrace = options.propagateTrace ?? true;
     /** @internal fixed renewal interval (overrides leaseTtl/3) */
@@ -495,7 +534,7 @@ export class Governor {
 
   /** A snapshot of this client's counters. */
   get stats() {
-    return Object.freeze({ ...this.#stats, held: this.#held.size });
+    return Object.freeze({ ...this.#stats, held: this.#livePermits().length });
   }
 
   /**
@@ -522,7 +561,7 @@ export class Governor {
       maxWait: maxWaitMs === undefined ? null : msToDuration(maxWaitMs),
     };
     if (signal?.aborted) throw abortReason(signal);
-    const deadlineMs = (maxWaitMs ?? DEFAULT_MAX_WAIT_MS) + this.#deadlineMarginMs;
+    const deadlineMs = maxWaitMs === undefined ? this.#acquireTimeoutMs : maxWaitMs + this.#deadlineMarginMs;
     let response;
     try {
       response = await this.#unary(this.#client, 'Acquire', request, deadlineMs, signal).promise;
@@ -551,11 +590,13 @@ export class Governor {
       attempt,
     });
     if (this.#closed) {
-      // close() ran while Acquire was in flight: nobody can renew or release
-      // this lease any more, so it expires on the governor after its TTL.
+      // close() ran while Acquire was in flight: give the lease back at once
+      // (best effort: the channel may be closed already, then it expires).
+      this.#sendRelease(permit.leaseId, dependency, 'OUTCOME_UNSPECIFIED', undefined);
       throw new GovernorError('governor client is closed', { code: 'CLOSED' });
     }
-    this.#held.add(permit);
+    this.#held.set(permit.leaseId, new WeakRef(permit));
+    this.#orphans.register(permit, { leaseId: permit.leaseId, dependency }, permit);
     permit._startRenewal();
     return permit;
   }
@@ -651,39 +692,75 @@ export class Governor {
   }
 
   /**
-   * Closes the connection. Stops renewing held permits (their leases expire
-   * on the governor after lease_ttl); later calls throw GovernorError CLOSED.
+   * Closes the client: every permit still held is released with outcome
+   * UNSPECIFIED (the client does not know how its call went), then the
+   * connection is closed. Resolves once that is done (each Release has
+   * callTimeoutMs); later calls throw GovernorError CLOSED.
    */
-  close() {
-    if (this.#closed) return;
+  async close() {
+    if (this.#closed) return this.#closing;
     this.#closed = true;
-    for (const permit of this.#held) permit._abandon();
-    this.#held.clear();
-    this.#client.close();
+    const permits = this.#livePermits();
+    for (const permit of permits) permit._stopRenewal();
+    this.#closing = Promise.allSettled(
+      permits.map((permit) => {
+        this.#orphans.unregister(permit);
+        return this.#sendRelease(permit.leaseId, permit.dependency, 'OUTCOME_UNSPECIFIED', undefined);
+      }),
+    ).then(() => {
+      this.#held.clear();
+      this.#client.close();
+    });
+    return this.#closing;
   }
 
   // -- internals used by Permit and GovernorAdminClient ----------------------
 
   /** @internal */
   async _release(permit, wireOutcome, latencyMs) {
-    this.#held.delete(permit);
-    if (this.#closed) return false;
-    const request = { leaseId: permit.leaseId, outcome: wireOutcome, latency: msToDuration(latencyMs) };
+    this.#held.delete(permit.leaseId);
+    this.#orphans.unregister(permit);
+    if (this.#closed) return false; // close() released it already
+    return this.#sendRelease(permit.leaseId, permit.dependency, wireOutcome, latencyMs);
+  }
+
+  async #sendRelease(leaseId, dependency, wireOutcome, latencyMs) {
+    const request = { leaseId, outcome: wireOutcome };
+    if (latencyMs !== undefined) request.latency = msToDuration(latencyMs);
     try {
       const res = await this.#unary(this.#client, 'Release', request, this.#callTimeoutMs).promise;
       if (res.released) this.#stats.released += 1;
       return Boolean(res.released);
     } catch (err) {
       this.#stats.releaseFailures += 1;
-      const error = fromGrpcError(err, `Release("${permit.dependency}")`);
+      const error = fromGrpcError(err, `Release("${dependency}")`);
       this.#logger.warn?.(`${error.message}; the lease will expire after its TTL`);
       return false;
     }
   }
 
-  /** @internal */
+  /** A held permit was garbage-collected without release. */
+  #releaseOrphan({ leaseId, dependency }) {
+    this.#held.delete(leaseId);
+    if (this.#closed) return;
+    this.#stats.orphansReleased += 1;
+    this.#logger.warn?.(`governor: a permit for "${dependency}" was garbage-collected while held; releasing it`);
+    this.#sendRelease(leaseId, dependency, 'OUTCOME_UNSPECIFIED', undefined);
+  }
+
+  #livePermits() {
+    const live = [];
+    for (const [leaseId, ref] of this.#held) {
+      const permit = ref.deref();
+      if (permit === undefined) this.#held.delete(leaseId);
+      else live.push(permit);
+    }
+    return live;
+  }
+
+  /** @internal Each Renew's deadline is min(its period, callTimeoutMs): it never outlives the next. */
   _renew(leaseId, intervalMs) {
-    return this.#unary(this.#client, 'Renew', { leaseId }, Math.max(intervalMs, 50));
+    return this.#unary(this.#client, 'Renew', { leaseId }, Math.max(10, Math.min(intervalMs, this.#callTimeoutMs)));
   }
 
   /** @internal */
@@ -701,7 +778,8 @@ export class Governor {
   /** @internal */
   _onLeaseLost(permit) {
     this.#stats.leasesLost += 1;
-    this.#held.delete(permit);
+    this.#held.delete(permit.leaseId);
+    this.#orphans.unregister(permit);
     this.#logger.warn?.(
       `governor: lease for "${permit.dependency}" was lost (expired before renewal); the permit no longer counts`,
     );

@@ -20,7 +20,7 @@ command -v npm >/dev/null || { echo "client/node/test.sh: npm is required" >&2; 
 
 # Install dependencies: `npm ci` from the committed lock, skipped when
 # node_modules already matches it; `npm install` only when there is no lock.
-# Lifecycle scripts are skipped (the only one of ours copies the proto, done below).
+# Lifecycle scripts are skipped (the package has none of its own).
 npm_quiet=(--no-audit --no-fund --loglevel=error --ignore-scripts)
 if [ ! -f package-lock.json ]; then
   npm install "${npm_quiet[@]}"
@@ -32,8 +32,5 @@ else
     echo "$want" >"$stamp"
   fi
 fi
-
-# Refresh the packaged copy of the proto (also done by npm's prepare/pretest).
-node scripts/copy-proto.mjs
 
 node --test test/*.test.mjs

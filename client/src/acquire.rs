@@ -12,7 +12,7 @@ use rate_governor_proto::v1::{AcquireRequest, Outcome, Priority};
 
 use crate::{
     AcquireError, FailPolicy, GovernedError, Governor, Permit, Rejection, duration::to_proto,
-    error::is_invalid,
+    error::is_unavailable,
 };
 
 /// A pending request for a permit, from [`Governor::acquire`]. Set options,
@@ -62,7 +62,8 @@ impl Acquire {
     }
 
     /// Waits in the queue at most this long (it can only shorten the
-    /// configured max wait); zero means never queue.
+    /// configured max wait); zero means never queue. The Acquire's deadline
+    /// is then this plus [`ACQUIRE_DEADLINE_MARGIN`](crate::ACQUIRE_DEADLINE_MARGIN).
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.request.max_wait = Some(to_proto(max_wait));
         self
@@ -91,6 +92,8 @@ impl Acquire {
         F: Future<Output = Result<T, E>>,
     {
         let permit = self.await.map_err(GovernedError::Acquire)?;
+        // Dropped with this future while `fut` runs: the call was cancelled.
+        let guard = CancelOnDrop(Some(permit));
         let started = Instant::now();
         let result = fut.await;
         let outcome = if result.is_ok() {
@@ -100,7 +103,7 @@ impl Acquire {
         };
         // The result is in hand: give the permit back without making the
         // caller wait for the sidecar's answer.
-        permit.release_in_background(outcome, Some(started.elapsed()));
+        guard.release(outcome, Some(started.elapsed()));
         result.map_err(GovernedError::Inner)
     }
 
@@ -111,7 +114,9 @@ impl Acquire {
         match gov.acquire_rpc(request, &cx).await {
             Ok(response) if response.granted => Ok(Permit::granted(gov, dependency, response, cx)),
             Ok(response) => Err(AcquireError::Rejected(Rejection::from(response))),
-            Err(status) if is_invalid(&status) || gov.inner.fail_policy == FailPolicy::Closed => {
+            Err(status)
+                if !is_unavailable(&status) || gov.inner.fail_policy == FailPolicy::Closed =>
+            {
                 Err(AcquireError::from_status(status))
             }
             Err(status) => {
@@ -122,6 +127,28 @@ impl Acquire {
                 gov.warn_fail_open(&dependency, &status);
                 Ok(Permit::degraded(dependency))
             }
+        }
+    }
+}
+
+/// Holds the permit of a [`Acquire::run`] while its future runs; dropped
+/// before [`release`](Self::release) (the run was cancelled), it releases the
+/// permit as `CANCELLED`, where a bare dropped [`Permit`] reports
+/// `UNSPECIFIED`.
+struct CancelOnDrop(Option<Permit>);
+
+impl CancelOnDrop {
+    fn release(mut self, outcome: Outcome, latency: Option<Duration>) {
+        if let Some(permit) = self.0.take() {
+            permit.release_in_background(outcome, latency);
+        }
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if let Some(permit) = self.0.take() {
+            permit.release_in_background(Outcome::Cancelled, None);
         }
     }
 }

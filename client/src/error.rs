@@ -17,13 +17,17 @@ pub enum AcquireError {
     /// The sidecar answered and said no: back off for `retry_after`.
     #[error("permit rejected: {0}")]
     Rejected(Rejection),
-    /// The sidecar could not be reached or failed (only with
+    /// The sidecar gave no answer: `UNAVAILABLE`, `DEADLINE_EXCEEDED`,
+    /// `CANCELLED`, `UNKNOWN`, `INTERNAL` or `DATA_LOSS` (only with
     /// [`FailPolicy::Closed`](crate::FailPolicy::Closed); `Open` proceeds
     /// without a permit instead).
     #[error("governor sidecar unavailable: {}", .0.message())]
     Unavailable(#[source] Status),
-    /// The request was refused as malformed (bad dependency name, unknown
-    /// dependency, ...). Never turned into a fail-open permit.
+    /// The sidecar answered with an error: a bad dependency name
+    /// (`INVALID_ARGUMENT`), an unknown dependency (`NOT_FOUND`), the
+    /// dependency cap (`RESOURCE_EXHAUSTED`), or any other code that is not
+    /// an outage (`UNIMPLEMENTED`: the address is not a governor, ...).
+    /// Never turned into a fail-open permit.
     #[error("invalid acquire request: {}", .0.message())]
     Invalid(#[source] Status),
 }
@@ -37,21 +41,29 @@ impl AcquireError {
         }
     }
 
-    /// Sorts a failed RPC into `Invalid` (the caller's fault) or `Unavailable`.
+    /// Sorts a failed RPC into `Unavailable` (no answer) or `Invalid`.
     pub(crate) fn from_status(status: Status) -> Self {
-        if is_invalid(&status) {
-            Self::Invalid(status)
-        } else {
+        if is_unavailable(&status) {
             Self::Unavailable(status)
+        } else {
+            Self::Invalid(status)
         }
     }
 }
 
-/// Codes that mean "fix the request", as opposed to "the sidecar is in trouble".
-pub(crate) fn is_invalid(status: &Status) -> bool {
+/// Codes that mean "the sidecar gave no answer" (down, frozen, a broken
+/// connection, a crash mid-call): the only ones the fail-open policy covers
+/// (docs/any-language.md, "What every client does"). Every other code is an
+/// answer, and failing open on it would hide a bug for ever.
+pub(crate) fn is_unavailable(status: &Status) -> bool {
     matches!(
         status.code(),
-        Code::InvalidArgument | Code::NotFound | Code::FailedPrecondition | Code::OutOfRange
+        Code::Unavailable
+            | Code::DeadlineExceeded
+            | Code::Cancelled
+            | Code::Unknown
+            | Code::Internal
+            | Code::DataLoss
     )
 }
 
@@ -207,5 +219,37 @@ mod tests {
             AcquireError::from_status(Status::invalid_argument("dependency")),
             AcquireError::Invalid(_)
         ));
+    }
+
+    #[test]
+    fn only_codes_without_an_answer_are_unavailable() {
+        let unavailable = [
+            Code::Unavailable,
+            Code::DeadlineExceeded,
+            Code::Cancelled,
+            Code::Unknown,
+            Code::Internal,
+            Code::DataLoss,
+        ];
+        let answers = [
+            Code::InvalidArgument,
+            Code::NotFound,
+            Code::ResourceExhausted,
+            Code::Unimplemented,
+            Code::PermissionDenied,
+            Code::Unauthenticated,
+            Code::FailedPrecondition,
+            Code::OutOfRange,
+            Code::AlreadyExists,
+            Code::Aborted,
+        ];
+        for code in unavailable {
+            let e = AcquireError::from_status(Status::new(code, "x"));
+            assert!(matches!(e, AcquireError::Unavailable(_)), "{code:?}: {e:?}");
+        }
+        for code in answers {
+            let e = AcquireError::from_status(Status::new(code, "x"));
+            assert!(matches!(e, AcquireError::Invalid(_)), "{code:?}: {e:?}");
+        }
     }
 }

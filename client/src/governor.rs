@@ -25,8 +25,10 @@ use crate::{
     transport::{self, ConnectError},
 };
 
-/// What to do when the sidecar cannot be asked (unreachable, timed out,
-/// failing). Rejections and invalid requests are never affected.
+/// What to do when the sidecar gives no answer (`UNAVAILABLE`,
+/// `DEADLINE_EXCEEDED`, `CANCELLED`, `UNKNOWN`, `INTERNAL`, `DATA_LOSS`).
+/// Rejections (every reason, `SHUTTING_DOWN` included) and every other code
+/// are never affected: they are answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum FailPolicy {
     /// Proceed without a permit (a *degraded* permit whose release does
@@ -51,8 +53,25 @@ pub struct Stats {
     pub release_errors: u64,
 }
 
-/// Default for [`GovernorBuilder::call_timeout`].
-pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// Default for [`GovernorBuilder::call_timeout`]: the deadline of Release
+/// and the cap of each Renew's.
+pub const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Added to a request's `max_wait` to form the Acquire deadline: it covers
+/// the sidecar's own margin (at most 20 ms) and the answer's trip back, so a
+/// queued request is answered `QUEUE_TIMEOUT`, never cut off.
+pub const ACQUIRE_DEADLINE_MARGIN: Duration = Duration::from_secs(1);
+/// The largest `max_wait` the sidecar accepts (config and control plane).
+pub const MAX_SIDECAR_WAIT: Duration = Duration::from_secs(3600);
+/// Default for [`GovernorBuilder::acquire_timeout`]: the deadline of an
+/// Acquire without a `max_wait`, [`MAX_SIDECAR_WAIT`] plus
+/// [`ACQUIRE_DEADLINE_MARGIN`], so no configured `max_wait` is cut short.
+pub const DEFAULT_ACQUIRE_TIMEOUT: Duration =
+    MAX_SIDECAR_WAIT.saturating_add(ACQUIRE_DEADLINE_MARGIN);
+/// Default HTTP/2 keepalive: a ping this often while a call is open...
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+/// ...and the connection dropped (`UNAVAILABLE`) when one is not answered
+/// within this.
+pub const DEFAULT_KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Default for [`GovernorBuilder::connect_timeout`].
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 /// At most one fail-open warning per this interval.
@@ -63,7 +82,9 @@ const FAIL_OPEN_WARN_INTERVAL: Duration = Duration::from_secs(10);
 pub struct GovernorBuilder {
     fail_policy: FailPolicy,
     call_timeout: Duration,
+    acquire_timeout: Duration,
     connect_timeout: Duration,
+    keepalive: (Duration, Duration),
     priority: Priority,
     tenant: Option<String>,
 }
@@ -73,7 +94,9 @@ impl Default for GovernorBuilder {
         Self {
             fail_policy: FailPolicy::Open,
             call_timeout: DEFAULT_CALL_TIMEOUT,
+            acquire_timeout: DEFAULT_ACQUIRE_TIMEOUT,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            keepalive: (DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT),
             priority: Priority::Normal,
             tenant: None,
         }
@@ -87,10 +110,29 @@ impl GovernorBuilder {
         self
     }
 
-    /// Deadline of each RPC to the sidecar (default 5 s). An `Acquire` that
-    /// sets a `max_wait` gets that on top, so that queueing is not cut short.
+    /// Deadline of each Release, and the cap of each Renew's (whose own is
+    /// a third of the lease TTL); default 2 s.
     pub fn call_timeout(mut self, timeout: Duration) -> Self {
         self.call_timeout = timeout;
+        self
+    }
+
+    /// Deadline of an Acquire that sets no `max_wait` (default
+    /// [`DEFAULT_ACQUIRE_TIMEOUT`], 1 h + 1 s, longer than any `max_wait` the
+    /// sidecar accepts). An Acquire with a `max_wait` gets that plus
+    /// [`ACQUIRE_DEADLINE_MARGIN`]. Its expiry counts as no answer (fail
+    /// open or [`AcquireError::Unavailable`](crate::AcquireError::Unavailable)).
+    pub fn acquire_timeout(mut self, timeout: Duration) -> Self {
+        self.acquire_timeout = timeout;
+        self
+    }
+
+    /// HTTP/2 keepalive while a call is open: a ping every `interval`, the
+    /// connection dropped when one is not answered within `timeout` (default
+    /// 10 s and 5 s). This is what notices a frozen sidecar during a long
+    /// queued Acquire.
+    pub fn keepalive(mut self, interval: Duration, timeout: Duration) -> Self {
+        self.keepalive = (interval, timeout);
         self
     }
 
@@ -127,7 +169,8 @@ impl GovernorBuilder {
     ///
     /// Outside a tokio runtime (the channel spawns its worker task).
     pub fn connect(self, endpoint: impl AsRef<str>) -> Result<Governor, ConnectError> {
-        let channel = transport::lazy_channel(endpoint.as_ref(), self.connect_timeout)?;
+        let channel =
+            transport::lazy_channel(endpoint.as_ref(), self.connect_timeout, self.keepalive)?;
         Ok(self.with_channel(channel))
     }
 
@@ -139,6 +182,7 @@ impl GovernorBuilder {
                 client: GovernorClient::new(channel),
                 fail_policy: self.fail_policy,
                 call_timeout: self.call_timeout,
+                acquire_timeout: self.acquire_timeout,
                 priority: self.priority,
                 tenant: self.tenant,
                 counters: Counters::default(),
@@ -161,6 +205,7 @@ pub(crate) struct Inner {
     client: GovernorClient<Channel>,
     pub(crate) fail_policy: FailPolicy,
     call_timeout: Duration,
+    acquire_timeout: Duration,
     pub(crate) priority: Priority,
     pub(crate) tenant: Option<String>,
     pub(crate) counters: Counters,
@@ -181,6 +226,7 @@ impl fmt::Debug for Governor {
         f.debug_struct("Governor")
             .field("fail_policy", &self.inner.fail_policy)
             .field("call_timeout", &self.inner.call_timeout)
+            .field("acquire_timeout", &self.inner.acquire_timeout)
             .field("priority", &self.inner.priority)
             .field("tenant", &self.inner.tenant)
             .field("stats", &self.stats())
@@ -287,7 +333,10 @@ impl Governor {
         message: AcquireRequest,
         cx: &Context,
     ) -> Result<AcquireResponse, Status> {
-        let timeout = self.inner.call_timeout + from_proto(message.max_wait);
+        let timeout = match message.max_wait {
+            Some(max_wait) => from_proto(Some(max_wait)).saturating_add(ACQUIRE_DEADLINE_MARGIN),
+            None => self.inner.acquire_timeout,
+        };
         let request = self.request(message, timeout, cx);
         let mut client = self.inner.client.clone();
         with_deadline(timeout, client.acquire(request)).await
@@ -342,5 +391,22 @@ async fn with_deadline<T>(
         Err(_) => Err(Status::deadline_exceeded(format!(
             "governor sidecar did not answer within {timeout:?}"
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_follow_the_table() {
+        let b = GovernorBuilder::default();
+        assert_eq!(b.fail_policy, FailPolicy::Open);
+        assert_eq!(b.call_timeout, Duration::from_secs(2));
+        assert_eq!(b.acquire_timeout, Duration::from_secs(3601));
+        assert_eq!(
+            b.keepalive,
+            (Duration::from_secs(10), Duration::from_secs(5))
+        );
     }
 }

@@ -3,8 +3,10 @@
 //!
 //! Ask the local sidecar for a permit before calling a dependency, and give
 //! it back with the outcome afterwards. Permits are RAII guards: dropped
-//! without release, they are released as `CANCELLED`; held for long, their
-//! lease is renewed in the background.
+//! without release, they are released as `UNSPECIFIED` (a cancelled
+//! [`Acquire::run`] as `CANCELLED`); held for long, their lease is renewed in
+//! the background. The behaviour follows the table every client of the
+//! project shares (docs/any-language.md, "What every client does").
 //!
 //! ```no_run
 //! use rate_governor_client::{Governor, Outcome};
@@ -32,11 +34,19 @@
 //!
 //! # Failure handling
 //!
-//! When the sidecar cannot be reached, [`FailPolicy::Open`] (the default)
-//! proceeds without a permit and counts it in [`Stats`];
+//! When the sidecar gives no answer (`UNAVAILABLE`, `DEADLINE_EXCEEDED`,
+//! `CANCELLED`, `UNKNOWN`, `INTERNAL`, `DATA_LOSS`), [`FailPolicy::Open`]
+//! (the default) proceeds without a permit and counts it in [`Stats`];
 //! [`FailPolicy::Closed`] returns [`AcquireError::Unavailable`]. A rejection
-//! ([`AcquireError::Rejected`]) and a malformed request
-//! ([`AcquireError::Invalid`]) are errors under either policy.
+//! ([`AcquireError::Rejected`], every reason including `SHUTTING_DOWN`) and
+//! every other code ([`AcquireError::Invalid`]: `INVALID_ARGUMENT`,
+//! `NOT_FOUND`, `RESOURCE_EXHAUSTED`, ...) are errors under either policy.
+//!
+//! An Acquire's deadline is its `max_wait` plus [`ACQUIRE_DEADLINE_MARGIN`]
+//! (1 s), or [`DEFAULT_ACQUIRE_TIMEOUT`] (1 h + 1 s: longer than any
+//! `max_wait` the sidecar accepts) without one; HTTP/2 keepalive (a ping
+//! every 10 s, 5 s to answer) notices a frozen sidecar sooner. Release has
+//! 2 s, Renew min(TTL / 3, 2 s).
 //!
 //! # Tracing
 //!
@@ -68,7 +78,9 @@ mod tests;
 pub use acquire::Acquire;
 pub use error::{AcquireError, GovernedError, Rejection, ReleaseError, RetryError};
 pub use governor::{
-    DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, FailPolicy, Governor, GovernorBuilder, Stats,
+    ACQUIRE_DEADLINE_MARGIN, DEFAULT_ACQUIRE_TIMEOUT, DEFAULT_CALL_TIMEOUT,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_KEEPALIVE_TIMEOUT, FailPolicy,
+    Governor, GovernorBuilder, MAX_SIDECAR_WAIT, Stats,
 };
 pub use layer::{GovernorLayer, GovernorService, ResponseFuture};
 pub use permit::Permit;

@@ -1,5 +1,5 @@
-//! The RAII permit: released explicitly with an outcome, or as `CANCELLED`
-//! when dropped; renewed in the background while held so that a long call is
+//! The RAII permit: released explicitly with an outcome, or as `UNSPECIFIED`
+//! when dropped (the client cannot know how the call went); renewed in the background while held so that a long call is
 //! never expired under its caller.
 
 use std::{fmt, sync::atomic::Ordering, time::Duration};
@@ -15,8 +15,11 @@ const MIN_RENEW_PERIOD: Duration = Duration::from_millis(10);
 
 /// A concurrency permit for one dependency. Give it back with
 /// [`release`](Self::release) and the call's outcome; dropping it releases it
-/// as `CANCELLED` in the background (when a tokio runtime is present; else
-/// the lease expires after its TTL).
+/// as `UNSPECIFIED` in the background (when a tokio runtime is present; else
+/// the lease expires after its TTL). Dropping is a normal way to give a
+/// permit back (`let _permit = gov.acquire("db").await?;`), only without an
+/// outcome; [`Acquire::run`](crate::Acquire::run) reports one, and
+/// `CANCELLED` when its future is dropped.
 ///
 /// A *degraded* permit (granted without the sidecar under
 /// [`FailPolicy::Open`](crate::FailPolicy::Open)) does nothing on release.
@@ -106,7 +109,8 @@ impl Permit {
     /// # Cancel safety
     ///
     /// If this future is dropped before the sidecar answers, the permit is
-    /// released again in the background as `CANCELLED` (release is idempotent).
+    /// released again in the background as `UNSPECIFIED` (release is
+    /// idempotent, so the first release's outcome stands if it arrived).
     ///
     /// # Errors
     ///
@@ -171,14 +175,13 @@ fn spawn_release(mut lease: Lease, outcome: Outcome, latency: Option<Duration>) 
         Ok(runtime) => {
             let cx = Context::current();
             runtime.spawn(async move {
-                let id = lease.id.clone();
                 if let Err(status) = lease.gov.release_rpc(lease.id, outcome, latency, &cx).await {
-                    tracing::debug!(lease_id = id, %status, "background release failed");
+                    tracing::debug!(%status, "background release failed");
                 }
             });
         }
+        // The lease id is a bearer credential: never logged.
         Err(_) => tracing::debug!(
-            lease_id = lease.id,
             "permit dropped outside a tokio runtime; its lease expires after the TTL"
         ),
     }
@@ -187,7 +190,7 @@ fn spawn_release(mut lease: Lease, outcome: Outcome, latency: Option<Duration>) 
 impl Drop for Permit {
     fn drop(&mut self) {
         if let Some(lease) = self.lease.take() {
-            spawn_release(lease, Outcome::Cancelled, None);
+            spawn_release(lease, Outcome::Unspecified, None);
         }
     }
 }
@@ -196,7 +199,7 @@ impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("dependency", &self.dependency)
-            .field("lease_id", &self.lease_id())
+            .field("lease_id", &self.lease_id().map(|_| "<redacted>"))
             .field("lease_ttl", &self.lease_ttl())
             .field("queue_wait", &self.queue_wait)
             .finish()
@@ -223,13 +226,12 @@ async fn renew_loop(gov: Governor, lease_id: String, mut ttl: Duration, cx: Cont
                     .leases_lost
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
-                    lease_id,
                     "governor lease expired while the permit was held; the call is no longer counted"
                 );
                 return;
             }
             Err(status) => {
-                tracing::debug!(lease_id, %status, "governor lease renewal failed; retrying");
+                tracing::debug!(%status, "governor lease renewal failed; retrying");
             }
         }
     }

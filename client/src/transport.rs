@@ -46,6 +46,7 @@ pub(crate) fn unix_path(endpoint: &str) -> Option<Result<PathBuf, ConnectError>>
 pub(crate) fn lazy_channel(
     endpoint: &str,
     connect_timeout: Duration,
+    (keepalive_interval, keepalive_timeout): (Duration, Duration),
 ) -> Result<Channel, ConnectError> {
     if let Some(path) = unix_path(endpoint) {
         let path = path?;
@@ -53,6 +54,8 @@ pub(crate) fn lazy_channel(
         let channel =
             Endpoint::from_static("http://governor.sock")
                 .connect_timeout(connect_timeout)
+                .http2_keep_alive_interval(keepalive_interval)
+                .keep_alive_timeout(keepalive_timeout)
                 .connect_with_connector_lazy(tower::service_fn(move |_: Uri| {
                     let path = path.clone();
                     async move {
@@ -67,6 +70,8 @@ pub(crate) fn lazy_channel(
             source,
         })?
         .connect_timeout(connect_timeout)
+        .http2_keep_alive_interval(keepalive_interval)
+        .keep_alive_timeout(keepalive_timeout)
         .tcp_nodelay(true)
         .connect_lazy();
     Ok(channel)
@@ -75,6 +80,8 @@ pub(crate) fn lazy_channel(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const KEEPALIVE: (Duration, Duration) = (Duration::from_secs(10), Duration::from_secs(5));
 
     #[test]
     fn parses_unix_endpoints() {
@@ -92,11 +99,11 @@ mod tests {
     #[tokio::test]
     async fn rejects_bad_endpoints() {
         assert!(matches!(
-            lazy_channel("unix://relative.sock", Duration::from_secs(1)),
+            lazy_channel("unix://relative.sock", Duration::from_secs(1), KEEPALIVE),
             Err(ConnectError::InvalidUnixPath(_))
         ));
         assert!(matches!(
-            lazy_channel("not a uri", Duration::from_secs(1)),
+            lazy_channel("not a uri", Duration::from_secs(1), KEEPALIVE),
             Err(ConnectError::InvalidEndpoint { .. })
         ));
     }

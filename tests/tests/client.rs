@@ -8,7 +8,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use governor_integration_tests::GovernorProcess;
+use governor_integration_tests::{GovernorProcess, Signal};
 use rate_governor_client::{
     AcquireError, FailPolicy, GovernedError, Governor, GovernorLayer, Outcome, RejectReason,
     RetryError, RetryPolicy,
@@ -17,6 +17,7 @@ use rate_governor_proto::v1::{
     AcquireRequest, DependencyStatus, GetDependencyRequest, ListDependenciesRequest,
     governor_admin_client::GovernorAdminClient,
 };
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tonic::transport::Channel;
 use tower::{Layer as _, Service as _, ServiceExt as _};
 
@@ -328,4 +329,170 @@ async fn connects_over_the_unix_socket() {
     assert_eq!(status(&mut admin, "payments").await.in_flight, 1);
     assert!(permit.release(Outcome::Success).await.unwrap());
     assert_eq!(status(&mut admin, "payments").await.in_flight, 0);
+}
+
+// The table of docs/any-language.md ("What every client does"), against the
+// real binary where the sidecar's behaviour is involved.
+
+#[tokio::test]
+async fn the_default_deadline_never_cuts_a_long_max_wait_short() {
+    // 6 s is longer than every old client default (1.5 s, 5 s).
+    let sidecar = GovernorProcess::start(
+        r#"
+[dependencies.slow]
+max_concurrency = 1
+max_queue = 4
+max_wait = "6s"
+"#,
+    )
+    .await;
+    let gov = client(&sidecar);
+    let held = gov.acquire("slow").await.unwrap();
+    let started = Instant::now();
+    let err = gov.acquire("slow").await.unwrap_err();
+    let rejection = err.rejection().unwrap_or_else(|| panic!("{err:?}"));
+    assert_eq!(rejection.reason, RejectReason::QueueTimeout);
+    assert!(
+        started.elapsed() >= Duration::from_millis(5900),
+        "{:?}",
+        started.elapsed()
+    );
+    held.release(Outcome::Success).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_dependency_cap_is_an_error_even_failing_open() {
+    let sidecar = GovernorProcess::start("[limits]\nmax_dependencies = 1\n").await;
+    let gov = Governor::connect(sidecar.endpoint()).unwrap();
+    gov.acquire("first")
+        .await
+        .unwrap()
+        .release(Outcome::Success)
+        .await
+        .unwrap();
+    let err = gov.acquire("second").await.unwrap_err();
+    assert!(
+        matches!(err, AcquireError::Invalid(ref s) if s.code() == tonic::Code::ResourceExhausted
+            && s.message().starts_with("dependency:")),
+        "{err:?}"
+    );
+    assert_eq!(gov.stats().fail_open_permits, 0);
+}
+
+#[tokio::test]
+async fn a_draining_sidecar_rejects_even_failing_open() {
+    let sidecar = GovernorProcess::start("").await;
+    let gov = Governor::connect(sidecar.endpoint()).unwrap();
+    // A held permit keeps the sidecar in its drain grace period.
+    let held = gov.acquire("drain").await.unwrap();
+    sidecar.signal(Signal::SIGTERM);
+    let deadline = Instant::now() + POLL_TIMEOUT;
+    let rejection = loop {
+        match gov.acquire("drain").max_wait(Duration::ZERO).await {
+            Err(AcquireError::Rejected(r)) => break r,
+            Ok(permit) => {
+                assert!(!permit.is_degraded(), "failed open on a draining sidecar");
+                permit.release(Outcome::Success).await.unwrap();
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+        assert!(Instant::now() < deadline, "no SHUTTING_DOWN rejection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(rejection.reason, RejectReason::ShuttingDown);
+    assert_eq!(gov.stats().fail_open_permits, 0);
+    held.release(Outcome::Success).await.unwrap();
+}
+
+/// `governor_release_total` of `dependency` by outcome, from /metrics.
+async fn releases_by_outcome(admin: std::net::SocketAddr, dependency: &str) -> Vec<(String, f64)> {
+    let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+    let request = "GET /metrics HTTP/1.1\r\nHost: governor\r\nConnection: close\r\n\r\n";
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let label = format!("dependency=\"{dependency}\"");
+    let mut found: Vec<(String, f64)> = response
+        .lines()
+        .filter(|l| l.starts_with("governor_release_total{") && l.contains(&label))
+        .filter_map(|l| {
+            let outcome = l.split("outcome=\"").nth(1)?.split('"').next()?.to_owned();
+            let value = l.rsplit(' ').next()?.parse().ok()?;
+            Some((outcome, value))
+        })
+        .filter(|(_, v)| *v > 0.0)
+        .collect();
+    found.sort_by(|a, b| a.0.cmp(&b.0));
+    found
+}
+
+#[tokio::test]
+async fn a_dropped_permit_is_released_unspecified_and_a_cancelled_run_cancelled() {
+    let sidecar =
+        GovernorProcess::start_with_args(ONE_SLOT, &["--admin-listen", "127.0.0.1:0"]).await;
+    let admin_addr = sidecar.admin_addr().expect("admin listener");
+    let mut admin = sidecar.admin_client().await;
+    let gov = client(&sidecar);
+
+    drop(gov.acquire("payments").await.unwrap());
+    wait_in_flight(&mut admin, "payments", 0).await;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let run = gov.run("payments", async move {
+        let _ = started_tx.send(());
+        std::future::pending::<Result<(), ()>>().await
+    });
+    tokio::select! {
+        _ = run => unreachable!("a pending future completed"),
+        started = started_rx => started.unwrap(),
+    }
+    wait_in_flight(&mut admin, "payments", 0).await;
+    assert_eq!(
+        releases_by_outcome(admin_addr, "payments").await,
+        [
+            ("cancelled".to_owned(), 1.0),
+            ("unspecified".to_owned(), 1.0)
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keepalive_notices_a_frozen_sidecar_during_a_long_wait() {
+    let sidecar = GovernorProcess::start(
+        r#"
+[dependencies.frozen]
+max_concurrency = 1
+max_queue = 4
+max_wait = "1h"
+"#,
+    )
+    .await;
+    let closed = client(&sidecar);
+    let held = closed.acquire("frozen").await.unwrap();
+    let gov = Governor::builder()
+        .keepalive(Duration::from_millis(200), Duration::from_millis(300))
+        .connect(sidecar.endpoint())
+        .unwrap();
+    let waiting = tokio::spawn(async move {
+        let permit = gov.acquire("frozen").await;
+        (
+            permit.map(|p| p.is_degraded()),
+            gov.stats().fail_open_permits,
+        )
+    });
+    // Queued (the only slot is held), then the sidecar stops answering.
+    let mut admin = sidecar.admin_client().await;
+    let deadline = Instant::now() + POLL_TIMEOUT;
+    while status(&mut admin, "frozen").await.queued == 0 {
+        assert!(Instant::now() < deadline, "the acquire never queued");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    sidecar.signal(Signal::SIGSTOP);
+    let outcome = tokio::time::timeout(Duration::from_secs(10), waiting).await;
+    sidecar.signal(Signal::SIGCONT);
+    let (degraded, fail_open_permits) = outcome
+        .expect("keepalive did not notice the frozen sidecar within 10 s")
+        .unwrap();
+    assert!(degraded.unwrap(), "expected a fail-open permit");
+    assert_eq!(fail_open_permits, 1);
+    held.release(Outcome::Success).await.unwrap();
 }

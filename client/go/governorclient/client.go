@@ -25,11 +25,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	governorv1 "github.com/governor-sidecar/governor/client/go/gen/governor/v1"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/protobuf/types/known/durationpb"
 )
@@ -37,32 +39,55 @@ import (
 // DefaultAddress is where the sidecar listens unless configured otherwise.
 const DefaultAddress = "127.0.0.1:50051"
 
-// DefaultCallTimeout bounds Release and Renew calls when Options.CallTimeout
-// is zero.
+// The numbers below are the table every client of the project follows
+// (docs/any-language.md, "What every client does").
+
+// DefaultCallTimeout bounds Release calls, and caps each Renew's deadline
+// (a third of the lease TTL), when Options.CallTimeout is zero.
 const DefaultCallTimeout = 2 * time.Second
 
-// DefaultAcquireTimeout is the Acquire deadline used when the caller's
-// context has none and Options.AcquireTimeout is zero.
-const DefaultAcquireTimeout = 10 * time.Second
+// AcquireDeadlineMargin is added to a request's WithMaxWait to form the
+// Acquire deadline: it covers the sidecar's own margin (at most 20 ms) and
+// the answer's trip back, so a queued request is answered QUEUE_TIMEOUT.
+const AcquireDeadlineMargin = time.Second
 
-// Options configure a Client. The zero value is usable: fail open, 10 s
-// Acquire timeout when the caller's context has no deadline, 2 s timeout for
-// Release/Renew, no error hook.
+// MaxSidecarWait is the largest max_wait the sidecar accepts (config and
+// control plane).
+const MaxSidecarWait = time.Hour
+
+// DefaultAcquireTimeout is the deadline of an Acquire without WithMaxWait
+// when Options.AcquireTimeout is zero: longer than any max_wait the sidecar
+// accepts, so its configured wait is never cut short. A frozen sidecar is
+// noticed by the HTTP/2 keepalive instead (DefaultKeepalive). A shorter
+// deadline on the caller's context wins.
+const DefaultAcquireTimeout = MaxSidecarWait + AcquireDeadlineMargin
+
+// DefaultKeepalive is the HTTP/2 keepalive Dial sets: a ping every 10 s
+// while a call is open, the connection dropped (UNAVAILABLE) when one is not
+// answered within 5 s.
+var DefaultKeepalive = keepalive.ClientParameters{Time: 10 * time.Second, Timeout: 5 * time.Second}
+
+// ErrClosed is returned by Acquire (and so WithPermit) after Close.
+var ErrClosed = errors.New("governor: client is closed")
+
+// Options configure a Client. The zero value is usable: fail open, the
+// Acquire deadline of the behaviour table, 2 s for Release, no error hook.
 type Options struct {
 	// FailClosed makes WithPermit return the error, without running the
-	// callback, when the sidecar cannot be reached (the Acquire RPC fails
-	// with UNAVAILABLE). By default (false) WithPermit fails open: it runs
-	// the callback without a permit, LeaseFromContext reports no lease, and
-	// Client.Degraded counts it. Rejections (granted=false) are never
-	// bypassed: they are the sidecar working as intended.
+	// callback, when the sidecar gives no answer (see IsUnavailable). By
+	// default (false) WithPermit fails open: it runs the callback without a
+	// permit, LeaseFromContext reports no lease, and Client.Degraded counts
+	// it. Rejections (granted=false, every reason including SHUTTING_DOWN),
+	// every other gRPC code, and the end of the caller's own context are
+	// never bypassed.
 	FailClosed bool
-	// AcquireTimeout is the deadline given to an Acquire whose context has
-	// none, so a hung sidecar cannot block the caller for ever. The sidecar
-	// queues for at most min(max_wait, that deadline minus a margin). Zero
-	// means DefaultAcquireTimeout.
+	// AcquireTimeout is the deadline of an Acquire without WithMaxWait
+	// (with it: the max wait plus AcquireDeadlineMargin). Zero means
+	// DefaultAcquireTimeout. The earlier deadline of the caller's context
+	// wins.
 	AcquireTimeout time.Duration
-	// CallTimeout bounds each Release and Renew RPC. Zero means
-	// DefaultCallTimeout.
+	// CallTimeout bounds each Release RPC, and caps each Renew's (whose own
+	// deadline is a third of the lease TTL). Zero means DefaultCallTimeout.
 	CallTimeout time.Duration
 	// OnBackgroundError, if set, is called when something WithPermit does on
 	// the caller's behalf fails without being returned to it: op is
@@ -85,17 +110,23 @@ type Client struct {
 	admin    governorv1.GovernorAdminClient
 	conn     *grpc.ClientConn
 	opts     Options
+
+	mu     sync.Mutex
+	held   map[string]*Lease // granted by Acquire, not yet given to Release
+	closed bool
 }
 
 // Dial connects to the sidecar at target ("127.0.0.1:50051", or
 // "unix:///run/governor/governor.sock" for its Unix socket). Without
 // dialOpts the connection is plaintext, which is what a sidecar on loopback
-// or a Unix socket serves. Dial does not wait for the connection: the first
-// RPC does.
+// or a Unix socket serves. It always sets DefaultKeepalive first, so a
+// grpc.WithKeepaliveParams among dialOpts overrides it. Dial does not wait
+// for the connection: the first RPC does.
 func Dial(target string, opts Options, dialOpts ...grpc.DialOption) (*Client, error) {
 	if len(dialOpts) == 0 {
 		dialOpts = []grpc.DialOption{grpc.WithInsecure()}
 	}
+	dialOpts = append([]grpc.DialOption{grpc.WithKeepaliveParams(DefaultKeepalive)}, dialOpts...)
 	conn, err := grpc.Dial(target, dialOpts...)
 	if err != nil {
 		return nil, fmt.Errorf("governor: dial %s: %w", target, err)
@@ -111,11 +142,37 @@ func New(cc grpc.ClientConnInterface, opts Options) *Client {
 		gov:   governorv1.NewGovernorClient(cc),
 		admin: governorv1.NewGovernorAdminClient(cc),
 		opts:  opts,
+		held:  map[string]*Lease{},
 	}
 }
 
-// Close closes the connection if Dial opened it.
+// Close releases every lease Acquire granted that was not yet passed to
+// Release, with OUTCOME_UNSPECIFIED (the client does not know how those
+// calls went), each within Options.CallTimeout, then closes the connection
+// if Dial opened it. Later Acquires return ErrClosed.
 func (c *Client) Close() error {
+	c.mu.Lock()
+	if c.closed {
+		c.mu.Unlock()
+		return nil
+	}
+	c.closed = true
+	held := make([]*Lease, 0, len(c.held))
+	for _, l := range c.held {
+		held = append(held, l)
+	}
+	c.mu.Unlock()
+	var wg sync.WaitGroup
+	for _, l := range held {
+		wg.Add(1)
+		go func(l *Lease) {
+			defer wg.Done()
+			if _, err := c.Release(context.Background(), l.ID, governorv1.Outcome_OUTCOME_UNSPECIFIED, 0); err != nil {
+				c.reportBackground("release", l, err)
+			}
+		}(l)
+	}
+	wg.Wait()
 	if c.conn == nil {
 		return nil
 	}
@@ -171,22 +228,23 @@ func WithMaxWait(d time.Duration) AcquireOption {
 // granted, a *RejectedError when the sidecar answered granted=false, and the
 // gRPC status error unchanged otherwise (INVALID_ARGUMENT for bad input,
 // UNAVAILABLE when the sidecar cannot be reached, ...). The sidecar queues
-// for at most min(configured max_wait, WithMaxWait, ctx's deadline minus a
-// small margin); without a deadline on ctx, Options.AcquireTimeout applies.
+// for at most min(configured max_wait, WithMaxWait, the deadline minus a
+// small margin). The deadline is WithMaxWait plus AcquireDeadlineMargin, or
+// Options.AcquireTimeout (default 1 h + 1 s) without it, or ctx's own if
+// earlier. Pass the lease to Release; Close releases it otherwise.
 func (c *Client) Acquire(ctx context.Context, dependency string, opts ...AcquireOption) (*Lease, error) {
+	c.mu.Lock()
+	closed := c.closed
+	c.mu.Unlock()
+	if closed {
+		return nil, ErrClosed
+	}
 	req := &governorv1.AcquireRequest{Dependency: dependency}
 	for _, o := range opts {
 		o(req)
 	}
-	if _, ok := ctx.Deadline(); !ok {
-		timeout := c.opts.AcquireTimeout
-		if timeout <= 0 {
-			timeout = DefaultAcquireTimeout
-		}
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, timeout)
-		defer cancel()
-	}
+	ctx, cancel := context.WithTimeout(ctx, c.acquireTimeout(req))
+	defer cancel()
 	resp, err := c.gov.Acquire(ctx, req)
 	if err != nil {
 		return nil, err
@@ -205,13 +263,35 @@ func (c *Client) Acquire(ctx context.Context, dependency string, opts ...Acquire
 	if resp.GetLeaseId() == "" {
 		return nil, fmt.Errorf("governor: %s granted without a lease_id", dependency)
 	}
-	return &Lease{
+	lease := &Lease{
 		ID:         resp.GetLeaseId(),
 		Dependency: dependency,
 		TTL:        resp.GetLeaseTtl().AsDuration(),
 		QueueWait:  resp.GetQueueWait().AsDuration(),
 		GrantedAt:  time.Now(),
-	}, nil
+	}
+	c.mu.Lock()
+	closed = c.closed
+	if !closed {
+		c.held[lease.ID] = lease
+	}
+	c.mu.Unlock()
+	if closed {
+		// Close ran while this Acquire was in flight: give the lease back.
+		_, _ = c.Release(context.Background(), lease.ID, governorv1.Outcome_OUTCOME_UNSPECIFIED, 0)
+		return nil, ErrClosed
+	}
+	return lease, nil
+}
+
+func (c *Client) acquireTimeout(req *governorv1.AcquireRequest) time.Duration {
+	if req.MaxWait != nil {
+		return req.GetMaxWait().AsDuration() + AcquireDeadlineMargin
+	}
+	if c.opts.AcquireTimeout > 0 {
+		return c.opts.AcquireTimeout
+	}
+	return DefaultAcquireTimeout
 }
 
 // Release gives a permit back. It reports false (not an error) when the lease
@@ -219,6 +299,9 @@ func (c *Client) Acquire(ctx context.Context, dependency string, opts ...Acquire
 // latency the caller measured; zero leaves it unset. The call is bounded by
 // Options.CallTimeout.
 func (c *Client) Release(ctx context.Context, leaseID string, outcome governorv1.Outcome, latency time.Duration) (bool, error) {
+	c.mu.Lock()
+	delete(c.held, leaseID)
+	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, c.callTimeout())
 	defer cancel()
 	req := &governorv1.ReleaseRequest{LeaseId: leaseID, Outcome: outcome}
@@ -236,7 +319,11 @@ func (c *Client) Release(ctx context.Context, leaseID string, outcome governorv1
 // new TTL. renewed is false (not an error) when the lease was unknown,
 // expired or released. The call is bounded by Options.CallTimeout.
 func (c *Client) Renew(ctx context.Context, leaseID string) (ttl time.Duration, renewed bool, err error) {
-	ctx, cancel := context.WithTimeout(ctx, c.callTimeout())
+	return c.renew(ctx, leaseID, c.callTimeout())
+}
+
+func (c *Client) renew(ctx context.Context, leaseID string, timeout time.Duration) (time.Duration, bool, error) {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	resp, err := c.gov.Renew(ctx, &governorv1.RenewRequest{LeaseId: leaseID})
 	if err != nil {
@@ -246,7 +333,7 @@ func (c *Client) Renew(ctx context.Context, leaseID string) (ttl time.Duration, 
 }
 
 // Degraded reports how many WithPermit callbacks ran without a permit
-// because the sidecar was unreachable (fail open).
+// because the sidecar gave no answer (fail open).
 func (c *Client) Degraded() uint64 { return atomic.LoadUint64(&c.degraded) }
 
 func (c *Client) callTimeout() time.Duration {

@@ -53,6 +53,14 @@ lease_ttl = "200ms"
 [dependencies.go-example-reject]
 max_concurrency = 1
 max_queue = 0
+
+[dependencies.go-slow]
+max_concurrency = 1
+max_queue = 4
+max_wait = "6s"
+
+[dependencies.go-close]
+max_concurrency = 4
 `
 
 var gov *governorProc

@@ -58,11 +58,27 @@ func grpcCode(err error) codes.Code {
 	return codes.Unknown
 }
 
-// IsUnavailable reports whether err means the sidecar could not be reached
-// (gRPC UNAVAILABLE). This is the case WithPermit fails open on
-// unless Options.FailClosed is set.
+// IsUnavailable reports whether err means the sidecar gave no answer: gRPC
+// UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED, UNKNOWN, INTERNAL or DATA_LOSS
+// (down, frozen, a broken connection, a crash mid-call). These, and only
+// these, are what WithPermit fails open on unless Options.FailClosed is set;
+// every other code (INVALID_ARGUMENT, NOT_FOUND, RESOURCE_EXHAUSTED for the
+// dependency cap, UNIMPLEMENTED, ...) is an answer: a bug or a configuration
+// error, never bypassed. An error that is not a gRPC status (nil included) is
+// not unavailable.
 func IsUnavailable(err error) bool {
-	return grpcCode(err) == codes.Unavailable
+	if err == nil {
+		return false
+	}
+	var se interface{ GRPCStatus() *status.Status }
+	if !errors.As(err, &se) {
+		return false
+	}
+	switch se.GRPCStatus().Code() {
+	case codes.Unavailable, codes.DeadlineExceeded, codes.Canceled, codes.Unknown, codes.Internal, codes.DataLoss:
+		return true
+	}
+	return false
 }
 
 // OutcomeFor maps the error of a downstream call to the Outcome reported on

@@ -29,9 +29,10 @@ const minRenewInterval = 10 * time.Millisecond
 //
 // WithPermit returns fn's error unchanged. If the permit is not granted it
 // returns a *RejectedError (see AsRejected) or the Acquire RPC's error and
-// does not call fn, except that an unreachable sidecar (UNAVAILABLE) runs fn
-// without a permit unless Options.FailClosed is set (see Options). Failures of Renew and Release are
-// not returned (fn's work is already done); they go to
+// does not call fn, except that a sidecar that gives no answer (see
+// IsUnavailable) runs fn without a permit unless Options.FailClosed is set
+// or ctx itself is done (then ctx's error is returned). Failures of Renew and
+// Release are not returned (fn's work is already done); they go to
 // Options.OnBackgroundError.
 //
 // Release and Renew run on a context that is not cancelled with ctx but keeps
@@ -40,6 +41,10 @@ const minRenewInterval = 10 * time.Millisecond
 func (c *Client) WithPermit(ctx context.Context, dependency string, fn func(ctx context.Context) error, opts ...AcquireOption) (err error) {
 	lease, err := c.Acquire(ctx, dependency, opts...)
 	if err != nil {
+		if ctxErr := ctx.Err(); ctxErr != nil && IsUnavailable(err) {
+			// The caller's own deadline or cancellation: it no longer wants the call.
+			return ctxErr
+		}
 		if !c.opts.FailClosed && IsUnavailable(err) {
 			atomic.AddUint64(&c.degraded, 1)
 			c.reportBackground("acquire", nil, err)
@@ -91,7 +96,13 @@ func (c *Client) renewLoop(ctx context.Context, lease *Lease, stop <-chan struct
 			return
 		case <-timer.C:
 		}
-		ttl, renewed, err := c.Renew(ctx, lease.ID)
+		// Each Renew gets min(a third of the TTL, CallTimeout): it never
+		// outlives the next one.
+		timeout := interval
+		if ct := c.callTimeout(); ct < timeout {
+			timeout = ct
+		}
+		ttl, renewed, err := c.renew(ctx, lease.ID, timeout)
 		switch {
 		case err != nil:
 			// Transient: try again at the next tick; a third of the TTL

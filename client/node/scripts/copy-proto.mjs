@@ -1,8 +1,7 @@
-// Copies the API contract (../../proto/governor/v1/governor.proto) into this
-// package, because `npm publish` only ships the package folder. Run by the
-// `prepare` and `pretest` scripts. Outside the repository (for example when
-// the package was installed from a tarball) the source is absent and the
-// packaged copy is kept as it is.
+// Refreshes this package's copy of the API contract from the repository
+// (../../proto/governor/v1/governor.proto): `npm run sync-proto` after the
+// proto changed. The copy is checked in, so installing the package never
+// needs the repository; test/package.test.mjs fails while the two differ.
 import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -11,10 +10,10 @@ const pkgDir = join(dirname(fileURLToPath(import.meta.url)), '..');
 const source = join(pkgDir, '..', '..', 'proto', 'governor', 'v1', 'governor.proto');
 const target = join(pkgDir, 'proto', 'governor', 'v1', 'governor.proto');
 
-if (existsSync(source)) {
-  mkdirSync(dirname(target), { recursive: true });
-  copyFileSync(source, target);
-} else if (!existsSync(target)) {
-  console.error(`copy-proto: neither ${source} nor ${target} exists`);
+if (!existsSync(source)) {
+  console.error(`sync-proto: ${source} not found (run it inside the governor repository)`);
   process.exit(1);
 }
+mkdirSync(dirname(target), { recursive: true });
+copyFileSync(source, target);
+console.log(`sync-proto: copied ${source} to ${target}`);

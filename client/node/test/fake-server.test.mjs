@@ -10,7 +10,16 @@ import * as protoLoader from '@grpc/proto-loader';
 import { context, propagation, trace, TraceFlags } from '@opentelemetry/api';
 import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { TraceState, W3CTraceContextPropagator } from '@opentelemetry/core';
-import { Governor, GovernorUnavailableError, PROTO_PATH, RejectedError } from '../index.js';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
+import {
+  DEFAULT_CHANNEL_OPTIONS,
+  Governor,
+  GovernorError,
+  GovernorUnavailableError,
+  PROTO_PATH,
+  RejectedError,
+} from '../index.js';
 import { recordingLogger, waitFor } from './helpers.mjs';
 
 const TRACE_ID = '0af7651916cd43dd8448eb211c80319c';
@@ -51,6 +60,10 @@ before(async () => {
       record('Acquire', call);
       const next = acquireScript.shift() ?? GRANT;
       if (next === 'hang') return; // never answers: the client's deadline must fire
+      if (typeof next.code === 'number') {
+        callback({ code: next.code, details: 'dependency: forced by the fake' });
+        return;
+      }
       callback(null, next);
     },
     Release(call, callback) {
@@ -83,6 +96,12 @@ beforeEach(() => {
 });
 
 const only = (method) => calls.filter((c) => c.method === method);
+
+/** A function that runs a full garbage collection (node's gc, exposed at run time). */
+function vmGc() {
+  setFlagsFromString('--expose-gc');
+  return runInNewContext('gc');
+}
 
 describe('trace context propagation', () => {
   test('the active span context reaches Acquire, Renew and Release as W3C traceparent/tracestate', async () => {
@@ -208,7 +227,7 @@ describe('deadlines', () => {
     }
   });
 
-  test('without maxWaitMs the governor default applies and the deadline assumes 1 s', async () => {
+  test('without maxWaitMs the deadline is 1 h + 1 s, beyond any max_wait the sidecar accepts', async () => {
     const gov = new Governor(target, { failOpen: false });
     try {
       const sentAt = Date.now();
@@ -217,9 +236,9 @@ describe('deadlines', () => {
       assert.equal(acquire.request.maxWait, null);
       assert.equal(acquire.request.priority, 'PRIORITY_UNSPECIFIED');
       const budget = acquire.deadlineMs - sentAt;
-      assert.ok(budget >= 1450 && budget < 1900, `deadline ${budget} ms after the call (expected ~1500)`);
+      assert.ok(budget > 3_600_900 && budget <= 3_601_100, `deadline ${budget} ms after the call (expected 3601000)`);
     } finally {
-      gov.close();
+      await gov.close();
     }
   });
 
@@ -251,6 +270,140 @@ describe('deadlines', () => {
       assert.match(logger.warnings[0], /DEADLINE_EXCEEDED/);
     } finally {
       gov.close();
+    }
+  });
+});
+
+// The table of docs/any-language.md ("What every client does").
+const NO_ANSWER = ['UNAVAILABLE', 'DEADLINE_EXCEEDED', 'CANCELLED', 'UNKNOWN', 'INTERNAL', 'DATA_LOSS'];
+const ANSWERS = [
+  'INVALID_ARGUMENT',
+  'NOT_FOUND',
+  'RESOURCE_EXHAUSTED',
+  'UNIMPLEMENTED',
+  'PERMISSION_DENIED',
+  'UNAUTHENTICATED',
+  'FAILED_PRECONDITION',
+  'OUT_OF_RANGE',
+  'ALREADY_EXISTS',
+  'ABORTED',
+];
+const REASONS = ['QUEUE_FULL', 'QUEUE_TIMEOUT', 'RETRY_BUDGET_EXHAUSTED', 'SHED', 'SHUTTING_DOWN'];
+
+describe('the behaviour table', () => {
+  test('codes without an answer fail open (or throw GovernorUnavailableError), every other code throws', async () => {
+    const open = new Governor(target, { logger: recordingLogger() });
+    const closed = new Governor(target, { failOpen: false });
+    try {
+      for (const [n, name] of NO_ANSWER.entries()) {
+        acquireScript = [{ code: grpc.status[name] }, { code: grpc.status[name] }];
+        const permit = await open.acquire('payments');
+        assert.equal(permit.degraded, true, name);
+        assert.equal(open.stats.degraded, n + 1);
+        await assert.rejects(closed.acquire('payments'), (err) => {
+          assert.ok(err instanceof GovernorUnavailableError, `${name}: ${err}`);
+          assert.equal(err.code, name);
+          return true;
+        });
+      }
+      for (const name of ANSWERS) {
+        for (const gov of [open, closed]) {
+          acquireScript = [{ code: grpc.status[name] }];
+          await assert.rejects(gov.acquire('payments'), (err) => {
+            assert.ok(err instanceof GovernorError && !(err instanceof GovernorUnavailableError), `${name}: ${err}`);
+            assert.equal(err.code, name);
+            assert.equal(err.details, 'dependency: forced by the fake');
+            return true;
+          });
+        }
+      }
+      assert.equal(open.stats.degraded, NO_ANSWER.length);
+      assert.equal(closed.stats.degraded, 0);
+    } finally {
+      await open.close();
+      await closed.close();
+    }
+  });
+
+  test('every rejection, SHUTTING_DOWN included, throws RejectedError under fail-open', async () => {
+    const gov = new Governor(target);
+    try {
+      for (const reason of REASONS) {
+        acquireScript = [{ granted: false, reason: `REJECT_REASON_${reason}`, retryAfter: { seconds: 1, nanos: 0 } }];
+        await assert.rejects(gov.acquire('payments'), (err) => {
+          assert.ok(err instanceof RejectedError, `${reason}: ${err}`);
+          assert.equal(err.reason, reason);
+          assert.equal(err.retryAfterMs, 1000);
+          return true;
+        });
+      }
+      assert.equal(gov.stats.degraded, 0);
+    } finally {
+      await gov.close();
+    }
+  });
+
+  test('Renew has min(TTL / 3, callTimeoutMs) and Release callTimeoutMs', async () => {
+    acquireScript = [{ ...GRANT, leaseTtl: { seconds: 0, nanos: 300e6 } }];
+    renewReply = { renewed: true, leaseTtl: { seconds: 0, nanos: 300e6 } };
+    const gov = new Governor(target, { failOpen: false });
+    try {
+      await gov.withPermit('payments', () => waitFor(() => only('Renew').length >= 1, { what: 'a Renew call' }));
+    } finally {
+      await gov.close();
+    }
+    const [renew] = only('Renew');
+    const [release] = only('Release');
+    const renewBudget = renew.deadlineMs - renew.receivedAt;
+    const releaseBudget = release.deadlineMs - release.receivedAt;
+    assert.ok(renewBudget > 50 && renewBudget <= 100, `Renew deadline ${renewBudget} ms (expected 100)`);
+    assert.ok(releaseBudget > 1900 && releaseBudget <= 2000, `Release deadline ${releaseBudget} ms (expected 2000)`);
+  });
+
+  test('channels ping every 10 s and drop a connection whose ping is not answered in 5 s', () => {
+    assert.equal(DEFAULT_CHANNEL_OPTIONS['grpc.keepalive_time_ms'], 10_000);
+    assert.equal(DEFAULT_CHANNEL_OPTIONS['grpc.keepalive_timeout_ms'], 5_000);
+  });
+
+  test('close() releases held permits as UNSPECIFIED', async () => {
+    const gov = new Governor(target, { failOpen: false });
+    const permit = await gov.acquire('payments');
+    assert.equal(gov.stats.held, 1);
+    await gov.close();
+    assert.deepEqual(
+      only('Release').map((c) => [c.request.leaseId, c.request.outcome, c.request.latency]),
+      [[permit.leaseId, 'OUTCOME_UNSPECIFIED', null]],
+    );
+    assert.equal(await permit.release('SUCCESS'), false, 'already released by close()');
+    assert.equal(only('Release').length, 1);
+  });
+
+  test('a permit garbage-collected while held is released as UNSPECIFIED', async () => {
+    const gc = vmGc();
+    acquireScript = [{ ...GRANT, leaseId: 'dropped-lease' }];
+    const gov = new Governor(target, { failOpen: false, logger: recordingLogger() });
+    try {
+      // Acquired in a frame of its own, so nothing here keeps the permit alive.
+      await (async () => {
+        const permit = await gov.acquire('payments');
+        assert.equal(permit.leaseId, 'dropped-lease');
+      })();
+      await waitFor(
+        async () => {
+          gc();
+          await delay(10);
+          return only('Release').length === 1;
+        },
+        { what: 'the release of the collected permit' },
+      );
+      assert.deepEqual(
+        only('Release').map((c) => [c.request.leaseId, c.request.outcome]),
+        [['dropped-lease', 'OUTCOME_UNSPECIFIED']],
+      );
+      assert.equal(gov.stats.orphansReleased, 1);
+      assert.equal(gov.stats.held, 0);
+    } finally {
+      await gov.close();
     }
   });
 });

@@ -14,7 +14,14 @@ test('the packaged proto is identical to the repository contract', () => {
   const source = readFileSync(join(REPO_ROOT, 'proto', 'governor', 'v1', 'governor.proto'));
   const copy = readFileSync(client.PROTO_PATH);
   assert.equal(client.PROTO_PATH, join(PKG_DIR, 'proto', 'governor', 'v1', 'governor.proto'));
-  assert.ok(copy.equals(source), 'proto/governor/v1/governor.proto differs from ../../proto: run `npm run prepare`');
+  assert.ok(copy.equals(source), 'proto/governor/v1/governor.proto differs from ../../proto: run `npm run sync-proto`');
+});
+
+test('the package has no install-time script that reaches outside its folder', () => {
+  const pkg = JSON.parse(readFileSync(join(PKG_DIR, 'package.json'), 'utf8'));
+  for (const hook of ['preinstall', 'install', 'postinstall', 'prepare', 'prepack', 'prepublish']) {
+    assert.equal(pkg.scripts?.[hook], undefined, `${hook} script`);
+  }
 });
 
 test('npm pack ships the code, the types and the proto', async () => {

@@ -63,7 +63,7 @@ def _toml_value(v: object) -> str:
     raise TypeError(f"unsupported TOML value {v!r}")
 
 
-def render_config(dependencies: Dict[str, Dict[str, object]]) -> str:
+def render_config(dependencies: Dict[str, Dict[str, object]], limits: Optional[Dict[str, object]] = None) -> str:
     lines = [
         "[server]",
         'listen = "127.0.0.1:0"',
@@ -78,6 +78,7 @@ def render_config(dependencies: Dict[str, Dict[str, object]]) -> str:
         "[limits]",
         "allow_unknown_dependencies = true",
     ]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in (limits or {}).items()]
     for name, limits in dependencies.items():
         lines += ["", f'[dependencies."{name}"]']
         lines += [f"{k} = {_toml_value(v)}" for k, v in limits.items()]
@@ -180,8 +181,13 @@ def start_sidecar(tmp_path: Path) -> Iterator[Callable[..., Sidecar]]:
     """Start a dedicated sidecar: ``start_sidecar(dependencies, extra_args=[...])``."""
     started: List[Sidecar] = []
 
-    def start(dependencies: Optional[Dict[str, Dict[str, object]]] = None, extra_args: Sequence[str] = ()) -> Sidecar:
-        sc = Sidecar(governor_binary(), tmp_path / f"governor-{len(started)}", render_config(dependencies or {}), extra_args)
+    def start(
+        dependencies: Optional[Dict[str, Dict[str, object]]] = None,
+        extra_args: Sequence[str] = (),
+        limits: Optional[Dict[str, object]] = None,
+    ) -> Sidecar:
+        config = render_config(dependencies or {}, limits)
+        sc = Sidecar(governor_binary(), tmp_path / f"governor-{len(started)}", config, extra_args)
         started.append(sc)
         return sc
 

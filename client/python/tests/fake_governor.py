@@ -38,8 +38,8 @@ class FakeGovernor(pb_grpc.GovernorServicer):
     lease_ttl: float = 30.0
     #: What Renew answers (False: "the lease is unknown or expired").
     renew_answer: bool = True
-    #: Scripted Acquire answers, consumed in order; then: granted.
-    acquire_script: List[pb.AcquireResponse] = field(default_factory=list)
+    #: Scripted Acquire answers, consumed in order (a StatusCode: that error); then: granted.
+    acquire_script: List[object] = field(default_factory=list)
     calls: List[Call] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -76,6 +76,8 @@ class FakeGovernor(pb_grpc.GovernorServicer):
         self._record("Acquire", request, context)
         with self._cv:
             scripted = self.acquire_script.pop(0) if self.acquire_script else None
+        if isinstance(scripted, grpc.StatusCode):
+            context.abort(scripted, "dependency: forced by the fake")
         if scripted is not None:
             return scripted
         return pb.AcquireResponse(

@@ -138,14 +138,15 @@ def test_acquire_request_fields_and_deadline(fake, sgov):
     assert a.request.tenant == "t1"
     assert a.request.attempt == 2
     assert a.request.max_wait.ToNanoseconds() == 400_000_000
-    # deadline = max_wait + the default 0.5 s margin
-    assert 0.4 < a.time_remaining <= 0.9 + SLACK
+    # deadline = max_wait + the default 1 s margin
+    assert 1.3 < a.time_remaining <= 1.4 + SLACK
     # max_wait=0 is sent (try-acquire), not left unset
     assert b.request.HasField("max_wait") and b.request.max_wait.ToNanoseconds() == 0
     assert b.request.priority == pb.PRIORITY_NORMAL
-    # no max_wait: unset, deadline = acquire_timeout (5 s)
+    # no max_wait: unset, deadline = 1 h + 1 s, beyond any max_wait the sidecar accepts
     assert not c.request.HasField("max_wait")
-    assert 4.0 < c.time_remaining <= 5.0 + SLACK
+    # (C-core rounds a deadline this long up to whole 10 s on the wire)
+    assert 3600.9 < c.time_remaining <= 3611.0
 
 
 def test_explicit_timeout_is_the_deadline(fake):
@@ -331,3 +332,159 @@ def test_exponential_backoff_bounds():
 def test_outcome_enum_matches_wire():
     assert int(Outcome.CANCELLED) == pb.OUTCOME_CANCELLED
     assert int(RejectReason.RETRY_BUDGET_EXHAUSTED) == pb.REJECT_REASON_RETRY_BUDGET_EXHAUSTED
+
+
+# -- the table of docs/any-language.md ("What every client does") -------------------
+
+import gc
+
+import grpc
+
+from governor_client import GovernorUnavailable, InvalidRequest
+
+#: The fail-open row: the sidecar gave no answer.
+NO_ANSWER = [
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.CANCELLED,
+    grpc.StatusCode.UNKNOWN,
+    grpc.StatusCode.INTERNAL,
+    grpc.StatusCode.DATA_LOSS,
+]
+#: The "always an error" row.
+ANSWERS = [
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.UNIMPLEMENTED,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.ABORTED,
+]
+REASONS = [
+    pb.REJECT_REASON_QUEUE_FULL,
+    pb.REJECT_REASON_QUEUE_TIMEOUT,
+    pb.REJECT_REASON_RETRY_BUDGET_EXHAUSTED,
+    pb.REJECT_REASON_SHED,
+    pb.REJECT_REASON_SHUTTING_DOWN,
+]
+
+
+def test_every_code_follows_the_table(fake):
+    opened, closed = Governor(fake.target, fail_open=True), Governor(fake.target, fail_open=False)
+    try:
+        for n, code in enumerate(NO_ANSWER, start=1):
+            fake.acquire_script.append(code)
+            permit = opened.acquire("payments")
+            assert permit.degraded and permit.degraded_error.code == code, code
+            assert opened.degraded_total == n
+            fake.acquire_script.append(code)
+            with pytest.raises(GovernorUnavailable) as unavailable:
+                closed.acquire("payments")
+            assert unavailable.value.code == code
+        for code in ANSWERS:
+            for gov in (opened, closed):
+                fake.acquire_script.append(code)
+                with pytest.raises(InvalidRequest) as invalid:
+                    gov.acquire("payments")
+                assert invalid.value.code == code
+                assert invalid.value.details == "dependency: forced by the fake"
+        assert opened.degraded_total == len(NO_ANSWER) and closed.degraded_total == 0
+    finally:
+        opened.close()
+        closed.close()
+
+
+@pytest.mark.asyncio
+async def test_async_every_code_follows_the_table(fake):
+    opened, closed = AsyncGovernor(fake.target, fail_open=True), AsyncGovernor(fake.target, fail_open=False)
+    try:
+        for code in NO_ANSWER:
+            fake.acquire_script.append(code)
+            assert (await opened.acquire("payments")).degraded, code
+            fake.acquire_script.append(code)
+            with pytest.raises(GovernorUnavailable):
+                await closed.acquire("payments")
+        for code in ANSWERS:
+            for gov in (opened, closed):
+                fake.acquire_script.append(code)
+                with pytest.raises(InvalidRequest) as invalid:
+                    await gov.acquire("payments")
+                assert invalid.value.code == code
+        assert opened.degraded_total == len(NO_ANSWER)
+    finally:
+        await opened.close()
+        await closed.close()
+
+
+@pytest.mark.parametrize("fail_open", [True, False])
+def test_every_rejection_is_raised_whatever_the_policy(fake, fail_open):
+    gov = Governor(fake.target, fail_open=fail_open)
+    try:
+        for reason in REASONS:
+            fake.acquire_script.append(
+                pb.AcquireResponse(granted=False, reason=reason, retry_after=dur(1.0), limit=1, in_flight=1)
+            )
+            with pytest.raises(Rejected) as rej:
+                gov.acquire("payments")
+            assert int(rej.value.reason) == reason
+            assert rej.value.retry_after == 1.0
+        assert gov.degraded_total == 0
+    finally:
+        gov.close()
+
+
+def test_dropped_and_closed_permits_report_unspecified(fake):
+    gov = Governor(fake.target)
+    dropped = gov.acquire("payments")
+    held = gov.acquire("payments")
+    del dropped
+    gc.collect()
+    fake.wait_for(lambda calls: sum(c.method == "Release" for c in calls) == 1)
+    gov.close()
+    assert held.released and held.outcome == Outcome.UNSPECIFIED
+    assert [r.outcome for r in releases(fake)] == [pb.OUTCOME_UNSPECIFIED, pb.OUTCOME_UNSPECIFIED]
+
+
+@pytest.mark.asyncio
+async def test_async_dropped_and_closed_permits_report_unspecified(fake):
+    gov = AsyncGovernor(fake.target)
+    dropped = await gov.acquire("payments")
+    held = await gov.acquire("payments")
+    del dropped
+    gc.collect()
+    for _ in range(500):  # the finalizer schedules the release on the loop
+        if fake.of("Release"):
+            break
+        await asyncio.sleep(0.01)
+    await gov.close()
+    assert held.released and held.outcome == Outcome.UNSPECIFIED
+    assert [r.outcome for r in releases(fake)] == [pb.OUTCOME_UNSPECIFIED, pb.OUTCOME_UNSPECIFIED]
+
+
+def test_release_and_renew_deadlines(fake):
+    fake.lease_ttl = 0.3
+    gov = Governor(fake.target)
+    try:
+        permit = gov.acquire("payments")
+        fake.wait_for(lambda calls: any(c.method == "Renew" for c in calls))
+        permit.release()
+    finally:
+        gov.close()
+    renew = fake.of("Renew")[0]
+    release = fake.of("Release")[0]
+    # Renew: min(TTL / 3, 2 s); Release: 2 s.
+    assert 0.05 < renew.time_remaining <= 0.1 + SLACK
+    assert 1.9 < release.time_remaining <= 2.0 + SLACK
+
+
+def test_channels_have_keepalive():
+    from governor_client import _common
+
+    opts = dict(_common.channel_options("127.0.0.1:1", None))
+    assert opts["grpc.keepalive_time_ms"] == 10_000 and opts["grpc.keepalive_timeout_ms"] == 5_000
+    assert opts["grpc.http2.ping_timeout_ms"] == 5_000
+    assert dict(_common.channel_options("x:1", [("grpc.keepalive_time_ms", 1)]))["grpc.keepalive_time_ms"] == 1

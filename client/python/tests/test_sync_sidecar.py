@@ -7,9 +7,11 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 import governor_client
@@ -164,7 +166,7 @@ def test_close_releases_held_permits(sidecar):
     permit = gov.acquire("close-sync")
     assert sidecar.in_flight("close-sync") == 1
     gov.close()
-    assert permit.released and permit.outcome == Outcome.CANCELLED
+    assert permit.released and permit.outcome == Outcome.UNSPECIFIED
     assert sidecar.in_flight("close-sync") == 0
 
 
@@ -288,7 +290,7 @@ def test_version_and_public_api():
         assert hasattr(governor_client, name), name
 
 
-def test_draining_sidecar_rejects_or_degrades_by_policy(start_sidecar):
+def test_draining_sidecar_rejects_under_both_policies(start_sidecar):
     sc = start_sidecar({})
     closed = Governor(sc.addr, fail_open=False)
     opened = Governor(sc.addr, fail_open=True)
@@ -305,10 +307,72 @@ def test_draining_sidecar_rejects_or_degrades_by_policy(start_sidecar):
 
         rej = wait_until(shutting_down, timeout=5, what="a SHUTTING_DOWN rejection")
         assert rej.reason is RejectReason.SHUTTING_DOWN
-        degraded = opened.acquire("drain", max_wait=0)
-        assert degraded.degraded and opened.degraded_total == 1
+        # A rejection is an answer: fail-open does not apply (docs/any-language.md).
+        with pytest.raises(Rejected) as rej_open:
+            opened.acquire("drain", max_wait=0)
+        assert rej_open.value.reason is RejectReason.SHUTTING_DOWN and opened.degraded_total == 0
         assert held.release() is True
         assert sc.proc.wait(timeout=15) == 0
     finally:
         closed.close()
         opened.close()
+
+
+def test_default_deadline_never_cuts_a_long_max_wait_short(start_sidecar):
+    # A sidecar max_wait of 6 s is longer than any old client default (1.5 s, 5 s):
+    # without a max_wait of its own, the caller must wait all of it.
+    sc = start_sidecar({"slow": {"max_concurrency": 1, "max_queue": 4, "max_wait": "6s"}})
+    gov = Governor(sc.addr, fail_open=False)
+    try:
+        held = gov.acquire("slow")
+        started = time.monotonic()
+        with pytest.raises(Rejected) as rej:
+            gov.acquire("slow")
+        assert rej.value.reason is RejectReason.QUEUE_TIMEOUT
+        assert rej.value.queue_wait >= 5.9 and time.monotonic() - started >= 5.9
+        held.release()
+    finally:
+        gov.close()
+
+
+def test_resource_exhausted_dependency_cap_is_an_error_even_failing_open(start_sidecar):
+    capped = start_sidecar({}, limits={"max_dependencies": 1})
+    gov = Governor(capped.addr, fail_open=True)
+    try:
+        gov.acquire("first").release()
+        with pytest.raises(InvalidRequest) as invalid:
+            gov.acquire("second")
+        assert invalid.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert invalid.value.details.startswith("dependency:")
+        assert gov.degraded_total == 0
+    finally:
+        gov.close()
+
+
+def test_keepalive_notices_a_frozen_sidecar_during_a_long_wait(start_sidecar):
+    sc = start_sidecar({"frozen": {"max_concurrency": 1, "max_queue": 4, "max_wait": "1h"}})
+    holder = Governor(sc.addr, fail_open=False)
+    # The package's keepalive options, with shorter times so the test is quick.
+    quick = [("grpc.keepalive_time_ms", 200), ("grpc.keepalive_timeout_ms", 300), ("grpc.http2.ping_timeout_ms", 300)]
+    gov = Governor(sc.addr, channel_options=quick)
+    result = {}
+
+    def wait_for_a_permit():
+        result["permit"] = gov.acquire("frozen")  # no max_wait: the deadline is 1 h + 1 s
+
+    held = holder.acquire("frozen")
+    waiter = threading.Thread(target=wait_for_a_permit, daemon=True)
+    waiter.start()
+    try:
+        wait_until(lambda: sc.status("frozen").queued == 1, timeout=5, what="the acquire to queue")
+        sc.proc.send_signal(signal.SIGSTOP)
+        waiter.join(timeout=10)
+    finally:
+        sc.proc.send_signal(signal.SIGCONT)
+    assert not waiter.is_alive(), "keepalive did not notice the frozen sidecar within 10 s"
+    permit = result["permit"]
+    assert permit.degraded and permit.degraded_error.code == grpc.StatusCode.UNAVAILABLE
+    assert gov.degraded_total == 1
+    held.release()
+    gov.close()
+    holder.close()

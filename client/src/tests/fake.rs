@@ -16,11 +16,23 @@ use tonic::{Request, Response, Status, transport::Server};
 
 use crate::duration::to_proto;
 
-/// One recorded request and its `traceparent` metadata.
+/// One recorded request, its `traceparent` metadata and its deadline.
 #[derive(Debug, Clone)]
 pub struct Seen<T> {
     pub message: T,
     pub traceparent: Option<String>,
+    /// The `grpc-timeout` the client sent, decoded.
+    pub timeout: Option<Duration>,
+}
+
+impl<T> Seen<T> {
+    fn new(request: Request<T>) -> Self {
+        Self {
+            traceparent: traceparent(&request),
+            timeout: grpc_timeout(&request),
+            message: request.into_inner(),
+        }
+    }
 }
 
 /// What the fake has seen and how it answers.
@@ -101,6 +113,22 @@ impl Fake {
     }
 }
 
+/// Decodes `grpc-timeout` (digits and a unit, as the gRPC spec says).
+fn grpc_timeout<T>(request: &Request<T>) -> Option<Duration> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (digits, unit) = value.split_at(value.len() - 1);
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount * 3600),
+        "M" => Duration::from_secs(amount * 60),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
 fn traceparent<T>(request: &Request<T>) -> Option<String> {
     request
         .metadata()
@@ -114,10 +142,7 @@ impl Governor for Fake {
         &self,
         request: Request<AcquireRequest>,
     ) -> Result<Response<AcquireResponse>, Status> {
-        let seen = Seen {
-            traceparent: traceparent(&request),
-            message: request.into_inner(),
-        };
+        let seen = Seen::new(request);
         let mut answer = None;
         self.state.send_modify(|s| {
             s.acquires.push(seen);
@@ -139,10 +164,7 @@ impl Governor for Fake {
         &self,
         request: Request<ReleaseRequest>,
     ) -> Result<Response<ReleaseResponse>, Status> {
-        let seen = Seen {
-            traceparent: traceparent(&request),
-            message: request.into_inner(),
-        };
+        let seen = Seen::new(request);
         self.state.send_modify(|s| s.releases.push(seen));
         Ok(Response::new(ReleaseResponse { released: true }))
     }
@@ -151,10 +173,7 @@ impl Governor for Fake {
         &self,
         request: Request<RenewRequest>,
     ) -> Result<Response<RenewResponse>, Status> {
-        let seen = Seen {
-            traceparent: traceparent(&request),
-            message: request.into_inner(),
-        };
+        let seen = Seen::new(request);
         let mut response = RenewResponse::default();
         self.state.send_modify(|s| {
             s.renews.push(seen);

@@ -135,7 +135,7 @@ async fn builder_defaults_apply_to_every_acquire() {
 }
 
 #[tokio::test]
-async fn dropping_a_permit_releases_it_as_cancelled() {
+async fn dropping_a_permit_releases_it_as_unspecified() {
     let (fake, gov) = fake_and_client().await;
     let permit = gov.acquire("payments").await.unwrap();
     drop(permit);
@@ -144,7 +144,117 @@ async fn dropping_a_permit_releases_it_as_cancelled() {
     fake.with(|s| {
         assert_eq!(s.releases.len(), 1);
         assert_eq!(s.releases[0].message.lease_id, "lease-1");
-        assert_eq!(s.releases[0].message.outcome, Outcome::Cancelled as i32);
+        assert_eq!(s.releases[0].message.outcome, Outcome::Unspecified as i32);
+        assert_eq!(s.releases[0].message.latency, None);
+    });
+}
+
+/// The fail-open row of docs/any-language.md: these codes, and only these.
+const NO_ANSWER: [tonic::Code; 6] = [
+    tonic::Code::Unavailable,
+    tonic::Code::DeadlineExceeded,
+    tonic::Code::Cancelled,
+    tonic::Code::Unknown,
+    tonic::Code::Internal,
+    tonic::Code::DataLoss,
+];
+/// The "always an error" row.
+const ANSWERS: [tonic::Code; 10] = [
+    tonic::Code::InvalidArgument,
+    tonic::Code::NotFound,
+    tonic::Code::ResourceExhausted,
+    tonic::Code::Unimplemented,
+    tonic::Code::PermissionDenied,
+    tonic::Code::Unauthenticated,
+    tonic::Code::FailedPrecondition,
+    tonic::Code::OutOfRange,
+    tonic::Code::AlreadyExists,
+    tonic::Code::Aborted,
+];
+
+#[tokio::test]
+async fn every_code_the_sidecar_sends_follows_the_table() {
+    let fake = Fake::new();
+    let endpoint = fake.serve_tcp().await;
+    let open = Governor::connect(&endpoint).unwrap();
+    let closed = Governor::builder()
+        .fail_policy(FailPolicy::Closed)
+        .connect(&endpoint)
+        .unwrap();
+    for (n, code) in NO_ANSWER.into_iter().enumerate() {
+        fake.update(|s| s.script.push_back(Err(tonic::Status::new(code, "forced"))));
+        let permit = open.acquire("payments").await.unwrap();
+        assert!(permit.is_degraded(), "{code:?}");
+        assert_eq!(open.stats().fail_open_permits, n as u64 + 1);
+        fake.update(|s| s.script.push_back(Err(tonic::Status::new(code, "forced"))));
+        let err = closed.acquire("payments").await.unwrap_err();
+        assert!(
+            matches!(err, AcquireError::Unavailable(ref s) if s.code() == code),
+            "{code:?}: {err:?}"
+        );
+    }
+    for code in ANSWERS {
+        for gov in [&open, &closed] {
+            fake.update(|s| {
+                s.script
+                    .push_back(Err(tonic::Status::new(code, "dependency: no")))
+            });
+            let err = gov.acquire("payments").await.unwrap_err();
+            assert!(
+                matches!(err, AcquireError::Invalid(ref s) if s.code() == code && s.message() == "dependency: no"),
+                "{code:?}: {err:?}"
+            );
+        }
+    }
+    assert_eq!(open.stats().fail_open_permits, NO_ANSWER.len() as u64);
+    assert_eq!(closed.stats().fail_open_permits, 0);
+}
+
+#[tokio::test]
+async fn every_rejection_is_an_error_even_failing_open() {
+    let (fake, gov) = fake_and_client().await;
+    for reason in [
+        RejectReason::QueueFull,
+        RejectReason::QueueTimeout,
+        RejectReason::RetryBudgetExhausted,
+        RejectReason::Shed,
+        RejectReason::ShuttingDown,
+    ] {
+        fake.update(|s| {
+            s.script
+                .push_back(Ok(rejection(reason, Duration::from_secs(1))))
+        });
+        let err = gov.acquire("payments").await.unwrap_err();
+        assert_eq!(err.rejection().map(|r| r.reason), Some(reason), "{err:?}");
+    }
+    assert_eq!(gov.stats().fail_open_permits, 0);
+}
+
+#[tokio::test]
+async fn deadlines_follow_the_table() {
+    let (fake, gov) = fake_and_client().await;
+    fake.update(|s| s.lease_ttl = Duration::from_millis(300));
+    // With a max_wait: that plus 1 s. Without: 1 h + 1 s.
+    let permit = gov
+        .acquire("payments")
+        .max_wait(Duration::from_millis(250))
+        .await
+        .unwrap();
+    let unbounded = gov.acquire("payments").await.unwrap();
+    fake.wait_for("a renewal", |s| !s.renews.is_empty()).await;
+    permit.release(Outcome::Success).await.unwrap();
+    unbounded.release(Outcome::Success).await.unwrap();
+    fake.with(|s| {
+        let within = |d: Option<Duration>, low: Duration, high: Duration| {
+            let d = d.expect("a grpc-timeout");
+            assert!(low < d && d <= high, "{d:?} not in ({low:?}, {high:?}]");
+        };
+        let ms = Duration::from_millis;
+        within(s.acquires[0].timeout, ms(1150), ms(1250));
+        within(s.acquires[1].timeout, ms(3_600_900), ms(3_601_000));
+        // Renew: min(TTL / 3, 2 s); Release: 2 s.
+        within(s.renews[0].timeout, ms(50), ms(100));
+        within(s.releases[0].timeout, ms(1900), ms(2000));
     });
 }
 
@@ -240,13 +350,13 @@ async fn unreachable_sidecar_fails_open_by_default_and_closed_on_request() {
 }
 
 #[tokio::test]
-async fn a_hung_sidecar_is_cut_off_by_the_call_timeout() {
+async fn a_hung_sidecar_is_cut_off_by_the_acquire_timeout() {
     // Accepts TCP but never speaks HTTP/2.
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let gov = Governor::builder()
         .fail_policy(FailPolicy::Closed)
-        .call_timeout(Duration::from_millis(200))
+        .acquire_timeout(Duration::from_millis(200))
         .connect(endpoint)
         .unwrap();
     let started = Instant::now();

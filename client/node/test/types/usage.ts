@@ -71,8 +71,8 @@ async function main(): Promise<void> {
   // @ts-expect-error: stats are a read-only snapshot
   stats.degraded = 0;
   void [total, released, body, health, status.inFlight, updated.maxConcurrency, stats.degraded];
-  gov.close();
-  overUds.close();
+  await gov.close();
+  await overUds.close();
 }
 
 void main;

@@ -156,7 +156,7 @@ class AsyncPermit:
 
     def __repr__(self) -> str:
         state = "degraded" if self.degraded else ("released" if self._done else "held")
-        return f"<AsyncPermit {self.dependency!r} {state} lease_id={self.lease_id!r}>"
+        return f"<AsyncPermit {self.dependency!r} {state}>"  # the lease id is a bearer credential
 
 
 async def _renew_loop(
@@ -189,7 +189,7 @@ async def _renew_loop(
             )
         except grpc.RpcError as e:
             logger.debug("Renew of lease for %r failed, retrying: %s", dependency, e)
-            delay = c.renew_retry_delay(ttl)
+            delay = c.renew_delay(ttl)
             continue
         permit = ref()
         if permit is None or permit._done:
@@ -366,13 +366,8 @@ class AsyncGovernor:
                 return AsyncPermit(self, dependency, None, otel_ctx, degraded_error=err)
             raise err from e
         if not resp.granted:
-            rejection = c.rejection_from_response(dependency, resp)
-            if rejection.reason == RejectReason.SHUTTING_DOWN and self.fail_open:
-                # The sidecar is going away, not the dependency saturated: same policy as unreachable.
-                err = GovernorUnavailable(f"governor sidecar is shutting down: {rejection}")
-                self._degraded.record(dependency, err)
-                return AsyncPermit(self, dependency, None, otel_ctx, degraded_error=err)
-            raise rejection
+            # Every rejection, SHUTTING_DOWN included, is an answer: never failed open.
+            raise c.rejection_from_response(dependency, resp)
         permit = AsyncPermit(self, dependency, resp, otel_ctx)
         self._held.add(permit)
         if self._auto_renew:
@@ -435,11 +430,11 @@ class AsyncGovernor:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
-        """Release every permit still held (outcome CANCELLED), stop renewing, close the channel."""
+        """Release every permit still held (outcome UNSPECIFIED), stop renewing, close the channel."""
         if self._closed:
             return
         for permit in list(self._held):
-            await permit.release(Outcome.CANCELLED)
+            await permit.release(Outcome.UNSPECIFIED)
         self._closed = True
         # Renewal tasks were cancelled by the releases; what is left are releases
         # in flight (e.g. of garbage-collected permits): let them finish.

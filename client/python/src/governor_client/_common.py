@@ -19,14 +19,31 @@ logger = logging.getLogger("governor_client")
 
 Metadata = Tuple[Tuple[str, str], ...]
 
-#: Added to ``max_wait`` to form the gRPC deadline of an Acquire call, so the
-#: sidecar (which stops queueing a little before the caller's deadline) answers
-#: with a proper QUEUE_TIMEOUT instead of the call failing with DEADLINE_EXCEEDED.
-DEFAULT_TIMEOUT_MARGIN = 0.5
-#: Deadline of an Acquire call when neither ``timeout`` nor ``max_wait`` is known.
-DEFAULT_ACQUIRE_TIMEOUT = 5.0
-#: Deadline of Release and Renew calls.
+# The numbers below are the table every client of the project follows
+# (docs/any-language.md, "What every client does").
+
+#: Added to ``max_wait`` to form the gRPC deadline of an Acquire call: it covers
+#: the sidecar's own margin (at most 20 ms) and the answer's trip back, so a
+#: queued request is answered QUEUE_TIMEOUT instead of failing with DEADLINE_EXCEEDED.
+DEFAULT_TIMEOUT_MARGIN = 1.0
+#: The largest ``max_wait`` the sidecar accepts (config and control plane), seconds.
+MAX_SIDECAR_WAIT = 3600.0
+#: Deadline of an Acquire call without a ``max_wait``: longer than any
+#: ``max_wait`` the sidecar accepts, so none is cut short. A frozen sidecar is
+#: noticed by the HTTP/2 keepalive (:data:`KEEPALIVE_OPTIONS`) instead.
+DEFAULT_ACQUIRE_TIMEOUT = MAX_SIDECAR_WAIT + DEFAULT_TIMEOUT_MARGIN
+#: Deadline of Release calls, and the cap of each Renew's (a third of the TTL).
 DEFAULT_RPC_TIMEOUT = 2.0
+#: HTTP/2 keepalive of the channels this package creates: a ping every 10 s
+#: while a call is open, the connection dropped (UNAVAILABLE) when one is not
+#: answered within 5 s. C-core times out an unanswered ping after
+#: ``grpc.http2.ping_timeout_ms`` (default 1 min), not ``keepalive_timeout_ms``
+#: alone, so both are set.
+KEEPALIVE_OPTIONS = (
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.http2.ping_timeout_ms", 5_000),
+)
 
 
 class Priority(enum.IntEnum):
@@ -109,7 +126,8 @@ class Rejected(GovernorError):
 
 
 class GovernorUnavailable(GovernorError):
-    """The sidecar could not be reached or did not answer in time (a transport error).
+    """The sidecar gave no answer: UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED,
+    UNKNOWN, INTERNAL or DATA_LOSS (the only codes ``fail_open`` covers).
 
     Attributes:
         code: the gRPC status code, when there is one.
@@ -123,10 +141,12 @@ class GovernorUnavailable(GovernorError):
 
 
 class InvalidRequest(GovernorError):
-    """The sidecar refused the request itself (bad argument, unknown dependency).
+    """The sidecar answered with an error: a bad argument (INVALID_ARGUMENT), an
+    unknown dependency (NOT_FOUND), the dependency cap (RESOURCE_EXHAUSTED), or
+    any other code that is not an outage (UNIMPLEMENTED: not a governor, ...).
 
-    This is a bug or misconfiguration on the caller's side, so it is raised even
-    when the client is ``fail_open``.
+    This is a bug or misconfiguration, so it is raised even when the client is
+    ``fail_open``.
 
     Attributes:
         code: the gRPC status code (e.g. INVALID_ARGUMENT, NOT_FOUND).
@@ -139,24 +159,26 @@ class InvalidRequest(GovernorError):
         super().__init__(message)
 
 
-#: Status codes that mean "the request is wrong", not "the sidecar is down".
-_CALLER_ERROR_CODES = frozenset(
+#: Status codes that mean "the sidecar gave no answer" (down, frozen, a broken
+#: connection, a crash mid-call). Every other code is an answer.
+NO_ANSWER_CODES = frozenset(
     {
-        grpc.StatusCode.INVALID_ARGUMENT,
-        grpc.StatusCode.NOT_FOUND,
-        grpc.StatusCode.OUT_OF_RANGE,
-        grpc.StatusCode.FAILED_PRECONDITION,
-        grpc.StatusCode.ALREADY_EXISTS,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.DATA_LOSS,
     }
 )
 
 
 def classify_rpc_error(err: grpc.RpcError, what: str) -> GovernorError:
-    """Turn a gRPC error into :class:`InvalidRequest` or :class:`GovernorUnavailable`."""
+    """Turn a gRPC error into :class:`GovernorUnavailable` (no answer) or :class:`InvalidRequest`."""
     code = err.code() if hasattr(err, "code") else None
     details = (err.details() if hasattr(err, "details") else None) or ""
     name = code.name if code is not None else "UNKNOWN"
-    if code in _CALLER_ERROR_CODES:
+    if code is not None and code not in NO_ANSWER_CODES:
         return InvalidRequest(f"{what} refused by the governor sidecar: {name}: {details}", code, details)
     return GovernorUnavailable(f"{what} failed, governor sidecar unavailable: {name}: {details}", code, details)
 
@@ -385,23 +407,22 @@ def renew_delay(lease_ttl: float) -> float:
     return max(0.01, lease_ttl / 3.0)
 
 
-def renew_retry_delay(lease_ttl: float) -> float:
-    """Pause before retrying a Renew that failed at the transport level."""
-    return max(0.02, min(1.0, lease_ttl / 10.0))
-
-
 def renew_timeout(lease_ttl: float, rpc_timeout: float) -> float:
-    return max(0.05, min(rpc_timeout, lease_ttl / 3.0))
+    """The deadline of one Renew: min(TTL / 3, ``rpc_timeout``), so it never outlives the next."""
+    return max(0.01, min(rpc_timeout, lease_ttl / 3.0))
 
 
 def channel_options(target: str, options: Optional[Sequence[Tuple[str, Any]]]) -> list:
-    """Channel options for ``target``, with a fix-up for Unix sockets.
+    """Channel options for ``target``: HTTP/2 keepalive, and a fix-up for Unix sockets.
 
     For ``unix:`` targets gRPC C-core sends the percent-encoded socket path as
     the HTTP/2 ``:authority``, which the sidecar's HTTP/2 server (hyper) refuses
     with a PROTOCOL_ERROR. Unless the caller chose one, use "localhost" instead.
     """
     opts = list(options or ())
+    for key, value in KEEPALIVE_OPTIONS:
+        if not any(k == key for k, _ in opts):
+            opts.append((key, value))
     if target.startswith("unix:") and not any(k == "grpc.default_authority" for k, _ in opts):
         opts.append(("grpc.default_authority", "localhost"))
     return opts

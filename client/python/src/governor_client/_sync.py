@@ -213,7 +213,7 @@ class Permit:
             resp = fut.result()
         except grpc.RpcError as e:
             logger.debug("Renew of lease for %r failed, retrying: %s", self.dependency, e)
-            self._client._renewer.schedule(self, c.renew_retry_delay(self.lease_ttl))
+            self._client._renewer.schedule(self, c.renew_delay(self.lease_ttl))
             return
         except Exception:  # cancelled future (channel closing)
             return
@@ -231,7 +231,7 @@ class Permit:
 
     def __repr__(self) -> str:
         state = "degraded" if self.degraded else ("released" if self._done else "held")
-        return f"<Permit {self.dependency!r} {state} lease_id={self.lease_id!r}>"
+        return f"<Permit {self.dependency!r} {state}>"  # the lease id is a bearer credential
 
 
 def _release_orphan(
@@ -336,18 +336,19 @@ class Governor:
 
     Args:
         target: the sidecar's address: ``"host:port"`` or ``"unix:///path.sock"``.
-        fail_open: what to do when the sidecar is unreachable (a transport
-            error or no answer within the deadline) or draining before exit
-            (REJECT_REASON_SHUTTING_DOWN). True (the default): proceed without a
-            permit; the permit says ``degraded=True``, :attr:`degraded_total`
-            goes up and a warning is logged. False: raise
-            :class:`GovernorUnavailable` (a draining sidecar raises
-            :class:`Rejected` with reason SHUTTING_DOWN).
+        fail_open: what to do when the sidecar gives no answer (UNAVAILABLE,
+            DEADLINE_EXCEEDED, CANCELLED, UNKNOWN, INTERNAL, DATA_LOSS). True
+            (the default): proceed without a permit; the permit says
+            ``degraded=True``, :attr:`degraded_total` goes up and a warning is
+            logged. False: raise :class:`GovernorUnavailable`. Rejections
+            (:class:`Rejected`, every reason including SHUTTING_DOWN) and every
+            other code (:class:`InvalidRequest`) are raised under both.
         max_wait: default queueing bound (seconds) sent with every Acquire;
             None leaves it to the sidecar's configuration.
-        timeout_margin: added to ``max_wait`` to form the Acquire deadline.
-        acquire_timeout: the Acquire deadline when no ``max_wait`` is known.
-        rpc_timeout: the deadline of Release and Renew calls.
+        timeout_margin: added to ``max_wait`` to form the Acquire deadline (1 s).
+        acquire_timeout: the Acquire deadline when no ``max_wait`` is known
+            (1 h + 1 s: longer than any ``max_wait`` the sidecar accepts).
+        rpc_timeout: the deadline of Release calls and the cap of Renew's (2 s).
         auto_renew: renew held leases in the background (at ~1/3 of the TTL).
         metadata: extra gRPC metadata sent with every call.
         channel: use this channel instead of creating one (not closed by :meth:`close`).
@@ -435,13 +436,8 @@ class Governor:
                 return Permit(self, dependency, None, otel_ctx, degraded_error=err)
             raise err from e
         if not resp.granted:
-            rejection = c.rejection_from_response(dependency, resp)
-            if rejection.reason == RejectReason.SHUTTING_DOWN and self.fail_open:
-                # The sidecar is going away, not the dependency saturated: same policy as unreachable.
-                err = GovernorUnavailable(f"governor sidecar is shutting down: {rejection}")
-                self._degraded.record(dependency, err)
-                return Permit(self, dependency, None, otel_ctx, degraded_error=err)
-            raise rejection
+            # Every rejection, SHUTTING_DOWN included, is an answer: never failed open.
+            raise c.rejection_from_response(dependency, resp)
         permit = Permit(self, dependency, resp, otel_ctx)
         with self._held_lock:
             self._held.add(permit)
@@ -524,14 +520,14 @@ class Governor:
             self._held.discard(permit)
 
     def close(self) -> None:
-        """Release every permit still held (outcome CANCELLED), stop renewing, close the channel."""
+        """Release every permit still held (outcome UNSPECIFIED), stop renewing, close the channel."""
         if self._closed:
             return
         self._closed = True
         with self._held_lock:
             held = list(self._held)
         for permit in held:
-            permit.release(Outcome.CANCELLED)
+            permit.release(Outcome.UNSPECIFIED)
         self._renewer.close()
         if self._owns_channel:
             self.channel.close()
