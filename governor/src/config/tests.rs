@@ -100,3 +100,12 @@ fn server_settings_parse_and_admin_listen_can_be_off() {
     let off = Config::parse("[server]\nadmin_listen = \"off\"").unwrap();
     assert_eq!(off.server.admin_listen, None);
 }
+
+#[test]
+fn the_admin_listener_is_on_by_default_on_loopback() {
+    let expected = Some("127.0.0.1:9464".parse().unwrap());
+    assert_eq!(Config::embedded().server.admin_listen, expected);
+    assert_eq!(Config::parse("").unwrap().server.admin_listen, expected);
+    let error = Config::parse("[server]\nadmin_listen = \"9464\"").unwrap_err();
+    assert!(error.0.starts_with("server.admin_listen: "), "{error}");
+}

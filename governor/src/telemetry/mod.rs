@@ -9,21 +9,25 @@
 
 mod events;
 mod export;
+mod format;
 mod metrics;
+mod process;
+pub mod status;
 mod trace;
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
-use opentelemetry::trace::{Span as _, Status, TraceContextExt};
+use opentelemetry::trace::{Span as _, SpanContext, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 
 pub use events::{BackpressureLog, Event};
 pub use export::QueueConfig;
-pub use metrics::{Metrics, OUTCOMES};
+pub use format::Format;
+pub use metrics::{BUCKETS, Metrics, OUTCOMES, TraceLabels};
 pub use opentelemetry_sdk::trace::Sampler;
 pub use trace::{Tracing, sampler};
 
@@ -123,9 +127,13 @@ impl Telemetry {
         decision: &Decision,
     ) {
         let dependency = self.metrics.dependency(fields.dependency);
+        let exemplar = trace
+            .as_ref()
+            .and_then(|trace| exemplar(trace.acquire.span().span_context()));
         dependency.decided(
             decision.outcome.map(|_| ()).map_err(|r| r.reason),
             decision.queue_wait,
+            exemplar,
         );
         if let Err(rejection) = decision.outcome {
             let name: Arc<str> = Arc::from(fields.dependency);
@@ -220,9 +228,11 @@ impl Telemetry {
 
     /// A live lease was released with `outcome` (an index into [`OUTCOMES`]).
     pub fn released(&self, ended: &EndedLease, outcome: usize, caller_latency: Option<Duration>) {
-        self.metrics
-            .dependency(&ended.dependency)
-            .lease_ended(Some(outcome), ended.held);
+        self.metrics.dependency(&ended.dependency).lease_ended(
+            Some(outcome),
+            ended.held,
+            self.permit_exemplar(ended.lease.key),
+        );
         if self.tracing.is_some() {
             self.end_permit(
                 ended.lease.key,
@@ -242,6 +252,13 @@ impl Telemetry {
                 span.add_event("governor.lease.renewed", Vec::new());
             }
         }
+    }
+
+    /// The trace of the permit span of lease `key`, if that one is sampled.
+    fn permit_exemplar(&self, key: u128) -> Option<TraceLabels> {
+        self.tracing.as_ref()?;
+        let span = self.permits.get(&key)?;
+        exemplar(span.span_context())
     }
 
     fn end_permit(&self, key: u128, outcome: Option<usize>, caller_latency: Duration) {
@@ -313,9 +330,11 @@ impl Telemetry {
 
 impl LedgerObserver for Telemetry {
     fn lease_expired(&self, lease: &EndedLease) {
-        self.metrics
-            .dependency(&lease.dependency)
-            .lease_ended(None, lease.held);
+        self.metrics.dependency(&lease.dependency).lease_ended(
+            None,
+            lease.held,
+            self.permit_exemplar(lease.lease.key),
+        );
         if let Some(ledger) = self.ledger() {
             self.events.record(
                 &ledger,
@@ -328,4 +347,12 @@ impl LedgerObserver for Telemetry {
             self.end_permit(lease.lease.key, None, Duration::ZERO);
         }
     }
+}
+
+/// An exemplar for a span that is sampled (and so can be found in the
+/// tracing backend); none for the others.
+fn exemplar(context: &SpanContext) -> Option<TraceLabels> {
+    (context.is_valid() && context.is_sampled()).then(|| TraceLabels {
+        trace_id: context.trace_id().to_string(),
+    })
 }
