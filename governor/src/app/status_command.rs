@@ -211,11 +211,13 @@ fn table(
             format!("{:.1}", d.retry_budget_available),
         ];
         if let Some(before) = watch {
-            let growth = before.and_then(|(previous, elapsed)| {
+            let growth = before.map(|(previous, elapsed)| {
                 let earlier = previous.iter().find(|p| p.name == d.name);
-                let rejected = d.rejected_total
-                    - earlier.map_or(0, |p| p.rejected_total.min(d.rejected_total));
-                Some((rejected, elapsed))
+                // A restarted sidecar counts from zero again: no negative rates.
+                let rejected = d
+                    .rejected_total
+                    .saturating_sub(earlier.map_or(0, |p| p.rejected_total));
+                (rejected, elapsed)
             });
             match growth {
                 Some((rejected, elapsed)) => {

@@ -101,10 +101,25 @@ pub struct DependencyMetrics {
     expired: Counter,
     queue_wait: Histogram,
     hold: Histogram,
-    /// Queue waits per bucket of [`BUCKETS`] (not cumulative), then those
-    /// above the last bound: what the status page's wait p99 is computed from.
-    wait_buckets: [AtomicU64; BUCKETS.len() + 1],
+    /// Queue waits per bucket of [`WAIT_BOUNDS`] (not cumulative), then
+    /// those above the last bound: what the status page's wait p99 is
+    /// computed from.
+    wait_buckets: [AtomicU64; WAIT_BOUNDS.len() + 1],
 }
+
+/// The bounds of [`DependencyMetrics::queue_wait_buckets`]: [`BUCKETS`] after
+/// a bucket of its own for waits of zero (decided on arrival, most of them
+/// when all is well), so that a p99 of zero comes out as zero rather than
+/// interpolated into the first bucket.
+pub const WAIT_BOUNDS: [f64; BUCKETS.len() + 1] = {
+    let mut bounds = [0.0; BUCKETS.len() + 1];
+    let mut i = 0;
+    while i < BUCKETS.len() {
+        bounds[i + 1] = BUCKETS[i];
+        i += 1;
+    }
+    bounds
+};
 
 /// Release outcomes as label values, in `governor.v1.Outcome` order.
 pub const OUTCOMES: [&str; 5] = ["unspecified", "success", "failure", "timeout", "cancelled"];
@@ -340,17 +355,17 @@ impl DependencyMetrics {
             }
         };
         let seconds = queue_wait.as_secs_f64();
-        let bucket = BUCKETS
+        let bucket = WAIT_BOUNDS
             .iter()
             .position(|bound| seconds <= *bound)
-            .unwrap_or(BUCKETS.len());
+            .unwrap_or(WAIT_BOUNDS.len());
         self.wait_buckets[bucket].fetch_add(1, Ordering::Relaxed);
         self.queue_wait.observe(seconds, exemplar, None);
     }
 
-    /// Queue waits counted so far in each bucket of [`BUCKETS`] (not
+    /// Queue waits counted so far in each bucket of [`WAIT_BOUNDS`] (not
     /// cumulative), then above the last bound.
-    pub fn queue_wait_buckets(&self) -> [u64; BUCKETS.len() + 1] {
+    pub fn queue_wait_buckets(&self) -> [u64; WAIT_BOUNDS.len() + 1] {
         std::array::from_fn(|i| self.wait_buckets[i].load(Ordering::Relaxed))
     }
 

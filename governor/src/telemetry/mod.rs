@@ -27,7 +27,7 @@ use tonic::metadata::MetadataMap;
 pub use events::{BackpressureLog, Event};
 pub use export::QueueConfig;
 pub use format::Format;
-pub use metrics::{BUCKETS, Metrics, OUTCOMES, TraceLabels};
+pub use metrics::{BUCKETS, Metrics, OUTCOMES, TraceLabels, WAIT_BOUNDS};
 pub use opentelemetry_sdk::trace::Sampler;
 pub use trace::{Tracing, sampler};
 

@@ -16,7 +16,7 @@ use tokio::time::Instant;
 use super::load::{Load, Pressure, pressure};
 use super::quantile::{growth, quantile};
 use crate::ledger::DependencyStatus;
-use crate::telemetry::{BUCKETS, Metrics};
+use crate::telemetry::{Metrics, WAIT_BOUNDS};
 
 /// Samples kept per dependency: three minutes at one a second.
 pub const HISTORY_SAMPLES: usize = 180;
@@ -45,7 +45,7 @@ struct Track {
 struct Counters {
     at: Instant,
     rejected_total: u64,
-    wait_buckets: [u64; BUCKETS.len() + 1],
+    wait_buckets: [u64; WAIT_BOUNDS.len() + 1],
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -83,7 +83,7 @@ impl StatusBoard {
                 rejected_total: status.rejected_total,
                 wait_buckets: metrics
                     .existing(&status.name)
-                    .map_or([0; BUCKETS.len() + 1], |m| m.queue_wait_buckets()),
+                    .map_or([0; WAIT_BOUNDS.len() + 1], |m| m.queue_wait_buckets()),
             };
             // Counters start at zero when the dependency is created, and the
             // board samples from the process's start: no baseline is zero.
@@ -91,7 +91,7 @@ impl StatusBoard {
             let rejected = counters.rejected_total - before.map_or(0, |b| b.rejected_total);
             let seconds = before.map_or(SAMPLE_INTERVAL, |b| now.duration_since(b.at));
             let waits = growth(
-                &before.map_or([0; BUCKETS.len() + 1], |b| b.wait_buckets),
+                &before.map_or([0; WAIT_BOUNDS.len() + 1], |b| b.wait_buckets),
                 &counters.wait_buckets,
             );
             let sample = Sample {
@@ -99,7 +99,7 @@ impl StatusBoard {
                 limit: Load::of(status).limit,
                 in_flight: status.in_flight,
                 queued: status.queued,
-                wait_p99_seconds: quantile(0.99, &BUCKETS, &waits).map(|p| p as f32),
+                wait_p99_seconds: quantile(0.99, &WAIT_BOUNDS, &waits).map(|p| p as f32),
                 rejections_per_second: per_second(rejected, seconds),
                 pressure: pressure(Load::of(status), rejected > 0),
             };

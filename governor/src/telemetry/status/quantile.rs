@@ -65,6 +65,15 @@ mod tests {
     }
 
     #[test]
+    fn a_bucket_of_zeros_gives_zero() {
+        // Bounds starting at 0: the first bucket holds only zeros.
+        let bounds = [0.0, 0.1, 0.5];
+        assert_eq!(quantile(0.99, &bounds, &[99, 1, 0, 0]), Some(0.0));
+        let p = quantile(0.99, &bounds, &[98, 2, 0, 0]).unwrap();
+        assert!((p - 0.05).abs() < 1e-12, "{p}");
+    }
+
+    #[test]
     fn the_overflow_bucket_gives_the_last_bound() {
         assert_eq!(quantile(0.99, &BOUNDS, &[1, 0, 0, 99]), Some(1.0));
     }
