@@ -72,7 +72,7 @@ pub enum Command {
         addr: SocketAddr,
         /// Ask over this Unix socket instead of TCP (needed when
         /// `server.control_plane = "uds"`).
-        #[arg(long, value_name = "PATH")]
+        #[arg(long, value_name = "PATH", conflicts_with = "addr")]
         uds: Option<PathBuf>,
         /// Refresh every second until interrupted, adding rejections per
         /// second and pressure.

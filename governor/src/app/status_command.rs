@@ -135,7 +135,10 @@ async fn connect(target: &Target, timeout: Duration) -> Result<Channel, String> 
         let mut text = e.to_string();
         let mut source = std::error::Error::source(&e);
         while let Some(cause) = source {
-            let _ = write!(text, ": {cause}");
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                let _ = write!(text, ": {cause_text}");
+            }
             source = cause.source();
         }
         text
