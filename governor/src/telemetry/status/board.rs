@@ -315,6 +315,13 @@ mod tests {
         assert_eq!(dep["pressure"], "overloaded");
     }
 
+    #[test]
+    fn a_sample_is_as_small_as_the_documented_bound_says() {
+        // 180 samples x 48 bytes x 1024 dependencies < 9 MiB.
+        assert!(std::mem::size_of::<Sample>() <= 48);
+        assert!(HISTORY_SAMPLES * 48 * 1024 < 9 << 20);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_new_dependency_shows_at_once_and_history_is_bounded() {
         let board = StatusBoard::new();

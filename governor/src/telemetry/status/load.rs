@@ -58,13 +58,6 @@ pub enum Pressure {
 }
 
 impl Pressure {
-    pub const ALL: [Pressure; 4] = [
-        Pressure::None,
-        Pressure::Elevated,
-        Pressure::Saturated,
-        Pressure::Overloaded,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             Pressure::None => "none",
