@@ -60,6 +60,10 @@ struct Sample {
     pressure: Pressure,
 }
 
+// The documented bound: 180 samples of at most 48 bytes for each of 1024
+// dependencies stay under 9 MiB.
+const _: () = assert!(std::mem::size_of::<Sample>() <= 48 && HISTORY_SAMPLES * 48 * 1024 < 9 << 20);
+
 impl StatusBoard {
     pub fn new() -> StatusBoard {
         StatusBoard::default()
@@ -313,13 +317,6 @@ mod tests {
         let rejected = [status("db", limit, 3, 6)];
         let dep = &parse(&board.json(&rejected, false, t2, wall))["dependencies"][0];
         assert_eq!(dep["pressure"], "overloaded");
-    }
-
-    #[test]
-    fn a_sample_is_as_small_as_the_documented_bound_says() {
-        // 180 samples x 48 bytes x 1024 dependencies < 9 MiB.
-        assert!(std::mem::size_of::<Sample>() <= 48);
-        assert!(HISTORY_SAMPLES * 48 * 1024 < 9 << 20);
     }
 
     #[tokio::test(start_paused = true)]
