@@ -47,7 +47,7 @@ max_queue = 16
 max_wait = "250ms"
 EOF
 
-"$GOVERNOR_BIN" --config "$WORK/governor.toml" --listen 127.0.0.1:0 \
+"$GOVERNOR_BIN" --config "$WORK/governor.toml" --listen 127.0.0.1:0 --admin-listen off \
   >"$WORK/stdout" 2>"$WORK/stderr" &
 GOV_PID=$!
 

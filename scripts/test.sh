@@ -1,17 +1,17 @@
 #!/usr/bin/env bash
 # Runs every test of the project on a fresh machine, installing what the tests
 # need into local folders (Python virtualenvs, node_modules) or from the
-# machine's package manager (Go toolchain, redis-server, prometheus).
+# machine's package manager (Go toolchain, redis-server, prometheus, chromium).
 #
 #   bash scripts/test.sh            # everything
 #   bash scripts/test.sh rust node  # only some suites
 #
-# Suites: rust python node go deploy prometheus tracing bench
+# Suites: rust python node go deploy prometheus tracing ops bench
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-all=(rust python node go deploy prometheus tracing bench)
+all=(rust python node go deploy prometheus tracing ops bench)
 suites=("${@:-${all[@]}}")
 
 export GOVERNOR_BIN="${GOVERNOR_BIN:-$root/target/debug/governor}"
@@ -35,6 +35,14 @@ if [[ " ${suites[*]} " == *" prometheus "* ]] && ! { command -v prometheus && co
     || { echo "cannot install prometheus" >&2; exit 1; }
 fi
 
+# chromium runs the status page test (ops).
+if [[ " ${suites[*]} " == *" ops "* ]] && [[ ! -x "${CHROMIUM:-/usr/bin/chromium}" ]]; then
+  step "install chromium (Debian package)"
+  sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends chromium >/dev/null \
+    || { echo "cannot install chromium" >&2; exit 1; }
+fi
+
 step "build the governor binary (debug)"
 cargo build --workspace --bins || exit 1
 
@@ -54,6 +62,7 @@ for suite in "${suites[@]}"; do
     deploy)  run_suite deploy bash deploy/test.sh ;;
     prometheus) run_suite prometheus bash deploy/prometheus/test.sh ;;
     tracing) run_suite tracing bash tests/e2e/tracing.sh ;;
+    ops)     run_suite ops bash tests/ops/test.sh ;;
     bench)   run_suite bench bash bench/smoke.sh ;;
     *) echo "unknown suite: $suite (known: ${all[*]})" >&2; exit 2 ;;
   esac

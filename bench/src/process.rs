@@ -106,7 +106,7 @@ impl Governor {
         command
             .arg("--config")
             .arg(&config_path)
-            .args(["--listen", "127.0.0.1:0", "--uds"])
+            .args(["--listen", "127.0.0.1:0", "--admin-listen", "off", "--uds"])
             .arg(&uds)
             .env("RUST_LOG", "warn")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))

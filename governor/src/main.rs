@@ -51,13 +51,25 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    if let Some(Command::Probe {
-        addr,
-        service,
-        timeout,
-    }) = cli.command
-    {
-        return runtime.block_on(app::probe(addr, service, timeout));
+    match &cli.command {
+        Some(Command::Probe {
+            addr,
+            service,
+            timeout,
+        }) => return runtime.block_on(app::probe(*addr, service.clone(), *timeout)),
+        Some(Command::Status {
+            addr,
+            uds,
+            watch,
+            timeout,
+        }) => {
+            let target = match uds {
+                Some(path) => app::Target::Unix(path.clone()),
+                None => app::Target::Tcp(*addr),
+            };
+            return runtime.block_on(app::status(target, *watch, *timeout));
+        }
+        None => {}
     }
 
     let config = match app::resolve_config(&cli) {

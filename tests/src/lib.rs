@@ -126,7 +126,10 @@ impl GovernorProcess {
     }
 
     /// Like [`start`](Self::start), with `extra_args` appended after
-    /// `--config FILE --listen 127.0.0.1:0` (e.g. `["--uds", path]`).
+    /// `--config FILE --listen 127.0.0.1:0` (e.g. `["--uds", path]`). The
+    /// admin listener is on `127.0.0.1:0` unless `extra_args` sets
+    /// `--admin-listen`, so that parallel sidecars never meet on its
+    /// default port.
     ///
     /// # Panics
     ///
@@ -137,10 +140,17 @@ impl GovernorProcess {
     ) -> Self {
         let bin = governor_bin();
         let config = write_config(config_toml);
+        let sets_admin = extra_args.iter().any(|a| a.as_ref() == "--admin-listen");
+        let admin: &[&str] = if sets_admin {
+            &[]
+        } else {
+            &["--admin-listen", "127.0.0.1:0"]
+        };
         let mut child = Command::new(&bin)
             .arg("--config")
             .arg(config.path())
             .args(["--listen", "127.0.0.1:0"])
+            .args(admin)
             .args(extra_args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

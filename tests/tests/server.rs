@@ -719,6 +719,8 @@ async fn a_live_unix_socket_is_never_taken_over() {
         config.path().as_os_str(),
         "--listen".as_ref(),
         "127.0.0.1:0".as_ref(),
+        "--admin-listen".as_ref(),
+        "off".as_ref(),
         "--uds".as_ref(),
         socket.as_os_str(),
     ])

@@ -99,7 +99,16 @@ func startGovernor(config string, extraArgs ...string) (*governorProc, error) {
 	}
 	defer stderrFile.Close()
 
-	args := append([]string{"--config", cfgPath, "--listen", "127.0.0.1:0"}, extraArgs...)
+	args := []string{"--config", cfgPath, "--listen", "127.0.0.1:0"}
+	// Never the default admin port: sidecars run side by side.
+	setsAdmin := false
+	for _, a := range extraArgs {
+		setsAdmin = setsAdmin || a == "--admin-listen"
+	}
+	if !setsAdmin {
+		args = append(args, "--admin-listen", "127.0.0.1:0")
+	}
+	args = append(args, extraArgs...)
 	cmd := exec.Command(bin, args...)
 	cmd.Stderr = stderrFile
 	stdout, err := cmd.StdoutPipe()

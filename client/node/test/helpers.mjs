@@ -30,7 +30,9 @@ export async function startGovernor(toml, { extraArgs = [], readyTimeoutMs = 20_
   const dir = mkdtempSync(join(tmpdir(), 'governor-node-'));
   const config = join(dir, 'governor.toml');
   writeFileSync(config, toml);
-  const proc = spawn(bin, ['--listen', '127.0.0.1:0', '--config', config, ...extraArgs], {
+  // Never the default admin port: sidecars run side by side.
+  const admin = extraArgs.includes('--admin-listen') ? [] : ['--admin-listen', '127.0.0.1:0'];
+  const proc = spawn(bin, ['--listen', '127.0.0.1:0', ...admin, '--config', config, ...extraArgs], {
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stderr = '';

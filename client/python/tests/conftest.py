@@ -97,7 +97,8 @@ def governor_binary() -> Path:
 
 
 class Sidecar:
-    """A running governor process (started with --listen 127.0.0.1:0)."""
+    """A running governor process (started with --listen 127.0.0.1:0 and,
+    unless the extra args set it, --admin-listen 127.0.0.1:0)."""
 
     def __init__(self, binary: Path, workdir: Path, config: str, extra_args: Sequence[str] = ()) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -106,7 +107,12 @@ class Sidecar:
         self.log_path = workdir / "governor.stderr.log"
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [str(binary), "--config", str(self.config_path), "--listen", "127.0.0.1:0", *extra_args],
+            [
+                str(binary), "--config", str(self.config_path), "--listen", "127.0.0.1:0",
+                # Never the default admin port: sidecars run side by side.
+                *([] if "--admin-listen" in extra_args else ["--admin-listen", "127.0.0.1:0"]),
+                *extra_args,
+            ],
             stdout=subprocess.PIPE,
             stderr=self._log,
             stdin=subprocess.DEVNULL,

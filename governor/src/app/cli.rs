@@ -64,6 +64,24 @@ pub enum Command {
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         timeout: Duration,
     },
+    /// Print the dependencies of a running governor (limit, load, counters)
+    /// from its control plane, like `kubectl top`.
+    Status {
+        /// The governor's gRPC address.
+        #[arg(long, default_value = "127.0.0.1:50051", value_name = "ADDR")]
+        addr: SocketAddr,
+        /// Ask over this Unix socket instead of TCP (needed when
+        /// `server.control_plane = "uds"`).
+        #[arg(long, value_name = "PATH", conflicts_with = "addr")]
+        uds: Option<PathBuf>,
+        /// Refresh every second until interrupted, adding rejections per
+        /// second and pressure.
+        #[arg(long, short)]
+        watch: bool,
+        /// Give up on one request after this long.
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        timeout: Duration,
+    },
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]

@@ -8,11 +8,12 @@
 //! listeners close, letting calls under way finish within what is left of
 //! the grace period.
 
-mod admin_http;
+mod admin;
 pub mod cli;
 mod listeners;
 mod probe;
 mod reload;
+mod status_command;
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use cli::{Cli, Command, LogFormat};
 pub use probe::probe;
+pub use status_command::{Target, status};
 
 use crate::config::{Config, ConfigError, ControlPlane, TracingConfig};
 use crate::ledger::Ledger;
@@ -104,7 +106,7 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
         Err(error) => return unavailable(error),
     };
     let admin = match config.server.admin_listen {
-        Some(addr) => match admin_http::bind(addr).await {
+        Some(addr) => match admin::bind(addr).await {
             Ok(listener) => Some(listener),
             Err(error) => return unavailable(error),
         },
@@ -123,7 +125,7 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
         if let Ok(addr) = listener.local_addr() {
             ready_line.push_str(&format!(" admin={addr}"));
         }
-        admin_http::spawn(
+        admin::spawn(
             listener,
             ledger.clone(),
             telemetry.clone(),

@@ -173,3 +173,12 @@ fn adaptive_errors_name_the_key() {
         "{tolerance}"
     );
 }
+
+#[test]
+fn the_admin_listener_is_on_by_default_on_loopback() {
+    let expected = Some("127.0.0.1:9464".parse().unwrap());
+    assert_eq!(Config::embedded().server.admin_listen, expected);
+    assert_eq!(Config::parse("").unwrap().server.admin_listen, expected);
+    let error = Config::parse("[server]\nadmin_listen = \"9464\"").unwrap_err();
+    assert!(error.0.starts_with("server.admin_listen: "), "{error}");
+}

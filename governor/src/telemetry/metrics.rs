@@ -3,24 +3,32 @@
 //! gauges are read from the ledger when scraped, so they cost nothing between
 //! scrapes. Label values are the dependency names, whose number the
 //! dependency cap bounds; tenants are never labels.
+//!
+//! A scrape gets the Prometheus text format 0.0.4 unless its `Accept` asks
+//! for OpenMetrics ([`Format::negotiate`], as the official client libraries
+//! do); only OpenMetrics carries exemplars, the trace ids of sampled requests
+//! on the queue-wait and hold histograms.
 
 use std::sync::Arc;
-use std::sync::atomic::AtomicU64;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use dashmap::DashMap;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
-use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::format::Format;
+use super::process::ProcessCollector;
+use super::status::Load;
 use crate::ledger::limit::LimitChange;
 use crate::ledger::{Ledger, Outcome, RejectReason};
 
 /// Bucket bounds in seconds: sub-millisecond to multi-second waits and holds.
-const BUCKETS: [f64; 16] = [
+pub const BUCKETS: [f64; 16] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
     5.0, 10.0,
 ];
@@ -54,8 +62,16 @@ struct ResultLabels {
     result: &'static str,
 }
 
+/// An exemplar's labels: the trace of a sampled request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceLabels {
+    pub trace_id: String,
+}
+
+type Histogram = HistogramWithExemplars<TraceLabels>;
+
 fn histogram() -> Histogram {
-    Histogram::new(BUCKETS)
+    HistogramWithExemplars::new(BUCKETS.into_iter())
 }
 
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
@@ -76,6 +92,7 @@ pub struct Metrics {
     latency_recent: Family<DependencyLabels, Gauge<f64, AtomicU64>>,
     limit_changes: Family<ChangeLabels, Counter>,
     in_flight: Family<DependencyLabels, Gauge>,
+    utilization: Family<DependencyLabels, Gauge<f64, AtomicU64>>,
     queued: Family<DependencyLabels, Gauge>,
     max_queue: Family<DependencyLabels, Gauge>,
     budget: Family<DependencyLabels, Gauge<f64, AtomicU64>>,
@@ -96,7 +113,25 @@ pub struct DependencyMetrics {
     expired: Counter,
     queue_wait: Histogram,
     hold: Histogram,
+    /// Queue waits per bucket of [`WAIT_BOUNDS`] (not cumulative), then
+    /// those above the last bound: what the status page's wait p99 is
+    /// computed from.
+    wait_buckets: [AtomicU64; WAIT_BOUNDS.len() + 1],
 }
+
+/// The bounds of [`DependencyMetrics::queue_wait_buckets`]: [`BUCKETS`] after
+/// a bucket of its own for waits of zero (decided on arrival, most of them
+/// when all is well), so that a p99 of zero comes out as zero rather than
+/// interpolated into the first bucket.
+pub const WAIT_BOUNDS: [f64; BUCKETS.len() + 1] = {
+    let mut bounds = [0.0; BUCKETS.len() + 1];
+    let mut i = 0;
+    while i < BUCKETS.len() {
+        bounds[i + 1] = BUCKETS[i];
+        i += 1;
+    }
+    bounds
+};
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -107,7 +142,7 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Metrics {
         let mut metrics = Metrics {
-            registry: Registry::with_prefix("governor"),
+            registry: Registry::default(),
             acquires: Family::default(),
             releases: Family::default(),
             expired: Family::default(),
@@ -120,6 +155,7 @@ impl Metrics {
             latency_recent: Family::default(),
             limit_changes: Family::default(),
             in_flight: Family::default(),
+            utilization: Family::default(),
             queued: Family::default(),
             max_queue: Family::default(),
             budget: Family::default(),
@@ -130,7 +166,10 @@ impl Metrics {
             span_exports_failed: Counter::default(),
             handles: DashMap::new(),
         };
-        let r = &mut metrics.registry;
+        metrics
+            .registry
+            .register_collector(Box::new(ProcessCollector));
+        let r = metrics.registry.sub_registry_with_prefix("governor");
         r.register(
             "acquire",
             "Acquire decisions, by result (granted, rejected) and reject reason",
@@ -183,8 +222,13 @@ impl Metrics {
         );
         r.register(
             "limit_changes",
-            "Moves of the enforced or computed limit, by reason (latency, drops, growth, config)",
+            "Moves of the enforced or computed limit, by reason (latency, drops, growth, relearn, config)",
             metrics.limit_changes.clone(),
+        );
+        r.register(
+            "dependency_utilization",
+            "Permits held over the enforced limit (in_flight / limit)",
+            metrics.utilization.clone(),
         );
         r.register(
             "dependency_in_flight",
@@ -272,6 +316,7 @@ impl Metrics {
             expired,
             queue_wait,
             hold,
+            wait_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
         });
         self.handles
             .entry(Arc::from(name))
@@ -288,13 +333,18 @@ impl Metrics {
         self.limit_changes.get_or_create(&labels).inc();
     }
 
+    /// The request-path handles of `name`, if it has any yet.
+    pub fn existing(&self, name: &str) -> Option<Arc<DependencyMetrics>> {
+        self.handles.get(name).map(|handles| handles.clone())
+    }
+
     pub fn config_reloaded(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.reloads.get_or_create(&ResultLabels { result }).inc();
     }
 
-    /// The metrics in the Prometheus text exposition format (OpenMetrics).
-    pub fn render(&self, ledger: &Ledger) -> String {
+    /// The metrics in `format`.
+    pub fn render(&self, ledger: &Ledger, format: Format) -> String {
         for status in ledger.statuses() {
             let labels = DependencyLabels {
                 dependency: status.name.to_string(),
@@ -325,6 +375,9 @@ impl Metrics {
                     self.latency_recent.remove(&labels);
                 }
             }
+            self.utilization
+                .get_or_create(&labels)
+                .set(Load::of(&status).utilization());
             self.in_flight
                 .get_or_create(&labels)
                 .set(i64::from(status.in_flight));
@@ -341,14 +394,27 @@ impl Metrics {
         self.dependencies.set(ledger.dependency_count() as i64);
         self.draining.set(i64::from(ledger.is_draining()));
         let mut text = String::new();
-        prometheus_client::encoding::text::encode(&mut text, &self.registry)
-            .expect("writing to a String cannot fail");
+        match format {
+            Format::Text => {
+                prometheus_client::encoding::prometheus_text::encode(&mut text, &self.registry)
+            }
+            Format::OpenMetrics => {
+                prometheus_client::encoding::text::encode(&mut text, &self.registry)
+            }
+        }
+        .expect("writing to a String cannot fail");
         text
     }
 }
 
 impl DependencyMetrics {
-    pub fn decided(&self, outcome: Result<(), RejectReason>, queue_wait: Duration) {
+    /// `exemplar`: the trace of a sampled request, shown in OpenMetrics.
+    pub fn decided(
+        &self,
+        outcome: Result<(), RejectReason>,
+        queue_wait: Duration,
+        exemplar: Option<TraceLabels>,
+    ) {
         match outcome {
             Ok(()) => self.granted.inc(),
             Err(reason) => {
@@ -359,11 +425,29 @@ impl DependencyMetrics {
                 self.rejected[index].inc()
             }
         };
-        self.queue_wait.observe(queue_wait.as_secs_f64());
+        let seconds = queue_wait.as_secs_f64();
+        let bucket = WAIT_BOUNDS
+            .iter()
+            .position(|bound| seconds <= *bound)
+            .unwrap_or(WAIT_BOUNDS.len());
+        self.wait_buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.queue_wait.observe(seconds, exemplar, None);
+    }
+
+    /// Queue waits counted so far in each bucket of [`WAIT_BOUNDS`] (not
+    /// cumulative), then above the last bound.
+    pub fn queue_wait_buckets(&self) -> [u64; WAIT_BOUNDS.len() + 1] {
+        std::array::from_fn(|i| self.wait_buckets[i].load(Ordering::Relaxed))
     }
 
     /// A lease ended: released with `outcome`, or expired (`None`).
-    pub fn lease_ended(&self, outcome: Option<Outcome>, held: Duration) {
+    /// `exemplar`: the trace of a sampled request, shown in OpenMetrics.
+    pub fn lease_ended(
+        &self,
+        outcome: Option<Outcome>,
+        held: Duration,
+        exemplar: Option<TraceLabels>,
+    ) {
         match outcome {
             Some(outcome) => {
                 let index = Outcome::ALL.iter().position(|o| *o == outcome);
@@ -371,6 +455,6 @@ impl DependencyMetrics {
             }
             None => self.expired.inc(),
         };
-        self.hold.observe(held.as_secs_f64());
+        self.hold.observe(held.as_secs_f64(), exemplar, None);
     }
 }

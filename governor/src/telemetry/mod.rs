@@ -9,23 +9,27 @@
 
 mod events;
 mod export;
+mod format;
 mod limit_log;
 mod metrics;
+mod process;
+pub mod status;
 mod trace;
 
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, SystemTime};
 
 use dashmap::DashMap;
-use opentelemetry::trace::{Span as _, Status, TraceContextExt};
+use opentelemetry::trace::{Span as _, SpanContext, Status, TraceContextExt};
 use opentelemetry::{Context, KeyValue};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 
 pub use events::{BackpressureLog, Event};
 pub use export::QueueConfig;
+pub use format::Format;
 pub use limit_log::LimitLog;
-pub use metrics::Metrics;
+pub use metrics::{BUCKETS, Metrics, TraceLabels, WAIT_BOUNDS};
 pub use opentelemetry_sdk::trace::Sampler;
 pub use trace::{Tracing, sampler};
 
@@ -130,9 +134,13 @@ impl Telemetry {
         decision: &Decision,
     ) {
         let dependency = self.metrics.dependency(fields.dependency);
+        let exemplar = trace
+            .as_ref()
+            .and_then(|trace| exemplar(trace.acquire.span().span_context()));
         dependency.decided(
             decision.outcome.map(|_| ()).map_err(|r| r.reason),
             decision.queue_wait,
+            exemplar,
         );
         if let Err(rejection) = decision.outcome {
             let name: Arc<str> = Arc::from(fields.dependency);
@@ -231,9 +239,11 @@ impl Telemetry {
             LeaseEnd::Released(outcome) => Some(outcome),
             LeaseEnd::Expired => None,
         };
-        self.metrics
-            .dependency(&ended.dependency)
-            .lease_ended(outcome, ended.held);
+        self.metrics.dependency(&ended.dependency).lease_ended(
+            outcome,
+            ended.held,
+            self.permit_exemplar(ended.lease.key),
+        );
         if self.tracing.is_some() {
             self.end_permit(ended.lease.key, outcome, caller_latency.unwrap_or_default());
         }
@@ -247,6 +257,13 @@ impl Telemetry {
         if let Some(mut span) = self.permits.get_mut(&lease.key) {
             span.add_event("governor.lease.renewed", Vec::new());
         }
+    }
+
+    /// The trace of the permit span of lease `key`, if that one is sampled.
+    fn permit_exemplar(&self, key: u128) -> Option<TraceLabels> {
+        self.tracing.as_ref()?;
+        let span = self.permits.get(&key)?;
+        exemplar(span.span_context())
     }
 
     fn end_permit(&self, key: u128, outcome: Option<Outcome>, caller_latency: Duration) {
@@ -319,9 +336,11 @@ impl Telemetry {
 
 impl LedgerObserver for Telemetry {
     fn lease_expired(&self, lease: &EndedLease) {
-        self.metrics
-            .dependency(&lease.dependency)
-            .lease_ended(None, lease.held);
+        self.metrics.dependency(&lease.dependency).lease_ended(
+            None,
+            lease.held,
+            self.permit_exemplar(lease.lease.key),
+        );
         if let Some(ledger) = self.ledger() {
             self.events.record(
                 &ledger,
@@ -339,4 +358,12 @@ impl LedgerObserver for Telemetry {
         self.metrics.limit_changed(dependency, change);
         self.limits.record(dependency, change, load);
     }
+}
+
+/// An exemplar for a span that is sampled (and so can be found in the
+/// tracing backend); none for the others.
+fn exemplar(context: &SpanContext) -> Option<TraceLabels> {
+    (context.is_valid() && context.is_sampled()).then(|| TraceLabels {
+        trace_id: context.trace_id().to_string(),
+    })
 }

@@ -1,21 +1,26 @@
 //! The admin HTTP listener: `/metrics` for Prometheus, `/healthz` (the
-//! process is up) and `/readyz` (it takes new work; 503 while draining).
+//! process is up), `/readyz` (it takes new work; 503 while draining), and the
+//! live status page at `/` with its data at `/status.json`.
+//!
+//! - `routes`: what each path answers.
+//! - `page.html`: the status page, embedded in the binary (no external
+//!   assets, so it works offline).
+
+mod routes;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::SystemTime;
 
-use http_body_util::Full;
-use hyper::body::{Bytes, Incoming};
-use hyper::{Method, Request, Response, StatusCode, header};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
+use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
 use crate::ledger::Ledger;
 use crate::telemetry::Telemetry;
-
-const METRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+use crate::telemetry::status::StatusBoard;
 
 /// Binds the admin listener, or says why it cannot.
 pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
@@ -24,13 +29,28 @@ pub async fn bind(addr: SocketAddr) -> Result<TcpListener, String> {
         .map_err(|e| format!("server.admin_listen: cannot listen on {addr}: {e}"))
 }
 
-/// Serves until `stop` is cancelled.
+/// What the handlers read.
+#[derive(Debug)]
+struct Shared {
+    ledger: Arc<Ledger>,
+    telemetry: Arc<Telemetry>,
+    board: StatusBoard,
+}
+
+/// Serves until `stop` is cancelled, and samples the status page's history
+/// once a second meanwhile.
 pub fn spawn(
     listener: TcpListener,
     ledger: Arc<Ledger>,
     telemetry: Arc<Telemetry>,
     stop: CancellationToken,
 ) {
+    let shared = Arc::new(Shared {
+        ledger,
+        telemetry,
+        board: StatusBoard::new(),
+    });
+    spawn_sampler(shared.clone(), stop.clone());
     tokio::spawn(async move {
         loop {
             let (stream, _) = tokio::select! {
@@ -43,9 +63,9 @@ pub fn spawn(
                     }
                 },
             };
-            let (ledger, telemetry) = (ledger.clone(), telemetry.clone());
+            let shared = shared.clone();
             let service = hyper::service::service_fn(move |request| {
-                let response = respond(&request, &ledger, &telemetry);
+                let response = routes::respond(&request, &shared);
                 async move { Ok::<_, Infallible>(response) }
             });
             let stop = stop.clone();
@@ -66,32 +86,24 @@ pub fn spawn(
     });
 }
 
-fn respond(
-    request: &Request<Incoming>,
-    ledger: &Ledger,
-    telemetry: &Telemetry,
-) -> Response<Full<Bytes>> {
-    let text = |status, body: &'static str| {
-        Response::builder()
-            .status(status)
-            .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-            .body(Full::new(Bytes::from_static(body.as_bytes())))
-            .expect("a static response is valid")
-    };
-    if request.method() != Method::GET && request.method() != Method::HEAD {
-        return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-    }
-    match request.uri().path() {
-        "/metrics" => Response::builder()
-            .header(header::CONTENT_TYPE, METRICS_CONTENT_TYPE)
-            .body(Full::new(Bytes::from(telemetry.metrics.render(ledger))))
-            .expect("a metrics response is valid"),
-        "/healthz" => text(StatusCode::OK, "ok\n"),
-        "/readyz" if ledger.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
-        "/readyz" => text(StatusCode::OK, "ready\n"),
-        _ => text(
-            StatusCode::NOT_FOUND,
-            "not found: try /metrics, /healthz or /readyz\n",
-        ),
-    }
+/// Samples every dependency into the board once a second, from the start (so
+/// that the first interval's rates count from zero).
+fn spawn_sampler(shared: Arc<Shared>, stop: CancellationToken) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(crate::telemetry::status::SAMPLE_INTERVAL);
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            let statuses = shared.ledger.statuses();
+            shared.board.sample(
+                &statuses,
+                &shared.telemetry.metrics,
+                Instant::now(),
+                SystemTime::now(),
+            );
+        }
+    });
 }

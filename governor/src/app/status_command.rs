@@ -1,0 +1,338 @@
+//! `governor status`: the dependencies of a running sidecar as a table, read
+//! from its control plane (`ListDependencies`), once or every second.
+
+use std::fmt::Write as _;
+use std::io::{IsTerminal, Write as _};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime};
+
+use hyper_util::rt::TokioIo;
+use rate_governor_proto::v1::governor_admin_client::GovernorAdminClient;
+use rate_governor_proto::v1::{DependencyStatus, ListDependenciesRequest};
+use tokio::net::UnixStream;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::time::{Instant, MissedTickBehavior};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+use super::EXIT_UNAVAILABLE;
+use crate::telemetry::status::{Load, pressure};
+
+/// Where the sidecar's control plane is.
+#[derive(Clone, Debug)]
+pub enum Target {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Tcp(addr) => write!(f, "{addr}"),
+            Target::Unix(path) => write!(f, "unix:{}", path.display()),
+        }
+    }
+}
+
+/// Prints the table once (exit 0, or 69 when the sidecar cannot be asked),
+/// or with `watch` every second until SIGINT or SIGTERM (exit 0).
+pub async fn status(target: Target, watch: bool, timeout: Duration) -> ExitCode {
+    if !watch {
+        return match fetch(&target, timeout).await {
+            Ok(dependencies) => {
+                print!("{}", table(&dependencies, None));
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("governor status: {target}: {error}");
+                ExitCode::from(EXIT_UNAVAILABLE)
+            }
+        };
+    }
+    let (Ok(mut interrupt), Ok(mut terminate)) = (
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::terminate()),
+    ) else {
+        eprintln!("governor status: cannot install signal handlers");
+        return ExitCode::FAILURE;
+    };
+    let clear = std::io::stdout().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let mut previous: Option<(Vec<DependencyStatus>, Instant)> = None;
+    loop {
+        tokio::select! {
+            _ = interrupt.recv() => return ExitCode::SUCCESS,
+            _ = terminate.recv() => return ExitCode::SUCCESS,
+            _ = tick.tick() => {}
+        }
+        let fetched = tokio::select! {
+            _ = interrupt.recv() => return ExitCode::SUCCESS,
+            _ = terminate.recv() => return ExitCode::SUCCESS,
+            fetched = fetch(&target, timeout) => fetched,
+        };
+        let now = Instant::now();
+        let mut frame = String::new();
+        if clear {
+            frame.push_str("\x1b[H\x1b[2J");
+        }
+        let _ = writeln!(
+            frame,
+            "Every 1s: governor status {target}    {}",
+            humantime::format_rfc3339_seconds(SystemTime::now())
+        );
+        match fetched {
+            Ok(dependencies) => {
+                let before = previous
+                    .as_ref()
+                    .map(|(d, at)| (d.as_slice(), now.duration_since(*at)));
+                frame.push_str(&table(&dependencies, Some(before)));
+                previous = Some((dependencies, now));
+            }
+            // Keep watching: the sidecar may be restarting.
+            Err(error) => {
+                let _ = writeln!(frame, "cannot ask the sidecar: {error}");
+                previous = None;
+            }
+        }
+        if !clear {
+            frame.push('\n');
+        }
+        let mut stdout = std::io::stdout().lock();
+        if stdout
+            .write_all(frame.as_bytes())
+            .and_then(|()| stdout.flush())
+            .is_err()
+        {
+            // The reader went away (a closed pipe): nothing left to do.
+            return ExitCode::SUCCESS;
+        }
+    }
+}
+
+async fn fetch(target: &Target, timeout: Duration) -> Result<Vec<DependencyStatus>, String> {
+    let ask = async {
+        let channel = connect(target, timeout).await?;
+        let response = GovernorAdminClient::new(channel)
+            .list_dependencies(ListDependenciesRequest {})
+            .await
+            .map_err(|status| match status.code() {
+                tonic::Code::Unimplemented => "the control plane is not served on this \
+                    listener (server.control_plane is \"uds\" or \"off\"); try --uds PATH"
+                    .to_owned(),
+                _ => format!("{}: {}", status.code(), status.message()),
+            })?;
+        Ok(response.into_inner().dependencies)
+    };
+    tokio::time::timeout(timeout, ask)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {timeout:?}")))
+}
+
+async fn connect(target: &Target, timeout: Duration) -> Result<Channel, String> {
+    let describe = |e: tonic::transport::Error| {
+        let mut text = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(cause) = source {
+            let cause_text = cause.to_string();
+            if !text.contains(&cause_text) {
+                let _ = write!(text, ": {cause_text}");
+            }
+            source = cause.source();
+        }
+        text
+    };
+    match target {
+        Target::Tcp(addr) => Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(describe)?
+            .connect_timeout(timeout)
+            .connect()
+            .await
+            .map_err(describe),
+        Target::Unix(path) => {
+            let path = path.clone();
+            // The authority is "localhost": HTTP/2 servers refuse a path there.
+            Endpoint::from_static("http://localhost")
+                .connect_timeout(timeout)
+                .connect_with_connector(tower::service_fn(move |_: Uri| {
+                    let path = path.clone();
+                    async move {
+                        Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(path).await?))
+                    }
+                }))
+                .await
+                .map_err(describe)
+        }
+    }
+}
+
+/// The limit the sidecar enforces, as the control plane reports it (an
+/// older sidecar, without the field, enforces max_concurrency).
+fn limit_of(status: &DependencyStatus) -> u32 {
+    if status.limit == 0 {
+        status.max_concurrency
+    } else {
+        status.limit
+    }
+}
+
+/// The table. With `watch`, two more columns, rejections per second and
+/// pressure, from the growth since the previous reading (`None` for the
+/// first: shown as "-").
+fn table(
+    dependencies: &[DependencyStatus],
+    watch: Option<Option<(&[DependencyStatus], Duration)>>,
+) -> String {
+    let mut header = vec![
+        "NAME",
+        "LIMIT",
+        "IN-FLIGHT",
+        "UTIL",
+        "QUEUED",
+        "MAX-QUEUE",
+        "GRANTED",
+        "REJECTED",
+        "EXPIRED",
+        "RETRY-BUDGET",
+    ];
+    if watch.is_some() {
+        header.extend(["REJ/S", "PRESSURE"]);
+    }
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for d in dependencies {
+        let load = Load {
+            limit: limit_of(d),
+            in_flight: d.in_flight,
+            queued: d.queued,
+        };
+        let mut row = vec![
+            d.name.clone(),
+            load.limit.to_string(),
+            d.in_flight.to_string(),
+            format!("{:.0}%", load.utilization() * 100.0),
+            d.queued.to_string(),
+            d.max_queue.to_string(),
+            d.granted_total.to_string(),
+            d.rejected_total.to_string(),
+            d.expired_total.to_string(),
+            format!("{:.1}", d.retry_budget_available),
+        ];
+        if let Some(before) = watch {
+            let growth = before.map(|(previous, elapsed)| {
+                let earlier = previous.iter().find(|p| p.name == d.name);
+                // A restarted sidecar counts from zero again: no negative rates.
+                let rejected = d
+                    .rejected_total
+                    .saturating_sub(earlier.map_or(0, |p| p.rejected_total));
+                (rejected, elapsed)
+            });
+            match growth {
+                Some((rejected, elapsed)) => {
+                    let per_second = rejected as f64 / elapsed.as_secs_f64().max(1e-3);
+                    row.push(format!("{per_second:.1}"));
+                    row.push(pressure(load, rejected > 0).as_str().to_owned());
+                }
+                None => row.extend(["-".to_owned(), "-".to_owned()]),
+            }
+        }
+        rows.push(row);
+    }
+    let columns = rows[0].len();
+    let widths: Vec<usize> = (0..columns)
+        .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for row in &rows {
+        let mut line = String::new();
+        for (c, value) in row.iter().enumerate() {
+            let pad = widths[c] - value.chars().count();
+            // Names and pressure to the left, numbers to the right.
+            let left = c == 0 || rows[0][c] == "PRESSURE";
+            if c > 0 {
+                line.push_str("   ");
+            }
+            if left {
+                line.push_str(value);
+                line.extend(std::iter::repeat_n(' ', pad));
+            } else {
+                line.extend(std::iter::repeat_n(' ', pad));
+                line.push_str(value);
+            }
+        }
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    if dependencies.is_empty() {
+        out.push_str("(no dependencies yet: one appears with its first Acquire)\n");
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dependency(
+        name: &str,
+        limit: u32,
+        in_flight: u32,
+        queued: u32,
+        rejected: u64,
+    ) -> DependencyStatus {
+        DependencyStatus {
+            name: name.to_owned(),
+            max_concurrency: limit,
+            in_flight,
+            queued,
+            max_queue: 16,
+            granted_total: 42,
+            rejected_total: rejected,
+            retry_budget_available: 12.5,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn prints_aligned_columns() {
+        let text = table(
+            &[
+                dependency("db", 8, 2, 0, 3),
+                dependency("payments-api", 64, 64, 5, 0),
+            ],
+            None,
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert!(lines[0].starts_with("NAME           LIMIT"), "{text}");
+        let db: Vec<&str> = lines[1].split_whitespace().collect();
+        assert_eq!(
+            db,
+            ["db", "8", "2", "25%", "0", "16", "42", "3", "0", "12.5"]
+        );
+        let payments: Vec<&str> = lines[2].split_whitespace().collect();
+        assert_eq!(payments[3], "100%");
+        // Right-aligned numbers end in the same column.
+        let end = |line: &str, word: &str| line.find(word).unwrap() + word.len();
+        assert_eq!(end(lines[0], "LIMIT"), end(lines[2], "64"));
+        assert!(!text.contains("PRESSURE"));
+    }
+
+    #[test]
+    fn watch_adds_rates_and_pressure_from_the_previous_reading() {
+        let before = [dependency("db", 8, 2, 0, 3)];
+        let now = [dependency("db", 8, 8, 1, 13), dependency("new", 4, 1, 0, 0)];
+        let first = table(&now, Some(None));
+        assert!(first.lines().nth(1).unwrap().ends_with("-   -"), "{first}");
+        let text = table(&now, Some(Some((&before, Duration::from_secs(2)))));
+        let db: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(&db[10..], ["5.0", "overloaded"]);
+        let new: Vec<&str> = text.lines().nth(2).unwrap().split_whitespace().collect();
+        assert_eq!(&new[10..], ["0.0", "none"]);
+    }
+
+    #[test]
+    fn says_so_when_there_is_nothing() {
+        assert!(table(&[], None).contains("no dependencies yet"));
+    }
+}
