@@ -171,6 +171,35 @@ export interface DependencyStatus {
   rejectedTotal: number;
   expiredTotal: number;
   retryBudget: RetryBudget | null;
+  /** The enforced limit: maxConcurrency, or less while an adaptive limit holds it lower. */
+  limit: number;
+  /** What the adaptive limit computed (also in shadow mode); null when static. */
+  adaptiveLimit: number | null;
+  limitAlgorithm: 'static' | 'gradient' | 'vegas' | 'aimd';
+  /** The adaptive settings in force; null when static. */
+  adaptive: Required<AdaptiveLimit> | null;
+  /** The adaptive limit's no-load latency estimate, once measured. */
+  latencyBaselineMs: number | null;
+  /** Typical latency of the adaptive limit's last window, once measured. */
+  latencyRecentMs: number | null;
+  limitChangesTotal: number;
+}
+
+/** Adaptive limit settings; unset fields keep their value (see the README for defaults). */
+export interface AdaptiveLimit {
+  /** 'static' turns the adaptive limit off. */
+  algorithm?: 'static' | 'gradient' | 'vegas' | 'aimd';
+  minLimit?: number;
+  initialLimit?: number;
+  shadow?: boolean;
+  windowMs?: number;
+  minSamples?: number;
+  baselineWindows?: number;
+  dropThreshold?: number;
+  backoff?: number;
+  tolerance?: number;
+  alpha?: number;
+  beta?: number;
 }
 
 export interface DependencyLimits {
@@ -180,6 +209,8 @@ export interface DependencyLimits {
   leaseTtlMs?: number;
   /** Replaces the whole budget: all three fields are required. */
   retryBudget?: RetryBudget;
+  /** Turns an adaptive limit on, changes it, switches its algorithm, or ('static') turns it off. */
+  adaptive?: AdaptiveLimit;
 }
 
 export declare class GovernorAdminClient {

@@ -258,7 +258,52 @@ function normalizeStatus(s) {
           ttlMs: durationToMs(s.retryBudget.ttl),
         }
       : null,
+    // The enforced limit; an older sidecar without the field enforces maxConcurrency.
+    limit: s.limit || s.maxConcurrency,
+    adaptiveLimit: s.adaptiveLimit || null,
+    limitAlgorithm: (s.limitAlgorithm || 'LIMIT_ALGORITHM_STATIC').replace('LIMIT_ALGORITHM_', '').toLowerCase(),
+    adaptive: s.adaptive
+      ? {
+          algorithm: s.adaptive.algorithm.replace('LIMIT_ALGORITHM_', '').toLowerCase(),
+          minLimit: s.adaptive.minLimit,
+          initialLimit: s.adaptive.initialLimit,
+          shadow: s.adaptive.shadow,
+          windowMs: durationToMs(s.adaptive.window),
+          minSamples: s.adaptive.minSamples,
+          baselineWindows: s.adaptive.baselineWindows,
+          dropThreshold: s.adaptive.dropThreshold,
+          backoff: s.adaptive.backoff,
+          tolerance: s.adaptive.tolerance,
+          alpha: s.adaptive.alpha,
+          beta: s.adaptive.beta,
+        }
+      : null,
+    latencyBaselineMs: s.latencyBaseline ? durationToMs(s.latencyBaseline) : null,
+    latencyRecentMs: s.latencyRecent ? durationToMs(s.latencyRecent) : null,
+    limitChangesTotal: s.limitChangesTotal,
   };
+}
+
+const ADAPTIVE_KEYS = [
+  'minLimit', 'initialLimit', 'shadow', 'minSamples', 'baselineWindows',
+  'dropThreshold', 'backoff', 'tolerance', 'alpha', 'beta',
+];
+
+/** The admin API's adaptive settings as the wire's AdaptiveLimit. */
+function adaptiveToWire(adaptive) {
+  const wire = {};
+  if (adaptive.algorithm !== undefined) {
+    const algorithm = String(adaptive.algorithm).toUpperCase();
+    if (!['STATIC', 'GRADIENT', 'VEGAS', 'AIMD'].includes(algorithm)) {
+      throw new TypeError(`adaptive.algorithm: unknown algorithm ${JSON.stringify(adaptive.algorithm)}`);
+    }
+    wire.algorithm = `LIMIT_ALGORITHM_${algorithm}`;
+  }
+  for (const key of ADAPTIVE_KEYS) {
+    if (adaptive[key] !== undefined) wire[key] = adaptive[key];
+  }
+  if (adaptive.windowMs !== undefined) wire.window = msToDuration(adaptive.windowMs);
+  return wire;
 }
 
 // ---------------------------------------------------------------------------
@@ -434,6 +479,7 @@ export class GovernorAdminClient {
       }
       wire.retryBudget = { ratio, minPerSecond, ttl: msToDuration(ttlMs) };
     }
+    if (limits.adaptive !== undefined) wire.adaptive = adaptiveToWire(limits.adaptive);
     const res = await this.#gov._adminCall('UpdateDependency', { name, limits: wire });
     return normalizeStatus(res);
   }

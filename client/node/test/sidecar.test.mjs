@@ -372,6 +372,31 @@ describe('permits against the real sidecar', () => {
     assert.ok(names.includes('basic'));
     await assert.rejects(gov.admin.getDependency('never-seen-dependency'), { code: 'NOT_FOUND' });
   });
+
+  test('admin can turn an adaptive limit on, switch it and turn it off', async () => {
+    const on = await gov.admin.updateDependency('adaptive', {
+      maxConcurrency: 40,
+      adaptive: { algorithm: 'vegas', minLimit: 3, windowMs: 250, shadow: true },
+    });
+    assert.equal(on.limitAlgorithm, 'vegas');
+    assert.equal(on.limit, 40, 'shadow mode enforces maxConcurrency');
+    assert.equal(on.adaptiveLimit, 40, 'the computed limit starts from the limit in force');
+    assert.deepEqual(
+      [on.adaptive.algorithm, on.adaptive.minLimit, on.adaptive.windowMs, on.adaptive.shadow],
+      ['vegas', 3, 250, true],
+    );
+    assert.equal(on.latencyBaselineMs, null, 'nothing measured yet');
+    const enforcing = await gov.admin.updateDependency('adaptive', { adaptive: { shadow: false } });
+    assert.equal(enforcing.limit, 40);
+    assert.equal(enforcing.adaptive.algorithm, 'vegas', 'unset settings keep their value');
+    await assert.rejects(
+      gov.admin.updateDependency('adaptive', { adaptive: { minLimit: 0 } }),
+      (err) => err.code === 'INVALID_ARGUMENT' && err.message.includes('limits.adaptive.min_limit'),
+    );
+    await assert.rejects(gov.admin.updateDependency('adaptive', { adaptive: { algorithm: 'bbr' } }), TypeError);
+    const off = await gov.admin.updateDependency('adaptive', { adaptive: { algorithm: 'static' } });
+    assert.deepEqual([off.limitAlgorithm, off.adaptive, off.adaptiveLimit, off.limit], ['static', null, null, 40]);
+  });
 });
 
 describe('unix domain socket', () => {

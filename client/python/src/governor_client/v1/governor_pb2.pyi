@@ -33,6 +33,14 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_FAILURE: _ClassVar[Outcome]
     OUTCOME_TIMEOUT: _ClassVar[Outcome]
     OUTCOME_CANCELLED: _ClassVar[Outcome]
+
+class LimitAlgorithm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    LIMIT_ALGORITHM_UNSPECIFIED: _ClassVar[LimitAlgorithm]
+    LIMIT_ALGORITHM_STATIC: _ClassVar[LimitAlgorithm]
+    LIMIT_ALGORITHM_GRADIENT: _ClassVar[LimitAlgorithm]
+    LIMIT_ALGORITHM_VEGAS: _ClassVar[LimitAlgorithm]
+    LIMIT_ALGORITHM_AIMD: _ClassVar[LimitAlgorithm]
 PRIORITY_UNSPECIFIED: Priority
 PRIORITY_CRITICAL: Priority
 PRIORITY_NORMAL: Priority
@@ -48,6 +56,11 @@ OUTCOME_SUCCESS: Outcome
 OUTCOME_FAILURE: Outcome
 OUTCOME_TIMEOUT: Outcome
 OUTCOME_CANCELLED: Outcome
+LIMIT_ALGORITHM_UNSPECIFIED: LimitAlgorithm
+LIMIT_ALGORITHM_STATIC: LimitAlgorithm
+LIMIT_ALGORITHM_GRADIENT: LimitAlgorithm
+LIMIT_ALGORITHM_VEGAS: LimitAlgorithm
+LIMIT_ALGORITHM_AIMD: LimitAlgorithm
 
 class AcquireRequest(_message.Message):
     __slots__ = ("dependency", "attempt", "priority", "tenant", "max_wait")
@@ -140,18 +153,48 @@ class UpdateDependencyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., limits: _Optional[_Union[DependencyLimits, _Mapping]] = ...) -> None: ...
 
 class DependencyLimits(_message.Message):
-    __slots__ = ("max_concurrency", "max_queue", "max_wait", "lease_ttl", "retry_budget")
+    __slots__ = ("max_concurrency", "max_queue", "max_wait", "lease_ttl", "retry_budget", "adaptive")
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_FIELD_NUMBER: _ClassVar[int]
     RETRY_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
     max_concurrency: int
     max_queue: int
     max_wait: _duration_pb2.Duration
     lease_ttl: _duration_pb2.Duration
     retry_budget: RetryBudget
-    def __init__(self, max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ...) -> None: ...
+    adaptive: AdaptiveLimit
+    def __init__(self, max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ...) -> None: ...
+
+class AdaptiveLimit(_message.Message):
+    __slots__ = ("algorithm", "min_limit", "initial_limit", "shadow", "window", "min_samples", "baseline_windows", "drop_threshold", "backoff", "tolerance", "alpha", "beta")
+    ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    MIN_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    SHADOW_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_FIELD_NUMBER: _ClassVar[int]
+    MIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    DROP_THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    BACKOFF_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    ALPHA_FIELD_NUMBER: _ClassVar[int]
+    BETA_FIELD_NUMBER: _ClassVar[int]
+    algorithm: LimitAlgorithm
+    min_limit: int
+    initial_limit: int
+    shadow: bool
+    window: _duration_pb2.Duration
+    min_samples: int
+    baseline_windows: int
+    drop_threshold: float
+    backoff: float
+    tolerance: float
+    alpha: float
+    beta: float
+    def __init__(self, algorithm: _Optional[_Union[LimitAlgorithm, str]] = ..., min_limit: _Optional[int] = ..., initial_limit: _Optional[int] = ..., shadow: _Optional[bool] = ..., window: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., min_samples: _Optional[int] = ..., baseline_windows: _Optional[int] = ..., drop_threshold: _Optional[float] = ..., backoff: _Optional[float] = ..., tolerance: _Optional[float] = ..., alpha: _Optional[float] = ..., beta: _Optional[float] = ...) -> None: ...
 
 class RetryBudget(_message.Message):
     __slots__ = ("ratio", "min_per_second", "ttl")
@@ -164,7 +207,7 @@ class RetryBudget(_message.Message):
     def __init__(self, ratio: _Optional[float] = ..., min_per_second: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DependencyStatus(_message.Message):
-    __slots__ = ("name", "max_concurrency", "in_flight", "queued", "max_queue", "max_wait", "lease_ttl", "retry_budget_available", "granted_total", "rejected_total", "expired_total", "retry_budget")
+    __slots__ = ("name", "max_concurrency", "in_flight", "queued", "max_queue", "max_wait", "lease_ttl", "retry_budget_available", "granted_total", "rejected_total", "expired_total", "retry_budget", "limit", "adaptive_limit", "limit_algorithm", "adaptive", "latency_baseline", "latency_recent", "limit_changes_total")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -177,6 +220,13 @@ class DependencyStatus(_message.Message):
     REJECTED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     EXPIRED_TOTAL_FIELD_NUMBER: _ClassVar[int]
     RETRY_BUDGET_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_LIMIT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_ALGORITHM_FIELD_NUMBER: _ClassVar[int]
+    ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_BASELINE_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_RECENT_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_CHANGES_TOTAL_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_concurrency: int
     in_flight: int
@@ -189,4 +239,11 @@ class DependencyStatus(_message.Message):
     rejected_total: int
     expired_total: int
     retry_budget: RetryBudget
-    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget_available: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ...) -> None: ...
+    limit: int
+    adaptive_limit: int
+    limit_algorithm: LimitAlgorithm
+    adaptive: AdaptiveLimit
+    latency_baseline: _duration_pb2.Duration
+    latency_recent: _duration_pb2.Duration
+    limit_changes_total: int
+    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget_available: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., limit: _Optional[int] = ..., adaptive_limit: _Optional[int] = ..., limit_algorithm: _Optional[_Union[LimitAlgorithm, str]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., latency_baseline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_recent: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., limit_changes_total: _Optional[int] = ...) -> None: ...
