@@ -212,12 +212,12 @@ impl Metrics {
         );
         r.register(
             "dependency_latency_baseline_seconds",
-            "Adaptive limit's no-load latency estimate (lowest recent window median)",
+            "Adaptive limit's no-load latency estimate (median of recent uncongested windows, only falls unless re-learnt)",
             metrics.latency_baseline.clone(),
         );
         r.register(
             "dependency_latency_recent_seconds",
-            "Median latency of the adaptive limit's last sampling window",
+            "Typical latency (mean of the fastest 90%) of the adaptive limit's last sampling window",
             metrics.latency_recent.clone(),
         );
         r.register(

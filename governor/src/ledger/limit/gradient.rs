@@ -1,4 +1,4 @@
-//! Gradient: compare the window's median latency with the no-load estimate.
+//! Gradient: compare the window's typical latency with the no-load estimate.
 //!
 //! - Latency above `tolerance` x baseline: the excess is queueing caused by
 //!   the calls in flight, so the limit goes towards the concurrency that
@@ -37,10 +37,10 @@ impl LimitAlgorithm for Gradient {
         if window.drop_rate() > config.drop_threshold() {
             return Update::new(limit * config.backoff(), ChangeReason::Drops);
         }
-        let (Some(median), Some(baseline)) = (window.typical, baseline) else {
+        let (Some(typical), Some(baseline)) = (window.typical, baseline) else {
             return Update::hold(limit);
         };
-        let ratio = median.as_secs_f64() / baseline.as_secs_f64().max(1e-9);
+        let ratio = typical.as_secs_f64() / baseline.as_secs_f64().max(1e-9);
         if ratio > config.tolerance() {
             let target = window.mean_in_flight / ratio;
             return Update::new(target.clamp(limit * 0.75, limit), ChangeReason::Latency);

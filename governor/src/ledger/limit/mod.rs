@@ -19,9 +19,10 @@
 //! - A window whose calls never held half the limit holds the limit: the
 //!   samples say nothing about it, so it neither grows while under-used nor
 //!   collapses at low load.
-//! - The no-load latency is a window median aged over `baseline_windows`,
-//!   never a single minimum, and it is re-learnt when latency stops
-//!   responding to load (a downstream that became slower for good).
+//! - The no-load latency is the median of recent uncongested windows, never
+//!   a single minimum; it only falls, and is re-learnt when cutting the limit
+//!   stops bringing latency down (a downstream that became slower for good).
+//!   See [`baseline`].
 //! - The limit stays in `[min_limit, ceiling]` whatever the samples.
 //!
 //! All of it runs under the dependency's one lock, on the release that
@@ -154,7 +155,7 @@ pub struct AdaptiveStatus {
     pub limit: u32,
     /// The no-load latency estimate.
     pub baseline: Option<Duration>,
-    /// The last window's median latency.
+    /// The last window's typical latency (the mean of its fastest 90 %).
     pub recent: Option<Duration>,
 }
 
@@ -338,12 +339,12 @@ pub(crate) mod tests {
 
     use super::*;
 
-    /// A window of 100 calls at `in_flight` with median `median`.
-    pub(crate) fn summary(in_flight: u32, median: Duration) -> WindowSummary {
+    /// A window of 100 calls at `in_flight` with typical latency `typical`.
+    pub(crate) fn summary(in_flight: u32, typical: Duration) -> WindowSummary {
         WindowSummary {
             samples: 100,
             drops: 0,
-            typical: Some(median),
+            typical: Some(typical),
             mean_in_flight: f64::from(in_flight),
         }
     }

@@ -30,11 +30,11 @@ impl LimitAlgorithm for Vegas {
         if window.drop_rate() > config.drop_threshold() {
             return Update::new(limit * config.backoff(), ChangeReason::Drops);
         }
-        let (Some(median), Some(baseline)) = (window.typical, baseline) else {
+        let (Some(typical), Some(baseline)) = (window.typical, baseline) else {
             return Update::hold(limit);
         };
         let step = limit.log10().max(1.0);
-        let inflation = 1.0 - baseline.as_secs_f64() / median.as_secs_f64().max(1e-9);
+        let inflation = 1.0 - baseline.as_secs_f64() / typical.as_secs_f64().max(1e-9);
         let queued = window.mean_in_flight * inflation.max(0.0);
         let (alpha, beta) = (config.alpha() * step, config.beta() * step);
         if queued < alpha {

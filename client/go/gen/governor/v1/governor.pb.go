@@ -1195,7 +1195,7 @@ type DependencyStatus struct {
 	// The adaptive settings in force, every field set; absent when static.
 	Adaptive *AdaptiveLimit `protobuf:"bytes,16,opt,name=adaptive,proto3" json:"adaptive,omitempty"`
 	// The adaptive limit's no-load latency estimate and its last window's
-	// median latency; absent until measured.
+	// typical latency (the mean of its fastest 90 %); absent until measured.
 	LatencyBaseline *durationpb.Duration `protobuf:"bytes,17,opt,name=latency_baseline,json=latencyBaseline,proto3" json:"latency_baseline,omitempty"`
 	LatencyRecent   *durationpb.Duration `protobuf:"bytes,18,opt,name=latency_recent,json=latencyRecent,proto3" json:"latency_recent,omitempty"`
 	// Moves of the enforced or computed limit.
