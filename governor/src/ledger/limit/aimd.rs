@@ -9,8 +9,6 @@
 //! three, and the one to pick for dependencies whose latency says little
 //! (batch jobs of varying size) but which fail or time out when overloaded.
 
-use std::time::Duration;
-
 use super::{AdaptiveConfig, Algorithm, ChangeReason, LimitAlgorithm, Update, WindowSummary};
 
 #[derive(Debug, Default)]
@@ -24,19 +22,10 @@ impl LimitAlgorithm for Aimd {
     fn update(
         &mut self,
         limit: f64,
-        window: &WindowSummary,
-        baseline: Option<Duration>,
+        _window: &WindowSummary,
+        inflation: f64,
         config: &AdaptiveConfig,
     ) -> Update {
-        if window.drop_rate() > config.drop_threshold() {
-            return Update::new(limit * config.backoff(), ChangeReason::Drops);
-        }
-        let inflation = match (window.typical, baseline) {
-            (Some(typical), Some(baseline)) => {
-                typical.as_secs_f64() / baseline.as_secs_f64().max(1e-9)
-            }
-            _ => 1.0,
-        };
         if inflation > config.tolerance() {
             Update::new(limit * config.backoff(), ChangeReason::Latency)
         } else if inflation <= (1.0 + config.tolerance()) / 2.0 {
@@ -53,21 +42,15 @@ mod tests {
     use super::*;
 
     #[test]
-    fn adds_one_and_backs_off_on_drops_or_latency() {
+    fn adds_one_and_backs_off_on_latency_with_a_dead_band() {
         let config = AdaptiveConfig::DEFAULT;
-        let ms = Duration::from_millis;
         let mut aimd = Aimd;
-        let update = aimd.update(10.0, &summary(10, ms(10)), Some(ms(10)), &config);
+        let update = aimd.update(10.0, &summary(10), 1.0, &config);
         assert_eq!((update.limit, update.reason), (11.0, ChangeReason::Growth));
-        let update = aimd.update(10.0, &summary(10, ms(20)), Some(ms(10)), &config);
+        let update = aimd.update(10.0, &summary(10), 2.0, &config);
         assert_eq!((update.limit, update.reason), (9.0, ChangeReason::Latency));
         // Between the middle of the band and its edge: hold.
-        let update = aimd.update(10.0, &summary(10, ms(13)), Some(ms(10)), &config);
+        let update = aimd.update(10.0, &summary(10), 1.3, &config);
         assert_eq!((update.limit, update.reason), (10.0, ChangeReason::Hold));
-        let mut dropping = summary(10, ms(10));
-        dropping.drops = 1;
-        dropping.samples = 9;
-        let update = aimd.update(10.0, &dropping, Some(ms(10)), &config);
-        assert_eq!((update.limit, update.reason), (9.0, ChangeReason::Drops));
     }
 }

@@ -10,12 +10,9 @@
 //!   happens here, never while latency is inflated: Netflix's gradient2 adds
 //!   its queue allowance on every window, which under modest overload
 //!   ratchets the limit up for ever (concurrency-limits #134).
-//! - Drops above `drop_threshold`: multiply by `backoff`.
 //!
 //! At overload the limit saws between about the capacity and `tolerance` x
 //! the capacity, so the downstream stays busy while its queue stays short.
-
-use std::time::Duration;
 
 use super::{AdaptiveConfig, Algorithm, ChangeReason, LimitAlgorithm, Update, WindowSummary};
 
@@ -31,18 +28,11 @@ impl LimitAlgorithm for Gradient {
         &mut self,
         limit: f64,
         window: &WindowSummary,
-        baseline: Option<Duration>,
+        inflation: f64,
         config: &AdaptiveConfig,
     ) -> Update {
-        if window.drop_rate() > config.drop_threshold() {
-            return Update::new(limit * config.backoff(), ChangeReason::Drops);
-        }
-        let (Some(typical), Some(baseline)) = (window.typical, baseline) else {
-            return Update::hold(limit);
-        };
-        let ratio = typical.as_secs_f64() / baseline.as_secs_f64().max(1e-9);
-        if ratio > config.tolerance() {
-            let target = window.mean_in_flight / ratio;
+        if inflation > config.tolerance() {
+            let target = window.mean_in_flight / inflation;
             return Update::new(target.clamp(limit * 0.75, limit), ChangeReason::Latency);
         }
         Update::new(limit + (limit.sqrt() / 2.0).max(1.0), ChangeReason::Growth)
@@ -57,28 +47,21 @@ mod tests {
     #[test]
     fn decreases_to_the_concurrency_that_sees_the_baseline() {
         let config = AdaptiveConfig::DEFAULT;
-        let ms = Duration::from_millis;
         let mut gradient = Gradient;
         // 40 in flight at 4x the no-load latency: about 10 would see none,
         // but one window cuts by a quarter at most.
-        let update = gradient.update(40.0, &summary(40, ms(40)), Some(ms(10)), &config);
+        let update = gradient.update(40.0, &summary(40), 4.0, &config);
         assert_eq!(update.reason, ChangeReason::Latency);
         assert!((update.limit - 30.0).abs() < 1e-9, "{update:?}");
         // 40 in flight at 1.6x: 25 would see none.
-        let update = gradient.update(40.0, &summary(40, ms(16)), Some(ms(10)), &config);
+        let update = gradient.update(40.0, &summary(40), 1.6, &config);
         assert!((update.limit - 30.0).abs() < 1e-9, "{update:?}");
-        let update = gradient.update(40.0, &summary(36, ms(16)), Some(ms(10)), &config);
+        let update = gradient.update(40.0, &summary(36), 1.6, &config);
         assert!((update.limit - 30.0).abs() < 1e-9, "{update:?}");
-        let update = gradient.update(20.0, &summary(20, ms(16)), Some(ms(10)), &config);
+        let update = gradient.update(20.0, &summary(20), 1.6, &config);
         assert!((update.limit - 15.0).abs() < 1e-9, "{update:?}");
         // Within the tolerance: grow by sqrt(limit) / 2.
-        let update = gradient.update(16.0, &summary(16, ms(13)), Some(ms(10)), &config);
+        let update = gradient.update(16.0, &summary(16), 1.3, &config);
         assert_eq!((update.limit, update.reason), (18.0, ChangeReason::Growth));
-        // Drops back off.
-        let mut dropping = summary(16, ms(10));
-        dropping.drops = 10;
-        let update = gradient.update(20.0, &dropping, Some(ms(10)), &config);
-        assert_eq!(update.reason, ChangeReason::Drops);
-        assert!((update.limit - 18.0).abs() < 1e-9);
     }
 }

@@ -50,16 +50,22 @@ use baseline::Baseline;
 use window::Window;
 
 /// One limit algorithm: a closed window in, the next limit out.
+///
+/// What every algorithm shares is decided before it is asked: an under-used
+/// window holds the limit, drops above `drop_threshold` multiply it by
+/// `backoff`, and a window without a latency or without a baseline yet holds
+/// it. So an algorithm only turns latency into a limit.
 pub(crate) trait LimitAlgorithm: Send + Sync + Debug {
     fn algorithm(&self) -> Algorithm;
 
     /// The limit after `window`, from `limit`; the caller clamps it to
-    /// `[min_limit, ceiling]`. `baseline` is the no-load latency estimate.
+    /// `[min_limit, ceiling]`. `inflation` is the window's typical latency
+    /// over the no-load latency estimate.
     fn update(
         &mut self,
         limit: f64,
         window: &WindowSummary,
-        baseline: Option<Duration>,
+        inflation: f64,
         config: &AdaptiveConfig,
     ) -> Update;
 }
@@ -211,9 +217,15 @@ impl AdaptiveLimit {
         }
         let before = self.limit();
         let decided_under = self.limit;
-        let mut update =
+        let mut update = if summary.drop_rate() > self.config.drop_threshold() {
+            Update::new(self.limit * self.config.backoff(), ChangeReason::Drops)
+        } else if let (Some(typical), Some(baseline)) = (summary.typical, self.baseline.value()) {
+            let inflation = typical.as_secs_f64() / baseline.as_secs_f64().max(1e-9);
             self.algorithm
-                .update(self.limit, &summary, self.baseline.value(), &self.config);
+                .update(self.limit, &summary, inflation, &self.config)
+        } else {
+            Update::hold(self.limit)
+        };
         if update.limit.is_finite() {
             self.limit = update.limit;
         }
@@ -339,12 +351,13 @@ pub(crate) mod tests {
 
     use super::*;
 
-    /// A window of 100 calls at `in_flight` with typical latency `typical`.
-    pub(crate) fn summary(in_flight: u32, typical: Duration) -> WindowSummary {
+    /// A window of 100 calls at `in_flight` (10 ms each: the algorithms see
+    /// latency only as the inflation they are given).
+    pub(crate) fn summary(in_flight: u32) -> WindowSummary {
         WindowSummary {
             samples: 100,
             drops: 0,
-            typical: Some(typical),
+            typical: Some(Duration::from_millis(10)),
             mean_in_flight: f64::from(in_flight),
         }
     }
@@ -542,6 +555,39 @@ pub(crate) mod tests {
                     if !config.shadow() {
                         prop_assert_eq!(status.enforced, computed.limit);
                     }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn drops_back_off_whatever_the_algorithm() {
+        for algorithm in Algorithm::ALL {
+            let start = Instant::now();
+            let patch = AdaptivePatch {
+                algorithm: Some(AlgorithmChoice::Adaptive(algorithm)),
+                initial_limit: Some(20),
+                window: Some(Duration::from_millis(10)),
+                min_samples: Some(10),
+                ..Default::default()
+            };
+            let mut limiter = Limiter::new(64, Some(&config(patch)), start);
+            // One call in ten fails, at full use: above the 5 % threshold.
+            for ms in 0..=10u64 {
+                let kind = if ms % 10 == 3 {
+                    SampleKind::Drop
+                } else {
+                    SampleKind::Latency(Duration::from_millis(5))
+                };
+                let change = limiter.sample(&Sample {
+                    kind,
+                    in_flight: 20,
+                    at: start + Duration::from_millis(ms),
+                });
+                if ms == 10 {
+                    let change = change.unwrap();
+                    assert_eq!(change.reason, ChangeReason::Drops, "{algorithm:?}");
+                    assert_eq!(change.after.enforced, 18, "{algorithm:?}: 20 x 0.9");
                 }
             }
         }
