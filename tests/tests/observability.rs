@@ -358,16 +358,17 @@ async fn governor_status_prints_the_table_over_tcp_and_the_unix_socket() {
     assert!(output.status.success(), "{output:?}");
     let table = String::from_utf8_lossy(&output.stdout);
     assert!(table.starts_with("NAME"), "{table}");
-    // NAME LIMIT IN-FLIGHT UTIL QUEUED MAX-QUEUE GRANTED REJECTED EXPIRED RETRY-BUDGET
+    // NAME LIMIT MAX IN-FLIGHT UTIL QUEUED MAX-QUEUE GRANTED REJECTED EXPIRED RETRY-BUDGET ALGORITHM
     assert_eq!(
-        &row(&table, "db")[..9],
-        ["db", "4", "1", "25%", "0", "8", "1", "0", "0"]
+        &row(&table, "db")[..10],
+        ["db", "4", "4", "1", "25%", "0", "8", "1", "0", "0"]
     );
+    assert_eq!(row(&table, "db").last(), Some(&"static"));
 
     let output = run_governor(&["status".as_ref(), "--uds".as_ref(), socket.as_os_str()]).await;
     assert!(output.status.success(), "{output:?}");
     let table = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(row(&table, "db")[2], "1");
+    assert_eq!(row(&table, "db")[3], "1");
 
     // Nobody there: exit 69, saying where it looked.
     let nobody = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

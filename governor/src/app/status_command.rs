@@ -177,6 +177,22 @@ fn limit_of(status: &DependencyStatus) -> u32 {
     }
 }
 
+/// How the limit is set: "static", or the algorithm ("gradient", ... with
+/// "/shadow" when it only reports).
+fn algorithm_of(status: &DependencyStatus) -> String {
+    use rate_governor_proto::v1::LimitAlgorithm;
+    let name = match status.limit_algorithm() {
+        LimitAlgorithm::Gradient => "gradient",
+        LimitAlgorithm::Vegas => "vegas",
+        LimitAlgorithm::Aimd => "aimd",
+        LimitAlgorithm::Static | LimitAlgorithm::Unspecified => return "static".to_owned(),
+    };
+    match status.adaptive.as_ref().and_then(|a| a.shadow) {
+        Some(true) => format!("{name}/shadow({})", status.adaptive_limit),
+        _ => name.to_owned(),
+    }
+}
+
 /// The table. With `watch`, two more columns, rejections per second and
 /// pressure, from the growth since the previous reading (`None` for the
 /// first: shown as "-").
@@ -187,6 +203,7 @@ fn table(
     let mut header = vec![
         "NAME",
         "LIMIT",
+        "MAX",
         "IN-FLIGHT",
         "UTIL",
         "QUEUED",
@@ -195,6 +212,7 @@ fn table(
         "REJECTED",
         "EXPIRED",
         "RETRY-BUDGET",
+        "ALGORITHM",
     ];
     if watch.is_some() {
         header.extend(["REJ/S", "PRESSURE"]);
@@ -209,6 +227,7 @@ fn table(
         let mut row = vec![
             d.name.clone(),
             load.limit.to_string(),
+            d.max_concurrency.to_string(),
             d.in_flight.to_string(),
             format!("{:.0}%", load.utilization() * 100.0),
             d.queued.to_string(),
@@ -217,6 +236,7 @@ fn table(
             d.rejected_total.to_string(),
             d.expired_total.to_string(),
             format!("{:.1}", d.retry_budget_available),
+            algorithm_of(d),
         ];
         if let Some(before) = watch {
             let growth = before.map(|(previous, elapsed)| {
@@ -308,10 +328,12 @@ mod tests {
         let db: Vec<&str> = lines[1].split_whitespace().collect();
         assert_eq!(
             db,
-            ["db", "8", "2", "25%", "0", "16", "42", "3", "0", "12.5"]
+            [
+                "db", "8", "8", "2", "25%", "0", "16", "42", "3", "0", "12.5", "static"
+            ]
         );
         let payments: Vec<&str> = lines[2].split_whitespace().collect();
-        assert_eq!(payments[3], "100%");
+        assert_eq!(payments[4], "100%");
         // Right-aligned numbers end in the same column.
         let end = |line: &str, word: &str| line.find(word).unwrap() + word.len();
         assert_eq!(end(lines[0], "LIMIT"), end(lines[2], "64"));
@@ -326,13 +348,49 @@ mod tests {
         assert!(first.lines().nth(1).unwrap().ends_with("-   -"), "{first}");
         let text = table(&now, Some(Some((&before, Duration::from_secs(2)))));
         let db: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
-        assert_eq!(&db[10..], ["5.0", "overloaded"]);
+        assert_eq!(&db[12..], ["5.0", "overloaded"]);
         let new: Vec<&str> = text.lines().nth(2).unwrap().split_whitespace().collect();
-        assert_eq!(&new[10..], ["0.0", "none"]);
+        assert_eq!(&new[12..], ["0.0", "none"]);
     }
 
     #[test]
     fn says_so_when_there_is_nothing() {
         assert!(table(&[], None).contains("no dependencies yet"));
+    }
+
+    #[test]
+    fn an_adaptive_limit_shows_its_algorithm_and_ceiling() {
+        use rate_governor_proto::v1::{AdaptiveLimit, LimitAlgorithm};
+        let mut adaptive = DependencyStatus {
+            limit: 12,
+            adaptive_limit: 12,
+            limit_algorithm: LimitAlgorithm::Gradient.into(),
+            adaptive: Some(AdaptiveLimit {
+                shadow: Some(false),
+                ..Default::default()
+            }),
+            ..dependency("search", 200, 6, 0, 0)
+        };
+        let row = |d: &DependencyStatus| -> Vec<String> {
+            let text = table(std::slice::from_ref(d), None);
+            text.lines()
+                .nth(1)
+                .unwrap()
+                .split_whitespace()
+                .map(str::to_owned)
+                .collect()
+        };
+        let cells = row(&adaptive);
+        assert_eq!(
+            (&cells[1][..], &cells[2][..], &cells[4][..]),
+            ("12", "200", "50%")
+        );
+        assert_eq!(cells.last().unwrap(), "gradient");
+        adaptive.limit = 200;
+        adaptive.adaptive = Some(AdaptiveLimit {
+            shadow: Some(true),
+            ..Default::default()
+        });
+        assert_eq!(row(&adaptive).last().unwrap(), "gradient/shadow(12)");
     }
 }

@@ -143,6 +143,13 @@ impl StatusBoard {
                 DependencyJson {
                     name: &status.name,
                     limit: load.limit,
+                    max_concurrency: status.limit.ceiling,
+                    algorithm: status
+                        .limit
+                        .adaptive
+                        .map_or("static", |a| a.algorithm.as_str()),
+                    adaptive_limit: status.limit.adaptive.map(|a| a.limit),
+                    shadow: status.limit.adaptive.is_some_and(|a| a.shadow),
                     in_flight: status.in_flight,
                     queued: status.queued,
                     max_queue: status.limits.max_queue(),
@@ -195,6 +202,12 @@ struct StatusJson<'a> {
 struct DependencyJson<'a> {
     name: &'a str,
     limit: u32,
+    max_concurrency: u32,
+    /// "static", or the adaptive limit's algorithm.
+    algorithm: &'static str,
+    /// What the adaptive limit computed (in shadow mode not enforced).
+    adaptive_limit: Option<u32>,
+    shadow: bool,
     in_flight: u32,
     queued: u32,
     max_queue: u32,
@@ -294,6 +307,9 @@ mod tests {
         assert_eq!(dep["name"], "db");
         assert_eq!(dep["in_flight"], limit);
         assert_eq!(dep["limit"], limit);
+        assert_eq!(dep["max_concurrency"], limit);
+        assert_eq!(dep["algorithm"], "static");
+        assert_eq!(dep["adaptive_limit"], serde_json::Value::Null);
         assert_eq!(dep["rejections_per_second"], 5.0);
         // Rank 99 of 100 lies halfway through the two waits in (0.25, 0.5].
         let p99 = dep["wait_p99_seconds"].as_f64().unwrap();
