@@ -431,8 +431,9 @@ async fn governor_status_watch_refreshes_until_interrupted() {
         let row = next_db_row(&mut lines).await;
         let words: Vec<String> = row.split_whitespace().map(str::to_owned).collect();
         seen.push(row);
-        if words[7] == "3" && words[11] == "overloaded" {
-            assert!(words[10].parse::<f64>().unwrap() > 0.0, "{seen:?}");
+        // NAME LIMIT MAX IN-FLIGHT UTIL QUEUED MAX-QUEUE GRANTED REJECTED ... REJ/S PRESSURE
+        if words[8] == "3" && words[13] == "overloaded" {
+            assert!(words[12].parse::<f64>().unwrap() > 0.0, "{seen:?}");
             break;
         }
         assert!(seen.len() < 5, "the rejections never showed: {seen:?}");
