@@ -93,6 +93,7 @@ pub struct Metrics {
     limit_changes: Family<ChangeLabels, Counter>,
     in_flight: Family<DependencyLabels, Gauge>,
     utilization: Family<DependencyLabels, Gauge<f64, AtomicU64>>,
+    pressure: Family<DependencyLabels, Gauge>,
     queued: Family<DependencyLabels, Gauge>,
     max_queue: Family<DependencyLabels, Gauge>,
     budget: Family<DependencyLabels, Gauge<f64, AtomicU64>>,
@@ -156,6 +157,7 @@ impl Metrics {
             limit_changes: Family::default(),
             in_flight: Family::default(),
             utilization: Family::default(),
+            pressure: Family::default(),
             queued: Family::default(),
             max_queue: Family::default(),
             budget: Family::default(),
@@ -229,6 +231,11 @@ impl Metrics {
             "dependency_utilization",
             "Permits held over the enforced limit (in_flight / limit)",
             metrics.utilization.clone(),
+        );
+        r.register(
+            "dependency_pressure",
+            "Pressure over the last second: 1 none, 2 elevated, 3 saturated, 4 overloaded (rejected)",
+            metrics.pressure.clone(),
         );
         r.register(
             "dependency_in_flight",
@@ -322,6 +329,22 @@ impl Metrics {
             .entry(Arc::from(name))
             .or_insert(handles)
             .clone()
+    }
+
+    /// The pressure the status board sampled for `dependency`.
+    pub fn set_pressure(&self, dependency: &str, level: i64) {
+        let labels = DependencyLabels {
+            dependency: dependency.to_owned(),
+        };
+        self.pressure.get_or_create(&labels).set(level);
+    }
+
+    /// Drops the pressure series of a dependency that is gone.
+    pub fn forget_pressure(&self, dependency: &str) {
+        let labels = DependencyLabels {
+            dependency: dependency.to_owned(),
+        };
+        self.pressure.remove(&labels);
     }
 
     /// A limit moved; counted by reason.

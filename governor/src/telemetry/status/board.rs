@@ -79,7 +79,13 @@ impl StatusBoard {
         wall: SystemTime,
     ) {
         let mut tracks = self.tracks.lock().unwrap_or_else(|e| e.into_inner());
-        tracks.retain(|name, _| statuses.iter().any(|s| &s.name == name));
+        tracks.retain(|name, _| {
+            let known = statuses.iter().any(|s| &s.name == name);
+            if !known {
+                metrics.forget_pressure(name);
+            }
+            known
+        });
         for status in statuses {
             let track = tracks.entry(status.name.clone()).or_default();
             let counters = Counters {
@@ -107,6 +113,7 @@ impl StatusBoard {
                 rejections_per_second: per_second(rejected, seconds),
                 pressure: pressure(Load::of(status), rejected > 0),
             };
+            metrics.set_pressure(&status.name, sample.pressure.level());
             if track.samples.len() == HISTORY_SAMPLES {
                 track.samples.pop_front();
             }
@@ -336,6 +343,17 @@ mod tests {
         let dep = &parse(&board.json(&busy, false, t2, wall))["dependencies"][0];
         assert_eq!(dep["pressure"], "saturated");
         assert_eq!(dep["rejections_per_second"], 0.0);
+        // The same figure as a gauge: 3 saturated.
+        let ledger = crate::ledger::Ledger::new(crate::ledger::LedgerConfig::default());
+        let text = metrics.render(&ledger, crate::telemetry::Format::Text);
+        assert!(
+            text.contains("governor_dependency_pressure{dependency=\"db\"} 3"),
+            "{text}"
+        );
+        // Gone from the ledger: its pressure series goes.
+        board.sample(&[], &metrics, t2, wall);
+        let text = metrics.render(&ledger, crate::telemetry::Format::Text);
+        assert!(!text.contains("governor_dependency_pressure{"), "{text}");
         assert_eq!(dep["wait_p99_seconds"], serde_json::Value::Null);
         // A rejection since: overloaded at once, before the next sample.
         let rejected = [status("db", limit, 3, 6)];

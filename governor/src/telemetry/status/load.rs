@@ -64,6 +64,17 @@ impl Pressure {
             Pressure::Overloaded => "overloaded",
         }
     }
+
+    /// As a gauge value: 1 none, 2 elevated, 3 saturated, 4 overloaded (the
+    /// numbers of the `Pressure` enum planned for the API).
+    pub fn level(self) -> i64 {
+        match self {
+            Pressure::None => 1,
+            Pressure::Elevated => 2,
+            Pressure::Saturated => 3,
+            Pressure::Overloaded => 4,
+        }
+    }
 }
 
 /// The pressure of a dependency under `load` that has (or has not)
