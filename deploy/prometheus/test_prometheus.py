@@ -753,7 +753,7 @@ def test_every_dashboard_query_is_valid_and_answers(stack):
             result = stack.prom.query(q)  # raises on any query error
             checked += 1
             # Queries on series this sidecar serves must answer; those on
-            # series it does not serve yet (adaptive limits, pressure) may not.
+            # series it does not serve (adaptive limits: none is configured) may not.
             if metric_names(expr) <= names:
                 assert result, f"{title}: {q} returned nothing"
                 answered += 1
