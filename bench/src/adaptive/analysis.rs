@@ -294,6 +294,92 @@ mod tests {
         assert_eq!(converge_time(&t, 0.0, 2.0, (8.0, 16.0), 1.0), Some(0.0));
     }
 
+    fn arm(guard: Guard, goodput: [f64; 3], converged: [Option<f64>; 3]) -> StepArm {
+        let names = ["full", "half", "full again"];
+        StepArm {
+            guard,
+            label: String::new(),
+            available: true,
+            note: None,
+            phases: (0..3)
+                .map(|i| PhaseResult {
+                    name: names[i].into(),
+                    workers: if i == 1 { 2 } else { 4 },
+                    goodput_rate: goodput[i],
+                    converged_after_s: converged[i],
+                    duration_s: 2.0,
+                    ..Default::default()
+                })
+                .collect(),
+            trace: Vec::new(),
+            first_error: None,
+        }
+    }
+
+    #[test]
+    fn targets_compare_with_the_oracle_and_read_the_halved_phase() {
+        let plan = super::super::tests::plan();
+        let gradient = Guard::Adaptive(Algorithm::Gradient);
+        let vegas = Guard::Adaptive(Algorithm::Vegas);
+        let steps = vec![
+            // 95%, 91%, 100% of the oracle; converged 1.5 s after halving.
+            arm(
+                gradient,
+                [380.0, 182.0, 400.0],
+                [Some(0.0), Some(1.5), None],
+            ),
+            // 89% in the half phase; converged too late.
+            arm(
+                vegas,
+                [400.0, 178.0, 400.0],
+                [Some(0.0), Some(2.5), Some(0.1)],
+            ),
+            arm(Guard::RightStatic, [400.0, 200.0, 400.0], [Some(0.0); 3]),
+        ];
+        let steady = vec![SteadyArm {
+            algorithm: Algorithm::Gradient,
+            available: true,
+            note: None,
+            phase: PhaseResult {
+                sent: 1000,
+                rejected: 5,
+                rejected_share: 0.005,
+                ..Default::default()
+            },
+            trace: Vec::new(),
+            first_error: None,
+        }];
+        let t = targets(&plan, &steps, &steady);
+        let verdicts: Vec<(&str, Option<bool>)> =
+            t.iter().map(|t| (t.name.as_str(), t.pass)).collect();
+        assert_eq!(
+            verdicts,
+            vec![
+                ("gradient: limit after the capacity halves", Some(true)),
+                (
+                    "gradient: goodput vs the right static limit, every phase",
+                    Some(true)
+                ),
+                ("gradient: rejections at 0.8x load", Some(false)),
+                ("vegas: limit after the capacity halves", Some(false)),
+                (
+                    "vegas: goodput vs the right static limit, every phase",
+                    Some(false)
+                ),
+            ]
+        );
+        assert!(
+            t[1].measured.starts_with("lowest 91.0% (half)"),
+            "{}",
+            t[1].measured
+        );
+        assert!(
+            t[3].measured.starts_with("2.50 s into [1.6, 3.2]"),
+            "{}",
+            t[3].measured
+        );
+    }
+
     #[test]
     fn the_halved_phase_is_found_after_the_warm_up() {
         let plan = super::super::tests::plan();
