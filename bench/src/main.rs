@@ -115,8 +115,8 @@ fn adaptive_plan(mode: &str) -> AdaptivePlan {
     // (workers, service ms, warm-up, phase, steady warm-up, steady measure)
     let (workers, service_ms, warmup, phase_s, sw, sm) = match mode {
         "smoke" => (8, 20.0, 0.1, 0.25, 0.1, 0.3),
-        "quick" => (16, 10.0, 1.0, 4.0, 2.0, 4.0),
-        _ => (16, 10.0, 2.0, 10.0, 3.0, 10.0),
+        "quick" => (8, 10.0, 1.0, 4.0, 2.0, 4.0),
+        _ => (8, 10.0, 2.0, 10.0, 3.0, 10.0),
     };
     let phase = |name: &str, workers: usize, seconds: f64, scored: bool| Phase {
         name: name.to_owned(),

@@ -64,7 +64,6 @@ pub struct Backend {
     backlog_capacity: usize,
     state: Mutex<State>,
     served: AtomicU64,
-    refused: AtomicU64,
     busy_nanos: AtomicU64,
     tasks: Mutex<JoinSet<()>>,
 }
@@ -88,7 +87,6 @@ impl Backend {
                 backlog: VecDeque::new(),
             }),
             served: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
             busy_nanos: AtomicU64::new(0),
             tasks: Mutex::new(JoinSet::new()),
         })
@@ -115,7 +113,6 @@ impl Backend {
             state.backlog.push_back(job);
         } else {
             drop(state);
-            self.refused.fetch_add(1, Ordering::Relaxed);
             let _ = job.reply.send(Answer::Refused);
         }
         rx
@@ -147,11 +144,6 @@ impl Backend {
             busy: state.busy,
             backlog: state.backlog.len(),
         }
-    }
-
-    /// Calls refused because the backlog was full.
-    pub fn refused(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
     }
 
     /// The mean service time actually observed (timer granularity makes it a
@@ -263,7 +255,6 @@ mod tests {
                 (0, Answer::Refused)
             ]
         );
-        assert_eq!(b.refused(), 2);
     }
 
     #[tokio::test(start_paused = true)]

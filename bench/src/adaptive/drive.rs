@@ -195,7 +195,7 @@ pub async fn run(
     guard: Guard,
     governor: Option<&Governor>,
 ) -> Run {
-    let mut first_error = None;
+    let mut first_error: Option<String> = None;
     let channel = match governor {
         Some(g) => match g.tcp_channel().await {
             Ok(c) => Some(c),
@@ -342,10 +342,18 @@ pub async fn run(
         })
         .await;
 
+    // The calls' own errors first: they say what went wrong for callers.
+    if let Some(e) = errors.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        first_error = Some(e);
+    }
     match switcher.await {
-        Ok(Some(e)) => first_error = Some(e),
+        Ok(Some(e)) => {
+            first_error.get_or_insert(e);
+        }
         Ok(None) => {}
-        Err(e) => first_error = Some(format!("the capacity switcher failed: {e}")),
+        Err(e) => {
+            first_error.get_or_insert(format!("the capacity switcher failed: {e}"));
+        }
     }
     let mut trace = Vec::new();
     if let Some(poller) = poller {
@@ -363,9 +371,6 @@ pub async fn run(
     }
     let mean_service = backend.mean_service().unwrap_or(plan.service());
     backend.shutdown().await;
-    if let Some(e) = errors.lock().unwrap_or_else(|e| e.into_inner()).take() {
-        first_error.get_or_insert(e);
-    }
     let tallies = tallies.lock().unwrap_or_else(|e| e.into_inner());
     let mut results = Vec::new();
     for (i, (phase, t)) in phases.iter().zip(tallies.iter()).enumerate() {

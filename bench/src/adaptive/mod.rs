@@ -274,7 +274,7 @@ fn unsupported(error: &str) -> Option<String> {
 }
 
 enum Started {
-    Running(Option<Governor>),
+    Running(Option<Box<Governor>>),
     Unsupported(String),
 }
 
@@ -297,7 +297,7 @@ async fn start(
     )
     .await
     {
-        Ok(g) => Ok(Started::Running(Some(g))),
+        Ok(g) => Ok(Started::Running(Some(Box::new(g)))),
         Err(e) => match unsupported(&e) {
             Some(note) if matches!(guard, Guard::Adaptive(_)) => Ok(Started::Unsupported(note)),
             _ => Err(format!("start the sidecar for {}: {e}", guard.label(plan))),
@@ -305,7 +305,7 @@ async fn start(
     }
 }
 
-async fn stop(governor: Option<Governor>, warnings: &mut Vec<String>) {
+async fn stop(governor: Option<Box<Governor>>, warnings: &mut Vec<String>) {
     if let Some(g) = governor {
         let name = g.process.name.clone();
         if let Err(e) = g.process.stop(Duration::from_secs(5)).await {
@@ -314,6 +314,14 @@ async fn stop(governor: Option<Governor>, warnings: &mut Vec<String>) {
             ));
         }
     }
+}
+
+/// The sidecar's last log lines, to explain an arm's errors.
+fn sidecar_log(governor: Option<&Governor>) -> String {
+    governor
+        .map(|g| g.process.stderr_tail())
+        .filter(|t| !t.trim().is_empty())
+        .map_or_else(String::new, |t| format!("; sidecar stderr:\n{t}"))
 }
 
 /// The guards of the step arms, in the order they run.
@@ -346,8 +354,15 @@ pub async fn run(
         };
         match start(sidecars, plan, guard, &name).await {
             Ok(Started::Running(governor)) => {
-                let run =
-                    drive::run(plan, &plan.phases, plan.step_load, guard, governor.as_ref()).await;
+                let run = drive::run(
+                    plan,
+                    &plan.phases,
+                    plan.step_load,
+                    guard,
+                    governor.as_deref(),
+                )
+                .await;
+                let stderr = sidecar_log(governor.as_deref());
                 stop(governor, &mut warnings).await;
                 arm.available = true;
                 arm.phases = run.phases;
@@ -355,9 +370,9 @@ pub async fn run(
                 arm.first_error = run.first_error;
                 if arm.samples() == 0 {
                     failures.push(format!("adaptive step, {label}: no samples"));
-                } else if arm.errors() > 0 {
+                } else if arm.errors() > 0 || arm.first_error.is_some() {
                     failures.push(format!(
-                        "adaptive step, {label}: {} errors, first: {}",
+                        "adaptive step, {label}: {} errors, first: {}{stderr}",
                         arm.errors(),
                         arm.first_error.as_deref().unwrap_or("?")
                     ));
@@ -396,7 +411,8 @@ pub async fn run(
         match start(sidecars, plan, guard, &name).await {
             Ok(Started::Running(governor)) => {
                 let run =
-                    drive::run(plan, &phases, plan.steady_load, guard, governor.as_ref()).await;
+                    drive::run(plan, &phases, plan.steady_load, guard, governor.as_deref()).await;
+                let stderr = sidecar_log(governor.as_deref());
                 stop(governor, &mut warnings).await;
                 arm.available = true;
                 arm.trace = run.trace;
@@ -406,9 +422,9 @@ pub async fn run(
                 }
                 if arm.phase.sent == 0 {
                     failures.push(format!("adaptive steady, {label}: no samples"));
-                } else if arm.phase.errors > 0 {
+                } else if arm.phase.errors > 0 || arm.first_error.is_some() {
                     failures.push(format!(
-                        "adaptive steady, {label}: {} errors, first: {}",
+                        "adaptive steady, {label}: {} errors, first: {}{stderr}",
                         arm.phase.errors,
                         arm.first_error.as_deref().unwrap_or("?")
                     ));

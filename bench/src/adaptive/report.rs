@@ -421,6 +421,13 @@ pub fn svg(r: &AdaptiveResults) -> String {
         if !arm.available || arm.trace.is_empty() {
             let _ = writeln!(
                 s,
+                r##"<rect x="{:.1}" y="{:.1}" width="{:.1}" height="22" fill="white" stroke="#a33"/>"##,
+                LEFT + 20.0,
+                top + PANEL_H / 2.0 - 15.0,
+                PLOT_W - 40.0
+            );
+            let _ = writeln!(
+                s,
                 r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#a33">{}</text>"##,
                 LEFT + PLOT_W / 2.0,
                 top + PANEL_H / 2.0,
@@ -443,12 +450,13 @@ pub fn svg(r: &AdaptiveResults) -> String {
         );
         t += step;
     }
-    for &(from, to, w) in &spans {
+    for (&(from, to, w), phase) in spans.iter().zip(&p.phases) {
         let _ = writeln!(
             s,
-            r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#555">c = {w}</text>"##,
+            r##"<text x="{:.1}" y="{:.1}" text-anchor="middle" fill="#555">{} (c = {w})</text>"##,
             (x(from) + x(to)) / 2.0,
-            axis_y + 18.0
+            axis_y + 18.0,
+            escape(&phase.name)
         );
     }
     let _ = writeln!(s, "</svg>");
