@@ -6,7 +6,7 @@
 //!
 //! ```text
 //! cargo build --release -p rate-governor --bin governor
-//! cargo run --release -p governor-bench -- --quick     # about a minute
+//! cargo run --release -p governor-bench -- --quick     # about three minutes
 //! cargo run --release -p governor-bench                # the full run
 //! cargo run -p governor-bench -- --smoke --governor-bin target/debug/governor   # CI, < 30 s
 //! cargo run --release -p governor-bench -- --quick --only adaptive   # the adaptive-limit arms only
@@ -44,7 +44,7 @@ use crate::scale::ScalePlan;
 #[derive(Debug, Parser)]
 #[command(name = "governor-bench", version, about)]
 struct Args {
-    /// A shorter run, about a minute.
+    /// A shorter run: about a minute and a half per group (--only).
     #[arg(long, conflicts_with = "smoke")]
     quick: bool,
     /// Every arm very briefly (< 30 s), for CI: exits non-zero if any arm

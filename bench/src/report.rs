@@ -284,7 +284,7 @@ pub fn markdown(r: &Results, svg_name: &str, json_name: &str, analysis: Option<&
     );
     let _ = writeln!(
         m,
-        "\nTo rerun: `cargo build --release -p rate-governor --bin governor && cargo run --release -p governor-bench -- --quick` \
+        "\nTo rerun: `cargo build --release -p rate-governor --bin governor && cargo run --release -p governor-bench -- --quick --only main` \
          (about a minute; drop `--quick` for the full run, several minutes). The machine is shared and noisy, so read \
          ratios and medians over repeats; ranges in parentheses are min–max over the repeats. \
          Adaptive concurrency limits have a report of their own: [benchmarks-adaptive.md](benchmarks-adaptive.md).\n"
