@@ -6,7 +6,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use rate_governor::ledger::{AcquireRequest, Ledger, LedgerConfig, Priority};
+use rate_governor::ledger::{AcquireRequest, Ledger, LedgerConfig, Priority, Report};
 use rate_governor_proto::v1::governor_client::GovernorClient;
 use rate_governor_proto::v1::{self as pb, Outcome};
 use serde::Serialize;
@@ -137,7 +137,7 @@ async fn ledger_pair(ledger: &Ledger) -> Result<(), String> {
         .granted()
         .ok_or("ledger did not grant an idle dependency")?;
     ledger
-        .release(&grant.lease.to_string())
+        .release(&grant.lease, Report::default())
         .ok_or("ledger lost a live lease")?;
     Ok(())
 }

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rate_governor::ledger::{AcquireRequest, Ledger, LedgerConfig, Limits, LimitsPatch, Priority};
+use rate_governor::ledger::{
+    AcquireRequest, Ledger, LedgerConfig, Limits, LimitsPatch, Priority, Report,
+};
 use serde::Serialize;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -78,7 +80,7 @@ async fn pair(ledger: &Ledger, name: &str) -> Result<(), String> {
         .granted()
         .ok_or_else(|| format!("{name}: not granted"))?;
     ledger
-        .release(&grant.lease.to_string())
+        .release(&grant.lease, Report::default())
         .ok_or_else(|| format!("{name}: lease lost"))?;
     Ok(())
 }
@@ -146,7 +148,7 @@ async fn waiters(count: usize, repeats: usize) -> Result<WaiterScale, String> {
             .await
             .map_err(|e| e.to_string())?
             .granted()
-            .map(|g| g.lease.to_string())
+            .map(|g| g.lease)
             .ok_or("the idle hot dependency did not grant")?;
         let started = Instant::now();
         let mut tasks = JoinSet::new();
@@ -168,7 +170,9 @@ async fn waiters(count: usize, repeats: usize) -> Result<WaiterScale, String> {
             .enqueue_ns
             .push(started.elapsed().as_nanos() as f64 / count as f64);
         let started = Instant::now();
-        ledger.release(&holder).ok_or("holder lease lost")?;
+        ledger
+            .release(&holder, Report::default())
+            .ok_or("holder lease lost")?;
         while let Some(done) = tasks.join_next().await {
             done.map_err(|e| e.to_string())??;
         }

@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
-use rate_governor::ledger::{AcquireRequest, Ledger, LedgerConfig, Limits, LimitsPatch, Priority};
+use rate_governor::ledger::{
+    AcquireRequest, Ledger, LedgerConfig, Limits, LimitsPatch, Priority, Report,
+};
 
 fn limits(concurrency: u32) -> Limits {
     Limits::default()
@@ -36,8 +38,8 @@ async fn pair(ledger: &Ledger, dependency: &str) {
         max_wait: None,
     };
     let decision = ledger.acquire(&request).await.unwrap();
-    let lease = decision.granted().expect("granted").lease.to_string();
-    ledger.release(&lease).unwrap();
+    let lease = decision.granted().expect("granted").lease;
+    ledger.release(&lease, Report::default()).unwrap();
 }
 
 fn uncontended(c: &mut Criterion) {
@@ -141,7 +143,7 @@ fn wake_with_deep_queue(c: &mut Criterion) {
             while ledger.waiters() < crowd {
                 tokio::task::yield_now().await;
             }
-            held.granted().unwrap().lease.to_string()
+            held.granted().unwrap().lease
         });
         assert_eq!(ledger.waiters(), crowd);
         group.bench_function(BenchmarkId::new("queued", crowd), |b| {
@@ -154,11 +156,11 @@ fn wake_with_deep_queue(c: &mut Criterion) {
                             tokio::spawn(async move {
                                 let decision =
                                     ledger.acquire(&request(Priority::Normal)).await.unwrap();
-                                decision.granted().unwrap().lease.to_string()
+                                decision.granted().unwrap().lease
                             })
                         };
                         tokio::task::yield_now().await;
-                        ledger.release(&held).unwrap();
+                        ledger.release(&held, Report::default()).unwrap();
                         held = next.await.unwrap();
                     }
                     start.elapsed()

@@ -7,7 +7,10 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use rand::Rng;
-use rate_governor::ledger::{AcquireRequest, Ledger, LedgerConfig, Limits, LimitsPatch, Priority};
+use rate_governor::ledger::limit::{AdaptivePatch, Algorithm, AlgorithmChoice};
+use rate_governor::ledger::{
+    AcquireRequest, Ledger, LedgerConfig, Limits, LimitsPatch, Outcome, Priority, Report,
+};
 
 const LIMIT: u32 = 4;
 
@@ -65,7 +68,7 @@ async fn caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) {
             assert!(held <= LIMIT, "{held} callers hold a permit of {LIMIT}");
             tokio::time::sleep(Duration::from_micros(hold)).await;
             holders.fetch_sub(1, Ordering::SeqCst);
-            assert!(ledger.release(&grant.lease.to_string()).is_some());
+            assert!(ledger.release(&grant.lease, Report::default()).is_some());
         }
     }
 }
@@ -134,7 +137,119 @@ async fn caller_unchecked(ledger: Arc<Ledger>, _holders: Arc<AtomicU32>) {
         };
         if let Some(grant) = decision.granted() {
             tokio::task::yield_now().await;
-            assert!(ledger.release(&grant.lease.to_string()).is_some());
+            assert!(ledger.release(&grant.lease, Report::default()).is_some());
         }
     }
+}
+
+const CEILING: u32 = 8;
+
+/// Callers that report random outcomes and latencies, so an adaptive limit
+/// with short windows moves all the time; every grant is checked against the
+/// enforced limit in force at that grant.
+async fn adaptive_caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>) {
+    for _ in 0..300 {
+        let (cancel, hold, outcome, latency) = {
+            let mut rng = rand::rng();
+            let outcome = [
+                Outcome::Success,
+                Outcome::Success,
+                Outcome::Success,
+                Outcome::Failure,
+                Outcome::Timeout,
+                Outcome::Cancelled,
+            ][rng.random_range(0..6)];
+            (
+                rng.random_bool(0.2),
+                rng.random_range(0..300u64),
+                outcome,
+                Duration::from_micros(rng.random_range(1..5000)),
+            )
+        };
+        let request = AcquireRequest {
+            dependency: "db",
+            attempt: 0,
+            priority: Priority::Normal,
+            max_wait: None,
+        };
+        let decision = if cancel {
+            match tokio::time::timeout(Duration::from_micros(150), ledger.acquire(&request)).await {
+                Ok(decision) => decision.unwrap(),
+                Err(_) => continue,
+            }
+        } else {
+            ledger.acquire(&request).await.unwrap()
+        };
+        if let Some(grant) = decision.granted() {
+            let snapshot = decision.snapshot;
+            assert!(snapshot.in_flight <= snapshot.limit, "{snapshot:?}");
+            assert!(snapshot.limit <= CEILING, "{snapshot:?}");
+            let held = holders.fetch_add(1, Ordering::SeqCst) + 1;
+            assert!(held <= CEILING, "{held} callers hold a permit of {CEILING}");
+            tokio::time::sleep(Duration::from_micros(hold)).await;
+            holders.fetch_sub(1, Ordering::SeqCst);
+            let report = Report::new(outcome, Some(latency));
+            assert!(ledger.release(&grant.lease, report).is_some());
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_adaptive_limit_moving_under_load_is_never_exceeded() {
+    let adaptive = AdaptivePatch {
+        algorithm: Some(AlgorithmChoice::Adaptive(Algorithm::Aimd)),
+        min_limit: Some(1),
+        initial_limit: Some(4),
+        window: Some(Duration::from_millis(10)),
+        min_samples: Some(2),
+        ..Default::default()
+    };
+    let limits = Limits::default()
+        .patched(&LimitsPatch {
+            max_concurrency: Some(CEILING),
+            max_queue: Some(16),
+            max_wait: Some(Duration::from_millis(20)),
+            adaptive: Some(adaptive),
+            ..Default::default()
+        })
+        .unwrap();
+    let ledger = Arc::new(Ledger::new(LedgerConfig {
+        dependencies: vec![("db".into(), limits)],
+        ..LedgerConfig::default()
+    }));
+    let holders = Arc::new(AtomicU32::new(0));
+    let callers: Vec<_> = (0..48)
+        .map(|_| tokio::spawn(adaptive_caller(ledger.clone(), holders.clone())))
+        .collect();
+    // Meanwhile the control plane switches algorithms, shadow mode and the
+    // adaptive limit itself on and off.
+    let choices = [
+        AlgorithmChoice::Adaptive(Algorithm::Gradient),
+        AlgorithmChoice::Adaptive(Algorithm::Vegas),
+        AlgorithmChoice::Static,
+        AlgorithmChoice::Adaptive(Algorithm::Aimd),
+    ];
+    for round in 0..40usize {
+        let patch = LimitsPatch {
+            adaptive: Some(AdaptivePatch {
+                algorithm: Some(choices[round % choices.len()]),
+                shadow: Some(round % 5 == 0),
+                ..adaptive
+            }),
+            ..Default::default()
+        };
+        ledger.update("db", &patch).unwrap();
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    for caller in callers {
+        caller.await.expect("no caller panicked");
+    }
+    let status = ledger.status("db").unwrap();
+    assert_eq!((status.in_flight, status.queued), (0, 0), "{status:?}");
+    assert_eq!(ledger.leases(), 0);
+    assert_eq!(ledger.waiters(), 0);
+    assert!(
+        status.limit_changes_total > 0,
+        "the limit never moved: {status:?}"
+    );
 }

@@ -19,6 +19,7 @@ use serde::Deserialize;
 pub use duration::{HumanDuration, parse as parse_duration};
 pub use telemetry::{OtlpProtocol, TelemetryConfig, TracingConfig};
 
+use crate::ledger::limit::{AdaptivePatch, AlgorithmChoice};
 use crate::ledger::{self, BudgetConfig, LedgerConfig, Limits, LimitsPatch};
 
 /// The configuration the binary runs on when given none.
@@ -110,6 +111,25 @@ struct LimitsSection {
     max_wait: Option<HumanDuration>,
     lease_ttl: Option<HumanDuration>,
     retry_budget: Option<BudgetSection>,
+    adaptive: Option<AdaptiveSection>,
+}
+
+/// `[*.adaptive]`: every key optional, defaults in `AdaptiveConfig::DEFAULT`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AdaptiveSection {
+    algorithm: Option<String>,
+    min_limit: Option<u32>,
+    initial_limit: Option<u32>,
+    shadow: Option<bool>,
+    window: Option<HumanDuration>,
+    min_samples: Option<u32>,
+    baseline_windows: Option<u32>,
+    drop_threshold: Option<f64>,
+    backoff: Option<f64>,
+    tolerance: Option<f64>,
+    alpha: Option<f64>,
+    beta: Option<f64>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -156,10 +176,14 @@ impl Config {
         let server = server_config(file.server, base.server)?;
 
         let builtin = Limits::default()
-            .patched(&patch(&base.defaults, &BudgetConfig::default()))
+            .patched(&patch(
+                &base.defaults,
+                &BudgetConfig::default(),
+                "defaults",
+            )?)
             .expect("the embedded defaults are valid");
         let defaults = builtin
-            .patched(&patch(&file.defaults, &builtin.retry_budget()))
+            .patched(&patch(&file.defaults, &builtin.retry_budget(), "defaults")?)
             .map_err(|e| ConfigError::at(format!("defaults.{}", e.field), e.problem))?;
 
         let caps = file.limits;
@@ -197,11 +221,10 @@ impl Config {
         for (name, section) in &file.dependencies {
             ledger::check_dependency_name(name)
                 .map_err(|problem| ConfigError::at(format!("dependencies.{name:?}"), problem))?;
+            let key = format!("dependencies.{name}");
             let limits = defaults
-                .patched(&patch(section, &defaults.retry_budget()))
-                .map_err(|e| {
-                    ConfigError::at(format!("dependencies.{name}.{}", e.field), e.problem)
-                })?;
+                .patched(&patch(section, &defaults.retry_budget(), &key)?)
+                .map_err(|e| ConfigError::at(format!("{key}.{}", e.field), e.problem))?;
             dependencies.push((name.clone(), limits));
         }
 
@@ -223,9 +246,20 @@ impl Config {
 }
 
 /// A section's keys as a patch; a partial `retry_budget` fills its gaps from
-/// the budget it inherits.
-fn patch(section: &LimitsSection, inherited: &BudgetConfig) -> LimitsPatch {
-    LimitsPatch {
+/// the budget it inherits, and a partial `adaptive` table from the adaptive
+/// settings it inherits. `key` is the section's, for errors.
+fn patch(
+    section: &LimitsSection,
+    inherited: &BudgetConfig,
+    key: &str,
+) -> Result<LimitsPatch, ConfigError> {
+    let adaptive = section
+        .adaptive
+        .as_ref()
+        .map(|adaptive| adaptive_patch(adaptive, key))
+        .transpose()?;
+    Ok(LimitsPatch {
+        adaptive,
         max_concurrency: section.max_concurrency,
         max_queue: section.max_queue,
         max_wait: section.max_wait.map(|d| d.0),
@@ -235,7 +269,30 @@ fn patch(section: &LimitsSection, inherited: &BudgetConfig) -> LimitsPatch {
             min_per_second: budget.min_per_second.unwrap_or(inherited.min_per_second),
             ttl: budget.ttl.map_or(inherited.ttl, |d| d.0),
         }),
-    }
+    })
+}
+
+fn adaptive_patch(section: &AdaptiveSection, key: &str) -> Result<AdaptivePatch, ConfigError> {
+    let algorithm = section
+        .algorithm
+        .as_deref()
+        .map(str::parse::<AlgorithmChoice>)
+        .transpose()
+        .map_err(|problem| ConfigError::at(format!("{key}.adaptive.algorithm"), problem))?;
+    Ok(AdaptivePatch {
+        algorithm,
+        min_limit: section.min_limit,
+        initial_limit: section.initial_limit,
+        shadow: section.shadow,
+        window: section.window.map(|d| d.0),
+        min_samples: section.min_samples,
+        baseline_windows: section.baseline_windows,
+        drop_threshold: section.drop_threshold,
+        backoff: section.backoff,
+        tolerance: section.tolerance,
+        alpha: section.alpha,
+        beta: section.beta,
+    })
 }
 
 fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfig, ConfigError> {

@@ -100,3 +100,76 @@ fn server_settings_parse_and_admin_listen_can_be_off() {
     let off = Config::parse("[server]\nadmin_listen = \"off\"").unwrap();
     assert_eq!(off.server.admin_listen, None);
 }
+
+#[test]
+fn adaptive_limits_inherit_key_by_key_and_can_be_turned_off() {
+    use crate::ledger::limit::Algorithm;
+    let config = Config::parse(
+        r#"
+        [defaults.adaptive]
+        algorithm = "vegas"
+        min_limit = 3
+        window = "250ms"
+        [dependencies.search]
+        max_concurrency = 200
+        [dependencies.search.adaptive]
+        algorithm = "gradient"
+        initial_limit = 32
+        shadow = true
+        [dependencies.ledger]
+        adaptive = { algorithm = "static" }
+        [dependencies.cache]
+        "#,
+    )
+    .unwrap();
+    let find = |name: &str| {
+        config
+            .ledger
+            .dependencies
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, limits)| limits.clone())
+            .unwrap()
+    };
+    let search = find("search");
+    let adaptive = search.adaptive().unwrap();
+    assert_eq!(adaptive.algorithm(), Algorithm::Gradient);
+    assert_eq!(
+        (adaptive.min_limit(), adaptive.initial_limit()),
+        (3, 32),
+        "min_limit inherited, initial_limit its own"
+    );
+    assert_eq!(adaptive.window(), Duration::from_millis(250));
+    assert!(adaptive.shadow());
+    assert_eq!(find("ledger").adaptive(), None);
+    let cache = find("cache");
+    assert_eq!(cache.adaptive().unwrap().algorithm(), Algorithm::Vegas);
+    assert_eq!(
+        config.ledger.defaults.adaptive().unwrap().min_limit(),
+        3,
+        "unconfigured dependencies get the defaults' adaptive limit too"
+    );
+    // Off by default.
+    assert_eq!(Config::embedded().ledger.defaults.adaptive(), None);
+}
+
+#[test]
+fn adaptive_errors_name_the_key() {
+    let unknown = error("[dependencies.search.adaptive]\nalgorithm = \"bbr\"");
+    assert!(
+        unknown.starts_with("dependencies.search.adaptive.algorithm:") && unknown.contains("bbr"),
+        "{unknown}"
+    );
+    let key = error("[defaults.adaptive]\nwindw = \"1s\"");
+    assert!(key.contains("windw"), "{key}");
+    let min = error("[dependencies.db]\nmax_concurrency = 4\nadaptive = { min_limit = 8 }");
+    assert!(
+        min.starts_with("dependencies.db.adaptive.min_limit:"),
+        "{min}"
+    );
+    let tolerance = error("[defaults.adaptive]\ntolerance = 0.5");
+    assert!(
+        tolerance.starts_with("defaults.adaptive.tolerance:"),
+        "{tolerance}"
+    );
+}

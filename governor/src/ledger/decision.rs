@@ -100,10 +100,62 @@ impl Decision {
     }
 }
 
+/// How the call made under a permit went, as its caller reports on Release.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    #[default]
+    Unspecified,
+    Success,
+    Failure,
+    Timeout,
+    Cancelled,
+}
+
+impl Outcome {
+    pub const ALL: [Outcome; 5] = [
+        Outcome::Unspecified,
+        Outcome::Success,
+        Outcome::Failure,
+        Outcome::Timeout,
+        Outcome::Cancelled,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Unspecified => "unspecified",
+            Outcome::Success => "success",
+            Outcome::Failure => "failure",
+            Outcome::Timeout => "timeout",
+            Outcome::Cancelled => "cancelled",
+        }
+    }
+
+    /// Whether the call failed in a way that says the dependency may be
+    /// overloaded.
+    pub fn is_drop(self) -> bool {
+        matches!(self, Outcome::Failure | Outcome::Timeout)
+    }
+}
+
+/// What a caller reports when it gives a permit back.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Report {
+    pub outcome: Outcome,
+    /// The downstream latency the caller measured; the hold time stands in
+    /// when absent.
+    pub latency: Option<Duration>,
+}
+
+impl Report {
+    pub fn new(outcome: Outcome, latency: Option<Duration>) -> Report {
+        Report { outcome, latency }
+    }
+}
+
 /// How a lease ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LeaseEnd {
-    Released,
+    Released(Outcome),
     Expired,
 }
 

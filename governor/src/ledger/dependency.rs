@@ -1,14 +1,19 @@
 //! One dependency's permits: the in-flight count, the wait queue, the leases'
-//! expiry order and the retry budget, all behind one short-held mutex.
+//! expiry order, the retry budget and the limiter, all behind one short-held
+//! mutex.
 //!
 //! Every operation here is O(1) in the number of waiters and dependencies; the
 //! only loops hand out permits (one iteration a grant) or expire leases (one
-//! iteration an expiry).
+//! iteration an expiry). Whatever moves the enforced limit (a sample that
+//! closes a window, new limits) goes through [`Dependency::limit_moved`],
+//! which re-runs the hand-over: a raised limit grants waiters at once, a
+//! lowered one never revokes a lease. Changes are reported to the observer
+//! after the lock is released.
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
@@ -16,10 +21,13 @@ use tokio::time::Instant;
 
 use super::budget::RetryBudget;
 use super::decision::{
-    AcquireRequest, Decision, EndedLease, Grant, LeaseEnd, RejectReason, Rejection, Snapshot,
+    AcquireRequest, Decision, EndedLease, Grant, LeaseEnd, Outcome, RejectReason, Rejection,
+    Report, Snapshot,
 };
 use super::lease::{LeaseId, LeaseKey};
+use super::limit::{LimitChange, LimitStatus, Limiter, Sample, SampleKind};
 use super::limits::{InvalidLimit, Limits, LimitsPatch};
+use super::reaper;
 use super::shared::{LeaseRecord, Shared};
 use super::waiters::{WaiterKey, WaiterQueue};
 
@@ -40,6 +48,8 @@ pub struct Dependency {
 #[derive(Debug)]
 struct State {
     limits: Limits,
+    /// The enforced limit and what moves it.
+    limiter: Limiter,
     in_flight: u32,
     waiters: WaiterQueue<Waiter>,
     budget: RetryBudget,
@@ -53,6 +63,7 @@ struct State {
     granted_total: u64,
     rejected_total: u64,
     expired_total: u64,
+    limit_changes_total: u64,
 }
 
 #[derive(Debug)]
@@ -84,18 +95,23 @@ pub(crate) enum Admission {
 pub struct DependencyStatus {
     pub name: Arc<str>,
     pub limits: Limits,
+    /// The enforced limit (`limit.enforced`), the ceiling and what an
+    /// adaptive limit computed.
+    pub limit: LimitStatus,
     pub in_flight: u32,
     pub queued: u32,
     pub retry_budget_available: f64,
     pub granted_total: u64,
     pub rejected_total: u64,
     pub expired_total: u64,
+    /// Moves of the enforced or computed limit.
+    pub limit_changes_total: u64,
 }
 
 impl State {
     fn snapshot(&self) -> Snapshot {
         Snapshot {
-            limit: self.limits.max_concurrency(),
+            limit: self.limiter.enforced(),
             in_flight: self.in_flight,
             queued: self.waiters.len() as u32,
         }
@@ -107,7 +123,7 @@ impl State {
     fn queue_retry_after(&self) -> Duration {
         let hold = self.mean_hold.unwrap_or(self.limits.max_wait());
         let ahead = self.waiters.len() as u32 + 1;
-        let estimate = hold.mul_f64(f64::from(ahead) / f64::from(self.limits.max_concurrency()));
+        let estimate = hold.mul_f64(f64::from(ahead) / f64::from(self.limiter.enforced()));
         estimate.clamp(Duration::from_millis(1), MAX_RETRY_AFTER)
     }
 
@@ -116,6 +132,26 @@ impl State {
         Rejection {
             reason,
             retry_after,
+        }
+    }
+
+    /// Answers a waiter that leaves the queue without a permit. Its receiver
+    /// is alive: a waiter leaves the queue only under this lock.
+    fn turn_away(&mut self, waiter: Waiter, reason: RejectReason, retry_after: Duration) {
+        let rejection = self.reject(reason, retry_after);
+        let _ = waiter.wake.send(Wake {
+            outcome: Err(rejection),
+            snapshot: self.snapshot(),
+        });
+    }
+
+    /// `QUEUE_TIMEOUT` with the current estimate, for a waiter that ran out.
+    fn timed_out(&mut self) -> Wake {
+        let retry_after = self.queue_retry_after();
+        let rejection = self.reject(RejectReason::QueueTimeout, retry_after);
+        Wake {
+            outcome: Err(rejection),
+            snapshot: self.snapshot(),
         }
     }
 
@@ -137,6 +173,7 @@ impl Dependency {
             shared,
             state: Mutex::new(State {
                 budget: RetryBudget::new(limits.retry_budget(), now),
+                limiter: Limiter::new(limits.max_concurrency(), limits.adaptive(), now),
                 limits,
                 in_flight: 0,
                 waiters: WaiterQueue::default(),
@@ -145,10 +182,11 @@ impl Dependency {
                 granted_total: 0,
                 rejected_total: 0,
                 expired_total: 0,
+                limit_changes_total: 0,
             }),
             reaper: Arc::new(Notify::new()),
         });
-        spawn_reaper(Arc::downgrade(&dependency), dependency.reaper.clone());
+        reaper::spawn(Arc::downgrade(&dependency), dependency.reaper.clone());
         dependency
     }
 
@@ -191,7 +229,7 @@ impl Dependency {
         }
 
         // No barging: a free slot goes to a waiter before a newcomer.
-        if state.in_flight < state.limits.max_concurrency() && state.waiters.is_empty() {
+        if state.in_flight < state.limiter.enforced() && state.waiters.is_empty() {
             let grant = self.grant(&mut state, now);
             return decided(&mut state, Ok(grant));
         }
@@ -214,16 +252,10 @@ impl Dependency {
                 .victim_for(request.priority, request.is_retry());
             match victim.and_then(|key| state.waiters.remove(key)) {
                 Some(victim) => {
+                    // The displaced waiter's place in the global waiter count
+                    // passes to the arrival.
                     let retry_after = state.queue_retry_after();
-                    let rejection = state.reject(RejectReason::Shed, retry_after);
-                    let snapshot = state.snapshot();
-                    // Its receiver is alive: a waiter leaves the queue only
-                    // under this lock. The displaced waiter's place in the
-                    // global waiter count passes to the arrival.
-                    let _ = victim.wake.send(Wake {
-                        outcome: Err(rejection),
-                        snapshot,
-                    });
+                    state.turn_away(victim, RejectReason::Shed, retry_after);
                 }
                 None => {
                     let retry_after = state.queue_retry_after();
@@ -251,26 +283,11 @@ impl Dependency {
         let mut state = self.lock();
         if state.waiters.remove(key).is_some() {
             self.shared.release_waiter();
-            let retry_after = state.queue_retry_after();
-            let rejection = state.reject(RejectReason::QueueTimeout, retry_after);
-            return Wake {
-                outcome: Err(rejection),
-                snapshot: state.snapshot(),
-            };
+            return state.timed_out();
         }
-        match wake.try_recv() {
-            Ok(wake) => wake,
-            // Unreachable while waiters only leave under the lock with an
-            // answer sent; answering timeout keeps the caller correct anyway.
-            Err(_) => {
-                let retry_after = state.queue_retry_after();
-                let rejection = state.reject(RejectReason::QueueTimeout, retry_after);
-                Wake {
-                    outcome: Err(rejection),
-                    snapshot: state.snapshot(),
-                }
-            }
-        }
+        // An error is unreachable while waiters only leave under the lock
+        // with an answer sent; answering timeout keeps the caller correct.
+        wake.try_recv().unwrap_or_else(|_| state.timed_out())
     }
 
     /// A waiter whose caller went away: it leaves the queue, and a grant that
@@ -291,25 +308,46 @@ impl Dependency {
         }
     }
 
-    /// Ends a lease that was taken out of the lease index by release.
+    /// Ends a lease that was taken out of the lease index by release; what
+    /// the caller reports feeds the limiter before the slot is handed on.
     pub(crate) fn finish(
         self: &Arc<Self>,
         lease: LeaseId,
         record: LeaseRecord,
+        report: Report,
         now: Instant,
     ) -> EndedLease {
-        let mut state = self.lock();
-        let held = now.saturating_duration_since(record.granted_at);
-        state.record_hold(held);
-        self.free_slot(&mut state, now);
-        self.compact_expiry(&mut state);
-        EndedLease {
-            dependency: self.name.clone(),
-            lease,
-            held,
-            end: LeaseEnd::Released,
-            snapshot: state.snapshot(),
-        }
+        let (ended, change) = {
+            let mut state = self.lock();
+            let held = now.saturating_duration_since(record.granted_at);
+            state.record_hold(held);
+            let kind = match report.outcome {
+                Outcome::Success => Some(SampleKind::Latency(report.latency.unwrap_or(held))),
+                outcome if outcome.is_drop() => Some(SampleKind::Drop),
+                _ => None,
+            };
+            let change = kind.and_then(|kind| {
+                state.limiter.sample(&Sample {
+                    kind,
+                    in_flight: record.in_flight,
+                    at: now,
+                })
+            });
+            state.in_flight -= 1;
+            self.limit_moved(&mut state, change.as_ref(), now);
+            self.compact_expiry(&mut state);
+            let snapshot = state.snapshot();
+            let ended = EndedLease {
+                dependency: self.name.clone(),
+                lease,
+                held,
+                end: LeaseEnd::Released(report.outcome),
+                snapshot,
+            };
+            (ended, change.map(|change| (change, snapshot)))
+        };
+        self.report(change);
+        ended
     }
 
     /// Pushes a live lease's deadline back by the lease TTL. `None` if the
@@ -334,11 +372,13 @@ impl Dependency {
         Some(ttl)
     }
 
-    /// Expires every lease whose deadline has passed; returns them and the
-    /// next deadline to wake up for.
-    fn reap(self: &Arc<Self>, now: Instant) -> (Vec<EndedLease>, Option<Instant>) {
+    /// Expires every lease whose deadline has passed (each a drop for the
+    /// limiter), tells the observer, and returns the next deadline to wake
+    /// up for.
+    pub(crate) fn reap(self: &Arc<Self>, now: Instant) -> Option<Instant> {
         let mut state = self.lock();
         let mut ended = Vec::new();
+        let mut changes = Vec::new();
         while let Some(&Reverse((deadline, key))) = state.expiry.peek() {
             if deadline > now {
                 break;
@@ -352,6 +392,12 @@ impl Dependency {
             if let Some((_, record)) = expired {
                 state.expired_total += 1;
                 state.in_flight -= 1;
+                let sample = Sample {
+                    kind: SampleKind::Drop,
+                    in_flight: record.in_flight,
+                    at: now,
+                };
+                changes.extend(state.limiter.sample(&sample));
                 ended.push(EndedLease {
                     dependency: self.name.clone(),
                     lease: LeaseId {
@@ -365,24 +411,34 @@ impl Dependency {
             }
         }
         if !ended.is_empty() {
-            self.grant_waiters(&mut state, now);
+            self.limit_moved(&mut state, changes.last(), now);
             let snapshot = state.snapshot();
             for lease in &mut ended {
                 lease.snapshot = snapshot;
             }
         }
-        (
-            ended,
-            state.expiry.peek().map(|&Reverse((deadline, _))| deadline),
-        )
+        let next = state.expiry.peek().map(|&Reverse((deadline, _))| deadline);
+        let load = state.snapshot();
+        drop(state);
+        for lease in &ended {
+            self.shared.observer.lease_expired(lease);
+        }
+        for change in changes {
+            self.report(Some((change, load)));
+        }
+        next
     }
 
     /// Applies new limits. Raising the concurrency grants waiters at once;
     /// lowering it never revokes a held lease; a smaller queue sheds its
     /// newest lowest-priority waiters.
     pub(crate) fn set_limits(self: &Arc<Self>, limits: Limits, now: Instant, source: &str) {
-        let mut state = self.lock();
-        self.apply_limits(&mut state, limits, now, source);
+        let change = {
+            let mut state = self.lock();
+            let change = self.apply_limits(&mut state, limits, now, source);
+            change.map(|change| (change, state.snapshot()))
+        };
+        self.report(change);
     }
 
     /// Applies `patch` to the current limits under one lock hold, so that
@@ -393,9 +449,13 @@ impl Dependency {
         now: Instant,
         source: &str,
     ) -> Result<(), InvalidLimit> {
-        let mut state = self.lock();
-        let limits = state.limits.patched(patch)?;
-        self.apply_limits(&mut state, limits, now, source);
+        let change = {
+            let mut state = self.lock();
+            let limits = state.limits.patched(patch)?;
+            let change = self.apply_limits(&mut state, limits, now, source);
+            change.map(|change| (change, state.snapshot()))
+        };
+        self.report(change);
         Ok(())
     }
 
@@ -405,8 +465,9 @@ impl Dependency {
         limits: Limits,
         now: Instant,
         source: &str,
-    ) {
+    ) -> Option<LimitChange> {
         if limits != state.limits {
+            let adaptive = limits.adaptive();
             let budget = limits.retry_budget();
             tracing::info!(
                 dependency = %self.name,
@@ -417,12 +478,18 @@ impl Dependency {
                 lease_ttl_ms = limits.lease_ttl().as_millis() as u64,
                 budget_ratio = budget.ratio,
                 budget_min_per_second = budget.min_per_second,
+                adaptive = adaptive.map_or("off", |a| a.algorithm().as_str()),
+                adaptive_shadow = adaptive.is_some_and(|a| a.shadow()),
+                adaptive_min_limit = adaptive.map(|a| a.min_limit()),
                 in_flight = state.in_flight,
                 queued = state.waiters.len(),
                 "limits changed"
             );
         }
         state.budget.reconfigure(limits.retry_budget(), now);
+        let change = state
+            .limiter
+            .reconfigure(limits.max_concurrency(), limits.adaptive(), now);
         state.limits = limits;
         while state.waiters.len() > state.limits.max_queue() as usize {
             let Some(victim) = state
@@ -434,14 +501,10 @@ impl Dependency {
             };
             self.shared.release_waiter();
             let retry_after = state.queue_retry_after();
-            let rejection = state.reject(RejectReason::Shed, retry_after);
-            let snapshot = state.snapshot();
-            let _ = victim.wake.send(Wake {
-                outcome: Err(rejection),
-                snapshot,
-            });
+            state.turn_away(victim, RejectReason::Shed, retry_after);
         }
-        self.grant_waiters(state, now);
+        self.limit_moved(state, change.as_ref(), now);
+        change
     }
 
     /// Answers every waiter SHUTTING_DOWN.
@@ -449,12 +512,31 @@ impl Dependency {
         let mut state = self.lock();
         while let Some(waiter) = state.waiters.pop() {
             self.shared.release_waiter();
-            let rejection = state.reject(RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER);
-            let snapshot = state.snapshot();
-            let _ = waiter.wake.send(Wake {
-                outcome: Err(rejection),
-                snapshot,
-            });
+            state.turn_away(waiter, RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER);
+        }
+    }
+
+    /// The one place a limit move takes effect: counts it and re-runs the
+    /// hand-over (which also runs when a slot frees, so it is always called).
+    fn limit_moved(
+        self: &Arc<Self>,
+        state: &mut State,
+        change: Option<&LimitChange>,
+        now: Instant,
+    ) {
+        if change.is_some() {
+            state.limit_changes_total += 1;
+        }
+        self.grant_waiters(state, now);
+    }
+
+    /// Tells the observer about a limit move and the load it left, outside
+    /// the lock.
+    fn report(&self, change: Option<(LimitChange, Snapshot)>) {
+        if let Some((change, load)) = change {
+            self.shared
+                .observer
+                .limit_changed(&self.name, &change, load);
         }
     }
 
@@ -464,12 +546,14 @@ impl Dependency {
         DependencyStatus {
             name: self.name.clone(),
             limits: state.limits.clone(),
+            limit: state.limiter.status(),
             in_flight: state.in_flight,
             queued: state.waiters.len() as u32,
             retry_budget_available: state.budget.available(now),
             granted_total: state.granted_total,
             rejected_total: state.rejected_total,
             expired_total: state.expired_total,
+            limit_changes_total: state.limit_changes_total,
         }
     }
 
@@ -488,6 +572,7 @@ impl Dependency {
                 dependency: self.clone(),
                 deadline,
                 granted_at: now,
+                in_flight: state.in_flight + 1,
             },
         );
         state.in_flight += 1;
@@ -503,7 +588,7 @@ impl Dependency {
 
     /// Hands free slots to waiters, best first.
     fn grant_waiters(self: &Arc<Self>, state: &mut State, now: Instant) {
-        while state.in_flight < state.limits.max_concurrency() {
+        while state.in_flight < state.limiter.enforced() {
             let Some(waiter) = state.waiters.pop() else {
                 break;
             };
@@ -557,32 +642,4 @@ impl Drop for Dependency {
         // Lets the reaper notice that its dependency is gone.
         self.reaper.notify_one();
     }
-}
-
-/// One task per dependency expires its leases, sleeping until the earliest
-/// deadline; it holds only a weak reference, so it ends with the dependency.
-fn spawn_reaper(dependency: Weak<Dependency>, wake: Arc<Notify>) {
-    tokio::spawn(async move {
-        loop {
-            let next = {
-                let Some(dependency) = dependency.upgrade() else {
-                    return;
-                };
-                let (ended, next) = dependency.reap(Instant::now());
-                for lease in &ended {
-                    dependency.shared.observer.lease_expired(lease);
-                }
-                next
-            };
-            match next {
-                Some(at) => {
-                    tokio::select! {
-                        () = tokio::time::sleep_until(at) => {}
-                        () = wake.notified() => {}
-                    }
-                }
-                None => wake.notified().await,
-            }
-        }
-    });
 }

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use super::limit::{AdaptiveConfig, AdaptivePatch};
+
 /// The limits of one dependency. Built only through [`Limits::patched`], which
 /// validates every field, so a `Limits` in hand is always usable.
 #[derive(Clone, Debug, PartialEq)]
@@ -12,6 +14,7 @@ pub struct Limits {
     max_wait: Duration,
     lease_ttl: Duration,
     retry_budget: BudgetConfig,
+    adaptive: Option<AdaptiveConfig>,
 }
 
 /// Finagle-style retry budget settings.
@@ -33,6 +36,8 @@ pub struct LimitsPatch {
     pub max_wait: Option<Duration>,
     pub lease_ttl: Option<Duration>,
     pub retry_budget: Option<BudgetConfig>,
+    /// Merged over the current adaptive settings (see [`AdaptiveConfig::patched`]).
+    pub adaptive: Option<AdaptivePatch>,
 }
 
 /// A limit outside its allowed range. `field` is the limit's config key.
@@ -62,6 +67,7 @@ impl Default for Limits {
             max_wait: Duration::from_secs(1),
             lease_ttl: Duration::from_secs(30),
             retry_budget: BudgetConfig::default(),
+            adaptive: None,
         }
     }
 }
@@ -92,6 +98,10 @@ impl Limits {
     pub fn retry_budget(&self) -> BudgetConfig {
         self.retry_budget
     }
+    /// `None`: the limit is `max_concurrency`, static.
+    pub fn adaptive(&self) -> Option<&AdaptiveConfig> {
+        self.adaptive.as_ref()
+    }
 
     /// These limits with `patch` applied, or the first field that is out of range.
     pub fn patched(&self, patch: &LimitsPatch) -> Result<Limits, InvalidLimit> {
@@ -101,6 +111,10 @@ impl Limits {
             max_wait: patch.max_wait.unwrap_or(self.max_wait),
             lease_ttl: patch.lease_ttl.unwrap_or(self.lease_ttl),
             retry_budget: patch.retry_budget.unwrap_or(self.retry_budget),
+            adaptive: match &patch.adaptive {
+                Some(adaptive) => AdaptiveConfig::patched(self.adaptive.as_ref(), adaptive)?,
+                None => self.adaptive,
+            },
         };
         limits.validate()?;
         Ok(limits)
@@ -173,6 +187,9 @@ impl Limits {
                     budget.ttl
                 ),
             );
+        }
+        if let Some(adaptive) = &self.adaptive {
+            adaptive.check_ceiling(self.max_concurrency)?;
         }
         Ok(())
     }

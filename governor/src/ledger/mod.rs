@@ -9,15 +9,18 @@
 //! - A slot is taken only by a grant and freed exactly once: by release, by
 //!   expiry, or by a cancelled waiter whose grant raced the cancellation. The
 //!   lease index decides who frees it: whoever removes the lease.
-//! - `in_flight <= max_concurrency` at every grant (a lowered limit may leave
-//!   more leases held; none is granted until they drop below it).
+//! - `in_flight <= enforced limit` at every grant (a lowered limit may leave
+//!   more leases held; none is granted until they drop below it). The
+//!   enforced limit is `max_concurrency`, or less when an adaptive limit is
+//!   on (see [`limit`]).
 //! - Every queue and map is bounded: waiters by `max_queue` and `max_waiters`,
 //!   dependencies by `max_dependencies`, leases by the limits, and the expiry
 //!   heap by twice the leases held plus a constant.
 //!
 //! # Example
 //! ```
-//! use rate_governor::ledger::{AcquireRequest, Ledger, LedgerConfig, Priority};
+//! use std::time::Duration;
+//! use rate_governor::ledger::{AcquireRequest, Ledger, LedgerConfig, Outcome, Priority, Report};
 //!
 //! # #[tokio::main(flavor = "current_thread")] async fn main() {
 //! let ledger = Ledger::new(LedgerConfig::default());
@@ -29,7 +32,8 @@
 //! };
 //! let decision = ledger.acquire(&request).await.unwrap();
 //! let grant = decision.granted().expect("an idle dependency grants at once");
-//! assert!(ledger.release(&grant.lease.to_string()).is_some());
+//! let report = Report::new(Outcome::Success, Some(Duration::from_millis(3)));
+//! assert!(ledger.release(&grant.lease, report).is_some());
 //! # }
 //! ```
 
@@ -37,8 +41,10 @@ mod budget;
 mod decision;
 mod dependency;
 mod lease;
+pub mod limit;
 mod limits;
 mod queued;
+mod reaper;
 mod shared;
 mod waiters;
 
@@ -51,7 +57,8 @@ use dashmap::DashMap;
 use tokio::time::Instant;
 
 pub use decision::{
-    AcquireRequest, Decision, EndedLease, Grant, LeaseEnd, RejectReason, Rejection, Snapshot,
+    AcquireRequest, Decision, EndedLease, Grant, LeaseEnd, Outcome, RejectReason, Rejection,
+    Report, Snapshot,
 };
 pub use dependency::{Dependency, DependencyStatus};
 pub use lease::{LEASE_ID_LEN, LeaseId};
@@ -201,18 +208,23 @@ impl Ledger {
         }
     }
 
-    /// Gives a permit back. `None` if the lease is unknown, expired, already
-    /// released or from another process.
-    pub fn release(&self, lease_id: &str) -> Option<EndedLease> {
-        let lease = LeaseId::parse(lease_id).filter(|id| id.epoch == self.shared.epoch)?;
+    /// Gives a permit back with what the caller reports of the call, which
+    /// an adaptive limit learns from. `None` if the lease is unknown, expired,
+    /// already released or from another process.
+    pub fn release(&self, lease: &LeaseId, report: Report) -> Option<EndedLease> {
+        if lease.epoch != self.shared.epoch {
+            return None;
+        }
         let (_, record) = self.shared.leases.remove(&lease.key)?;
         let dependency = record.dependency.clone();
-        Some(dependency.finish(lease, record, Instant::now()))
+        Some(dependency.finish(*lease, record, report, Instant::now()))
     }
 
     /// Extends a live lease by its dependency's lease TTL; returns the TTL.
-    pub fn renew(&self, lease_id: &str) -> Option<(Arc<str>, Duration)> {
-        let lease = LeaseId::parse(lease_id).filter(|id| id.epoch == self.shared.epoch)?;
+    pub fn renew(&self, lease: &LeaseId) -> Option<(Arc<str>, Duration)> {
+        if lease.epoch != self.shared.epoch {
+            return None;
+        }
         let dependency = self.shared.leases.get(&lease.key)?.dependency.clone();
         let ttl = dependency.renew(lease.key, Instant::now())?;
         Some((dependency.name().clone(), ttl))

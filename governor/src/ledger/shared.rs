@@ -6,9 +6,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::decision::EndedLease;
+use super::decision::{EndedLease, Snapshot};
 use super::dependency::Dependency;
 use super::lease::LeaseKey;
+use super::limit::LimitChange;
 
 /// Hears about what the ledger does on its own, off any caller's path.
 pub trait LedgerObserver: Send + Sync + std::fmt::Debug + 'static {
@@ -16,6 +17,13 @@ pub trait LedgerObserver: Send + Sync + std::fmt::Debug + 'static {
     /// is free again. (Releases are reported by whoever called release.)
     fn lease_expired(&self, lease: &EndedLease) {
         let _ = lease;
+    }
+
+    /// A dependency's enforced or computed limit moved, leaving `load`.
+    /// Called outside the dependency's lock, on whatever path moved it
+    /// (often a Release).
+    fn limit_changed(&self, dependency: &Arc<str>, change: &LimitChange, load: Snapshot) {
+        let _ = (dependency, change, load);
     }
 }
 
@@ -30,6 +38,9 @@ pub(crate) struct LeaseRecord {
     pub dependency: Arc<Dependency>,
     pub deadline: Instant,
     pub granted_at: Instant,
+    /// Permits held right after this grant, itself included: the load the
+    /// call's latency was measured under.
+    pub in_flight: u32,
 }
 
 #[derive(Debug)]

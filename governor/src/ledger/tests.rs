@@ -17,6 +17,7 @@ fn limits(concurrency: u32, queue: u32, wait_ms: u64) -> Limits {
             max_wait: Some(Duration::from_millis(wait_ms)),
             lease_ttl: Some(Duration::from_secs(10)),
             retry_budget: None,
+            adaptive: None,
         })
         .unwrap()
 }
@@ -61,9 +62,9 @@ fn request(priority: Priority, attempt: u32) -> AcquireRequest<'static> {
     }
 }
 
-async fn grant(ledger: &Ledger) -> String {
+async fn grant(ledger: &Ledger) -> LeaseId {
     let decision = ledger.acquire(&request(Priority::Normal, 0)).await.unwrap();
-    decision.granted().expect("granted").lease.to_string()
+    decision.granted().expect("granted").lease
 }
 
 /// Starts an acquire in the background and lets it reach the queue.
@@ -94,7 +95,7 @@ async fn grants_up_to_the_limit_then_queues_without_barging() {
     assert_eq!(status(&ledger).in_flight, 2);
 
     advance(Duration::from_millis(30)).await;
-    assert!(ledger.release(&a).is_some());
+    assert!(ledger.release(&a, Report::default()).is_some());
     let decision = waiter.await.unwrap();
     assert!(decision.granted().is_some());
     assert_eq!(decision.queue_wait, Duration::from_millis(30));
@@ -125,13 +126,15 @@ async fn serves_waiters_by_priority_then_arrival() {
         ("normal_2", normal_2),
         ("sheddable", sheddable),
     ] {
-        assert!(ledger.release(&lease).is_some(), "{name}");
+        assert!(
+            ledger.release(&lease, Report::default()).is_some(),
+            "{name}"
+        );
         let decision = waiter.await.unwrap();
         lease = decision
             .granted()
             .unwrap_or_else(|| panic!("{name} granted"))
-            .lease
-            .to_string();
+            .lease;
     }
 }
 
@@ -222,8 +225,23 @@ async fn a_cancelled_waiter_leaves_the_queue() {
     let _ = waiter.await;
     assert_eq!(status(&ledger).queued, 0);
     assert_eq!(ledger.waiters(), 0);
-    ledger.release(&held).unwrap();
+    ledger.release(&held, Report::default()).unwrap();
     assert_eq!(status(&ledger).in_flight, 0);
+}
+
+/// A grant on dependency "other".
+async fn grant_on(ledger: &Ledger) -> LeaseId {
+    let request = AcquireRequest {
+        dependency: "other",
+        ..request(Priority::Normal, 0)
+    };
+    ledger
+        .acquire(&request)
+        .await
+        .unwrap()
+        .granted()
+        .unwrap()
+        .lease
 }
 
 #[tokio::test(start_paused = true)]
@@ -236,7 +254,7 @@ async fn a_grant_racing_a_cancellation_returns_its_slot() {
     });
     assert!(futures::poll!(waiting.as_mut()).is_pending());
     // The release grants the waiter, but its caller drops before looking.
-    ledger.release(&held).unwrap();
+    ledger.release(&held, Report::default()).unwrap();
     assert_eq!(status(&ledger).in_flight, 1);
     drop(waiting);
     let status = status(&ledger);
@@ -266,7 +284,7 @@ async fn leases_expire_after_their_ttl_and_not_before() {
     );
     assert_eq!(status(&ledger).expired_total, 1);
     assert!(
-        ledger.release(&lease).is_none(),
+        ledger.release(&lease, Report::default()).is_none(),
         "an expired lease cannot be released"
     );
 }
@@ -293,30 +311,17 @@ async fn renewal_pushes_expiry_back() {
 async fn release_is_idempotent_and_rejects_foreign_ids() {
     let ledger = ledger_with("db", limits(2, 10, 1000));
     let lease = grant(&ledger).await;
-    assert!(ledger.release(&lease).is_some());
-    assert!(ledger.release(&lease).is_none());
-    assert!(ledger.release("").is_none());
-    assert!(ledger.release("not-a-lease").is_none());
-    // The same key under another process's epoch.
-    let other = Ledger::new(LedgerConfig::default());
-    let foreign = grant_on(&other).await;
-    assert!(ledger.release(&foreign).is_none());
-    assert_eq!(status(&ledger).in_flight, 0);
-}
-
-async fn grant_on(ledger: &Ledger) -> String {
-    let request = AcquireRequest {
-        dependency: "other",
-        ..request(Priority::Normal, 0)
+    // The same key under another process's epoch frees nothing.
+    let foreign = LeaseId {
+        epoch: lease.epoch ^ 1,
+        ..lease
     };
-    ledger
-        .acquire(&request)
-        .await
-        .unwrap()
-        .granted()
-        .unwrap()
-        .lease
-        .to_string()
+    assert!(ledger.release(&foreign, Report::default()).is_none());
+    assert!(ledger.renew(&foreign).is_none());
+    assert_eq!(status(&ledger).in_flight, 1);
+    assert!(ledger.release(&lease, Report::default()).is_some());
+    assert!(ledger.release(&lease, Report::default()).is_none());
+    assert_eq!(status(&ledger).in_flight, 0);
 }
 
 #[tokio::test(start_paused = true)]
@@ -425,7 +430,7 @@ async fn raising_the_limit_grants_waiters_and_lowering_revokes_nothing() {
         (3, 1)
     );
     let waiter = enqueue(&ledger, Priority::Normal, 0).await;
-    ledger.release(&held).unwrap();
+    ledger.release(&held, Report::default()).unwrap();
     assert!(
         !waiter.is_finished(),
         "2 held of 1 allowed: nobody is granted"
@@ -472,7 +477,7 @@ async fn draining_answers_waiters_and_newcomers() {
         .unwrap();
     assert_eq!(late.rejected().unwrap().reason, RejectReason::ShuttingDown);
     assert!(
-        ledger.release(&held).is_some(),
+        ledger.release(&held, Report::default()).is_some(),
         "releases still work while draining"
     );
 }
@@ -624,4 +629,125 @@ async fn concurrent_updates_of_different_fields_both_stick() {
     queue.await.unwrap();
     let limits = status(&ledger).limits;
     assert_eq!((limits.max_concurrency(), limits.max_queue()), (2000, 1999));
+}
+
+/// A dependency with a fast-reacting gradient limit: 10 ms windows of at
+/// least 5 calls, ceiling 8, starting at 8.
+fn adaptive(shadow: bool) -> Limits {
+    use super::limit::{AdaptivePatch, Algorithm, AlgorithmChoice};
+    limits(8, 100, 1000)
+        .patched(&LimitsPatch {
+            adaptive: Some(AdaptivePatch {
+                algorithm: Some(AlgorithmChoice::Adaptive(Algorithm::Gradient)),
+                min_limit: Some(1),
+                initial_limit: Some(8),
+                shadow: Some(shadow),
+                window: Some(Duration::from_millis(10)),
+                min_samples: Some(5),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .unwrap()
+}
+
+/// Holds every permit, then releases them all with `latency`, `rounds`
+/// times, advancing the clock past a window each round.
+async fn full_rounds(ledger: &Ledger, latency: Duration, rounds: usize) {
+    for _ in 0..rounds {
+        let limit = status(ledger).limit.enforced;
+        let mut held = Vec::new();
+        for _ in 0..limit {
+            held.push(grant(ledger).await);
+        }
+        advance(Duration::from_millis(11)).await;
+        for lease in held {
+            let report = Report::new(Outcome::Success, Some(latency));
+            ledger.release(&lease, report).unwrap();
+        }
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn reported_latency_moves_the_enforced_limit_everywhere_it_is_read() {
+    let ledger = ledger_with("db", adaptive(false));
+    // A baseline at 1 ms, then ten times slower: the limit is cut.
+    full_rounds(&ledger, Duration::from_millis(1), 8).await;
+    let before = status(&ledger);
+    full_rounds(&ledger, Duration::from_millis(10), 3).await;
+    let after = status(&ledger);
+    assert!(
+        after.limit.enforced < before.limit.enforced,
+        "{before:?} -> {after:?}"
+    );
+    assert_eq!(after.limit.ceiling, 8);
+    assert_eq!(after.limit.adaptive.unwrap().limit, after.limit.enforced);
+    assert!(after.limit_changes_total > before.limit_changes_total);
+
+    // Admission and hand-over enforce it: one more than the limit waits.
+    let limit = after.limit.enforced;
+    let mut held = Vec::new();
+    for _ in 0..limit {
+        held.push(grant(&ledger).await);
+    }
+    let waiter = enqueue(&ledger, Priority::Normal, 0).await;
+    let queued = status(&ledger);
+    assert_eq!((queued.in_flight, queued.queued), (limit, 1));
+
+    // Turning the adaptive limit off raises the limit to the ceiling and
+    // grants the waiter at once; no lease is revoked.
+    use super::limit::{AdaptivePatch, AlgorithmChoice};
+    let off = LimitsPatch {
+        adaptive: Some(AdaptivePatch {
+            algorithm: Some(AlgorithmChoice::Static),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let updated = ledger.update("db", &off).unwrap();
+    assert_eq!((updated.limit.enforced, updated.limit.adaptive), (8, None));
+    let decision = waiter.await.unwrap();
+    assert_eq!(decision.snapshot.limit, 8);
+    assert!(decision.granted().is_some());
+    assert_eq!(status(&ledger).in_flight, limit + 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn shadow_mode_reports_the_limit_and_enforces_the_ceiling() {
+    let ledger = ledger_with("db", adaptive(true));
+    full_rounds(&ledger, Duration::from_millis(1), 8).await;
+    full_rounds(&ledger, Duration::from_millis(10), 3).await;
+    let status = status(&ledger);
+    let computed = status.limit.adaptive.unwrap();
+    assert!(computed.shadow);
+    assert!(computed.limit < 8, "{status:?}");
+    assert_eq!(status.limit.enforced, 8, "the ceiling is enforced");
+    assert!(computed.baseline.is_some() && computed.recent.is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn failures_and_expiries_are_drops_and_cancellations_say_nothing() {
+    let ledger = ledger_with("db", with_ttl(adaptive(false), Duration::from_millis(100)));
+    full_rounds(&ledger, Duration::from_millis(1), 8).await;
+    let start = status(&ledger).limit.enforced;
+    // Cancelled calls: no sample, however many.
+    for _ in 0..20 {
+        let lease = grant(&ledger).await;
+        advance(Duration::from_millis(11)).await;
+        let report = Report::new(Outcome::Cancelled, None);
+        ledger.release(&lease, report).unwrap();
+    }
+    assert_eq!(status(&ledger).limit.enforced, start);
+    // Expired leases are drops: every permit held and left to expire.
+    for _ in 0..3 {
+        let limit = status(&ledger).limit.enforced;
+        for _ in 0..limit {
+            let _abandoned = grant(&ledger).await;
+        }
+        advance(Duration::from_millis(150)).await;
+        tokio::task::yield_now().await;
+    }
+    let after = status(&ledger);
+    assert_eq!(after.in_flight, 0, "{after:?}");
+    assert!(after.limit.enforced < start, "{start} -> {after:?}");
 }

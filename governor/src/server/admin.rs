@@ -22,7 +22,29 @@ impl AdminService {
 fn to_proto(status: DependencyStatus) -> v1::DependencyStatus {
     let limits = &status.limits;
     let budget = limits.retry_budget();
+    let computed = status.limit.adaptive;
+    let adaptive = limits.adaptive().map(|config| v1::AdaptiveLimit {
+        algorithm: fields::algorithm_to_proto(Some(config.algorithm())).into(),
+        min_limit: Some(config.min_limit()),
+        initial_limit: Some(config.initial_limit()),
+        shadow: Some(config.shadow()),
+        window: Some(fields::to_proto(config.window())),
+        min_samples: Some(config.min_samples()),
+        baseline_windows: Some(config.baseline_windows()),
+        drop_threshold: Some(config.drop_threshold()),
+        backoff: Some(config.backoff()),
+        tolerance: Some(config.tolerance()),
+        alpha: Some(config.alpha()),
+        beta: Some(config.beta()),
+    });
     v1::DependencyStatus {
+        limit: status.limit.enforced,
+        adaptive_limit: computed.map_or(0, |a| a.limit),
+        limit_algorithm: fields::algorithm_to_proto(computed.map(|a| a.algorithm)).into(),
+        adaptive,
+        latency_baseline: computed.and_then(|a| a.baseline).map(fields::to_proto),
+        latency_recent: computed.and_then(|a| a.recent).map(fields::to_proto),
+        limit_changes_total: status.limit_changes_total,
         name: status.name.to_string(),
         max_concurrency: limits.max_concurrency(),
         in_flight: status.in_flight,

@@ -6,7 +6,8 @@ use std::time::Duration;
 use rate_governor_proto::v1;
 use tonic::Status;
 
-use crate::ledger::{self, BudgetConfig, LimitsPatch, Priority};
+use crate::ledger::limit::{AdaptivePatch, Algorithm, AlgorithmChoice};
+use crate::ledger::{self, BudgetConfig, LeaseId, LimitsPatch, Outcome, Priority};
 
 /// Longest tenant, in bytes.
 pub const MAX_TENANT_LEN: usize = 128;
@@ -46,11 +47,21 @@ pub fn priority(value: i32) -> Result<Priority, Status> {
     }
 }
 
-pub fn outcome(value: i32) -> Result<v1::Outcome, Status> {
-    v1::Outcome::try_from(value).map_err(|_| invalid("outcome", format!("unknown value {value}")))
+pub fn outcome(value: i32) -> Result<Outcome, Status> {
+    match v1::Outcome::try_from(value) {
+        Ok(v1::Outcome::Unspecified) => Ok(Outcome::Unspecified),
+        Ok(v1::Outcome::Success) => Ok(Outcome::Success),
+        Ok(v1::Outcome::Failure) => Ok(Outcome::Failure),
+        Ok(v1::Outcome::Timeout) => Ok(Outcome::Timeout),
+        Ok(v1::Outcome::Cancelled) => Ok(Outcome::Cancelled),
+        Err(_) => Err(invalid("outcome", format!("unknown value {value}"))),
+    }
 }
 
-pub fn lease_id(id: &str) -> Result<(), Status> {
+/// A lease id as the ledger's type: `Some` if it has the form of one of
+/// ours (an id of another form cannot be live, which is an answer, not an
+/// error).
+pub fn lease_id(id: &str) -> Result<Option<LeaseId>, Status> {
     if id.is_empty() {
         return Err(invalid("lease_id", "must not be empty"));
     }
@@ -60,7 +71,7 @@ pub fn lease_id(id: &str) -> Result<(), Status> {
             format!("must be at most {MAX_LEASE_ID_LEN} bytes, got {}", id.len()),
         ));
     }
-    Ok(())
+    Ok(LeaseId::parse(id))
 }
 
 /// A protobuf duration as a `Duration`, refusing negative, malformed or
@@ -116,11 +127,61 @@ pub fn limits_patch(limits: Option<&v1::DependencyLimits>) -> Result<LimitsPatch
             })
         }
     };
+    let adaptive = limits
+        .adaptive
+        .as_ref()
+        .map(|adaptive| adaptive_patch(adaptive, any))
+        .transpose()?;
     Ok(LimitsPatch {
+        adaptive,
         max_concurrency: limits.max_concurrency,
         max_queue: limits.max_queue,
         max_wait: optional("limits.max_wait", limits.max_wait.as_ref())?,
         lease_ttl: optional("limits.lease_ttl", limits.lease_ttl.as_ref())?,
         retry_budget,
     })
+}
+
+fn adaptive_patch(adaptive: &v1::AdaptiveLimit, any: Duration) -> Result<AdaptivePatch, Status> {
+    let algorithm = match v1::LimitAlgorithm::try_from(adaptive.algorithm) {
+        Ok(v1::LimitAlgorithm::Unspecified) => None,
+        Ok(v1::LimitAlgorithm::Static) => Some(AlgorithmChoice::Static),
+        Ok(v1::LimitAlgorithm::Gradient) => Some(AlgorithmChoice::Adaptive(Algorithm::Gradient)),
+        Ok(v1::LimitAlgorithm::Vegas) => Some(AlgorithmChoice::Adaptive(Algorithm::Vegas)),
+        Ok(v1::LimitAlgorithm::Aimd) => Some(AlgorithmChoice::Adaptive(Algorithm::Aimd)),
+        Err(_) => {
+            return Err(invalid(
+                "limits.adaptive.algorithm",
+                format!("unknown value {}", adaptive.algorithm),
+            ));
+        }
+    };
+    let window = adaptive
+        .window
+        .as_ref()
+        .map(|window| duration("limits.adaptive.window", window, any))
+        .transpose()?;
+    Ok(AdaptivePatch {
+        algorithm,
+        min_limit: adaptive.min_limit,
+        initial_limit: adaptive.initial_limit,
+        shadow: adaptive.shadow,
+        window,
+        min_samples: adaptive.min_samples,
+        baseline_windows: adaptive.baseline_windows,
+        drop_threshold: adaptive.drop_threshold,
+        backoff: adaptive.backoff,
+        tolerance: adaptive.tolerance,
+        alpha: adaptive.alpha,
+        beta: adaptive.beta,
+    })
+}
+
+pub fn algorithm_to_proto(algorithm: Option<Algorithm>) -> v1::LimitAlgorithm {
+    match algorithm {
+        None => v1::LimitAlgorithm::Static,
+        Some(Algorithm::Gradient) => v1::LimitAlgorithm::Gradient,
+        Some(Algorithm::Vegas) => v1::LimitAlgorithm::Vegas,
+        Some(Algorithm::Aimd) => v1::LimitAlgorithm::Aimd,
+    }
 }

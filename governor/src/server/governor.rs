@@ -8,7 +8,7 @@ use tonic::{Request, Response, Status};
 
 use super::deadline;
 use super::fields;
-use crate::ledger::{AcquireRequest, Ledger, MAX_WAIT, RejectReason};
+use crate::ledger::{AcquireRequest, Ledger, MAX_WAIT, RejectReason, Report};
 use crate::telemetry::{AcquireFields, AcquireTrace, Telemetry};
 
 /// The data plane.
@@ -117,16 +117,17 @@ impl governor_server::Governor for GovernorService {
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
         let message = request.into_inner();
-        fields::lease_id(&message.lease_id)?;
+        let lease = fields::lease_id(&message.lease_id)?;
         let outcome = fields::outcome(message.outcome)?;
         let latency = message
             .latency
             .as_ref()
             .map(|latency| fields::duration("latency", latency, Duration::from_secs(24 * 3600)))
             .transpose()?;
-        let ended = self.ledger.release(&message.lease_id);
+        let report = Report::new(outcome, latency);
+        let ended = lease.and_then(|lease| self.ledger.release(&lease, report));
         if let Some(ended) = &ended {
-            self.telemetry.released(ended, outcome as usize, latency);
+            self.telemetry.released(ended, latency);
         }
         Ok(Response::new(v1::ReleaseResponse {
             released: ended.is_some(),
@@ -138,10 +139,10 @@ impl governor_server::Governor for GovernorService {
         request: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::RenewResponse>, Status> {
         let message = request.into_inner();
-        fields::lease_id(&message.lease_id)?;
-        let response = match self.ledger.renew(&message.lease_id) {
-            Some((_, ttl)) => {
-                self.telemetry.renewed(&message.lease_id);
+        let lease = fields::lease_id(&message.lease_id)?;
+        let response = match lease.and_then(|lease| self.ledger.renew(&lease).map(|r| (lease, r))) {
+            Some((lease, (_, ttl))) => {
+                self.telemetry.renewed(&lease);
                 v1::RenewResponse {
                     renewed: true,
                     lease_ttl: Some(fields::to_proto(ttl)),

@@ -16,7 +16,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::ledger::{Ledger, RejectReason};
+use crate::ledger::limit::LimitChange;
+use crate::ledger::{Ledger, Outcome, RejectReason};
 
 /// Bucket bounds in seconds: sub-millisecond to multi-second waits and holds.
 const BUCKETS: [f64; 16] = [
@@ -43,6 +44,12 @@ struct OutcomeLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ChangeLabels {
+    dependency: String,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -63,6 +70,11 @@ pub struct Metrics {
     queue_wait: HistogramFamily<DependencyLabels>,
     hold: HistogramFamily<DependencyLabels>,
     limit: Family<DependencyLabels, Gauge>,
+    max_concurrency: Family<DependencyLabels, Gauge>,
+    adaptive_limit: Family<DependencyLabels, Gauge>,
+    latency_baseline: Family<DependencyLabels, Gauge<f64, AtomicU64>>,
+    latency_recent: Family<DependencyLabels, Gauge<f64, AtomicU64>>,
+    limit_changes: Family<ChangeLabels, Counter>,
     in_flight: Family<DependencyLabels, Gauge>,
     queued: Family<DependencyLabels, Gauge>,
     max_queue: Family<DependencyLabels, Gauge>,
@@ -80,14 +92,11 @@ pub struct Metrics {
 pub struct DependencyMetrics {
     granted: Counter,
     rejected: [Counter; RejectReason::ALL.len()],
-    released: [Counter; OUTCOMES.len()],
+    released: [Counter; Outcome::ALL.len()],
     expired: Counter,
     queue_wait: Histogram,
     hold: Histogram,
 }
-
-/// Release outcomes as label values, in `governor.v1.Outcome` order.
-pub const OUTCOMES: [&str; 5] = ["unspecified", "success", "failure", "timeout", "cancelled"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -105,6 +114,11 @@ impl Metrics {
             queue_wait: Family::new_with_constructor(histogram),
             hold: Family::new_with_constructor(histogram),
             limit: Family::default(),
+            max_concurrency: Family::default(),
+            adaptive_limit: Family::default(),
+            latency_baseline: Family::default(),
+            latency_recent: Family::default(),
+            limit_changes: Family::default(),
             in_flight: Family::default(),
             queued: Family::default(),
             max_queue: Family::default(),
@@ -144,8 +158,33 @@ impl Metrics {
         );
         r.register(
             "dependency_limit",
-            "Concurrency limit (max_concurrency)",
+            "Enforced concurrency limit: max_concurrency, or less while an adaptive limit holds it lower",
             metrics.limit.clone(),
+        );
+        r.register(
+            "dependency_max_concurrency",
+            "Configured concurrency ceiling (max_concurrency)",
+            metrics.max_concurrency.clone(),
+        );
+        r.register(
+            "dependency_adaptive_limit",
+            "Limit the adaptive algorithm computed (enforced unless in shadow mode); only for adaptive dependencies",
+            metrics.adaptive_limit.clone(),
+        );
+        r.register(
+            "dependency_latency_baseline_seconds",
+            "Adaptive limit's no-load latency estimate (lowest recent window median)",
+            metrics.latency_baseline.clone(),
+        );
+        r.register(
+            "dependency_latency_recent_seconds",
+            "Median latency of the adaptive limit's last sampling window",
+            metrics.latency_recent.clone(),
+        );
+        r.register(
+            "limit_changes",
+            "Moves of the enforced or computed limit, by reason (latency, drops, growth, config)",
+            metrics.limit_changes.clone(),
         );
         r.register(
             "dependency_in_flight",
@@ -216,10 +255,10 @@ impl Metrics {
         };
         let granted = counter("granted", "none");
         let rejected = RejectReason::ALL.map(|reason| counter("rejected", reason.as_str()));
-        let released = OUTCOMES.map(|outcome| {
+        let released = Outcome::ALL.map(|outcome| {
             let labels = OutcomeLabels {
                 dependency: name.to_owned(),
-                outcome,
+                outcome: outcome.as_str(),
             };
             self.releases.get_or_create(&labels).clone()
         });
@@ -240,6 +279,15 @@ impl Metrics {
             .clone()
     }
 
+    /// A limit moved; counted by reason.
+    pub fn limit_changed(&self, dependency: &str, change: &LimitChange) {
+        let labels = ChangeLabels {
+            dependency: dependency.to_owned(),
+            reason: change.reason.as_str(),
+        };
+        self.limit_changes.get_or_create(&labels).inc();
+    }
+
     pub fn config_reloaded(&self, ok: bool) {
         let result = if ok { "ok" } else { "error" };
         self.reloads.get_or_create(&ResultLabels { result }).inc();
@@ -253,7 +301,30 @@ impl Metrics {
             };
             self.limit
                 .get_or_create(&labels)
-                .set(i64::from(status.limits.max_concurrency()));
+                .set(i64::from(status.limit.enforced));
+            self.max_concurrency
+                .get_or_create(&labels)
+                .set(i64::from(status.limit.ceiling));
+            match status.limit.adaptive {
+                Some(adaptive) => {
+                    self.adaptive_limit
+                        .get_or_create(&labels)
+                        .set(i64::from(adaptive.limit));
+                    let seconds = |d: Option<Duration>| d.map_or(f64::NAN, |d| d.as_secs_f64());
+                    self.latency_baseline
+                        .get_or_create(&labels)
+                        .set(seconds(adaptive.baseline));
+                    self.latency_recent
+                        .get_or_create(&labels)
+                        .set(seconds(adaptive.recent));
+                }
+                None => {
+                    // Turned off at runtime: its series go with it.
+                    self.adaptive_limit.remove(&labels);
+                    self.latency_baseline.remove(&labels);
+                    self.latency_recent.remove(&labels);
+                }
+            }
             self.in_flight
                 .get_or_create(&labels)
                 .set(i64::from(status.in_flight));
@@ -291,11 +362,13 @@ impl DependencyMetrics {
         self.queue_wait.observe(queue_wait.as_secs_f64());
     }
 
-    /// A lease ended: `outcome` is the index into [`OUTCOMES`] for releases,
-    /// `None` for expiry.
-    pub fn lease_ended(&self, outcome: Option<usize>, held: Duration) {
+    /// A lease ended: released with `outcome`, or expired (`None`).
+    pub fn lease_ended(&self, outcome: Option<Outcome>, held: Duration) {
         match outcome {
-            Some(index) => self.released[index.min(OUTCOMES.len() - 1)].inc(),
+            Some(outcome) => {
+                let index = Outcome::ALL.iter().position(|o| *o == outcome);
+                self.released[index.unwrap_or(0)].inc()
+            }
             None => self.expired.inc(),
         };
         self.hold.observe(held.as_secs_f64());

@@ -9,6 +9,7 @@
 
 mod events;
 mod export;
+mod limit_log;
 mod metrics;
 mod trace;
 
@@ -23,12 +24,16 @@ use tonic::metadata::MetadataMap;
 
 pub use events::{BackpressureLog, Event};
 pub use export::QueueConfig;
-pub use metrics::{Metrics, OUTCOMES};
+pub use limit_log::LimitLog;
+pub use metrics::Metrics;
 pub use opentelemetry_sdk::trace::Sampler;
 pub use trace::{Tracing, sampler};
 
 use crate::config::TracingConfig;
-use crate::ledger::{Decision, EndedLease, LeaseId, Ledger, LedgerObserver, Priority};
+use crate::ledger::limit::LimitChange;
+use crate::ledger::{
+    Decision, EndedLease, LeaseEnd, LeaseId, Ledger, LedgerObserver, Outcome, Priority, Snapshot,
+};
 
 /// The request fields telemetry reports.
 #[derive(Clone, Copy, Debug)]
@@ -52,6 +57,7 @@ pub struct Telemetry {
     pub metrics: Metrics,
     tracing: Option<Tracing>,
     events: BackpressureLog,
+    limits: LimitLog,
     /// Open `governor.permit` spans by lease key; bounded by the leases held.
     permits: DashMap<u128, opentelemetry_sdk::trace::Span>,
     ledger: OnceLock<Weak<Ledger>>,
@@ -75,6 +81,7 @@ impl Telemetry {
             metrics,
             tracing,
             events: BackpressureLog::default(),
+            limits: LimitLog::default(),
             permits: DashMap::new(),
             ledger: OnceLock::new(),
         }))
@@ -218,39 +225,37 @@ impl Telemetry {
         span.end();
     }
 
-    /// A live lease was released with `outcome` (an index into [`OUTCOMES`]).
-    pub fn released(&self, ended: &EndedLease, outcome: usize, caller_latency: Option<Duration>) {
+    /// A live lease was released.
+    pub fn released(&self, ended: &EndedLease, caller_latency: Option<Duration>) {
+        let outcome = match ended.end {
+            LeaseEnd::Released(outcome) => Some(outcome),
+            LeaseEnd::Expired => None,
+        };
         self.metrics
             .dependency(&ended.dependency)
-            .lease_ended(Some(outcome), ended.held);
+            .lease_ended(outcome, ended.held);
         if self.tracing.is_some() {
-            self.end_permit(
-                ended.lease.key,
-                Some(outcome),
-                caller_latency.unwrap_or_default(),
-            );
+            self.end_permit(ended.lease.key, outcome, caller_latency.unwrap_or_default());
         }
     }
 
     /// A lease was renewed: noted on its permit span.
-    pub fn renewed(&self, lease: &str) {
+    pub fn renewed(&self, lease: &LeaseId) {
         if self.tracing.is_none() {
             return;
         }
-        if let Some(key) = LeaseId::parse(lease).map(|id| id.key) {
-            if let Some(mut span) = self.permits.get_mut(&key) {
-                span.add_event("governor.lease.renewed", Vec::new());
-            }
+        if let Some(mut span) = self.permits.get_mut(&lease.key) {
+            span.add_event("governor.lease.renewed", Vec::new());
         }
     }
 
-    fn end_permit(&self, key: u128, outcome: Option<usize>, caller_latency: Duration) {
+    fn end_permit(&self, key: u128, outcome: Option<Outcome>, caller_latency: Duration) {
         let Some((_, mut span)) = self.permits.remove(&key) else {
             return;
         };
         match outcome {
-            Some(index) => {
-                let name = OUTCOMES[index.min(OUTCOMES.len() - 1)];
+            Some(outcome) => {
+                let name = outcome.as_str();
                 span.set_attribute(KeyValue::new("governor.outcome", name));
                 if !caller_latency.is_zero() {
                     span.set_attribute(KeyValue::new(
@@ -258,7 +263,7 @@ impl Telemetry {
                         caller_latency.as_secs_f64() * 1000.0,
                     ));
                 }
-                if name == "failure" || name == "timeout" {
+                if outcome.is_drop() {
                     span.set_status(Status::error(format!(
                         "the call to the dependency ended with {name}"
                     )));
@@ -288,6 +293,7 @@ impl Telemetry {
                     return;
                 };
                 telemetry.events.flush();
+                telemetry.limits.flush();
             }
         });
     }
@@ -327,5 +333,10 @@ impl LedgerObserver for Telemetry {
         if self.tracing.is_some() {
             self.end_permit(lease.lease.key, None, Duration::ZERO);
         }
+    }
+
+    fn limit_changed(&self, dependency: &Arc<str>, change: &LimitChange, load: Snapshot) {
+        self.metrics.limit_changed(dependency, change);
+        self.limits.record(dependency, change, load);
     }
 }
