@@ -235,6 +235,9 @@ mod tests {
             .map(|&(t, limit)| LimitSample {
                 t,
                 limit,
+                adaptive_limit: Some(limit),
+                baseline_ms: None,
+                recent_ms: None,
                 in_flight: 0,
                 queued: 0,
                 workers: 8,

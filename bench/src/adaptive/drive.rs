@@ -10,15 +10,15 @@ use hdrhistogram::Histogram;
 use rate_governor_proto::v1::governor_admin_client::GovernorAdminClient;
 use rate_governor_proto::v1::governor_client::GovernorClient;
 use rate_governor_proto::v1::{
-    AcquireRequest, DependencyLimits, DependencyStatus, GetDependencyRequest, Outcome,
-    RejectReason, ReleaseRequest, UpdateDependencyRequest,
+    AcquireRequest, DependencyLimits, DependencyStatus, GetDependencyRequest, LimitAlgorithm,
+    Outcome, RejectReason, ReleaseRequest, UpdateDependencyRequest,
 };
 use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
 use tonic::transport::Channel;
 
 use super::backend::{Answer, Backend, ServiceTime, answer};
-use super::{AdaptivePlan, DEPENDENCY, Guard, Phase, PhaseResult};
+use super::{AdaptivePlan, Algorithm, DEPENDENCY, Guard, Phase, PhaseResult};
 use crate::load::{Percentiles, Schedule, histogram, record};
 use crate::process::Governor;
 
@@ -29,16 +29,45 @@ pub struct LimitSample {
     pub t: f64,
     /// The enforced limit.
     pub limit: u32,
+    /// What the adaptive limit computed; None when static.
+    pub adaptive_limit: Option<u32>,
+    /// The algorithm's no-load latency estimate and its last window's median.
+    pub baseline_ms: Option<f64>,
+    pub recent_ms: Option<f64>,
     pub in_flight: u32,
     pub queued: u32,
     /// The downstream's worker count (`c`) at the poll.
     pub workers: usize,
 }
 
-/// The enforced limit a status reports. Until the control plane has a
-/// separate `limit` field, `max_concurrency` is the enforced limit.
-fn enforced_limit(status: &DependencyStatus) -> u32 {
-    status.max_concurrency
+impl LimitSample {
+    fn of(status: &DependencyStatus, t: f64, workers: usize) -> LimitSample {
+        let ms = |d: Option<prost_types::Duration>| {
+            d.and_then(|d| Duration::try_from(d).ok())
+                .map(|d| d.as_secs_f64() * 1000.0)
+        };
+        let adaptive = status.limit_algorithm != LimitAlgorithm::Static as i32;
+        LimitSample {
+            t,
+            limit: status.limit,
+            adaptive_limit: adaptive.then_some(status.adaptive_limit),
+            baseline_ms: ms(status.latency_baseline),
+            recent_ms: ms(status.latency_recent),
+            in_flight: status.in_flight,
+            queued: status.queued,
+            workers,
+        }
+    }
+}
+
+/// The algorithm the sidecar must report for `guard`.
+fn expected_algorithm(guard: Guard) -> LimitAlgorithm {
+    match guard {
+        Guard::Adaptive(Algorithm::Gradient) => LimitAlgorithm::Gradient,
+        Guard::Adaptive(Algorithm::Vegas) => LimitAlgorithm::Vegas,
+        Guard::Adaptive(Algorithm::Aimd) => LimitAlgorithm::Aimd,
+        _ => LimitAlgorithm::Static,
+    }
 }
 
 #[derive(Debug)]
@@ -260,6 +289,7 @@ pub async fn run(
     let poller = admin.clone().map(|mut admin| {
         let backend = backend.clone();
         let interval = plan.poll_interval;
+        let expected = expected_algorithm(guard);
         tokio::spawn(async move {
             let mut trace = Vec::new();
             let mut error = None;
@@ -276,13 +306,15 @@ pub async fn run(
                 match admin.get_dependency(request).await {
                     Ok(status) => {
                         let status = status.into_inner();
-                        trace.push(LimitSample {
-                            t: (Instant::now() - start).as_secs_f64(),
-                            limit: enforced_limit(&status),
-                            in_flight: status.in_flight,
-                            queued: status.queued,
-                            workers: backend.occupancy().workers,
-                        });
+                        if status.limit_algorithm != expected as i32 {
+                            error.get_or_insert(format!(
+                                "GetDependency reports algorithm {:?}, the config says {}",
+                                status.limit_algorithm(),
+                                expected.as_str_name()
+                            ));
+                        }
+                        let t = (Instant::now() - start).as_secs_f64();
+                        trace.push(LimitSample::of(&status, t, backend.occupancy().workers));
                     }
                     // Before the first Acquire the dependency may not exist yet.
                     Err(s) if s.code() == tonic::Code::NotFound => {}

@@ -509,6 +509,9 @@ mod tests {
             .map(|i| LimitSample {
                 t: i as f64 * 0.05,
                 limit: if i < 60 { 16 } else { 3 },
+                adaptive_limit: None,
+                baseline_ms: None,
+                recent_ms: None,
                 in_flight: 4,
                 queued: 0,
                 workers: 4,
