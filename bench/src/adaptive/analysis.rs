@@ -115,7 +115,7 @@ fn convergence_target(plan: &AdaptivePlan, algorithm: Algorithm, arm: &StepArm) 
                 ),
                 None => (
                     format!(
-                        "never held {in_band} for {:.1} s within the {:.0} s phase (limit {}..{})",
+                        "never held {in_band} for {:.1} s within the {:.1} s phase (limit {}..{})",
                         plan.hold.as_secs_f64(),
                         p.duration_s,
                         p.limit_min.map_or("?".into(), |v| v.to_string()),
