@@ -69,6 +69,10 @@ struct Args {
     /// with --smoke, OUT_DIR/benchmarks-adaptive.md].
     #[arg(long)]
     adaptive_doc: Option<PathBuf>,
+    /// Workers of the adaptive arms' downstream at full capacity (c); the
+    /// offered load scales with it [default: 16; 8 with --smoke].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=256))]
+    adaptive_workers: Option<u32>,
     /// Run only one group of arms (and write only its report).
     #[arg(long, value_enum)]
     only: Option<Group>,
@@ -111,13 +115,14 @@ struct Plans {
 
 /// The adaptive arms' plan. Smoke runs debug builds for well under a second
 /// per phase: a smaller, slower downstream keeps the load affordable.
-fn adaptive_plan(mode: &str) -> AdaptivePlan {
+fn adaptive_plan(mode: &str, given_workers: Option<usize>) -> AdaptivePlan {
     // (workers, service ms, warm-up, phase, steady warm-up, steady measure)
     let (workers, service_ms, warmup, phase_s, sw, sm) = match mode {
         "smoke" => (8, 20.0, 0.1, 0.25, 0.1, 0.3),
-        "quick" => (8, 10.0, 1.0, 4.0, 2.0, 4.0),
-        _ => (8, 10.0, 2.0, 10.0, 3.0, 10.0),
+        "quick" => (16, 10.0, 1.0, 4.0, 2.0, 4.0),
+        _ => (16, 10.0, 2.0, 10.0, 3.0, 10.0),
     };
+    let workers = given_workers.unwrap_or(workers);
     let phase = |name: &str, workers: usize, seconds: f64, scored: bool| Phase {
         name: name.to_owned(),
         workers,
@@ -217,7 +222,7 @@ fn plans(args: &Args) -> Plans {
             waiter_counts: vec![100, 1_000, 10_000],
             repeats: if args.smoke { 1 } else { 3 },
         },
-        adaptive: adaptive_plan(mode),
+        adaptive: adaptive_plan(mode, args.adaptive_workers.map(|w| w as usize)),
     }
 }
 

@@ -30,6 +30,8 @@ pub fn converge_time(
     None
 }
 
+const FAILED: &str = "not measured: the arm failed (see the failures)";
+
 /// The band for `workers`.
 pub fn band(plan: &AdaptivePlan, workers: usize) -> (f64, f64) {
     let c = workers as f64;
@@ -104,6 +106,7 @@ fn convergence_target(plan: &AdaptivePlan, algorithm: Algorithm, arm: &StepArm) 
     let phase: Option<&PhaseResult> = halved_phase(plan).and_then(|i| arm.phases.get(i));
     let (measured, pass) = match phase {
         _ if !arm.available => ("not run".to_owned(), None),
+        _ if arm.failed() => (FAILED.to_owned(), None),
         None => ("no halved phase measured".to_owned(), None),
         Some(p) => {
             let (lo, hi) = band(plan, p.workers);
@@ -148,6 +151,14 @@ fn goodput_target(algorithm: Algorithm, arm: &StepArm, oracle: Option<&StepArm>)
             pass: None,
         };
     };
+    if arm.failed() || oracle.failed() {
+        return Target {
+            name,
+            goal,
+            measured: FAILED.into(),
+            pass: None,
+        };
+    }
     let ratios = goodput_ratios(arm, oracle);
     let worst = ratios
         .iter()
@@ -189,6 +200,14 @@ fn steady_target(plan: &AdaptivePlan, arm: &SteadyArm) -> Target {
             name,
             goal,
             measured: "not run".into(),
+            pass: None,
+        };
+    }
+    if arm.phase.errors > 0 || arm.first_error.is_some() {
+        return Target {
+            name,
+            goal,
+            measured: FAILED.into(),
             pass: None,
         };
     }

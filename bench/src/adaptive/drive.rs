@@ -97,6 +97,9 @@ impl Tally {
     }
 }
 
+/// The least time left for which a caller still sends an Acquire.
+const MIN_ATTEMPT: Duration = Duration::from_millis(5);
+
 /// How one call ended, as the caller saw it.
 enum End {
     Rejected(String),
@@ -153,7 +156,10 @@ async fn call(
             ..Default::default()
         });
         let remaining = deadline.saturating_sub(intended.elapsed());
-        if remaining.is_zero() {
+        // A caller with almost no time left gives up rather than send: the
+        // RPC could only be cancelled in flight (and every cancelled stream
+        // counts against the server's HTTP/2 reset guard).
+        if remaining < MIN_ATTEMPT {
             return (End::TimedOut, intended.elapsed());
         }
         request.set_timeout(remaining);

@@ -224,6 +224,10 @@ impl StepArm {
     pub fn samples(&self) -> u64 {
         self.phases.iter().map(|p| p.sent).sum()
     }
+    /// Errors in the run make its numbers meaningless.
+    pub fn failed(&self) -> bool {
+        self.errors() > 0 || self.first_error.is_some()
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -316,12 +320,24 @@ async fn stop(governor: Option<Box<Governor>>, warnings: &mut Vec<String>) {
     }
 }
 
-/// The sidecar's last log lines, to explain an arm's errors.
+/// The sidecar's last log lines, to explain an arm's errors, with what they
+/// mean when the sidecar's HTTP/2 server dropped the connection.
 fn sidecar_log(governor: Option<&Governor>) -> String {
-    governor
+    let Some(tail) = governor
         .map(|g| g.process.stderr_tail())
         .filter(|t| !t.trim().is_empty())
-        .map_or_else(String::new, |t| format!("; sidecar stderr:\n{t}"))
+    else {
+        return String::new();
+    };
+    let mut note = String::new();
+    if tail.contains("pending-accept streams reached limit") {
+        note.push_str(
+            " (the sidecar's HTTP/2 server closed the connection after 20 streams the client \
+             cancelled at its deadline before the server accepted them, h2's rapid-reset guard; \
+             leases granted on that connection stayed held until their lease_ttl)",
+        );
+    }
+    format!("{note}; sidecar stderr:\n{tail}")
 }
 
 /// The guards of the step arms, in the order they run.
@@ -370,7 +386,7 @@ pub async fn run(
                 arm.first_error = run.first_error;
                 if arm.samples() == 0 {
                     failures.push(format!("adaptive step, {label}: no samples"));
-                } else if arm.errors() > 0 || arm.first_error.is_some() {
+                } else if arm.failed() {
                     failures.push(format!(
                         "adaptive step, {label}: {} errors, first: {}{stderr}",
                         arm.errors(),
