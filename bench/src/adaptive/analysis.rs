@@ -216,8 +216,8 @@ fn steady_target(plan: &AdaptivePlan, arm: &SteadyArm) -> Target {
         name,
         goal,
         measured: format!(
-            "{} ({} of {}; limit {}..{})",
-            pct(p.rejected_share),
+            "{:.2}% ({} of {}; limit {}..{})",
+            p.rejected_share * 100.0,
             p.rejected,
             p.sent,
             p.limit_min.map_or("?".into(), |v| v.to_string()),

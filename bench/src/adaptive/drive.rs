@@ -97,8 +97,12 @@ impl Tally {
     }
 }
 
-/// The least time left for which a caller still sends an Acquire.
+/// The least time left for which a caller still sends an Acquire, or calls
+/// the downstream once granted.
 const MIN_ATTEMPT: Duration = Duration::from_millis(5);
+
+/// The gRPC timeout of Acquire and Release: only a stall hits it.
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// How one call ended, as the caller saw it.
 enum End {
@@ -142,6 +146,14 @@ fn proto_duration(d: Duration) -> Option<prost_types::Duration> {
 
 /// One call: Acquire (unless unguarded), the downstream within the caller's
 /// deadline, Release with the outcome and the downstream latency.
+///
+/// The Acquire carries a generous gRPC timeout rather than the caller's
+/// deadline: the sidecar bounds its queue wait by `max_wait` anyway, and a
+/// client-side deadline firing on streams the server has not accepted yet
+/// (a stall of either process) trips h2's rapid-reset guard, which closes the
+/// whole connection and strands the leases granted on it until their TTL.
+/// A caller whose deadline has passed by the time it is granted gives the
+/// permit back as CANCELLED (which the limit ignores).
 async fn call(
     backend: Arc<Backend>,
     client: Option<GovernorClient<Channel>>,
@@ -151,33 +163,28 @@ async fn call(
     let mut lease = None;
     let mut client = client;
     if let Some(client) = client.as_mut() {
+        if deadline.saturating_sub(intended.elapsed()) < MIN_ATTEMPT {
+            return (End::TimedOut, intended.elapsed());
+        }
         let mut request = tonic::Request::new(AcquireRequest {
             dependency: DEPENDENCY.into(),
             ..Default::default()
         });
-        let remaining = deadline.saturating_sub(intended.elapsed());
-        // A caller with almost no time left gives up rather than send: the
-        // RPC could only be cancelled in flight (and every cancelled stream
-        // counts against the server's HTTP/2 reset guard).
-        if remaining < MIN_ATTEMPT {
-            return (End::TimedOut, intended.elapsed());
-        }
-        request.set_timeout(remaining);
+        request.set_timeout(ACQUIRE_TIMEOUT);
         match client.acquire(request).await {
             Ok(r) => {
                 let r = r.into_inner();
                 if !r.granted {
                     return (End::Rejected(reason_name(r.reason)), intended.elapsed());
                 }
+                if deadline.saturating_sub(intended.elapsed()) < MIN_ATTEMPT {
+                    let end = match release(client, r.lease_id, Outcome::Cancelled, None).await {
+                        Ok(()) => End::TimedOut,
+                        Err(e) => End::Error(e),
+                    };
+                    return (end, intended.elapsed());
+                }
                 lease = Some(r.lease_id);
-            }
-            Err(s)
-                if matches!(
-                    s.code(),
-                    tonic::Code::Cancelled | tonic::Code::DeadlineExceeded
-                ) =>
-            {
-                return (End::TimedOut, intended.elapsed());
             }
             Err(s) => return (End::Error(format!("Acquire: {s}")), intended.elapsed()),
         }
@@ -192,24 +199,30 @@ async fn call(
     let downstream_latency = started.elapsed();
     let latency = intended.elapsed();
     if let (Some(client), Some(lease_id)) = (client.as_mut(), lease) {
-        let mut request = tonic::Request::new(ReleaseRequest {
-            lease_id,
-            outcome: outcome as i32,
-            latency: proto_duration(downstream_latency),
-        });
-        request.set_timeout(Duration::from_secs(5));
-        match client.release(request).await {
-            Ok(r) if r.get_ref().released => {}
-            Ok(_) => {
-                return (
-                    End::Error("Release answered released=false for a live lease".into()),
-                    latency,
-                );
-            }
-            Err(s) => return (End::Error(format!("Release: {s}")), latency),
+        if let Err(e) = release(client, lease_id, outcome, Some(downstream_latency)).await {
+            return (End::Error(e), latency);
         }
     }
     (end, latency)
+}
+
+async fn release(
+    client: &mut GovernorClient<Channel>,
+    lease_id: String,
+    outcome: Outcome,
+    latency: Option<Duration>,
+) -> Result<(), String> {
+    let mut request = tonic::Request::new(ReleaseRequest {
+        lease_id,
+        outcome: outcome as i32,
+        latency: latency.and_then(proto_duration),
+    });
+    request.set_timeout(ACQUIRE_TIMEOUT);
+    match client.release(request).await {
+        Ok(r) if r.get_ref().released => Ok(()),
+        Ok(_) => Err("Release answered released=false for a live lease".into()),
+        Err(s) => Err(format!("Release: {s}")),
+    }
 }
 
 /// What [`run`] measured: the scored phases, the limit polls, the first error.
