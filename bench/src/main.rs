@@ -118,7 +118,7 @@ struct Plans {
 fn adaptive_plan(mode: &str, given_workers: Option<usize>) -> AdaptivePlan {
     // (workers, service ms, warm-up, phase, steady warm-up, steady measure)
     let (workers, service_ms, warmup, phase_s, sw, sm) = match mode {
-        "smoke" => (8, 20.0, 0.1, 0.25, 0.1, 0.3),
+        "smoke" => (8, 20.0, 0.1, 0.15, 0.1, 0.2),
         "quick" => (16, 10.0, 1.0, 4.0, 2.0, 4.0),
         _ => (16, 10.0, 2.0, 10.0, 3.0, 10.0),
     };
