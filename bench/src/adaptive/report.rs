@@ -137,9 +137,11 @@ pub fn markdown(
          (a 503), and calls whose caller gave up are still served. Its capacity steps: {}. Halving takes away \
          workers as their calls finish; restoring them starts work on the backlog at once. \
          Callers arrive open-loop at {}x the full capacity ({:.0}/s) and latency is measured from the intended send \
-         time. Each caller has a {:.0} ms deadline for the whole call; goodput counts successes within the \
-         {:.0} ms SLO (5x the mean service time), per second and as a share of the phase's capacity \
-         (c / measured mean service time).\n",
+         time. Each caller has a {:.0} ms deadline from its intended send time: the downstream call is cut off \
+         there (TIMEOUT), and a caller granted after it gives the permit back as CANCELLED (Acquire itself carries \
+         only a 2 s gRPC timeout against stalls; the sidecar's queue wait is bounded by `max_wait`). Goodput counts \
+         successes within the {:.0} ms SLO (5x the mean service time), per second and as a share of the phase's \
+         capacity (c / measured mean service time).\n",
         p.workers,
         p.service_ms,
         mean_service.map_or(String::new(), |s| format!(", {s:.2} ms measured")),
