@@ -154,7 +154,17 @@ impl Schedule {
         F: Fn(Instant, bool) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
-        let start = Instant::now() + Duration::from_millis(2);
+        self.drive_from(Instant::now() + Duration::from_millis(2), drain, send)
+            .await
+    }
+
+    /// [`Schedule::drive`] with the first send at `start`, for callers that
+    /// schedule other events (capacity changes, polls) on the same clock.
+    pub async fn drive_from<F, Fut>(&self, start: Instant, drain: Duration, send: F) -> Duration
+    where
+        F: Fn(Instant, bool) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let measure_from = start + self.warmup;
         let end = measure_from + self.measure;
         let interval = Duration::from_secs_f64(1.0 / self.rate);

@@ -6,11 +6,13 @@
 //!
 //! ```text
 //! cargo build --release -p rate-governor --bin governor
-//! cargo run --release -p governor-bench -- --quick     # about a minute
+//! cargo run --release -p governor-bench -- --quick     # about three minutes
 //! cargo run --release -p governor-bench                # the full run
 //! cargo run -p governor-bench -- --smoke --governor-bin target/debug/governor   # CI, < 30 s
+//! cargo run --release -p governor-bench -- --quick --only adaptive   # the adaptive-limit arms only
 //! ```
 
+mod adaptive;
 mod downstream;
 mod env;
 mod happy;
@@ -26,22 +28,23 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use rate_governor_proto::v1::governor_client::GovernorClient;
 
+use crate::adaptive::{AdaptivePlan, AdaptiveResults, Phase};
 use crate::env::{Machine, Pinning};
 use crate::happy::{HappyPlan, Servers};
 use crate::otlp::SpanSink;
 use crate::overload::{OverloadPlan, StormPlan};
 use crate::process::{Governor, Redis};
-use crate::report::Results;
+use crate::report::{Results, Target};
 use crate::scale::ScalePlan;
 
 /// Benchmarks the governor sidecar against the alternatives and under overload.
 #[derive(Debug, Parser)]
 #[command(name = "governor-bench", version, about)]
 struct Args {
-    /// A shorter run, about a minute.
+    /// A shorter run: about a minute and a half per group (--only).
     #[arg(long, conflicts_with = "smoke")]
     quick: bool,
     /// Every arm very briefly (< 30 s), for CI: exits non-zero if any arm
@@ -62,12 +65,32 @@ struct Args {
     /// The Markdown report [default: <repo>/docs/benchmarks.md; with --smoke, OUT_DIR/benchmarks.md].
     #[arg(long)]
     doc: Option<PathBuf>,
+    /// The adaptive-limit report [default: <repo>/docs/benchmarks-adaptive.md;
+    /// with --smoke, OUT_DIR/benchmarks-adaptive.md].
+    #[arg(long)]
+    adaptive_doc: Option<PathBuf>,
+    /// Workers of the adaptive arms' downstream at full capacity (c); the
+    /// offered load scales with it [default: 16; 8 with --smoke].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(2..=256))]
+    adaptive_workers: Option<u32>,
+    /// Run only one group of arms (and write only its report).
+    #[arg(long, value_enum)]
+    only: Option<Group>,
     /// Repeats of the happy-path and overload arms (overrides the mode's).
     #[arg(long)]
     repeats: Option<usize>,
     /// Do not pin the sidecar and the load generator to different cores.
     #[arg(long)]
     no_pin: bool,
+}
+
+/// The groups of arms, each with a report of its own.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Group {
+    /// Happy path, overload, retry storm and scale: docs/benchmarks.md.
+    Main,
+    /// The adaptive-limit arms: docs/benchmarks-adaptive.md.
+    Adaptive,
 }
 
 fn repo_root() -> PathBuf {
@@ -87,6 +110,53 @@ struct Plans {
     overload: OverloadPlan,
     storm: StormPlan,
     scale: ScalePlan,
+    adaptive: AdaptivePlan,
+}
+
+/// The adaptive arms' plan. Smoke runs debug builds for well under a second
+/// per phase: a smaller, slower downstream keeps the load affordable.
+fn adaptive_plan(mode: &str, given_workers: Option<usize>) -> AdaptivePlan {
+    // (workers, service ms, warm-up, phase, steady warm-up, steady measure)
+    let (workers, service_ms, warmup, phase_s, sw, sm) = match mode {
+        "smoke" => (8, 20.0, 0.1, 0.15, 0.1, 0.2),
+        "quick" => (16, 10.0, 1.0, 4.0, 2.0, 4.0),
+        _ => (16, 10.0, 2.0, 10.0, 3.0, 10.0),
+    };
+    let workers = given_workers.unwrap_or(workers);
+    let phase = |name: &str, workers: usize, seconds: f64, scored: bool| Phase {
+        name: name.to_owned(),
+        workers,
+        duration: secs(seconds),
+        scored,
+    };
+    AdaptivePlan {
+        workers,
+        service_ms,
+        // 10 mean service times of work at full capacity.
+        backlog: workers * 10,
+        slo_ms: 5.0 * service_ms,
+        deadline_ms: 25.0 * service_ms,
+        step_load: 1.5,
+        phases: vec![
+            phase("warm-up", workers, warmup, false),
+            phase("full", workers, phase_s, true),
+            phase("half", workers / 2, phase_s, true),
+            phase("full again", workers, phase_s, true),
+        ],
+        steady_load: 0.8,
+        steady_warmup: secs(sw),
+        steady_measure: secs(sm),
+        ceiling: 200,
+        min_limit: 2,
+        initial_limit: 16,
+        max_queue: 1000,
+        max_wait_ms: (2.0 * service_ms) as u64,
+        high_factor: 4,
+        poll_interval: Duration::from_millis(50),
+        band: (0.8, 1.6),
+        hold: secs(1.0),
+        converge_target: secs(2.0),
+    }
 }
 
 fn plans(args: &Args) -> Plans {
@@ -152,6 +222,7 @@ fn plans(args: &Args) -> Plans {
             waiter_counts: vec![100, 1_000, 10_000],
             repeats: if args.smoke { 1 } else { 3 },
         },
+        adaptive: adaptive_plan(mode, args.adaptive_workers.map(|w| w as usize)),
     }
 }
 
@@ -200,6 +271,61 @@ fn log(line: &str) {
     eprintln!("{line}");
 }
 
+/// Where a report goes: its JSON, its SVG and its Markdown document.
+struct Outputs {
+    json: PathBuf,
+    svg: PathBuf,
+    doc: PathBuf,
+}
+
+impl Outputs {
+    /// `path` relative to the document's folder, for links in it.
+    fn rel(&self, path: &Path) -> String {
+        self.doc
+            .parent()
+            .and_then(|d| path.strip_prefix(d).ok())
+            .map_or_else(|| path.display().to_string(), |r| r.display().to_string())
+    }
+
+    fn json_name(&self) -> String {
+        self.json
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
+    fn write(&self, json: &str, svg: &str, doc: &str) -> Result<(), String> {
+        for (path, text) in [(&self.json, json), (&self.svg, svg), (&self.doc, doc)] {
+            std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+        }
+        println!(
+            "wrote {}, {} and {}",
+            self.doc.display(),
+            self.json.display(),
+            self.svg.display()
+        );
+        Ok(())
+    }
+}
+
+fn print_outcome(targets: &[Target], warnings: &[String], failures: &[String]) {
+    for t in targets {
+        println!(
+            "{:<12} {} — goal {}, measured {}",
+            t.verdict(),
+            t.name,
+            t.goal,
+            t.measured
+        );
+    }
+    for w in warnings {
+        println!("WARNING      {w}");
+    }
+    for f in failures {
+        println!("FAILED       {f}");
+    }
+}
+
 async fn run(args: Args, pinning: Pinning, machine: Machine) -> Result<bool, String> {
     let root = repo_root();
     let plans = plans(&args);
@@ -214,13 +340,25 @@ async fn run(args: Args, pinning: Pinning, machine: Machine) -> Result<bool, Str
             root.join("docs/bench")
         }
     });
-    let doc = args.doc.clone().unwrap_or_else(|| {
-        if args.smoke {
-            out_dir.join("benchmarks.md")
-        } else {
-            root.join("docs/benchmarks.md")
-        }
-    });
+    let doc_path = |given: &Option<PathBuf>, name: &str| {
+        given.clone().unwrap_or_else(|| {
+            if args.smoke {
+                out_dir.join(name)
+            } else {
+                root.join("docs").join(name)
+            }
+        })
+    };
+    let main_out = Outputs {
+        json: out_dir.join("results.json"),
+        svg: out_dir.join("overload.svg"),
+        doc: doc_path(&args.doc, "benchmarks.md"),
+    };
+    let adaptive_out = Outputs {
+        json: out_dir.join("adaptive.json"),
+        svg: out_dir.join("adaptive.svg"),
+        doc: doc_path(&args.adaptive_doc, "benchmarks-adaptive.md"),
+    };
     std::fs::create_dir_all(&out_dir).map_err(|e| format!("create {}: {e}", out_dir.display()))?;
     let work = std::env::temp_dir().join(format!("governor-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
@@ -230,72 +368,132 @@ async fn run(args: Args, pinning: Pinning, machine: Machine) -> Result<bool, Str
         machine.nproc, machine.cpu_model, machine.memory, pinning.note
     ));
     log(&format!("governor: {}", governor_bin.display()));
-    let result = measure(&args, &plans, &pinning, &governor_bin, &work, machine).await;
-    let _ = std::fs::remove_dir_all(&work);
-    let results = result?;
-
-    for t in &results.targets {
-        println!(
-            "{:<12} {} — goal {}, measured {}",
-            t.verdict(),
-            t.name,
-            t.goal,
-            t.measured
-        );
-    }
-    for w in &results.warnings {
-        println!("WARNING      {w}");
-    }
-    for f in &results.failures {
-        println!("FAILED       {f}");
-    }
-
-    let json = out_dir.join("results.json");
-    let svg = out_dir.join("overload.svg");
-    report::write_json(&results, &json)?;
-    std::fs::write(&svg, report::svg(&results.overload, &results.overload_plan))
-        .map_err(|e| format!("write {}: {e}", svg.display()))?;
-    let rel = |p: &Path| {
-        doc.parent()
-            .and_then(|d| p.strip_prefix(d).ok())
-            .map_or_else(|| p.display().to_string(), |r| r.display().to_string())
+    let groups = match args.only {
+        Some(group) => vec![group],
+        None => vec![Group::Main, Group::Adaptive],
     };
-    let analysis = report::existing_analysis(&doc);
-    let json_name = json
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let text = report::markdown(&results, &rel(&svg), &json_name, analysis.as_deref());
-    std::fs::write(&doc, text).map_err(|e| format!("write {}: {e}", doc.display()))?;
-    println!(
-        "wrote {}, {} and {}",
-        doc.display(),
-        json.display(),
-        svg.display()
-    );
-    let ok = results.failures.is_empty();
+    let (mut passed, mut missed, mut failed) = (0, 0, 0);
+    let mut count = |targets: &[Target], failures: usize| {
+        passed += targets.iter().filter(|t| t.pass == Some(true)).count();
+        missed += targets.iter().filter(|t| t.pass == Some(false)).count();
+        failed += failures;
+    };
+    let mut outcome = Ok(());
+    for group in groups {
+        let step = match group {
+            Group::Main => {
+                match measure(
+                    &args,
+                    &plans,
+                    &pinning,
+                    &governor_bin,
+                    &work,
+                    machine.clone(),
+                )
+                .await
+                {
+                    Ok(results) => {
+                        print_outcome(&results.targets, &results.warnings, &results.failures);
+                        count(&results.targets, results.failures.len());
+                        write_main(&results, &main_out)
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+            Group::Adaptive => {
+                let sidecars = adaptive::Sidecars {
+                    bin: &governor_bin,
+                    work: &work,
+                    pinning: &pinning,
+                };
+                let results =
+                    measure_adaptive(&plans, &sidecars, &governor_bin, &pinning, machine.clone())
+                        .await;
+                print_outcome(&results.targets, &results.warnings, &results.failures);
+                count(&results.targets, results.failures.len());
+                write_adaptive(&results, &adaptive_out)
+            }
+        };
+        if let Err(e) = step {
+            outcome = Err(e);
+            break;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&work);
+    outcome?;
+    let ok = failed == 0;
     if args.smoke {
         println!(
             "smoke mode: PASS/MISS above are informational (debug builds, sub-second runs); only failed arms fail the run"
         );
     }
     println!(
-        "governor-bench {}: {} — {} targets passed, {} missed, {} arms failed",
-        results.mode,
+        "governor-bench {}: {} — {passed} targets passed, {missed} missed, {failed} arms failed",
+        plans.mode,
         if ok { "ok" } else { "FAILED" },
-        results
-            .targets
-            .iter()
-            .filter(|t| t.pass == Some(true))
-            .count(),
-        results
-            .targets
-            .iter()
-            .filter(|t| t.pass == Some(false))
-            .count(),
-        results.failures.len()
     );
     Ok(ok)
+}
+
+fn write_main(results: &Results, out: &Outputs) -> Result<(), String> {
+    let json = serde_json::to_string_pretty(results).map_err(|e| e.to_string())? + "\n";
+    let svg = report::svg(&results.overload, &results.overload_plan);
+    let analysis = report::existing_analysis(&out.doc);
+    let doc = report::markdown(
+        results,
+        &out.rel(&out.svg),
+        &out.json_name(),
+        analysis.as_deref(),
+    );
+    out.write(&json, &svg, &doc)
+}
+
+fn write_adaptive(results: &AdaptiveResults, out: &Outputs) -> Result<(), String> {
+    let json = serde_json::to_string_pretty(results).map_err(|e| e.to_string())? + "\n";
+    let svg = adaptive::report::svg(results);
+    let analysis = report::existing_analysis(&out.doc);
+    let doc = adaptive::report::markdown(
+        results,
+        &out.rel(&out.svg),
+        &out.json_name(),
+        analysis.as_deref(),
+    );
+    out.write(&json, &svg, &doc)
+}
+
+async fn measure_adaptive(
+    plans: &Plans,
+    sidecars: &adaptive::Sidecars<'_>,
+    bin: &Path,
+    pinning: &Pinning,
+    machine: Machine,
+) -> AdaptiveResults {
+    log("adaptive limits");
+    let plan = &plans.adaptive;
+    let (steps, steady, failures, warnings) = adaptive::run(plan, sidecars, &log).await;
+    let targets = adaptive::targets(plan, &steps, &steady);
+    AdaptiveResults {
+        mode: plans.mode.to_owned(),
+        command: command_line(),
+        date: env::utc_now(),
+        machine,
+        pinning: pinning.clone(),
+        governor_bin: bin.display().to_string(),
+        governor_version: env::version_of(bin),
+        plan: plan.clone(),
+        steps,
+        steady,
+        targets,
+        failures,
+        warnings,
+    }
+}
+
+fn command_line() -> String {
+    std::iter::once("governor-bench".to_owned())
+        .chain(std::env::args().skip(1))
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 async fn measure(
@@ -478,10 +676,7 @@ async fn measure(
     }
 
     let targets = report::targets(&happy, &overload, &storm);
-    let command = std::iter::once("governor-bench".to_owned())
-        .chain(std::env::args().skip(1))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let command = command_line();
     Ok(Results {
         mode: plans.mode.to_owned(),
         command,

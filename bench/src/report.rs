@@ -225,11 +225,6 @@ fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
-pub fn write_json(results: &Results, path: &Path) -> Result<(), String> {
-    let text = serde_json::to_string_pretty(results).map_err(|e| e.to_string())?;
-    std::fs::write(path, text + "\n").map_err(|e| format!("write {}: {e}", path.display()))
-}
-
 /// The analysis block of an existing document, to carry over.
 pub fn existing_analysis(doc: &Path) -> Option<String> {
     let text = std::fs::read_to_string(doc).ok()?;
@@ -289,9 +284,10 @@ pub fn markdown(r: &Results, svg_name: &str, json_name: &str, analysis: Option<&
     );
     let _ = writeln!(
         m,
-        "\nTo rerun: `cargo build --release -p rate-governor --bin governor && cargo run --release -p governor-bench -- --quick` \
+        "\nTo rerun: `cargo build --release -p rate-governor --bin governor && cargo run --release -p governor-bench -- --quick --only main` \
          (about a minute; drop `--quick` for the full run, several minutes). The machine is shared and noisy, so read \
-         ratios and medians over repeats; ranges in parentheses are min–max over the repeats.\n"
+         ratios and medians over repeats; ranges in parentheses are min–max over the repeats. \
+         Adaptive concurrency limits have a report of their own: [benchmarks-adaptive.md](benchmarks-adaptive.md).\n"
     );
 
     let _ = writeln!(m, "## Targets\n");
