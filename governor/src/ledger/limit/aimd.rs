@@ -9,7 +9,9 @@
 //! three, and the one to pick for dependencies whose latency says little
 //! (batch jobs of varying size) but which fail or time out when overloaded.
 
-use super::{AdaptiveConfig, Algorithm, ChangeReason, LimitAlgorithm, Update, WindowSummary};
+use super::{
+    AdaptiveConfig, Algorithm, ChangeReason, Congestion, LimitAlgorithm, Update, WindowSummary,
+};
 
 #[derive(Debug, Default)]
 pub(crate) struct Aimd;
@@ -23,9 +25,10 @@ impl LimitAlgorithm for Aimd {
         &mut self,
         limit: f64,
         _window: &WindowSummary,
-        inflation: f64,
+        congestion: Congestion,
         config: &AdaptiveConfig,
     ) -> Update {
+        let inflation = congestion.inflation;
         if inflation > config.tolerance() {
             Update::new(limit * config.backoff(), ChangeReason::Latency)
         } else if inflation <= (1.0 + config.tolerance()) / 2.0 {
@@ -38,19 +41,19 @@ impl LimitAlgorithm for Aimd {
 
 #[cfg(test)]
 mod tests {
-    use super::super::tests::summary;
+    use super::super::tests::{at, summary};
     use super::*;
 
     #[test]
     fn adds_one_and_backs_off_on_latency_with_a_dead_band() {
         let config = AdaptiveConfig::DEFAULT;
         let mut aimd = Aimd;
-        let update = aimd.update(10.0, &summary(10), 1.0, &config);
+        let update = aimd.update(10.0, &summary(10), at(&summary(10), 1.0), &config);
         assert_eq!((update.limit, update.reason), (11.0, ChangeReason::Growth));
-        let update = aimd.update(10.0, &summary(10), 2.0, &config);
+        let update = aimd.update(10.0, &summary(10), at(&summary(10), 2.0), &config);
         assert_eq!((update.limit, update.reason), (9.0, ChangeReason::Latency));
         // Between the middle of the band and its edge: hold.
-        let update = aimd.update(10.0, &summary(10), 1.3, &config);
+        let update = aimd.update(10.0, &summary(10), at(&summary(10), 1.3), &config);
         assert_eq!((update.limit, update.reason), (10.0, ChangeReason::Hold));
     }
 }

@@ -218,6 +218,8 @@ mod tests {
             drops: 0,
             typical: Some(Duration::from_millis(typical_ms)),
             mean_in_flight: in_flight,
+            throughput: 1000.0,
+            mean: Some(Duration::from_millis(typical_ms)),
         }
     }
 

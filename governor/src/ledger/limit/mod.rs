@@ -59,15 +59,42 @@ pub(crate) trait LimitAlgorithm: Send + Sync + Debug {
     fn algorithm(&self) -> Algorithm;
 
     /// The limit after `window`, from `limit`; the caller clamps it to
-    /// `[min_limit, ceiling]`. `inflation` is the window's typical latency
-    /// over the no-load latency estimate.
+    /// `[min_limit, ceiling]`.
     fn update(
         &mut self,
         limit: f64,
         window: &WindowSummary,
-        inflation: f64,
+        congestion: Congestion,
         config: &AdaptiveConfig,
     ) -> Update;
+}
+
+/// What a window's latency says against the baseline.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Congestion {
+    /// Typical latency over the no-load latency.
+    pub inflation: f64,
+    /// Calls waiting inside the dependency: the calls in it, by Little's
+    /// law `throughput x mean latency`, times the share of their latency
+    /// that is excess, `1 - 1 / inflation`.
+    ///
+    /// Not the permits in flight times that share, which is the same only
+    /// when a permit is held exactly as long as the call takes. Callers hold
+    /// permits across their own round trips too (the Release, scheduling),
+    /// and those permits are not queued anywhere: counting them as queued
+    /// makes the limit too small for the arrival rate at moderate load.
+    pub queued: f64,
+}
+
+impl Congestion {
+    fn of(window: &WindowSummary, typical: Duration, baseline: Duration) -> Congestion {
+        let inflation = typical.as_secs_f64() / baseline.as_secs_f64().max(1e-9);
+        let inside = window.throughput * window.mean.unwrap_or(typical).as_secs_f64();
+        Congestion {
+            inflation,
+            queued: inside * (1.0 - 1.0 / inflation.max(1e-9)).max(0.0),
+        }
+    }
 }
 
 fn algorithm(kind: Algorithm) -> Box<dyn LimitAlgorithm> {
@@ -220,9 +247,9 @@ impl AdaptiveLimit {
         let mut update = if summary.drop_rate() > self.config.drop_threshold() {
             Update::new(self.limit * self.config.backoff(), ChangeReason::Drops)
         } else if let (Some(typical), Some(baseline)) = (summary.typical, self.baseline.value()) {
-            let inflation = typical.as_secs_f64() / baseline.as_secs_f64().max(1e-9);
+            let congestion = Congestion::of(&summary, typical, baseline);
             self.algorithm
-                .update(self.limit, &summary, inflation, &self.config)
+                .update(self.limit, &summary, congestion, &self.config)
         } else {
             Update::hold(self.limit)
         };
@@ -359,7 +386,15 @@ pub(crate) mod tests {
             drops: 0,
             typical: Some(Duration::from_millis(10)),
             mean_in_flight: f64::from(in_flight),
+            throughput: f64::from(in_flight) * 100.0,
+            mean: Some(Duration::from_millis(10)),
         }
+    }
+
+    /// What `window` says at `inflation` over a 10 ms baseline.
+    pub(crate) fn at(window: &WindowSummary, inflation: f64) -> Congestion {
+        let baseline = Duration::from_millis(10);
+        Congestion::of(window, baseline.mul_f64(inflation), baseline)
     }
 
     fn config(patch: AdaptivePatch) -> AdaptiveConfig {

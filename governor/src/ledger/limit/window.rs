@@ -42,6 +42,11 @@ pub struct WindowSummary {
     pub typical: Option<Duration>,
     /// Mean permits held at the grants of the window's calls.
     pub mean_in_flight: f64,
+    /// Calls that ended per second over the window.
+    pub throughput: f64,
+    /// Plain mean latency of the successful calls: with the throughput, the
+    /// calls inside the dependency (Little's law).
+    pub mean: Option<Duration>,
 }
 
 impl WindowSummary {
@@ -96,6 +101,7 @@ pub(crate) struct Window {
     samples: u32,
     drops: u32,
     in_flight_sum: u64,
+    latency_sum: Duration,
 }
 
 impl Window {
@@ -106,6 +112,7 @@ impl Window {
             samples: 0,
             drops: 0,
             in_flight_sum: 0,
+            latency_sum: Duration::ZERO,
         }
     }
 
@@ -115,6 +122,7 @@ impl Window {
                 let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
                 self.histogram[bucket(micros)] += 1;
                 self.samples += 1;
+                self.latency_sum = self.latency_sum.saturating_add(latency);
             }
             SampleKind::Drop => self.drops += 1,
         }
@@ -150,6 +158,8 @@ impl Window {
             drops: self.drops,
             typical: self.typical(),
             mean_in_flight: self.in_flight_sum as f64 / f64::from(self.count()),
+            throughput: f64::from(self.count()) / elapsed.as_secs_f64().max(1e-9),
+            mean: (self.samples > 0).then(|| self.latency_sum / self.samples),
         };
         self.reset(now);
         Some(summary)
@@ -178,6 +188,7 @@ impl Window {
         self.samples = 0;
         self.drops = 0;
         self.in_flight_sum = 0;
+        self.latency_sum = Duration::ZERO;
     }
 }
 
@@ -229,6 +240,15 @@ mod tests {
         );
         assert_eq!((summary.samples, summary.drops), (10, 1));
         assert!((summary.mean_in_flight - 60.0 / 11.0).abs() < 1e-9);
+        assert!(
+            (summary.throughput - 110.0).abs() < 1e-9,
+            "11 calls in 100 ms"
+        );
+        assert_eq!(
+            summary.mean,
+            Some(ms(509)),
+            "the plain mean keeps the outlier"
+        );
         assert!((summary.drop_rate() - 1.0 / 11.0).abs() < 1e-9);
         assert_eq!(window.count(), 0, "closing starts a new window");
     }
