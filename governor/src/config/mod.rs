@@ -146,10 +146,14 @@ struct CapsSection {
     allow_unknown_dependencies: Option<bool>,
     max_dependencies: Option<usize>,
     max_waiters: Option<usize>,
+    idle_ttl: Option<HumanDuration>,
 }
 
 const MAX_DEPENDENCIES: usize = 1_000_000;
 const MAX_WAITERS: usize = 10_000_000;
+/// Bounds of `limits.idle_ttl`.
+const IDLE_TTL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
 
 impl Config {
     /// The embedded defaults.
@@ -207,6 +211,19 @@ impl Config {
                 format!("must be at most {MAX_WAITERS}, got {max_waiters}"),
             ));
         }
+        let idle_ttl = caps
+            .idle_ttl
+            .or(base.limits.idle_ttl)
+            .map_or(Duration::from_secs(300), |d| d.0);
+        if !(IDLE_TTL_RANGE.0..=IDLE_TTL_RANGE.1).contains(&idle_ttl) {
+            return Err(ConfigError::at(
+                "limits.idle_ttl",
+                format!(
+                    "must be between 1s and 24h, got {}",
+                    humantime::format_duration(idle_ttl)
+                ),
+            ));
+        }
         if file.dependencies.len() > max_dependencies {
             return Err(ConfigError::at(
                 "dependencies",
@@ -240,6 +257,7 @@ impl Config {
                 max_dependencies,
                 max_waiters,
                 dependencies,
+                idle_ttl,
             },
         })
     }
