@@ -161,11 +161,28 @@ impl Config {
         Config::parse(EMBEDDED_DEFAULT).expect("the embedded config is valid")
     }
 
-    /// Reads and validates a config file.
+    /// Reads and validates a config file. A file that is empty, or has only
+    /// comments, is refused: it is more likely truncated (a ConfigMap being
+    /// rewritten, a full disk) than meant to reset every limit to the
+    /// defaults; run without `--config` for those.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let at = |error: String| ConfigError(format!("{}: {error}", path.display()));
         let text = std::fs::read_to_string(path)
-            .map_err(|error| ConfigError(format!("{}: cannot read: {error}", path.display())))?;
-        Config::parse(&text).map_err(|error| ConfigError(format!("{}: {error}", path.display())))
+            .map_err(|error| at(format!("cannot read: {error}")))?;
+        if text.trim().is_empty() {
+            return Err(at(
+                "the file is empty (a truncated file?); to run on the defaults, give no --config"
+                    .into(),
+            ));
+        }
+        let table: toml::Table = toml::from_str(&text).map_err(|error| at(error.to_string()))?;
+        if table.is_empty() {
+            return Err(at(
+                "the file has no section ([server], [defaults], [limits], [dependencies.*] or [telemetry]), only comments"
+                    .into(),
+            ));
+        }
+        Config::parse(&text).map_err(|error| at(error.to_string()))
     }
 
     /// Parses a config file's text. Keys it leaves out take the embedded
