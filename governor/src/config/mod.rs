@@ -167,8 +167,8 @@ impl Config {
     /// defaults; run without `--config` for those.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let at = |error: String| ConfigError(format!("{}: {error}", path.display()));
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| at(format!("cannot read: {error}")))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|error| at(format!("cannot read: {error}")))?;
         if text.trim().is_empty() {
             return Err(at(
                 "the file is empty (a truncated file?); to run on the defaults, give no --config"

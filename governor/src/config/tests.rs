@@ -185,17 +185,17 @@ fn the_admin_listener_is_on_by_default_on_loopback() {
 
 #[test]
 fn idle_ttl_is_read_and_bounded() {
-    assert_eq!(
-        Config::embedded().ledger.idle_ttl,
-        Duration::from_secs(300)
-    );
+    assert_eq!(Config::embedded().ledger.idle_ttl, Duration::from_secs(300));
     let config = Config::parse("[limits]\nidle_ttl = \"90s\"").unwrap();
     assert_eq!(config.ledger.idle_ttl, Duration::from_secs(90));
     for bad in ["\"0s\"", "\"25h\"", "\"soon\"", "5"] {
         let error = error(&format!("[limits]\nidle_ttl = {bad}"));
         assert!(error.contains("idle_ttl"), "{bad}: {error}");
     }
-    assert!(error("[limits]\nidle_ttl = \"500ms\"").starts_with("limits.idle_ttl: must be between 1s and 24h"));
+    assert!(
+        error("[limits]\nidle_ttl = \"500ms\"")
+            .starts_with("limits.idle_ttl: must be between 1s and 24h")
+    );
 }
 
 #[test]
@@ -205,7 +205,10 @@ fn an_empty_or_comment_only_file_is_refused_saying_so() {
     let path = dir.join("governor.toml");
     std::fs::write(&path, " \n\n").unwrap();
     let empty = Config::load(&path).unwrap_err().0;
-    assert!(empty.contains("governor.toml: the file is empty"), "{empty}");
+    assert!(
+        empty.contains("governor.toml: the file is empty"),
+        "{empty}"
+    );
     std::fs::write(&path, "# [defaults]\n# max_concurrency = 4\n").unwrap();
     let comments = Config::load(&path).unwrap_err().0;
     assert!(comments.contains("has no section"), "{comments}");

@@ -993,3 +993,22 @@ async fn a_flood_of_names_keeps_the_idle_queue_bounded() {
     assert_eq!(names, ["configured"]);
     assert!(ledger.release(&keep, Report::default()).is_some());
 }
+
+#[tokio::test(start_paused = true)]
+async fn debug_output_of_the_ledger_carries_no_lease_id() {
+    let ledger = ledger_with("db", limits(1, 4, 5000));
+    let held = grant(&ledger).await;
+    let _waiter = enqueue(&ledger, Priority::Normal, 0).await;
+    let id = held.to_string();
+    let debug = format!("{ledger:?} {held:?}");
+    assert!(debug.contains(&held.handle().to_string()), "{debug}");
+    // Neither the id nor any piece of it, in hex (8 digits) or in decimal
+    // (12 digits, as other numbers may share shorter runs by chance).
+    let key = format!("{}", held.key);
+    for (text, width) in [(&id, 8), (&key, 12)] {
+        for at in 0..=text.len() - width {
+            let piece = &text[at..at + width];
+            assert!(!debug.contains(piece), "{piece} of the lease in {debug}");
+        }
+    }
+}
