@@ -352,10 +352,14 @@ def run(checks: Checks, pb2, pb2_grpc, channel, phoenix: str, project: str, admi
             "governor.priority": "critical",
             "governor.attempt": 0,
             "governor.limit": 1,
-            "governor.lease_id": second.lease_id,
         }
         got = {k: attr(acquire, k) for k in want}
         checks.check("governor.acquire carries the request's attributes", got == want, json.dumps(got))
+        handle = attr(acquire, "governor.lease")
+        checks.check("governor.acquire names the lease by an 8-digit handle, not its id",
+                     isinstance(handle, str) and len(handle) == 8 and handle not in second.lease_id
+                     and attr(acquire, "governor.lease_id") is None,
+                     f"governor.lease={handle!r} governor.lease_id={attr(acquire, 'governor.lease_id')!r}")
     if permit is not None:
         checks.check("governor.permit's parent is the caller's span",
                      permit.get("parent_id") == caller_span,
@@ -368,11 +372,16 @@ def run(checks: Checks, pb2, pb2_grpc, channel, phoenix: str, project: str, admi
                      permit_duration <= hold + 1.0 and attr(permit, "governor.lease.expired") is None,
                      f"permit={permit_duration * 1000:.3f}ms "
                      f"governor.lease.expired={attr(permit, 'governor.lease.expired')!r}")
-        got = {k: attr(permit, k) for k in ("governor.lease_id", "governor.outcome", "governor.dependency")}
-        checks.check("governor.permit carries the lease and the outcome",
-                     got == {"governor.lease_id": second.lease_id, "governor.outcome": "success",
-                             "governor.dependency": QUEUED_DEP},
+        got = {k: attr(permit, k) for k in ("governor.lease", "governor.outcome", "governor.dependency")}
+        checks.check("governor.permit carries the lease handle and the outcome",
+                     got == {"governor.lease": attr(acquire, "governor.lease") if acquire else None,
+                             "governor.outcome": "success", "governor.dependency": QUEUED_DEP},
                      json.dumps(got))
+    everything = json.dumps(spans + holders)
+    for name, lease_id in (("holder", holder.lease_id), ("caller", second.lease_id)):
+        checks.check(f"no exported span carries the {name}'s lease id",
+                     lease_id not in everything and lease_id[16:] not in everything,
+                     "found in the exported spans")
     if queue_wait is not None and acquire is not None:
         acquire_id = (acquire.get("context") or {}).get("span_id")
         checks.check("governor.queue_wait's parent is governor.acquire",

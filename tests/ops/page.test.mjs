@@ -116,7 +116,7 @@ test('the status page shows a dependency at once and follows it under load', { t
 });
 
 test('the page says so when the sidecar goes away', { timeout: 60_000 }, async (t) => {
-  const gov = await startGovernor('');
+  const gov = await startGovernor('[defaults]\n');
   const browser = await chromium.launch({ executablePath: CHROMIUM, headless: true, args: FLAGS });
   t.after(() => browser.close());
   const page = await browser.newPage();

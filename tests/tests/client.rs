@@ -364,12 +364,8 @@ max_wait = "6s"
 async fn the_dependency_cap_is_an_error_even_failing_open() {
     let sidecar = GovernorProcess::start("[limits]\nmax_dependencies = 1\n").await;
     let gov = Governor::connect(sidecar.endpoint()).unwrap();
-    gov.acquire("first")
-        .await
-        .unwrap()
-        .release(Outcome::Success)
-        .await
-        .unwrap();
+    // Held, so that it cannot be evicted to make room.
+    let first = gov.acquire("first").await.unwrap();
     let err = gov.acquire("second").await.unwrap_err();
     assert!(
         matches!(err, AcquireError::Invalid(ref s) if s.code() == tonic::Code::ResourceExhausted
@@ -377,11 +373,12 @@ async fn the_dependency_cap_is_an_error_even_failing_open() {
         "{err:?}"
     );
     assert_eq!(gov.stats().fail_open_permits, 0);
+    first.release(Outcome::Success).await.unwrap();
 }
 
 #[tokio::test]
 async fn a_draining_sidecar_rejects_even_failing_open() {
-    let sidecar = GovernorProcess::start("").await;
+    let sidecar = GovernorProcess::start("[defaults]\n").await;
     let gov = Governor::connect(sidecar.endpoint()).unwrap();
     // A held permit keeps the sidecar in its drain grace period.
     let held = gov.acquire("drain").await.unwrap();

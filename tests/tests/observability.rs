@@ -101,7 +101,7 @@ async fn with_no_admin_flag_the_admin_listener_is_on_9464() {
     // Only --listen: the admin listener comes from the embedded default.
     // Another sidecar on this machine may hold 9464; then the failure must
     // say so, naming the key.
-    let config = governor_integration_tests::write_config("");
+    let config = governor_integration_tests::write_config("[defaults]\n");
     let mut child = tokio::process::Command::new(governor_bin())
         .arg("--config")
         .arg(config.path())
@@ -143,7 +143,7 @@ async fn with_no_admin_flag_the_admin_listener_is_on_9464() {
     }
 
     // "off" turns it off, from the command line and from the file.
-    let gov = GovernorProcess::start_with_args("", &["--admin-listen", "off"]).await;
+    let gov = GovernorProcess::start_with_args("[defaults]\n", &["--admin-listen", "off"]).await;
     assert_eq!(gov.admin_addr(), None, "{}", gov.ready_line());
     let output = run_governor(&["--print-default-config"]).await;
     let text = String::from_utf8_lossy(&output.stdout);

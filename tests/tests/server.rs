@@ -483,7 +483,7 @@ async fn health_and_reflection_are_served() {
     use tonic_health::pb::{
         HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
     };
-    let gov = GovernorProcess::start("").await;
+    let gov = GovernorProcess::start("[defaults]\n").await;
     let mut health = HealthClient::new(gov.channel().await);
     for service in ["", "governor.v1.Governor"] {
         let response = health
@@ -712,8 +712,8 @@ async fn a_live_unix_socket_is_never_taken_over() {
     let dir = tempfile::tempdir().unwrap();
     let socket = dir.path().join("governor.sock");
     let args = ["--uds".as_ref(), socket.as_os_str()];
-    let first = GovernorProcess::start_with_args("", &args).await;
-    let config = governor_integration_tests::write_config("");
+    let first = GovernorProcess::start_with_args("[defaults]\n", &args).await;
+    let config = governor_integration_tests::write_config("[defaults]\n");
     let second = run_governor(&[
         "--config".as_ref(),
         config.path().as_os_str(),

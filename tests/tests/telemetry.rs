@@ -123,6 +123,34 @@ fn string_attribute(span: &Span, key: &str) -> String {
     }
 }
 
+/// No exported span carries `lease_id`, or any 16-digit piece of it, in an
+/// attribute, an event, a link or its status.
+fn assert_no_lease_id(spans: &[Span], lease_id: &str) {
+    let pieces: Vec<&str> = (0..=lease_id.len() - 16)
+        .map(|at| &lease_id[at..at + 16])
+        .collect();
+    let check = |what: String| {
+        for piece in &pieces {
+            assert!(!what.contains(piece), "a lease id piece {piece} in {what}");
+        }
+    };
+    assert!(!spans.is_empty());
+    for span in spans {
+        let attributes = span
+            .attributes
+            .iter()
+            .chain(span.events.iter().flat_map(|e| e.attributes.iter()))
+            .chain(span.links.iter().flat_map(|l| l.attributes.iter()));
+        for kv in attributes {
+            check(format!("{} of {}: {:?}", kv.key, span.name, kv.value));
+        }
+        for event in &span.events {
+            check(format!("event {} of {}", event.name, span.name));
+        }
+        check(format!("{} status {:?}", span.name, span.status));
+    }
+}
+
 fn duration(span: &Span) -> Duration {
     Duration::from_nanos(span.end_time_unix_nano - span.start_time_unix_nano)
 }
@@ -268,10 +296,15 @@ async fn a_queued_request_shows_its_wait_and_its_permit_in_the_callers_trace() {
         string_attribute(acquire_span, "governor.decision"),
         "granted"
     );
-    assert_eq!(
-        string_attribute(acquire_span, "governor.lease_id"),
-        granted.lease_id
+    // A short handle of the lease, the same on both spans; never the id.
+    let handle = string_attribute(acquire_span, "governor.lease");
+    assert_eq!(handle.len(), 8, "{handle}");
+    assert!(handle.bytes().all(|b| b.is_ascii_hexdigit()), "{handle}");
+    assert!(
+        !granted.lease_id.contains(&handle),
+        "the handle is a piece of the id"
     );
+    assert_eq!(attribute(acquire_span, "governor.lease_id"), None);
     assert_eq!(
         attribute(acquire_span, "governor.queue.depth"),
         Some(Value::IntValue(0))
@@ -288,10 +321,11 @@ async fn a_queued_request_shows_its_wait_and_its_permit_in_the_callers_trace() {
         attribute(acquire_span, "governor.attempt"),
         Some(Value::IntValue(0))
     );
-    assert_eq!(
-        string_attribute(permit, "governor.lease_id"),
-        granted.lease_id
-    );
+    assert_eq!(string_attribute(permit, "governor.lease"), handle);
+    assert_eq!(attribute(permit, "governor.lease_id"), None);
+    for lease_id in [&granted.lease_id, &held.lease_id] {
+        assert_no_lease_id(&receiver.spans.lock().unwrap(), lease_id);
+    }
     assert_eq!(string_attribute(permit, "governor.outcome"), "failure");
     assert_eq!(permit.status.as_ref().unwrap().code(), StatusCode::Error);
     assert!(

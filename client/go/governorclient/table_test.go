@@ -352,9 +352,12 @@ func TestTableDependencyCapIsAnErrorEvenFailingOpen(t *testing.T) {
 	defer p.stop()
 	c := dial(t, p.grpcAddr, governorclient.Options{})
 	ctx := testCtx(t)
-	if err := c.WithPermit(ctx, "first", func(context.Context) error { return nil }); err != nil {
+	// Held, so that it cannot be evicted to make room.
+	first, err := c.Acquire(ctx, "first")
+	if err != nil {
 		t.Fatal(err)
 	}
+	defer c.Release(ctx, first.ID, governorv1.Outcome_OUTCOME_SUCCESS, 0)
 	err = c.WithPermit(ctx, "second", func(context.Context) error { t.Error("ran fn past the dependency cap"); return nil })
 	if s, _ := status.FromError(err); s.Code() != codes.ResourceExhausted || len(s.Message()) < 11 || s.Message()[:11] != "dependency:" {
 		t.Errorf("err = %v, want RESOURCE_EXHAUSTED naming the dependency", err)
@@ -365,7 +368,7 @@ func TestTableDependencyCapIsAnErrorEvenFailingOpen(t *testing.T) {
 }
 
 func TestTableDrainingSidecarRejectsEvenFailingOpen(t *testing.T) {
-	p, err := startGovernor("")
+	p, err := startGovernor("[defaults]\n")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -36,7 +36,8 @@ test('the dependency cap (RESOURCE_EXHAUSTED) is an error even when failing open
   const sidecar = await startGovernor('[limits]\nmax_dependencies = 1\n');
   const gov = new Governor(sidecar.addr, { logger: recordingLogger() });
   try {
-    await (await gov.acquire('first')).release();
+    // Held, so that it cannot be evicted to make room.
+    const first = await gov.acquire('first');
     await assert.rejects(gov.acquire('second'), (err) => {
       assert.ok(err instanceof GovernorError && !(err instanceof GovernorUnavailableError), String(err));
       assert.equal(err.code, 'RESOURCE_EXHAUSTED');
@@ -44,6 +45,7 @@ test('the dependency cap (RESOURCE_EXHAUSTED) is an error even when failing open
       return true;
     });
     assert.equal(gov.stats.degraded, 0);
+    await first.release();
   } finally {
     await gov.close();
     await sidecar.stop();
@@ -51,7 +53,7 @@ test('the dependency cap (RESOURCE_EXHAUSTED) is an error even when failing open
 });
 
 test('a draining sidecar rejects with SHUTTING_DOWN even when failing open', async () => {
-  const sidecar = await startGovernor('');
+  const sidecar = await startGovernor('[defaults]\n');
   const gov = new Governor(sidecar.addr, { logger: recordingLogger() });
   try {
     const held = await gov.acquire('drain'); // keeps the sidecar in its drain grace period

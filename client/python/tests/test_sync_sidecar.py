@@ -339,12 +339,14 @@ def test_resource_exhausted_dependency_cap_is_an_error_even_failing_open(start_s
     capped = start_sidecar({}, limits={"max_dependencies": 1})
     gov = Governor(capped.addr, fail_open=True)
     try:
-        gov.acquire("first").release()
+        # Held, so that it cannot be evicted to make room.
+        first = gov.acquire("first")
         with pytest.raises(InvalidRequest) as invalid:
             gov.acquire("second")
         assert invalid.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert invalid.value.details.startswith("dependency:")
         assert gov.degraded_total == 0
+        first.release()
     finally:
         gov.close()
 

@@ -13,6 +13,7 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
 use crate::config::ServerConfig;
+use crate::server::FramingLayer;
 
 #[derive(Debug)]
 pub struct Bound {
@@ -96,6 +97,7 @@ impl Bound {
                 .http2_keepalive_interval(Some(config.keepalive_interval))
                 .http2_keepalive_timeout(Some(config.keepalive_timeout))
                 .http2_max_header_list_size(16 * 1024)
+                .layer(FramingLayer::new(config.max_message_bytes))
         };
         // Nagle off on accepted sockets: Acquire and Release are small frames.
         let incoming = TcpIncoming::from(self.tcp).with_nodelay(Some(true));

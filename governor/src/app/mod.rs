@@ -81,6 +81,7 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
         telemetry.clone(),
     ));
     telemetry.attach(&ledger);
+    ledger.spawn_idle_sweeper();
     let (health, health_service) = tonic_health::server::health_reporter();
     let routes = |with_control_plane| {
         server::routes(

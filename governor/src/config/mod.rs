@@ -146,10 +146,14 @@ struct CapsSection {
     allow_unknown_dependencies: Option<bool>,
     max_dependencies: Option<usize>,
     max_waiters: Option<usize>,
+    idle_ttl: Option<HumanDuration>,
 }
 
 const MAX_DEPENDENCIES: usize = 1_000_000;
 const MAX_WAITERS: usize = 10_000_000;
+/// Bounds of `limits.idle_ttl`.
+const IDLE_TTL_RANGE: (Duration, Duration) =
+    (Duration::from_secs(1), Duration::from_secs(24 * 3600));
 
 impl Config {
     /// The embedded defaults.
@@ -157,11 +161,28 @@ impl Config {
         Config::parse(EMBEDDED_DEFAULT).expect("the embedded config is valid")
     }
 
-    /// Reads and validates a config file.
+    /// Reads and validates a config file. A file that is empty, or has only
+    /// comments, is refused: it is more likely truncated (a ConfigMap being
+    /// rewritten, a full disk) than meant to reset every limit to the
+    /// defaults; run without `--config` for those.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|error| ConfigError(format!("{}: cannot read: {error}", path.display())))?;
-        Config::parse(&text).map_err(|error| ConfigError(format!("{}: {error}", path.display())))
+        let at = |error: String| ConfigError(format!("{}: {error}", path.display()));
+        let text =
+            std::fs::read_to_string(path).map_err(|error| at(format!("cannot read: {error}")))?;
+        if text.trim().is_empty() {
+            return Err(at(
+                "the file is empty (a truncated file?); to run on the defaults, give no --config"
+                    .into(),
+            ));
+        }
+        let table: toml::Table = toml::from_str(&text).map_err(|error| at(error.to_string()))?;
+        if table.is_empty() {
+            return Err(at(
+                "the file has no section ([server], [defaults], [limits], [dependencies.*] or [telemetry]), only comments"
+                    .into(),
+            ));
+        }
+        Config::parse(&text).map_err(|error| at(error.to_string()))
     }
 
     /// Parses a config file's text. Keys it leaves out take the embedded
@@ -207,6 +228,19 @@ impl Config {
                 format!("must be at most {MAX_WAITERS}, got {max_waiters}"),
             ));
         }
+        let idle_ttl = caps
+            .idle_ttl
+            .or(base.limits.idle_ttl)
+            .map_or(Duration::from_secs(300), |d| d.0);
+        if !(IDLE_TTL_RANGE.0..=IDLE_TTL_RANGE.1).contains(&idle_ttl) {
+            return Err(ConfigError::at(
+                "limits.idle_ttl",
+                format!(
+                    "must be between 1s and 24h, got {}",
+                    humantime::format_duration(idle_ttl)
+                ),
+            ));
+        }
         if file.dependencies.len() > max_dependencies {
             return Err(ConfigError::at(
                 "dependencies",
@@ -240,6 +274,7 @@ impl Config {
                 max_dependencies,
                 max_waiters,
                 dependencies,
+                idle_ttl,
             },
         })
     }

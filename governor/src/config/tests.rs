@@ -182,3 +182,37 @@ fn the_admin_listener_is_on_by_default_on_loopback() {
     let error = Config::parse("[server]\nadmin_listen = \"9464\"").unwrap_err();
     assert!(error.0.starts_with("server.admin_listen: "), "{error}");
 }
+
+#[test]
+fn idle_ttl_is_read_and_bounded() {
+    assert_eq!(Config::embedded().ledger.idle_ttl, Duration::from_secs(300));
+    let config = Config::parse("[limits]\nidle_ttl = \"90s\"").unwrap();
+    assert_eq!(config.ledger.idle_ttl, Duration::from_secs(90));
+    for bad in ["\"0s\"", "\"25h\"", "\"soon\"", "5"] {
+        let error = error(&format!("[limits]\nidle_ttl = {bad}"));
+        assert!(error.contains("idle_ttl"), "{bad}: {error}");
+    }
+    assert!(
+        error("[limits]\nidle_ttl = \"500ms\"")
+            .starts_with("limits.idle_ttl: must be between 1s and 24h")
+    );
+}
+
+#[test]
+fn an_empty_or_comment_only_file_is_refused_saying_so() {
+    let dir = std::env::temp_dir().join(format!("governor-config-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("governor.toml");
+    std::fs::write(&path, " \n\n").unwrap();
+    let empty = Config::load(&path).unwrap_err().0;
+    assert!(
+        empty.contains("governor.toml: the file is empty"),
+        "{empty}"
+    );
+    std::fs::write(&path, "# [defaults]\n# max_concurrency = 4\n").unwrap();
+    let comments = Config::load(&path).unwrap_err().0;
+    assert!(comments.contains("has no section"), "{comments}");
+    std::fs::write(&path, "[limits]\n").unwrap();
+    assert!(Config::load(&path).is_ok());
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -12,8 +12,9 @@
 
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use tokio::sync::{Notify, oneshot};
@@ -43,9 +44,10 @@ pub struct Dependency {
     state: Mutex<State>,
     /// Wakes the reaper when the expiry order gains a new front.
     reaper: Arc<Notify>,
+    /// Itself, for the idle inbox.
+    me: Weak<Dependency>,
 }
 
-#[derive(Debug)]
 struct State {
     limits: Limits,
     /// The enforced limit and what moves it.
@@ -64,6 +66,88 @@ struct State {
     rejected_total: u64,
     expired_total: u64,
     limit_changes_total: u64,
+    /// Named in the config file.
+    configured: bool,
+    /// Touched by the control plane; sticky.
+    control_plane: bool,
+    /// Taken out of the ledger: it must never grant again.
+    evicted: bool,
+    /// Since when it has held no lease and had no waiter; `None` while busy
+    /// and before its first use.
+    idle_since: Option<Instant>,
+    /// Whether the idle queue (or its inbox) has an entry for it.
+    in_idle_queue: bool,
+}
+
+impl std::fmt::Debug for State {
+    /// By hand: the expiry heap holds lease keys, parts of lease ids, which
+    /// must never be shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("State")
+            .field("limits", &self.limits)
+            .field("limiter", &self.limiter)
+            .field("in_flight", &self.in_flight)
+            .field("queued", &self.waiters.len())
+            .field("expiry_entries", &self.expiry.len())
+            .field("configured", &self.configured)
+            .field("control_plane", &self.control_plane)
+            .field("evicted", &self.evicted)
+            .field("idle_since", &self.idle_since)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The state's lock; when it is let go, the dependency's idleness is brought
+/// up to date, so that no path that changes it can forget to.
+struct Locked<'a> {
+    dependency: &'a Dependency,
+    state: MutexGuard<'a, State>,
+}
+
+impl Deref for Locked<'_> {
+    type Target = State;
+    fn deref(&self) -> &State {
+        &self.state
+    }
+}
+
+impl DerefMut for Locked<'_> {
+    fn deref_mut(&mut self) -> &mut State {
+        &mut self.state
+    }
+}
+
+impl Drop for Locked<'_> {
+    fn drop(&mut self) {
+        let state = &mut *self.state;
+        if state.evicted {
+            return;
+        }
+        if state.in_flight > 0 || !state.waiters.is_empty() {
+            state.idle_since = None;
+            return;
+        }
+        let since = *state.idle_since.get_or_insert_with(Instant::now);
+        if !state.in_idle_queue && state.evictable() {
+            state.in_idle_queue = true;
+            self.dependency
+                .shared
+                .idle
+                .push(since, self.dependency.me.clone());
+        }
+    }
+}
+
+/// What the evictor found when it looked at a dependency from the idle queue.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum IdleCheck {
+    /// Idle since the entry's stamp: may go.
+    Idle,
+    /// Idle, but since later: requeue with this stamp.
+    Since(Instant),
+    /// Busy, configured or gone: the entry is dropped (it comes back through
+    /// the inbox when it goes idle again).
+    Keep,
 }
 
 #[derive(Debug)]
@@ -82,6 +166,8 @@ pub(crate) struct Wake {
 #[derive(Debug)]
 pub(crate) enum Admission {
     Decided(Decision),
+    /// The dependency was evicted after the caller looked it up: look again.
+    Evicted,
     Queued {
         key: WaiterKey,
         wake: oneshot::Receiver<Wake>,
@@ -109,6 +195,11 @@ pub struct DependencyStatus {
 }
 
 impl State {
+    /// Created by a caller and never configured: may be evicted when idle.
+    fn evictable(&self) -> bool {
+        !self.configured && !self.control_plane
+    }
+
     fn snapshot(&self) -> Snapshot {
         Snapshot {
             limit: self.limiter.enforced(),
@@ -166,9 +257,15 @@ impl State {
 }
 
 impl Dependency {
-    pub(crate) fn new(name: Arc<str>, limits: Limits, shared: Arc<Shared>) -> Arc<Dependency> {
+    pub(crate) fn new(
+        name: Arc<str>,
+        limits: Limits,
+        configured: bool,
+        shared: Arc<Shared>,
+    ) -> Arc<Dependency> {
         let now = Instant::now();
-        let dependency = Arc::new(Dependency {
+        let dependency = Arc::new_cyclic(|me| Dependency {
+            me: me.clone(),
             name,
             shared,
             state: Mutex::new(State {
@@ -183,6 +280,11 @@ impl Dependency {
                 rejected_total: 0,
                 expired_total: 0,
                 limit_changes_total: 0,
+                configured,
+                control_plane: false,
+                evicted: false,
+                idle_since: None,
+                in_idle_queue: false,
             }),
             reaper: Arc::new(Notify::new()),
         });
@@ -194,17 +296,73 @@ impl Dependency {
         &self.name
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
+    fn lock(&self) -> Locked<'_> {
         // A panic while holding the lock cannot leave the counts half-updated
         // in a way that matters more than stopping service would.
-        self.state
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        Locked {
+            dependency: self,
+            state: self
+                .state
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+        }
+    }
+
+    /// Marks it as named in the config file (or not any more).
+    pub(crate) fn set_configured(&self, configured: bool) {
+        self.lock().configured = configured;
+    }
+
+    /// Marks it as touched by the control plane, which keeps it for good.
+    pub(crate) fn pin(&self) {
+        self.lock().control_plane = true;
+    }
+
+    /// Whether it is idle since `since` and may be evicted.
+    pub(crate) fn idle_check(&self, since: Instant) -> IdleCheck {
+        let mut locked = self.lock();
+        let state = &mut *locked;
+        let idle = state.in_flight == 0 && state.waiters.is_empty();
+        match state.idle_since {
+            Some(at) if idle && state.evictable() && !state.evicted => {
+                if at == since {
+                    IdleCheck::Idle
+                } else {
+                    IdleCheck::Since(at)
+                }
+            }
+            _ => {
+                state.in_idle_queue = false;
+                IdleCheck::Keep
+            }
+        }
+    }
+
+    /// Evicts it if it is still idle since `since`: from now on it grants
+    /// nothing, and a caller that still holds it looks it up again.
+    pub(crate) fn evict_if_idle(&self, since: Instant) -> bool {
+        let mut state = self.lock();
+        let idle = state.in_flight == 0 && state.waiters.is_empty();
+        if idle && state.evictable() && !state.evicted && state.idle_since == Some(since) {
+            state.evicted = true;
+            true
+        } else {
+            // Used in the meantime: when idle again, it enters the queue
+            // anew (at once, if it already is).
+            state.in_idle_queue = false;
+            false
+        }
     }
 
     /// Decides on arrival, or queues the request.
     pub(crate) fn admit(self: &Arc<Self>, request: &AcquireRequest<'_>, now: Instant) -> Admission {
         let mut state = self.lock();
+        if state.evicted {
+            return Admission::Evicted;
+        }
+        // In use: it leaves the idle state (and goes back to it, stamped
+        // now, if this request leaves it without a lease or a waiter).
+        state.idle_since = None;
         let queue_depth = state.waiters.len() as u32;
         let decided = |state: &mut State, outcome| {
             Admission::Decided(Decision {

@@ -4,8 +4,16 @@
 //! random bits from a CSPRNG, as 48 lowercase hex digits. The epoch makes an id
 //! from before a restart fail to parse as one of ours, so a stale id can never
 //! free a slot that a new process handed to someone else.
+//!
+//! An id is a bearer credential: whoever has it can release or renew the
+//! lease. Logs, spans, metrics and `Debug` output carry only its
+//! [`LeaseHandle`], a 32-bit keyed hash (SipHash-1-3 with a per-process random
+//! key): enough to tell leases apart in one process's telemetry, useless for
+//! finding the id, and not even comparable across processes.
 
 use std::fmt;
+use std::hash::{BuildHasher, Hasher, RandomState};
+use std::sync::OnceLock;
 
 use rand::Rng;
 
@@ -49,9 +57,45 @@ impl fmt::Display for LeaseId {
 }
 
 impl fmt::Debug for LeaseId {
-    /// Only a prefix: a full id in a log line is a bearer credential.
+    /// Only the handle: a full id (or any part of it) in a log line would
+    /// be a bearer credential, or a piece of one.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "LeaseId({:08x}…)", (self.key >> 96) as u32)
+        write!(f, "LeaseId({})", self.handle())
+    }
+}
+
+impl LeaseId {
+    /// The lease's non-secret name in telemetry.
+    pub fn handle(&self) -> LeaseHandle {
+        LeaseHandle::of_key(self.epoch, self.key)
+    }
+}
+
+/// A short non-secret name of a lease for telemetry: the first 32 bits of a
+/// keyed hash of its id, shown as 8 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseHandle(u32);
+
+impl LeaseHandle {
+    pub(crate) fn of_key(epoch: u64, key: LeaseKey) -> LeaseHandle {
+        // RandomState draws its SipHash key from the OS; one per process.
+        static KEY: OnceLock<RandomState> = OnceLock::new();
+        let mut hasher = KEY.get_or_init(RandomState::new).build_hasher();
+        hasher.write_u64(epoch);
+        hasher.write_u128(key);
+        LeaseHandle((hasher.finish() >> 32) as u32)
+    }
+}
+
+impl fmt::Display for LeaseHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+impl fmt::Debug for LeaseHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "LeaseHandle({self})")
     }
 }
 
@@ -75,5 +119,25 @@ mod tests {
         assert_eq!(LeaseId::parse(&format!("{}g", &text[1..])), None);
         assert_eq!(LeaseId::parse(&format!("+{}", &text[1..])), None);
         assert_ne!(LeaseId::random(id.epoch), id);
+    }
+
+    #[test]
+    fn debug_and_handle_show_no_part_of_the_id() {
+        let id = LeaseId::random(new_epoch());
+        let text = id.to_string();
+        let handle = id.handle().to_string();
+        assert_eq!(handle.len(), 8);
+        assert!(handle.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_eq!(id.handle(), LeaseId::parse(&text).unwrap().handle());
+        assert_ne!(id.handle(), LeaseId::random(id.epoch).handle());
+        let debug = format!("{id:?}");
+        assert_eq!(debug, format!("LeaseId({handle})"));
+        // No 8-digit window of the id appears in what is shown.
+        for start in 0..=text.len() - 8 {
+            assert!(
+                !debug.contains(&text[start..start + 8]),
+                "{debug} vs {text}"
+            );
+        }
     }
 }

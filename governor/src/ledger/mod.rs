@@ -16,6 +16,12 @@
 //! - Every queue and map is bounded: waiters by `max_queue` and `max_waiters`,
 //!   dependencies by `max_dependencies`, leases by the limits, and the expiry
 //!   heap by twice the leases held plus a constant.
+//! - A dependency created by a caller goes once it has been idle (no lease,
+//!   no waiter) for `idle_ttl`, or earlier to make room for a new one (see
+//!   [`idle`]); configured ones (config file or control plane) stay. An
+//!   evicted dependency never grants again: a caller that looked it up just
+//!   before looks it up anew, so no permit is taken on a copy the ledger no
+//!   longer counts.
 //!
 //! # Example
 //! ```
@@ -40,6 +46,7 @@
 mod budget;
 mod decision;
 mod dependency;
+mod idle;
 mod lease;
 pub mod limit;
 mod limits;
@@ -50,10 +57,11 @@ mod waiters;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 use std::time::Duration;
 
 use dashmap::DashMap;
+use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use decision::{
@@ -61,12 +69,13 @@ pub use decision::{
     Report, Snapshot,
 };
 pub use dependency::{Dependency, DependencyStatus};
-pub use lease::{LEASE_ID_LEN, LeaseId};
+pub use lease::{LEASE_ID_LEN, LeaseHandle, LeaseId};
 pub use limits::{BudgetConfig, InvalidLimit, Limits, LimitsPatch, MAX_WAIT};
 pub use shared::{LedgerObserver, NoopObserver};
 pub use waiters::Priority;
 
-use dependency::Admission;
+use dependency::{Admission, IdleCheck};
+use idle::IdleQueue;
 use shared::Shared;
 
 /// Longest dependency name, in bytes.
@@ -110,7 +119,13 @@ pub struct LedgerConfig {
     pub max_waiters: usize,
     /// Dependencies with limits of their own, created up front.
     pub dependencies: Vec<(String, Limits)>,
+    /// How long a dependency created by a caller stays once idle.
+    pub idle_ttl: Duration,
 }
+
+/// How often an Acquire looks a dependency up again when it was evicted
+/// under its feet (once is the rule; more needs a burst of evictions).
+const MAX_LOOKUPS: usize = 4;
 
 impl Default for LedgerConfig {
     fn default() -> Self {
@@ -120,6 +135,7 @@ impl Default for LedgerConfig {
             max_dependencies: 1024,
             max_waiters: 100_000,
             dependencies: Vec::new(),
+            idle_ttl: Duration::from_secs(300),
         }
     }
 }
@@ -138,6 +154,7 @@ struct Settings {
     defaults: Limits,
     allow_unknown_dependencies: bool,
     max_dependencies: usize,
+    idle_ttl: Duration,
     configured: HashMap<String, Limits>,
 }
 
@@ -147,8 +164,12 @@ pub struct Ledger {
     shared: Arc<Shared>,
     dependencies: DashMap<Arc<str>, Arc<Dependency>>,
     settings: RwLock<Settings>,
-    /// Serialises the creation of dependencies, so the cap holds exactly.
-    creating: Mutex<()>,
+    /// Serialises creating and evicting dependencies, so the cap holds
+    /// exactly; holds the eviction order. Taken before a dependency's lock
+    /// and before `settings`, never after.
+    creating: Mutex<IdleQueue>,
+    /// Wakes the idle sweeper when `idle_ttl` changes or the ledger goes.
+    sweeper: Arc<Notify>,
 }
 
 impl Ledger {
@@ -170,9 +191,11 @@ impl Ledger {
                 defaults: config.defaults.clone(),
                 allow_unknown_dependencies: config.allow_unknown_dependencies,
                 max_dependencies: config.max_dependencies,
+                idle_ttl: config.idle_ttl,
                 configured: HashMap::new(),
             }),
-            creating: Mutex::new(()),
+            creating: Mutex::new(IdleQueue::default()),
+            sweeper: Arc::new(Notify::new()),
         };
         ledger.reconfigure(config);
         ledger
@@ -185,27 +208,31 @@ impl Ledger {
     /// Dropping the future removes the request from the queue; a grant that
     /// raced with the drop is returned at once, so no slot leaks.
     pub async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Decision, LedgerError> {
-        let dependency = self.dependency(request.dependency)?;
         let arrived = Instant::now();
-        match dependency.admit(request, arrived) {
-            Admission::Decided(decision) => Ok(decision),
-            Admission::Queued {
-                key,
-                wake,
-                deadline,
-                queue_depth,
-            } => {
-                let wake = queued::Queued::new(dependency, key, wake)
-                    .wait(deadline)
-                    .await;
-                Ok(Decision {
-                    outcome: wake.outcome,
-                    queue_wait: arrived.elapsed(),
+        for _ in 0..MAX_LOOKUPS {
+            let dependency = self.dependency(request.dependency)?;
+            match dependency.admit(request, arrived) {
+                Admission::Evicted => continue,
+                Admission::Decided(decision) => return Ok(decision),
+                Admission::Queued {
+                    key,
+                    wake,
+                    deadline,
                     queue_depth,
-                    snapshot: wake.snapshot,
-                })
+                } => {
+                    let wake = queued::Queued::new(dependency, key, wake)
+                        .wait(deadline)
+                        .await;
+                    return Ok(Decision {
+                        outcome: wake.outcome,
+                        queue_wait: arrived.elapsed(),
+                        queue_depth,
+                        snapshot: wake.snapshot,
+                    });
+                }
             }
         }
+        Err(LedgerError::TooManyDependencies(self.max_dependencies()))
     }
 
     /// Gives a permit back with what the caller reports of the call, which
@@ -245,19 +272,36 @@ impl Ledger {
     /// Changes some limits of a dependency, creating it from the defaults if it
     /// does not exist (even when unknown dependencies are not allowed: the
     /// control plane is trusted). Fails on the first invalid field.
+    /// A dependency the control plane touched is never evicted.
     pub fn update(&self, name: &str, patch: &LimitsPatch) -> Result<DependencyStatus, UpdateError> {
         check_dependency_name(name).map_err(UpdateError::InvalidName)?;
-        let existing = self.dependencies.get(name).map(|d| d.clone());
-        let dependency = match existing {
-            Some(dependency) => dependency,
-            None => {
-                // Validate before creating: a refused update leaves nothing behind.
-                self.creation_limits(name).patched(patch)?;
-                self.get_or_create(name, true)?
+        let mut evicted = Vec::new();
+        let result = {
+            // Under the creation lock, so it cannot be evicted between the
+            // lookup and the pin.
+            let mut queue = self.lock_creating();
+            let existing = self.dependencies.get(name).map(|d| d.clone());
+            match existing {
+                Some(dependency) => Ok(dependency),
+                None => {
+                    // Validate before creating: a refused update leaves nothing behind.
+                    self.creation_limits(name)
+                        .patched(patch)
+                        .map_err(UpdateError::from)
+                        .and_then(|_| {
+                            self.create(&mut queue, name, true, &mut evicted)
+                                .map_err(UpdateError::from)
+                        })
+                }
             }
+            .and_then(|dependency| {
+                dependency.patch_limits(patch, Instant::now(), "control plane")?;
+                dependency.pin();
+                Ok(dependency)
+            })
         };
-        dependency.patch_limits(patch, Instant::now(), "control plane")?;
-        Ok(dependency.status())
+        self.report_evicted(evicted);
+        Ok(result?.status())
     }
 
     /// Applies a whole new configuration (a config reload). Dependencies it
@@ -270,17 +314,30 @@ impl Ledger {
                 defaults: config.defaults.clone(),
                 allow_unknown_dependencies: config.allow_unknown_dependencies,
                 max_dependencies: config.max_dependencies,
+                idle_ttl: config.idle_ttl,
                 configured: config.dependencies.iter().cloned().collect(),
             };
         }
         self.shared.set_max_waiters(config.max_waiters);
+        self.sweeper.notify_one();
         let now = Instant::now();
-        for (name, limits) in &config.dependencies {
-            match self.get_or_create(name, true) {
-                Ok(dependency) => dependency.set_limits(limits.clone(), now, "config"),
-                Err(error) => tracing::warn!(dependency = %name, %error, "dependency not created"),
+        let mut evicted = Vec::new();
+        {
+            let mut queue = self.lock_creating();
+            for (name, limits) in &config.dependencies {
+                // Never refused for want of room (see `create`).
+                match self.create(&mut queue, name, true, &mut evicted) {
+                    Ok(dependency) => {
+                        dependency.set_configured(true);
+                        dependency.set_limits(limits.clone(), now, "config");
+                    }
+                    Err(error) => {
+                        tracing::warn!(dependency = %name, %error, "dependency not created")
+                    }
+                }
             }
         }
+        self.report_evicted(evicted);
         let configured: HashSet<&str> = config
             .dependencies
             .iter()
@@ -288,9 +345,57 @@ impl Ledger {
             .collect();
         for dependency in self.dependencies.iter() {
             if !configured.contains(&**dependency.name()) {
+                // No longer in the file: evictable once idle, unless the
+                // control plane touched it.
+                dependency.set_configured(false);
                 dependency.set_limits(config.defaults.clone(), now, "config defaults");
             }
         }
+    }
+
+    /// Evicts every dependency created by a caller that has been idle for
+    /// `idle_ttl` at `now`; returns when the next one may be due. The task of
+    /// [`Ledger::spawn_idle_sweeper`] calls it.
+    pub fn evict_idle(&self, now: Instant) -> Option<Instant> {
+        let ttl = self.idle_ttl();
+        let mut evicted = Vec::new();
+        let next = {
+            let mut queue = self.lock_creating();
+            if let Some(cutoff) = now.checked_sub(ttl) {
+                while let Some(name) = self.evict_oldest(&mut queue, Some(cutoff)) {
+                    evicted.push(name);
+                }
+            }
+            queue.absorb(&self.shared.idle);
+            queue.oldest().map(|since| since + ttl)
+        };
+        self.report_evicted(evicted);
+        next
+    }
+
+    /// Starts the task that evicts idle dependencies after `idle_ttl`; it
+    /// ends with the ledger. (Without it, idle ones still make room when
+    /// `max_dependencies` is reached.)
+    pub fn spawn_idle_sweeper(self: &Arc<Self>) {
+        let ledger = Arc::downgrade(self);
+        let wake = self.sweeper.clone();
+        tokio::spawn(async move {
+            loop {
+                let next = {
+                    let Some(ledger) = ledger.upgrade() else {
+                        return;
+                    };
+                    let now = Instant::now();
+                    ledger
+                        .evict_idle(now)
+                        .unwrap_or_else(|| now + ledger.idle_ttl())
+                };
+                tokio::select! {
+                    () = tokio::time::sleep_until(next) => {}
+                    () = wake.notified() => {}
+                }
+            }
+        });
     }
 
     /// Starts draining: new acquires are rejected SHUTTING_DOWN and every
@@ -325,37 +430,143 @@ impl Ledger {
         self.dependencies.len()
     }
 
+    /// Whether a dependency of this name exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.dependencies.contains_key(name)
+    }
+
     fn dependency(&self, name: &str) -> Result<Arc<Dependency>, LedgerError> {
         if let Some(dependency) = self.dependencies.get(name) {
             return Ok(dependency.clone());
         }
-        self.get_or_create(name, false)
+        let mut evicted = Vec::new();
+        let created = {
+            let mut queue = self.lock_creating();
+            self.create(&mut queue, name, false, &mut evicted)
+        };
+        self.report_evicted(evicted);
+        created
+    }
+
+    fn lock_creating(&self) -> MutexGuard<'_, IdleQueue> {
+        self.creating.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn settings(&self) -> std::sync::RwLockReadGuard<'_, Settings> {
+        self.settings.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn max_dependencies(&self) -> usize {
+        self.settings().max_dependencies
+    }
+
+    fn idle_ttl(&self) -> Duration {
+        self.settings().idle_ttl
     }
 
     fn creation_limits(&self, name: &str) -> Limits {
-        self.settings
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .limits_for(name)
+        self.settings().limits_for(name)
     }
 
-    fn get_or_create(&self, name: &str, trusted: bool) -> Result<Arc<Dependency>, LedgerError> {
-        let _creating = self.creating.lock().unwrap_or_else(|e| e.into_inner());
+    /// Looks `name` up or creates it, under the creation lock (`queue`). At
+    /// the cap, the dependency idle the longest makes room; if none is idle,
+    /// a caller's new name is refused, while a name in the config file is
+    /// created anyway (so a reload that adds a name always makes it usable:
+    /// the count may then exceed the cap by at most the configured names,
+    /// and callers' new names wait until it is back under).
+    fn create(
+        &self,
+        queue: &mut IdleQueue,
+        name: &str,
+        trusted: bool,
+        evicted: &mut Vec<Arc<str>>,
+    ) -> Result<Arc<Dependency>, LedgerError> {
         if let Some(dependency) = self.dependencies.get(name) {
             return Ok(dependency.clone());
         }
-        let settings = self.settings.read().unwrap_or_else(|e| e.into_inner());
-        if !trusted && !settings.allow_unknown_dependencies {
+        let settings = self.settings();
+        let configured = settings.configured.contains_key(name);
+        if !trusted && !configured && !settings.allow_unknown_dependencies {
             return Err(LedgerError::UnknownDependency(name.to_owned()));
         }
-        if self.dependencies.len() >= settings.max_dependencies {
-            return Err(LedgerError::TooManyDependencies(settings.max_dependencies));
+        let max = settings.max_dependencies;
+        if self.dependencies.len() >= max {
+            match self.evict_oldest(queue, None) {
+                Some(gone) => evicted.push(gone),
+                None if configured => tracing::warn!(
+                    dependency = %name,
+                    max_dependencies = max,
+                    "configured dependency created over limits.max_dependencies: \
+                     no dependency created by a caller is idle"
+                ),
+                None => return Err(LedgerError::TooManyDependencies(max)),
+            }
         }
         let limits = settings.limits_for(name);
         let name: Arc<str> = Arc::from(name);
-        let dependency = Dependency::new(name.clone(), limits, self.shared.clone());
+        let dependency = Dependency::new(name.clone(), limits, configured, self.shared.clone());
         self.dependencies.insert(name, dependency.clone());
         Ok(dependency)
+    }
+
+    /// Evicts the dependency idle the longest (if idle since `idle_before`
+    /// at the latest, when given) and returns its name. Amortised O(log n):
+    /// see [`idle`].
+    fn evict_oldest(
+        &self,
+        queue: &mut IdleQueue,
+        idle_before: Option<Instant>,
+    ) -> Option<Arc<str>> {
+        queue.absorb(&self.shared.idle);
+        while let Some(since) = queue.oldest() {
+            if idle_before.is_some_and(|cutoff| since > cutoff) {
+                return None;
+            }
+            let entry = queue.pop()?;
+            let Some(dependency) = entry.dependency.upgrade() else {
+                continue;
+            };
+            match dependency.idle_check(entry.since) {
+                IdleCheck::Keep => continue,
+                IdleCheck::Since(at) => {
+                    queue.requeue(&self.shared.idle, at, entry.dependency);
+                    continue;
+                }
+                IdleCheck::Idle => {}
+            }
+            let name = dependency.name().clone();
+            // Out of the map first, then marked under its own lock: lookups
+            // lock a dependency while holding a map shard, so the other
+            // order could deadlock. A caller that got it from the map just
+            // before is caught by the mark, or keeps it busy (then it goes
+            // back).
+            let removed = self
+                .dependencies
+                .remove_if(&name, |_, d| Arc::ptr_eq(d, &dependency));
+            if removed.is_none() {
+                continue;
+            }
+            if dependency.evict_if_idle(entry.since) {
+                return Some(name);
+            }
+            self.dependencies.insert(name, dependency);
+        }
+        None
+    }
+
+    /// Tells the observer about evictions, outside every lock.
+    fn report_evicted(&self, evicted: Vec<Arc<str>>) {
+        for name in evicted {
+            tracing::debug!(dependency = %name, "idle dependency evicted");
+            self.shared.observer.dependency_evicted(&name);
+        }
+    }
+}
+
+impl Drop for Ledger {
+    fn drop(&mut self) {
+        // Lets the idle sweeper notice that its ledger is gone.
+        self.sweeper.notify_one();
     }
 }
 

@@ -8,6 +8,7 @@ use tokio::time::Instant;
 
 use super::decision::{EndedLease, Snapshot};
 use super::dependency::Dependency;
+use super::idle::IdleInbox;
 use super::lease::LeaseKey;
 use super::limit::LimitChange;
 
@@ -24,6 +25,13 @@ pub trait LedgerObserver: Send + Sync + std::fmt::Debug + 'static {
     /// (often a Release).
     fn limit_changed(&self, dependency: &Arc<str>, change: &LimitChange, load: Snapshot) {
         let _ = (dependency, change, load);
+    }
+
+    /// A dependency created by a caller was evicted (idle past `idle_ttl`,
+    /// or to make room): whatever is kept per dependency can go. Called
+    /// after it left the ledger, outside every lock.
+    fn dependency_evicted(&self, dependency: &Arc<str>) {
+        let _ = dependency;
     }
 }
 
@@ -43,7 +51,6 @@ pub(crate) struct LeaseRecord {
     pub in_flight: u32,
 }
 
-#[derive(Debug)]
 pub(crate) struct Shared {
     /// Every live lease, by its random key. Sharded, so that releases of
     /// different dependencies do not contend.
@@ -51,8 +58,23 @@ pub(crate) struct Shared {
     pub epoch: u64,
     pub draining: AtomicBool,
     pub observer: Arc<dyn LedgerObserver>,
+    /// Dependencies that went idle, for the evictor.
+    pub idle: IdleInbox,
     waiters: AtomicUsize,
     max_waiters: AtomicUsize,
+}
+
+impl std::fmt::Debug for Shared {
+    /// By hand: the lease index is keyed by lease key, a part of each lease
+    /// id, which must never be shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("leases", &self.leases.len())
+            .field("draining", &self.draining)
+            .field("waiters", &self.waiters)
+            .field("max_waiters", &self.max_waiters)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Shared {
@@ -62,6 +84,7 @@ impl Shared {
             epoch,
             draining: AtomicBool::new(false),
             observer,
+            idle: IdleInbox::default(),
             waiters: AtomicUsize::new(0),
             max_waiters: AtomicUsize::new(max_waiters),
         }

@@ -751,3 +751,274 @@ async fn failures_and_expiries_are_drops_and_cancellations_say_nothing() {
     assert_eq!(after.in_flight, 0, "{after:?}");
     assert!(after.limit.enforced < start, "{start} -> {after:?}");
 }
+
+/// Records evictions, as telemetry does.
+#[derive(Debug, Default)]
+struct Evictions(std::sync::Mutex<Vec<String>>);
+
+impl LedgerObserver for Evictions {
+    fn dependency_evicted(&self, dependency: &Arc<str>) {
+        self.0.lock().unwrap().push(dependency.to_string());
+    }
+}
+
+impl Evictions {
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+fn on(dependency: &str) -> AcquireRequest<'_> {
+    AcquireRequest {
+        dependency,
+        ..request(Priority::Normal, 0)
+    }
+}
+
+async fn grant_of(ledger: &Ledger, dependency: &str) -> LeaseId {
+    let decision = ledger.acquire(&on(dependency)).await.unwrap();
+    decision.granted().expect("granted").lease
+}
+
+fn evicting_ledger(max_dependencies: usize, idle_ttl: Duration) -> (Arc<Ledger>, Arc<Evictions>) {
+    let evictions = Arc::new(Evictions::default());
+    let ledger = Arc::new(Ledger::with_observer(
+        LedgerConfig {
+            // Leases that outlive every idle TTL below.
+            defaults: with_ttl(limits(2, 10, 5000), Duration::from_secs(36_000)),
+            max_dependencies,
+            idle_ttl,
+            dependencies: vec![("configured".to_owned(), limits(2, 10, 5000))],
+            ..LedgerConfig::default()
+        },
+        evictions.clone(),
+    ));
+    (ledger, evictions)
+}
+
+#[tokio::test(start_paused = true)]
+async fn idle_dependencies_created_by_callers_go_after_the_idle_ttl() {
+    let ttl = Duration::from_secs(60);
+    let (ledger, evictions) = evicting_ledger(16, ttl);
+    ledger.spawn_idle_sweeper();
+    let lease = grant_of(&ledger, "junk-a").await;
+    ledger.release(&lease, Report::default()).unwrap();
+    let held = grant_of(&ledger, "busy").await;
+    let _waiter = {
+        grant_of(&ledger, "busy").await;
+        let ledger = ledger.clone();
+        tokio::spawn(async move { ledger.acquire(&on("busy")).await.unwrap() })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(ledger.status("busy").unwrap().queued, 1);
+    let touched = grant_of(&ledger, "touched").await;
+    ledger.release(&touched, Report::default()).unwrap();
+    ledger
+        .update("controlled", &LimitsPatch::default())
+        .unwrap();
+
+    // Just before the TTL nothing goes; a use of `touched` restarts its clock.
+    advance(ttl - Duration::from_secs(1)).await;
+    let again = grant_of(&ledger, "touched").await;
+    ledger.release(&again, Report::default()).unwrap();
+    tokio::task::yield_now().await;
+    assert!(evictions.take().is_empty());
+    advance(Duration::from_secs(1)).await;
+    tokio::task::yield_now().await;
+    assert_eq!(evictions.take(), ["junk-a"]);
+    assert!(ledger.status("junk-a").is_none());
+    // Configured (file or control plane) and busy ones stay, however long.
+    advance(ttl * 10).await;
+    tokio::task::yield_now().await;
+    assert_eq!(evictions.take(), ["touched"]);
+    let names: Vec<_> = ledger
+        .statuses()
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    assert_eq!(names, ["busy", "configured", "controlled"]);
+
+    // Once `busy` is idle, it goes a TTL later, not before.
+    ledger.release(&held, Report::default()).unwrap();
+    advance(ttl / 2).await;
+    tokio::task::yield_now().await;
+    assert!(evictions.take().is_empty());
+}
+
+#[tokio::test(start_paused = true)]
+async fn at_the_cap_the_least_recently_used_idle_one_makes_room() {
+    let (ledger, evictions) = evicting_ledger(4, Duration::from_secs(3600));
+    // "configured" takes one of the four places.
+    for name in ["a", "b", "c"] {
+        let lease = grant_of(&ledger, name).await;
+        ledger.release(&lease, Report::default()).unwrap();
+        advance(Duration::from_millis(10)).await;
+    }
+    // `a` is used again: `b` is now the least recently used.
+    let lease = grant_of(&ledger, "a").await;
+    ledger.release(&lease, Report::default()).unwrap();
+    let held_c = grant_of(&ledger, "c").await;
+
+    let d = grant_of(&ledger, "d").await;
+    assert_eq!(evictions.take(), ["b"]);
+    // `c` is busy, `d` too: `a` goes next, then nothing is left to evict.
+    grant_of(&ledger, "e").await;
+    assert_eq!(evictions.take(), ["a"]);
+    assert_eq!(
+        ledger.acquire(&on("f")).await.unwrap_err(),
+        LedgerError::TooManyDependencies(4)
+    );
+    assert!(evictions.take().is_empty());
+    // The control plane gets no place either while all are busy, but does
+    // as soon as one is idle.
+    assert!(matches!(
+        ledger.update("g", &LimitsPatch::default()),
+        Err(UpdateError::Ledger(LedgerError::TooManyDependencies(4)))
+    ));
+    ledger.release(&d, Report::default()).unwrap();
+    ledger.update("g", &LimitsPatch::default()).unwrap();
+    assert_eq!(evictions.take(), ["d"]);
+    assert_eq!(ledger.dependency_count(), 4);
+    // The held lease of `c` still releases: nothing was lost.
+    assert!(ledger.release(&held_c, Report::default()).is_some());
+    assert_eq!(ledger.status("c").unwrap().in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_that_adds_a_name_always_makes_it_usable() {
+    let (ledger, evictions) = evicting_ledger(3, Duration::from_secs(3600));
+    let idle = grant_of(&ledger, "junk-idle").await;
+    ledger.release(&idle, Report::default()).unwrap();
+    let _busy = grant_of(&ledger, "junk-busy").await;
+    let config = |names: &[&str]| LedgerConfig {
+        defaults: limits(2, 10, 5000),
+        max_dependencies: 3,
+        idle_ttl: Duration::from_secs(3600),
+        dependencies: names
+            .iter()
+            .map(|n| (n.to_string(), limits(5, 10, 5000)))
+            .collect(),
+        ..LedgerConfig::default()
+    };
+    // Full: the idle junk makes room.
+    ledger.reconfigure(config(&["configured", "new"]));
+    assert_eq!(evictions.take(), ["junk-idle"]);
+    assert_eq!(ledger.status("new").unwrap().limits.max_concurrency(), 5);
+    // Full of busy and configured ones: created over the cap all the same.
+    ledger.reconfigure(config(&["configured", "new", "newer"]));
+    assert!(evictions.take().is_empty());
+    assert_eq!(ledger.dependency_count(), 4);
+    grant_of(&ledger, "newer").await;
+    // A caller's new name waits until the count is back under the cap.
+    assert_eq!(
+        ledger.acquire(&on("junk-new")).await.unwrap_err(),
+        LedgerError::TooManyDependencies(3)
+    );
+    // A name dropped from the file becomes evictable once idle.
+    ledger.reconfigure(config(&["configured", "newer"]));
+    grant_of(&ledger, "junk-new").await;
+    assert_eq!(evictions.take(), ["new"]);
+}
+
+#[tokio::test(start_paused = true)]
+async fn an_evicted_dependency_never_grants_and_callers_holding_it_look_again() {
+    let (ledger, evictions) = evicting_ledger(2, Duration::from_secs(1));
+    let lease = grant_of(&ledger, "junk").await;
+    ledger.release(&lease, Report::default()).unwrap();
+    // A caller looked `junk` up; then it was evicted.
+    let stale = ledger.dependency("junk").unwrap();
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(ledger.evict_idle(Instant::now()), None);
+    assert_eq!(evictions.take(), ["junk"]);
+    assert!(matches!(
+        stale.admit(&on("junk"), Instant::now()),
+        Admission::Evicted
+    ));
+    // Through the ledger, the caller gets a permit on a fresh one, which
+    // counts it.
+    let lease = grant_of(&ledger, "junk").await;
+    assert_eq!(ledger.status("junk").unwrap().in_flight, 1);
+    assert!(!Arc::ptr_eq(&stale, &ledger.dependency("junk").unwrap()));
+    // A busy one is not evicted however old its last idle stamp.
+    advance(Duration::from_secs(10)).await;
+    ledger.evict_idle(Instant::now());
+    assert!(evictions.take().is_empty());
+    ledger.release(&lease, Report::default()).unwrap();
+    drop(stale);
+
+    // Nor is one with only a waiter.
+    let (_held_a, _held_b) = (
+        grant_of(&ledger, "junk").await,
+        grant_of(&ledger, "junk").await,
+    );
+    let waiter = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move { ledger.acquire(&on("junk")).await.unwrap() })
+    };
+    tokio::task::yield_now().await;
+    assert_eq!(ledger.status("junk").unwrap().queued, 1);
+    advance(Duration::from_secs(3)).await;
+    ledger.evict_idle(Instant::now());
+    assert!(evictions.take().is_empty());
+    assert_eq!(ledger.status("junk").unwrap().queued, 1);
+    drop(waiter);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_flood_of_names_keeps_the_idle_queue_bounded() {
+    let (ledger, evictions) = evicting_ledger(64, Duration::from_secs(5));
+    let keep = grant_of(&ledger, "configured").await;
+    for i in 0..2000 {
+        let name = format!("junk-{i}");
+        let decision = ledger.acquire(&on(&name)).await.unwrap();
+        let lease = decision.granted().unwrap().lease;
+        ledger.release(&lease, Report::default()).unwrap();
+    }
+    assert_eq!(ledger.dependency_count(), 64);
+    assert_eq!(evictions.take().len(), 2000 - 63);
+    // One entry per idle dependency at most, whatever the churn.
+    {
+        let mut queue = ledger.lock_creating();
+        queue.absorb(&ledger.shared.idle);
+        assert!(queue.len() <= 64, "{}", queue.len());
+    }
+    advance(Duration::from_secs(5)).await;
+    ledger.evict_idle(Instant::now());
+    assert_eq!(evictions.take().len(), 63);
+    let names: Vec<_> = ledger
+        .statuses()
+        .iter()
+        .map(|s| s.name.to_string())
+        .collect();
+    assert_eq!(names, ["configured"]);
+    // The evicted ones' expiry tasks end with them (each is woken once, and
+    // the runtime polls a few dozen tasks per yield): one is left.
+    let metrics = tokio::runtime::Handle::current().metrics();
+    for _ in 0..1000 {
+        if metrics.num_alive_tasks() == 1 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(metrics.num_alive_tasks(), 1, "expiry tasks left behind");
+    assert!(ledger.release(&keep, Report::default()).is_some());
+}
+
+#[tokio::test(start_paused = true)]
+async fn debug_output_of_the_ledger_carries_no_lease_id() {
+    let ledger = ledger_with("db", limits(1, 4, 5000));
+    let held = grant(&ledger).await;
+    let _waiter = enqueue(&ledger, Priority::Normal, 0).await;
+    let id = held.to_string();
+    let debug = format!("{ledger:?} {held:?}");
+    assert!(debug.contains(&held.handle().to_string()), "{debug}");
+    // Neither the id nor any piece of it, in hex (8 digits) or in decimal
+    // (12 digits, as other numbers may share shorter runs by chance).
+    let key = format!("{}", held.key);
+    for (text, width) in [(&id, 8), (&key, 12)] {
+        for at in 0..=text.len() - width {
+            let piece = &text[at..at + width];
+            assert!(!debug.contains(piece), "{piece} of the lease in {debug}");
+        }
+    }
+}

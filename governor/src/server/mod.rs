@@ -9,6 +9,7 @@ mod admin;
 mod deadline;
 mod errors;
 mod fields;
+mod framing;
 mod governor;
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 
 pub use admin::AdminService;
+pub use framing::FramingLayer;
 pub use governor::GovernorService;
 
 use crate::config::ServerConfig;

@@ -91,6 +91,11 @@ impl BackpressureLog {
         }
     }
 
+    /// Forgets a dependency that no longer exists.
+    pub fn forget(&self, dependency: &str) {
+        self.windows.remove(dependency);
+    }
+
     /// Closes windows that are over, so a storm's last summary is not held
     /// back until the next event. Run about once a second.
     pub fn flush(&self) {

@@ -24,7 +24,7 @@ use prometheus_client::registry::Registry;
 use super::format::Format;
 use super::process::ProcessCollector;
 use super::status::Load;
-use crate::ledger::limit::LimitChange;
+use crate::ledger::limit::{ChangeReason, LimitChange};
 use crate::ledger::{Ledger, Outcome, RejectReason};
 
 /// Bucket bounds in seconds: sub-millisecond to multi-second waits and holds.
@@ -287,8 +287,14 @@ impl Metrics {
 
     /// The request-path handles of one dependency.
     pub fn dependency(&self, name: &str) -> Arc<DependencyMetrics> {
+        self.dependency_created(name).0
+    }
+
+    /// The request-path handles of one dependency, and whether this call
+    /// created them.
+    pub fn dependency_created(&self, name: &str) -> (Arc<DependencyMetrics>, bool) {
         if let Some(handles) = self.handles.get(name) {
-            return handles.clone();
+            return (handles.clone(), false);
         }
         // Each handle is cloned out in a statement (or closure) of its own:
         // a family's read guard lives to the end of its statement, and creating
@@ -325,10 +331,12 @@ impl Metrics {
             hold,
             wait_buckets: std::array::from_fn(|_| AtomicU64::new(0)),
         });
-        self.handles
+        let handles = self
+            .handles
             .entry(Arc::from(name))
             .or_insert(handles)
-            .clone()
+            .clone();
+        (handles, true)
     }
 
     /// The pressure the status board sampled for `dependency`.
@@ -356,6 +364,56 @@ impl Metrics {
         self.limit_changes.get_or_create(&labels).inc();
     }
 
+    /// Drops every series and handle of a dependency that no longer exists.
+    pub fn forget(&self, name: &str) {
+        self.handles.remove(name);
+        let labels = DependencyLabels {
+            dependency: name.to_owned(),
+        };
+        let decision = |result, reason| DecisionLabels {
+            dependency: name.to_owned(),
+            result,
+            reason,
+        };
+        self.acquires.remove(&decision("granted", "none"));
+        for reason in RejectReason::ALL {
+            self.acquires.remove(&decision("rejected", reason.as_str()));
+        }
+        for outcome in Outcome::ALL {
+            self.releases.remove(&OutcomeLabels {
+                dependency: name.to_owned(),
+                outcome: outcome.as_str(),
+            });
+        }
+        for reason in ChangeReason::ALL {
+            self.limit_changes.remove(&ChangeLabels {
+                dependency: name.to_owned(),
+                reason: reason.as_str(),
+            });
+        }
+        self.expired.remove(&labels);
+        self.queue_wait.remove(&labels);
+        self.hold.remove(&labels);
+        for gauge in [
+            &self.limit,
+            &self.max_concurrency,
+            &self.adaptive_limit,
+            &self.in_flight,
+            &self.queued,
+            &self.max_queue,
+        ] {
+            gauge.remove(&labels);
+        }
+        for gauge in [
+            &self.latency_baseline,
+            &self.latency_recent,
+            &self.utilization,
+            &self.budget,
+        ] {
+            gauge.remove(&labels);
+        }
+    }
+
     /// The request-path handles of `name`, if it has any yet.
     pub fn existing(&self, name: &str) -> Option<Arc<DependencyMetrics>> {
         self.handles.get(name).map(|handles| handles.clone())
@@ -368,7 +426,8 @@ impl Metrics {
 
     /// The metrics in `format`.
     pub fn render(&self, ledger: &Ledger, format: Format) -> String {
-        for status in ledger.statuses() {
+        let statuses = ledger.statuses();
+        for status in &statuses {
             let labels = DependencyLabels {
                 dependency: status.name.to_string(),
             };
@@ -400,7 +459,7 @@ impl Metrics {
             }
             self.utilization
                 .get_or_create(&labels)
-                .set(Load::of(&status).utilization());
+                .set(Load::of(status).utilization());
             self.in_flight
                 .get_or_create(&labels)
                 .set(i64::from(status.in_flight));
@@ -413,6 +472,13 @@ impl Metrics {
             self.budget
                 .get_or_create(&labels)
                 .set(status.retry_budget_available);
+        }
+        // A dependency evicted while its gauges were being set would leave
+        // them behind (eviction forgets before they were created).
+        for status in &statuses {
+            if !ledger.contains(&status.name) {
+                self.forget(&status.name);
+            }
         }
         self.dependencies.set(ledger.dependency_count() as i64);
         self.draining.set(i64::from(ledger.is_draining()));

@@ -56,7 +56,6 @@ pub struct AcquireTrace {
     arrival: SystemTime,
 }
 
-#[derive(Debug)]
 pub struct Telemetry {
     pub metrics: Metrics,
     tracing: Option<Tracing>,
@@ -65,6 +64,20 @@ pub struct Telemetry {
     /// Open `governor.permit` spans by lease key; bounded by the leases held.
     permits: DashMap<u128, opentelemetry_sdk::trace::Span>,
     ledger: OnceLock<Weak<Ledger>>,
+}
+
+impl std::fmt::Debug for Telemetry {
+    /// By hand: the open permit spans are keyed by lease key, a part of the
+    /// lease id, which must never be shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Telemetry")
+            .field("metrics", &self.metrics)
+            .field("tracing", &self.tracing)
+            .field("events", &self.events)
+            .field("limits", &self.limits)
+            .field("open_permit_spans", &self.permits.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Telemetry {
@@ -133,7 +146,7 @@ impl Telemetry {
         fields: &AcquireFields<'_>,
         decision: &Decision,
     ) {
-        let dependency = self.metrics.dependency(fields.dependency);
+        let dependency = self.dependency_metrics(ledger, fields.dependency);
         let exemplar = trace
             .as_ref()
             .and_then(|trace| exemplar(trace.acquire.span().span_context()));
@@ -150,6 +163,7 @@ impl Telemetry {
                 Event::Rejected(rejection.reason),
                 decision.snapshot,
             );
+            self.forget_if_gone(ledger, &name);
         }
         let (Some(trace), Some(tracing)) = (trace, &self.tracing) else {
             return;
@@ -171,9 +185,10 @@ impl Telemetry {
             KeyValue::new("governor.queued", i64::from(snapshot.queued)),
         ];
         match &decision.outcome {
-            Ok(grant) => {
-                attributes.push(KeyValue::new("governor.lease_id", grant.lease.to_string()))
-            }
+            Ok(grant) => attributes.push(KeyValue::new(
+                "governor.lease",
+                grant.lease.handle().to_string(),
+            )),
             Err(rejection) => {
                 attributes.push(KeyValue::new(
                     "governor.reject_reason",
@@ -203,7 +218,7 @@ impl Telemetry {
         if let Ok(grant) = &decision.outcome {
             let mut attributes = vec![
                 KeyValue::new("governor.dependency", fields.dependency.to_owned()),
-                KeyValue::new("governor.lease_id", grant.lease.to_string()),
+                KeyValue::new("governor.lease", grant.lease.handle().to_string()),
                 KeyValue::new("governor.attempt", i64::from(fields.attempt)),
             ];
             if !fields.tenant.is_empty() {
@@ -239,11 +254,12 @@ impl Telemetry {
             LeaseEnd::Released(outcome) => Some(outcome),
             LeaseEnd::Expired => None,
         };
-        self.metrics.dependency(&ended.dependency).lease_ended(
-            outcome,
-            ended.held,
-            self.permit_exemplar(ended.lease.key),
-        );
+        let ledger = self.ledger();
+        let metrics = match &ledger {
+            Some(ledger) => self.dependency_metrics(ledger, &ended.dependency),
+            None => self.metrics.dependency(&ended.dependency),
+        };
+        metrics.lease_ended(outcome, ended.held, self.permit_exemplar(ended.lease.key));
         if self.tracing.is_some() {
             self.end_permit(ended.lease.key, outcome, caller_latency.unwrap_or_default());
         }
@@ -332,6 +348,33 @@ impl Telemetry {
     fn ledger(&self) -> Option<Arc<Ledger>> {
         self.ledger.get().and_then(Weak::upgrade)
     }
+
+    /// The metric handles of a dependency. If this creates them for one
+    /// that was evicted just before, they go again at once: the eviction's
+    /// forgetting came too early for them.
+    fn dependency_metrics(&self, ledger: &Ledger, name: &str) -> Arc<metrics::DependencyMetrics> {
+        let (handles, created) = self.metrics.dependency_created(name);
+        if created {
+            self.forget_if_gone(ledger, name);
+        }
+        handles
+    }
+
+    /// Forgets what is kept for `name` if the ledger no longer has it. Run
+    /// after anything that may have created per-dependency state: together
+    /// with [`LedgerObserver::dependency_evicted`] (which runs after the
+    /// dependency left the ledger), no state outlives its dependency.
+    fn forget_if_gone(&self, ledger: &Ledger, name: &str) {
+        if !ledger.contains(name) {
+            self.forget(name);
+        }
+    }
+
+    fn forget(&self, name: &str) {
+        self.metrics.forget(name);
+        self.events.forget(name);
+        self.limits.forget(name);
+    }
 }
 
 impl LedgerObserver for Telemetry {
@@ -348,6 +391,7 @@ impl LedgerObserver for Telemetry {
                 Event::LeaseExpired,
                 lease.snapshot,
             );
+            self.forget_if_gone(&ledger, &lease.dependency);
         }
         if self.tracing.is_some() {
             self.end_permit(lease.lease.key, None, Duration::ZERO);
@@ -357,6 +401,13 @@ impl LedgerObserver for Telemetry {
     fn limit_changed(&self, dependency: &Arc<str>, change: &LimitChange, load: Snapshot) {
         self.metrics.limit_changed(dependency, change);
         self.limits.record(dependency, change, load);
+        if let Some(ledger) = self.ledger() {
+            self.forget_if_gone(&ledger, dependency);
+        }
+    }
+
+    fn dependency_evicted(&self, dependency: &Arc<str>) {
+        self.forget(dependency);
     }
 }
 
