@@ -401,6 +401,7 @@ impl Metrics {
             &self.in_flight,
             &self.queued,
             &self.max_queue,
+            &self.pressure,
         ] {
             gauge.remove(&labels);
         }
