@@ -9,7 +9,7 @@ use std::time::Duration;
 use rand::Rng;
 use rate_governor::ledger::limit::{AdaptivePatch, Algorithm, AlgorithmChoice};
 use rate_governor::ledger::{
-    AcquireRequest, Ledger, LedgerConfig, Limits, LimitsPatch, Outcome, Priority, Report,
+    AcquireRequest, Decision, Ledger, LedgerConfig, Limits, LimitsPatch, Outcome, Priority, Report,
 };
 
 const LIMIT: u32 = 4;
@@ -118,22 +118,30 @@ async fn limit_changes_under_load_leak_nothing() {
     assert_eq!(ledger.waiters(), 0);
 }
 
+/// A normal first attempt on "db"; with `give_up`, the caller cancels after
+/// that long (`None` then, unless it was decided before).
+async fn acquire_normal(ledger: &Ledger, give_up: Option<Duration>) -> Option<Decision> {
+    let request = AcquireRequest {
+        dependency: "db",
+        attempt: 0,
+        priority: Priority::Normal,
+        max_wait: None,
+    };
+    match give_up {
+        Some(after) => tokio::time::timeout(after, ledger.acquire(&request))
+            .await
+            .ok()
+            .map(Result::unwrap),
+        None => Some(ledger.acquire(&request).await.unwrap()),
+    }
+}
+
 async fn caller_unchecked(ledger: Arc<Ledger>, _holders: Arc<AtomicU32>) {
     for _ in 0..200 {
         let cancel = rand::rng().random_bool(0.3);
-        let request = AcquireRequest {
-            dependency: "db",
-            attempt: 0,
-            priority: Priority::Normal,
-            max_wait: None,
-        };
-        let decision = if cancel {
-            match tokio::time::timeout(Duration::from_micros(200), ledger.acquire(&request)).await {
-                Ok(decision) => decision.unwrap(),
-                Err(_) => continue,
-            }
-        } else {
-            ledger.acquire(&request).await.unwrap()
+        let give_up = cancel.then_some(Duration::from_micros(200));
+        let Some(decision) = acquire_normal(&ledger, give_up).await else {
+            continue;
         };
         if let Some(grant) = decision.granted() {
             tokio::task::yield_now().await;
@@ -166,19 +174,9 @@ async fn adaptive_caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>) {
                 Duration::from_micros(rng.random_range(1..5000)),
             )
         };
-        let request = AcquireRequest {
-            dependency: "db",
-            attempt: 0,
-            priority: Priority::Normal,
-            max_wait: None,
-        };
-        let decision = if cancel {
-            match tokio::time::timeout(Duration::from_micros(150), ledger.acquire(&request)).await {
-                Ok(decision) => decision.unwrap(),
-                Err(_) => continue,
-            }
-        } else {
-            ledger.acquire(&request).await.unwrap()
+        let give_up = cancel.then_some(Duration::from_micros(150));
+        let Some(decision) = acquire_normal(&ledger, give_up).await else {
+            continue;
         };
         if let Some(grant) = decision.granted() {
             let snapshot = decision.snapshot;
