@@ -218,7 +218,8 @@ impl OverloadPoint {
     }
 }
 
-fn reason_name(reason: i32) -> String {
+/// A reject reason's name without its prefix, for reports.
+pub(crate) fn reason_name(reason: i32) -> String {
     RejectReason::try_from(reason)
         .map(|r| {
             r.as_str_name()

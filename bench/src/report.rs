@@ -580,6 +580,12 @@ pub fn markdown(r: &Results, svg_name: &str, json_name: &str, analysis: Option<&
         );
     }
 
+    analysis_block(&mut m, analysis);
+    m
+}
+
+/// The hand-written analysis between its markers, which regenerating keeps.
+pub fn analysis_block(m: &mut String, analysis: Option<&str>) {
     let _ = writeln!(m, "\n## Analysis\n");
     let _ = writeln!(m, "{ANALYSIS_BEGIN}");
     match analysis {
@@ -591,7 +597,6 @@ pub fn markdown(r: &Results, svg_name: &str, json_name: &str, analysis: Option<&
         }
     }
     let _ = writeln!(m, "{ANALYSIS_END}");
-    m
 }
 
 fn arm_row(arm: &Arm) -> String {

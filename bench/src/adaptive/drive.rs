@@ -11,7 +11,7 @@ use rate_governor_proto::v1::governor_admin_client::GovernorAdminClient;
 use rate_governor_proto::v1::governor_client::GovernorClient;
 use rate_governor_proto::v1::{
     AcquireRequest, DependencyLimits, DependencyStatus, GetDependencyRequest, LimitAlgorithm,
-    Outcome, RejectReason, ReleaseRequest, UpdateDependencyRequest,
+    Outcome, ReleaseRequest, UpdateDependencyRequest,
 };
 use serde::Serialize;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -130,16 +130,6 @@ fn phase_at(offsets: &[f64], t: f64) -> usize {
     offsets.iter().rposition(|&o| o <= t).unwrap_or(0)
 }
 
-fn reason_name(reason: i32) -> String {
-    RejectReason::try_from(reason)
-        .map(|r| {
-            r.as_str_name()
-                .trim_start_matches("REJECT_REASON_")
-                .to_owned()
-        })
-        .unwrap_or_else(|_| format!("reason {reason}"))
-}
-
 fn proto_duration(d: Duration) -> Option<prost_types::Duration> {
     prost_types::Duration::try_from(d).ok()
 }
@@ -175,7 +165,10 @@ async fn call(
             Ok(r) => {
                 let r = r.into_inner();
                 if !r.granted {
-                    return (End::Rejected(reason_name(r.reason)), intended.elapsed());
+                    return (
+                        End::Rejected(crate::overload::reason_name(r.reason)),
+                        intended.elapsed(),
+                    );
                 }
                 if deadline.saturating_sub(intended.elapsed()) < MIN_ATTEMPT {
                     let end = match release(client, r.lease_id, Outcome::Cancelled, None).await {

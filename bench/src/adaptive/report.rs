@@ -4,7 +4,7 @@ use std::fmt::Write as _;
 
 use super::analysis::{band, goodput_ratios};
 use super::{AdaptiveResults, Guard, LimitSample, PhaseResult, StepArm};
-use crate::report::{ANALYSIS_BEGIN, ANALYSIS_END, Target};
+use crate::report::Target;
 
 fn pct(v: f64) -> String {
     if v.is_finite() {
@@ -282,17 +282,7 @@ pub fn markdown(
         );
     }
 
-    let _ = writeln!(m, "\n## Analysis\n");
-    let _ = writeln!(m, "{ANALYSIS_BEGIN}");
-    match analysis {
-        Some(text) if !text.is_empty() => {
-            let _ = writeln!(m, "{text}");
-        }
-        _ => {
-            let _ = writeln!(m, "_No hand-written analysis for this run._");
-        }
-    }
-    let _ = writeln!(m, "{ANALYSIS_END}");
+    crate::report::analysis_block(&mut m, analysis);
     m
 }
 
@@ -500,6 +490,7 @@ mod tests {
     use super::*;
     use crate::adaptive::{Algorithm, SteadyArm, StepArm};
     use crate::env::{Machine, Pinning};
+    use crate::report::{ANALYSIS_BEGIN, ANALYSIS_END};
 
     fn results() -> AdaptiveResults {
         let plan = crate::adaptive::tests::plan();
