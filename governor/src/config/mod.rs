@@ -146,11 +146,13 @@ struct CapsSection {
     allow_unknown_dependencies: Option<bool>,
     max_dependencies: Option<usize>,
     max_waiters: Option<usize>,
+    max_session_pending: Option<usize>,
     idle_ttl: Option<HumanDuration>,
 }
 
 const MAX_DEPENDENCIES: usize = 1_000_000;
 const MAX_WAITERS: usize = 10_000_000;
+const MAX_SESSION_PENDING: usize = 1_000_000;
 /// Bounds of `limits.idle_ttl`.
 const IDLE_TTL_RANGE: (Duration, Duration) =
     (Duration::from_secs(1), Duration::from_secs(24 * 3600));
@@ -228,6 +230,16 @@ impl Config {
                 format!("must be at most {MAX_WAITERS}, got {max_waiters}"),
             ));
         }
+        let max_session_pending = caps
+            .max_session_pending
+            .or(base.limits.max_session_pending)
+            .unwrap_or(1024);
+        if !(1..=MAX_SESSION_PENDING).contains(&max_session_pending) {
+            return Err(ConfigError::at(
+                "limits.max_session_pending",
+                format!("must be between 1 and {MAX_SESSION_PENDING}, got {max_session_pending}"),
+            ));
+        }
         let idle_ttl = caps
             .idle_ttl
             .or(base.limits.idle_ttl)
@@ -273,6 +285,7 @@ impl Config {
                     .unwrap_or(true),
                 max_dependencies,
                 max_waiters,
+                max_session_pending,
                 dependencies,
                 idle_ttl,
             },

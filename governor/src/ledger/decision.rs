@@ -109,15 +109,20 @@ pub enum Outcome {
     Failure,
     Timeout,
     Cancelled,
+    /// The lease belonged to a session whose stream ended (the holder
+    /// half-closed, reset, died or went silent): freed by the ledger, not
+    /// reported by a caller, and not a sample for an adaptive limit.
+    SessionClosed,
 }
 
 impl Outcome {
-    pub const ALL: [Outcome; 5] = [
+    pub const ALL: [Outcome; 6] = [
         Outcome::Unspecified,
         Outcome::Success,
         Outcome::Failure,
         Outcome::Timeout,
         Outcome::Cancelled,
+        Outcome::SessionClosed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -127,6 +132,7 @@ impl Outcome {
             Outcome::Failure => "failure",
             Outcome::Timeout => "timeout",
             Outcome::Cancelled => "cancelled",
+            Outcome::SessionClosed => "session_closed",
         }
     }
 

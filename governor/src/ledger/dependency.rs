@@ -548,6 +548,9 @@ impl Dependency {
                 .leases
                 .remove_if(&key, |_, record| record.deadline <= now);
             if let Some((_, record)) = expired {
+                if let Some(owner) = &record.owner {
+                    owner.forget(key);
+                }
                 state.expired_total += 1;
                 state.in_flight -= 1;
                 let sample = Sample {
@@ -731,6 +734,7 @@ impl Dependency {
                 deadline,
                 granted_at: now,
                 in_flight: state.in_flight + 1,
+                owner: None,
             },
         );
         state.in_flight += 1;

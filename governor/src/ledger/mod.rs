@@ -52,6 +52,7 @@ pub mod limit;
 mod limits;
 mod queued;
 mod reaper;
+mod session;
 mod shared;
 mod waiters;
 
@@ -71,6 +72,7 @@ pub use decision::{
 pub use dependency::{Dependency, DependencyStatus};
 pub use lease::{LEASE_ID_LEN, LeaseHandle, LeaseId};
 pub use limits::{BudgetConfig, InvalidLimit, Limits, LimitsPatch, MAX_WAIT};
+pub use session::{Session, SessionAcquireError, SessionClosed};
 pub use shared::{LedgerObserver, NoopObserver};
 pub use waiters::Priority;
 
@@ -117,6 +119,9 @@ pub struct LedgerConfig {
     pub allow_unknown_dependencies: bool,
     pub max_dependencies: usize,
     pub max_waiters: usize,
+    /// Acquires one session may have pending at once (on top of
+    /// `max_waiters`, which counts every waiter).
+    pub max_session_pending: usize,
     /// Dependencies with limits of their own, created up front.
     pub dependencies: Vec<(String, Limits)>,
     /// How long a dependency created by a caller stays once idle.
@@ -134,6 +139,7 @@ impl Default for LedgerConfig {
             allow_unknown_dependencies: true,
             max_dependencies: 1024,
             max_waiters: 100_000,
+            max_session_pending: 1024,
             dependencies: Vec::new(),
             idle_ttl: Duration::from_secs(300),
         }
@@ -184,6 +190,7 @@ impl Ledger {
             shared: Arc::new(Shared::new(
                 lease::new_epoch(),
                 config.max_waiters,
+                config.max_session_pending,
                 observer,
             )),
             dependencies: DashMap::new(),
@@ -238,13 +245,11 @@ impl Ledger {
     /// Gives a permit back with what the caller reports of the call, which
     /// an adaptive limit learns from. `None` if the lease is unknown, expired,
     /// already released or from another process.
+    ///
+    /// A lease granted on a [`Session`] may be released here too; it then
+    /// leaves its session, so it is freed exactly once.
     pub fn release(&self, lease: &LeaseId, report: Report) -> Option<EndedLease> {
-        if lease.epoch != self.shared.epoch {
-            return None;
-        }
-        let (_, record) = self.shared.leases.remove(&lease.key)?;
-        let dependency = record.dependency.clone();
-        Some(dependency.finish(*lease, record, report, Instant::now()))
+        self.shared.release(lease, report)
     }
 
     /// Extends a live lease by its dependency's lease TTL; returns the TTL.
@@ -319,6 +324,8 @@ impl Ledger {
             };
         }
         self.shared.set_max_waiters(config.max_waiters);
+        self.shared
+            .set_max_session_pending(config.max_session_pending);
         self.sweeper.notify_one();
         let now = Instant::now();
         let mut evicted = Vec::new();
@@ -405,6 +412,12 @@ impl Ledger {
         for dependency in self.dependencies.iter() {
             dependency.drain_waiters();
         }
+        self.shared.drain_started.cancel();
+    }
+
+    /// Completes once draining has started.
+    pub async fn draining(&self) {
+        self.shared.drain_started.cancelled().await
     }
 
     pub fn is_draining(&self) -> bool {

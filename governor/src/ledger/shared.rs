@@ -6,11 +6,12 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use super::decision::{EndedLease, Snapshot};
+use super::decision::{EndedLease, Report, Snapshot};
 use super::dependency::Dependency;
 use super::idle::IdleInbox;
-use super::lease::LeaseKey;
+use super::lease::{LeaseId, LeaseKey};
 use super::limit::LimitChange;
+use super::session::Owner;
 
 /// Hears about what the ledger does on its own, off any caller's path.
 pub trait LedgerObserver: Send + Sync + std::fmt::Debug + 'static {
@@ -33,6 +34,13 @@ pub trait LedgerObserver: Send + Sync + std::fmt::Debug + 'static {
     fn dependency_evicted(&self, dependency: &Arc<str>) {
         let _ = dependency;
     }
+
+    /// A lease was released because the session that held it closed
+    /// (outcome [`Outcome::SessionClosed`](super::Outcome::SessionClosed)).
+    /// Called outside every lock, on the path that closed the session.
+    fn session_lease_released(&self, lease: &EndedLease) {
+        let _ = lease;
+    }
 }
 
 /// An observer that ignores everything.
@@ -49,6 +57,8 @@ pub(crate) struct LeaseRecord {
     /// Permits held right after this grant, itself included: the load the
     /// call's latency was measured under.
     pub in_flight: u32,
+    /// The session that owns it, if it was granted on one.
+    pub owner: Option<Arc<Owner>>,
 }
 
 pub(crate) struct Shared {
@@ -57,11 +67,14 @@ pub(crate) struct Shared {
     pub leases: DashMap<LeaseKey, LeaseRecord>,
     pub epoch: u64,
     pub draining: AtomicBool,
+    /// Cancelled when draining starts, for whoever waits on it (sessions).
+    pub drain_started: tokio_util::sync::CancellationToken,
     pub observer: Arc<dyn LedgerObserver>,
     /// Dependencies that went idle, for the evictor.
     pub idle: IdleInbox,
     waiters: AtomicUsize,
     max_waiters: AtomicUsize,
+    max_session_pending: AtomicUsize,
 }
 
 impl std::fmt::Debug for Shared {
@@ -78,16 +91,47 @@ impl std::fmt::Debug for Shared {
 }
 
 impl Shared {
-    pub(crate) fn new(epoch: u64, max_waiters: usize, observer: Arc<dyn LedgerObserver>) -> Self {
+    pub(crate) fn new(
+        epoch: u64,
+        max_waiters: usize,
+        max_session_pending: usize,
+        observer: Arc<dyn LedgerObserver>,
+    ) -> Self {
         Shared {
             leases: DashMap::new(),
             epoch,
             draining: AtomicBool::new(false),
+            drain_started: tokio_util::sync::CancellationToken::new(),
             observer,
             idle: IdleInbox::default(),
             waiters: AtomicUsize::new(0),
             max_waiters: AtomicUsize::new(max_waiters),
+            max_session_pending: AtomicUsize::new(max_session_pending),
         }
+    }
+
+    /// Ends a live lease on a caller's (or a closing session's) behalf; the
+    /// one removal from the index on the release path, so a lease is freed
+    /// once whoever asks. `None` if it is unknown, gone or from another
+    /// process.
+    pub(crate) fn release(&self, lease: &LeaseId, report: Report) -> Option<EndedLease> {
+        if lease.epoch != self.epoch {
+            return None;
+        }
+        let (_, mut record) = self.leases.remove(&lease.key)?;
+        if let Some(owner) = record.owner.take() {
+            owner.forget(lease.key);
+        }
+        let dependency = record.dependency.clone();
+        Some(dependency.finish(*lease, record, report, tokio::time::Instant::now()))
+    }
+
+    pub(crate) fn max_session_pending(&self) -> usize {
+        self.max_session_pending.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn set_max_session_pending(&self, max: usize) {
+        self.max_session_pending.store(max, Ordering::Relaxed);
     }
 
     /// Takes one place in the global waiter cap, if any is left.

@@ -4,7 +4,7 @@
 //! - A message longer than `server.max_message_bytes` is refused with
 //!   RESOURCE_EXHAUSTED, as the gRPC spec and grpc-go and grpc-java do
 //!   (tonic's own limit, kept as a backstop, answers OUT_OF_RANGE).
-//! - A unary call (every method we serve except reflection's stream) that
+//! - A unary call (every method we serve except reflection's and Session's streams) that
 //!   carries a second request message is refused with INTERNAL, as
 //!   grpc-java does ("too many requests"); tonic would decode the first one
 //!   and silently drop the rest.
@@ -21,7 +21,7 @@ use tonic::codegen::http;
 use tower::{Layer, Service};
 
 /// Paths whose requests are streams of messages; every other one is unary.
-const STREAMING_PREFIXES: [&str; 1] = ["/grpc.reflection."];
+const STREAMING_PREFIXES: [&str; 2] = ["/grpc.reflection.", "/governor.v1.Governor/Session"];
 
 /// Wraps every request body in a [`Checked`] one.
 #[derive(Clone, Copy, Debug)]

@@ -8,7 +8,8 @@ use tonic::{Request, Response, Status};
 
 use super::deadline;
 use super::fields;
-use crate::ledger::{AcquireRequest, Ledger, MAX_WAIT, RejectReason, Report};
+use super::session;
+use crate::ledger::{AcquireRequest, Decision, Ledger, MAX_WAIT, Priority, RejectReason, Report};
 use crate::telemetry::{AcquireFields, AcquireTrace, Telemetry};
 
 /// The data plane.
@@ -25,9 +26,9 @@ impl GovernorService {
 }
 
 /// Ends the Acquire's spans as cancelled if the caller goes away mid-wait.
-struct TraceGuard<'a> {
-    telemetry: &'a Telemetry,
-    trace: Option<AcquireTrace>,
+pub(super) struct TraceGuard<'a> {
+    pub(super) telemetry: &'a Telemetry,
+    pub(super) trace: Option<AcquireTrace>,
 }
 
 impl Drop for TraceGuard<'_> {
@@ -48,6 +49,104 @@ fn reject_reason(reason: RejectReason) -> v1::RejectReason {
     }
 }
 
+/// An Acquire's fields, checked; `caller_wait` is what the caller's
+/// deadline leaves (none on a stream).
+pub(super) fn acquire_params(
+    message: &v1::AcquireRequest,
+    caller_wait: Option<Duration>,
+) -> Result<(Priority, Option<Duration>), Status> {
+    fields::dependency("dependency", &message.dependency)?;
+    fields::tenant(&message.tenant)?;
+    let priority = fields::priority(message.priority)?;
+    let requested_wait = message
+        .max_wait
+        .as_ref()
+        .map(|wait| fields::duration("max_wait", wait, MAX_WAIT))
+        .transpose()?;
+    let max_wait = match (requested_wait, caller_wait) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    Ok((priority, max_wait))
+}
+
+pub(super) fn acquire_response(decision: &Decision) -> v1::AcquireResponse {
+    let mut response = v1::AcquireResponse {
+        queue_wait: Some(fields::to_proto(decision.queue_wait)),
+        limit: decision.snapshot.limit,
+        in_flight: decision.snapshot.in_flight,
+        queued: decision.snapshot.queued,
+        ..Default::default()
+    };
+    match decision.outcome {
+        Ok(grant) => {
+            response.granted = true;
+            response.lease_id = grant.lease.to_string();
+            response.lease_ttl = Some(fields::to_proto(grant.ttl));
+        }
+        Err(rejection) => {
+            response.set_reason(reject_reason(rejection.reason));
+            response.retry_after = Some(fields::to_proto(rejection.retry_after));
+        }
+    }
+    response
+}
+
+impl GovernorService {
+    pub(super) fn ledger(&self) -> &Arc<Ledger> {
+        &self.ledger
+    }
+
+    pub(super) fn telemetry(&self) -> &Arc<Telemetry> {
+        &self.telemetry
+    }
+
+    /// Release, on either path.
+    pub(super) fn release_message(
+        &self,
+        message: &v1::ReleaseRequest,
+    ) -> Result<v1::ReleaseResponse, Status> {
+        let lease = fields::lease_id(&message.lease_id)?;
+        let outcome = fields::outcome(message.outcome)?;
+        let latency = message
+            .latency
+            .as_ref()
+            .map(|latency| fields::duration("latency", latency, Duration::from_secs(24 * 3600)))
+            .transpose()?;
+        let report = Report::new(outcome, latency);
+        let ended = lease.and_then(|lease| self.ledger.release(&lease, report));
+        if let Some(ended) = &ended {
+            self.telemetry.released(ended, latency);
+        }
+        Ok(v1::ReleaseResponse {
+            released: ended.is_some(),
+        })
+    }
+
+    /// Renew, on either path.
+    pub(super) fn renew_message(
+        &self,
+        message: &v1::RenewRequest,
+    ) -> Result<v1::RenewResponse, Status> {
+        let lease = fields::lease_id(&message.lease_id)?;
+        Ok(
+            match lease.and_then(|lease| self.ledger.renew(&lease).map(|r| (lease, r))) {
+                Some((lease, (_, ttl))) => {
+                    self.telemetry.renewed(&lease);
+                    v1::RenewResponse {
+                        renewed: true,
+                        lease_ttl: Some(fields::to_proto(ttl)),
+                    }
+                }
+                None => v1::RenewResponse {
+                    renewed: false,
+                    lease_ttl: None,
+                },
+            },
+        )
+    }
+}
+
 #[tonic::async_trait]
 impl governor_server::Governor for GovernorService {
     async fn acquire(
@@ -56,18 +155,7 @@ impl governor_server::Governor for GovernorService {
     ) -> Result<Response<v1::AcquireResponse>, Status> {
         let caller_wait = deadline::grpc_timeout(request.metadata()).map(deadline::wait_budget);
         let (metadata, _, message) = request.into_parts();
-        fields::dependency("dependency", &message.dependency)?;
-        fields::tenant(&message.tenant)?;
-        let priority = fields::priority(message.priority)?;
-        let requested_wait = message
-            .max_wait
-            .as_ref()
-            .map(|wait| fields::duration("max_wait", wait, MAX_WAIT))
-            .transpose()?;
-        let max_wait = match (requested_wait, caller_wait) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let (priority, max_wait) = acquire_params(&message, caller_wait)?;
 
         let request = AcquireRequest {
             dependency: &message.dependency,
@@ -90,69 +178,30 @@ impl governor_server::Governor for GovernorService {
         let decision = decision?;
         self.telemetry
             .acquire_finished(&self.ledger, trace, &fields, &decision);
-
-        let mut response = v1::AcquireResponse {
-            queue_wait: Some(fields::to_proto(decision.queue_wait)),
-            limit: decision.snapshot.limit,
-            in_flight: decision.snapshot.in_flight,
-            queued: decision.snapshot.queued,
-            ..Default::default()
-        };
-        match decision.outcome {
-            Ok(grant) => {
-                response.granted = true;
-                response.lease_id = grant.lease.to_string();
-                response.lease_ttl = Some(fields::to_proto(grant.ttl));
-            }
-            Err(rejection) => {
-                response.set_reason(reject_reason(rejection.reason));
-                response.retry_after = Some(fields::to_proto(rejection.retry_after));
-            }
-        }
-        Ok(Response::new(response))
+        Ok(Response::new(acquire_response(&decision)))
     }
 
     async fn release(
         &self,
         request: Request<v1::ReleaseRequest>,
     ) -> Result<Response<v1::ReleaseResponse>, Status> {
-        let message = request.into_inner();
-        let lease = fields::lease_id(&message.lease_id)?;
-        let outcome = fields::outcome(message.outcome)?;
-        let latency = message
-            .latency
-            .as_ref()
-            .map(|latency| fields::duration("latency", latency, Duration::from_secs(24 * 3600)))
-            .transpose()?;
-        let report = Report::new(outcome, latency);
-        let ended = lease.and_then(|lease| self.ledger.release(&lease, report));
-        if let Some(ended) = &ended {
-            self.telemetry.released(ended, latency);
-        }
-        Ok(Response::new(v1::ReleaseResponse {
-            released: ended.is_some(),
-        }))
+        self.release_message(&request.into_inner())
+            .map(Response::new)
     }
 
     async fn renew(
         &self,
         request: Request<v1::RenewRequest>,
     ) -> Result<Response<v1::RenewResponse>, Status> {
-        let message = request.into_inner();
-        let lease = fields::lease_id(&message.lease_id)?;
-        let response = match lease.and_then(|lease| self.ledger.renew(&lease).map(|r| (lease, r))) {
-            Some((lease, (_, ttl))) => {
-                self.telemetry.renewed(&lease);
-                v1::RenewResponse {
-                    renewed: true,
-                    lease_ttl: Some(fields::to_proto(ttl)),
-                }
-            }
-            None => v1::RenewResponse {
-                renewed: false,
-                lease_ttl: None,
-            },
-        };
-        Ok(Response::new(response))
+        self.renew_message(&request.into_inner()).map(Response::new)
+    }
+
+    type SessionStream = session::ResponseStream;
+
+    async fn session(
+        &self,
+        request: Request<tonic::Streaming<v1::SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        Ok(Response::new(session::start(self.clone(), request)))
     }
 }

@@ -11,6 +11,7 @@ mod errors;
 mod fields;
 mod framing;
 mod governor;
+mod session;
 
 use std::sync::Arc;
 

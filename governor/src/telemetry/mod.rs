@@ -409,6 +409,10 @@ impl LedgerObserver for Telemetry {
     fn dependency_evicted(&self, dependency: &Arc<str>) {
         self.forget(dependency);
     }
+
+    fn session_lease_released(&self, lease: &EndedLease) {
+        self.released(lease, None);
+    }
 }
 
 /// An exemplar for a span that is sampled (and so can be found in the
