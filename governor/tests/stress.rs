@@ -251,3 +251,148 @@ async fn an_adaptive_limit_moving_under_load_is_never_exceeded() {
         "the limit never moved: {status:?}"
     );
 }
+
+/// Counts the leases freed by closing sessions.
+#[derive(Debug, Default)]
+struct SessionCounter(std::sync::atomic::AtomicUsize);
+
+impl rate_governor::ledger::LedgerObserver for SessionCounter {
+    fn session_lease_released(&self, lease: &rate_governor::ledger::EndedLease) {
+        assert_eq!(
+            lease.end,
+            rate_governor::ledger::LeaseEnd::Released(Outcome::SessionClosed)
+        );
+        self.0.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+/// One acquire on `session`: when granted, the lease is held, released by
+/// the caller (the unary path), renewed, or left for the session's close.
+async fn session_acquire(
+    ledger: Arc<Ledger>,
+    session: Arc<rate_governor::ledger::Session>,
+    max_wait: Duration,
+) {
+    let (priority, fate, hold) = {
+        let mut rng = rand::rng();
+        let priority =
+            [Priority::Critical, Priority::Normal, Priority::Sheddable][rng.random_range(0..3)];
+        (
+            priority,
+            rng.random_range(0..3u8),
+            rng.random_range(0..400u64),
+        )
+    };
+    let request = AcquireRequest {
+        dependency: "db",
+        attempt: 0,
+        priority,
+        max_wait: Some(max_wait),
+    };
+    let Ok(decision) = ledger.acquire_in(&session, &request).await else {
+        // Closed under it, or the session's pending cap: nothing held.
+        return;
+    };
+    let Some(grant) = decision.granted() else {
+        return;
+    };
+    assert!(
+        decision.snapshot.in_flight <= LIMIT,
+        "{:?}",
+        decision.snapshot
+    );
+    tokio::time::sleep(Duration::from_micros(hold)).await;
+    match fate {
+        0 => {
+            // Released by its holder, unless the session closed first.
+            let released = ledger.release(&grant.lease, Report::default()).is_some();
+            assert!(released || session.is_closed());
+        }
+        1 => {
+            let _ = ledger.renew(&grant.lease);
+        }
+        // Left to the session.
+        _ => {}
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sessions_closing_at_random_leak_nothing_and_never_exceed_the_limit() {
+    let limits = Limits::default()
+        .patched(&LimitsPatch {
+            max_concurrency: Some(LIMIT),
+            max_queue: Some(16),
+            max_wait: Some(Duration::from_millis(50)),
+            ..Default::default()
+        })
+        .unwrap();
+    let counter = Arc::new(SessionCounter::default());
+    let ledger = Arc::new(Ledger::with_observer(
+        LedgerConfig {
+            dependencies: vec![("db".into(), limits)],
+            max_session_pending: 6,
+            ..LedgerConfig::default()
+        },
+        counter.clone(),
+    ));
+    let closed_total = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let watcher = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            for _ in 0..2000 {
+                let status = ledger.status("db").unwrap();
+                assert!(status.in_flight <= LIMIT, "{status:?}");
+                tokio::task::yield_now().await;
+            }
+        })
+    };
+    let workers: Vec<_> = (0..16)
+        .map(|_| {
+            let ledger = ledger.clone();
+            let closed_total = closed_total.clone();
+            tokio::spawn(async move {
+                for _ in 0..40 {
+                    let session = Arc::new(ledger.open_session());
+                    let (acquires, close_after) = {
+                        let mut rng = rand::rng();
+                        (rng.random_range(1..10usize), rng.random_range(0..1500u64))
+                    };
+                    let tasks: Vec<_> = (0..acquires)
+                        .map(|_| {
+                            let wait = Duration::from_millis(rand::rng().random_range(0..60));
+                            tokio::spawn(session_acquire(ledger.clone(), session.clone(), wait))
+                        })
+                        .collect();
+                    // Closed while acquires wait and leases are held.
+                    tokio::time::sleep(Duration::from_micros(close_after)).await;
+                    let closed = session.close();
+                    closed_total.fetch_add(closed.released, Ordering::SeqCst);
+                    assert_eq!(session.leases(), 0);
+                    assert!(
+                        session.close().released == 0,
+                        "a second close frees nothing"
+                    );
+                    for task in tasks {
+                        task.await.expect("no acquire panicked");
+                    }
+                    // Nothing a closed session got after the close stays.
+                    assert_eq!(session.leases(), 0);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("no worker panicked");
+    }
+    watcher.await.expect("the limit held");
+    let status = ledger.status("db").unwrap();
+    assert_eq!((status.in_flight, status.queued), (0, 0), "{status:?}");
+    assert_eq!(ledger.leases(), 0);
+    assert_eq!(ledger.waiters(), 0);
+    assert!(status.granted_total > 0, "{status:?}");
+    let by_close = closed_total.load(Ordering::SeqCst);
+    // Every lease freed by a close was told to the observer, once; grants
+    // that found their session closed were released so too.
+    assert!(counter.0.load(Ordering::SeqCst) >= by_close);
+    assert!(by_close > 0, "some sessions closed with leases held");
+}

@@ -1022,3 +1022,144 @@ async fn debug_output_of_the_ledger_carries_no_lease_id() {
         }
     }
 }
+
+/// Acquires on `session` in the background and lets it reach the queue.
+async fn enqueue_in(
+    ledger: &Arc<Ledger>,
+    session: &Arc<Session>,
+) -> tokio::task::JoinHandle<Result<Decision, SessionAcquireError>> {
+    let (ledger, session) = (ledger.clone(), session.clone());
+    let handle = tokio::spawn(async move {
+        ledger
+            .acquire_in(&session, &request(Priority::Normal, 0))
+            .await
+    });
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    handle
+}
+
+#[tokio::test(start_paused = true)]
+async fn closing_a_session_frees_its_leases_and_withdraws_its_waiters() {
+    let ledger = ledger_with("db", limits(2, 10, 60_000));
+    let session = Arc::new(ledger.open_session());
+    let other = grant(&ledger).await;
+    let mine = ledger
+        .acquire_in(&session, &request(Priority::Normal, 0))
+        .await
+        .unwrap()
+        .granted()
+        .unwrap()
+        .lease;
+    assert!(session.owns(&mine) && !session.owns(&other));
+    let waiting = enqueue_in(&ledger, &session).await;
+    assert_eq!((session.leases(), session.pending()), (1, 1));
+    assert_eq!(ledger.status("db").unwrap().queued, 1);
+
+    let closed = session.close();
+    assert_eq!(
+        closed,
+        SessionClosed {
+            released: 1,
+            withdrawn: 1
+        }
+    );
+    assert_eq!(
+        waiting.await.unwrap(),
+        Err(SessionAcquireError::Closed),
+        "the waiter is answered"
+    );
+    let status = ledger.status("db").unwrap();
+    assert_eq!((status.in_flight, status.queued), (1, 0));
+    assert!(!ledger.holds(&mine) && ledger.holds(&other));
+    assert_eq!(ledger.waiters(), 0);
+    // Never twice: the lease is gone for the caller, a second close frees nothing.
+    assert!(ledger.release(&mine, Report::default()).is_none());
+    assert_eq!(session.close(), SessionClosed::default());
+    assert_eq!(
+        ledger
+            .acquire_in(&session, &request(Priority::Normal, 0))
+            .await,
+        Err(SessionAcquireError::Closed)
+    );
+    assert_eq!(ledger.status("db").unwrap().in_flight, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_lease_released_by_its_caller_leaves_the_session() {
+    let ledger = ledger_with("db", limits(2, 10, 1000));
+    let session = ledger.open_session();
+    let lease = ledger
+        .acquire_in(&session, &request(Priority::Normal, 0))
+        .await
+        .unwrap()
+        .granted()
+        .unwrap()
+        .lease;
+    let ended = ledger.release(&lease, Report::new(Outcome::Success, None));
+    assert_eq!(ended.unwrap().end, LeaseEnd::Released(Outcome::Success));
+    assert_eq!(session.leases(), 0);
+    let other = grant(&ledger).await;
+    drop(session);
+    // Dropping closes; it frees nothing of anyone else's.
+    assert!(ledger.holds(&other));
+    assert_eq!(ledger.status("db").unwrap().in_flight, 1);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_lease_keeps_its_ttl_and_renews() {
+    let ledger = ledger_with("db", with_ttl(limits(2, 10, 1000), Duration::from_secs(10)));
+    let session = ledger.open_session();
+    let renewed = ledger
+        .acquire_in(&session, &request(Priority::Normal, 0))
+        .await
+        .unwrap()
+        .granted()
+        .unwrap()
+        .lease;
+    let forgotten = ledger
+        .acquire_in(&session, &request(Priority::Normal, 0))
+        .await
+        .unwrap()
+        .granted()
+        .unwrap()
+        .lease;
+    advance(Duration::from_secs(6)).await;
+    assert!(ledger.renew(&renewed).is_some());
+    advance(Duration::from_secs(6)).await;
+    tokio::task::yield_now().await;
+    assert!(!ledger.holds(&forgotten), "expired on its TTL");
+    assert!(ledger.holds(&renewed));
+    assert_eq!(session.leases(), 1, "the expired lease left the session");
+    assert_eq!(session.close().released, 1);
+    assert_eq!(ledger.leases(), 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_session_has_at_most_max_session_pending_acquires() {
+    let ledger = Arc::new(Ledger::new(LedgerConfig {
+        dependencies: vec![("db".to_owned(), limits(1, 10, 60_000))],
+        max_session_pending: 2,
+        ..LedgerConfig::default()
+    }));
+    let session = Arc::new(ledger.open_session());
+    let _held = grant(&ledger).await;
+    let first = enqueue_in(&ledger, &session).await;
+    let second = enqueue_in(&ledger, &session).await;
+    assert_eq!(
+        ledger
+            .acquire_in(&session, &request(Priority::Normal, 0))
+            .await,
+        Err(SessionAcquireError::TooManyPending(2))
+    );
+    // Another session is not held back by this one's cap.
+    let other = Arc::new(ledger.open_session());
+    let third = enqueue_in(&ledger, &other).await;
+    assert_eq!(ledger.status("db").unwrap().queued, 3);
+    first.abort();
+    second.abort();
+    third.abort();
+    tokio::task::yield_now().await;
+    assert_eq!(session.pending(), 0);
+    assert_eq!(ledger.waiters(), 0);
+}
