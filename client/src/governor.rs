@@ -22,6 +22,7 @@ use crate::{
     acquire::Acquire,
     duration::{from_proto, to_proto},
     propagation::inject,
+    session::{Sessions, Stream},
     transport::{self, ConnectError},
 };
 
@@ -186,6 +187,8 @@ impl GovernorBuilder {
                 priority: self.priority,
                 tenant: self.tenant,
                 counters: Counters::default(),
+                sessions: Sessions::default(),
+                connect_timeout: self.connect_timeout,
                 warn_epoch: Instant::now(),
                 next_warn_ms: AtomicU64::new(0),
                 suppressed_warnings: AtomicU64::new(0),
@@ -209,6 +212,9 @@ pub(crate) struct Inner {
     pub(crate) priority: Priority,
     pub(crate) tenant: Option<String>,
     pub(crate) counters: Counters,
+    /// The Session stream acquires go over (see [`crate::session`]).
+    sessions: Sessions,
+    connect_timeout: Duration,
     warn_epoch: Instant,
     next_warn_ms: AtomicU64,
     suppressed_warnings: AtomicU64,
@@ -328,18 +334,47 @@ impl Governor {
         request
     }
 
+    /// An Acquire over the session (whose stream then owns the lease), or
+    /// the unary RPC when there is none.
     pub(crate) async fn acquire_rpc(
         &self,
         message: AcquireRequest,
         cx: &Context,
-    ) -> Result<AcquireResponse, Status> {
+    ) -> Result<(AcquireResponse, Option<Arc<Stream>>), Status> {
         let timeout = match message.max_wait {
             Some(max_wait) => from_proto(Some(max_wait)).saturating_add(ACQUIRE_DEADLINE_MARGIN),
             None => self.inner.acquire_timeout,
         };
+        // Opening waits for the stream's headers; never longer than the call.
+        let open_timeout = self
+            .inner
+            .connect_timeout
+            .max(self.inner.call_timeout)
+            .min(timeout);
+        if let Some(stream) = self
+            .inner
+            .sessions
+            .stream(&self.inner.client, open_timeout)
+            .await
+        {
+            let response = stream.acquire(message, timeout).await?;
+            return Ok((response, Some(stream)));
+        }
         let request = self.request(message, timeout, cx);
         let mut client = self.inner.client.clone();
-        with_deadline(timeout, client.acquire(request)).await
+        with_deadline(timeout, client.acquire(request))
+            .await
+            .map(|response| (response, None))
+    }
+
+    /// Whether acquires go over the unary RPCs for good (the sidecar
+    /// answered the Session RPC `UNIMPLEMENTED`).
+    pub async fn uses_unary_fallback(&self) -> bool {
+        self.inner.sessions.is_unary().await
+    }
+
+    pub(crate) fn call_timeout(&self) -> Duration {
+        self.inner.call_timeout
     }
 
     pub(crate) async fn release_rpc(

@@ -70,6 +70,7 @@ mod layer;
 mod permit;
 mod propagation;
 mod retry;
+mod session;
 mod transport;
 
 #[cfg(test)]
