@@ -177,28 +177,41 @@ impl Stream {
     }
 
     /// Routes answers to their callers until the stream ends; then marks it
-    /// ended and fails everyone still waiting.
-    async fn read(self: Arc<Self>, mut inbound: Streaming<SessionResponse>) {
+    /// ended and fails everyone still waiting. Holds the stream only weakly:
+    /// once the client and its permits are gone, the stream's sender goes
+    /// with them, the sidecar sees the half-close and ends the stream, and
+    /// this returns.
+    async fn read(stream: std::sync::Weak<Self>, mut inbound: Streaming<SessionResponse>) {
         let end = loop {
-            match inbound.message().await {
+            let message = inbound.message().await;
+            let Some(this) = stream.upgrade() else {
+                return;
+            };
+            match message {
                 Ok(Some(response)) => {
-                    let waiter = self.lock().remove(&response.id);
+                    let waiter = this.lock().remove(&response.id);
                     match waiter {
                         Some(waiter) => {
                             if let Err(Ok(orphan)) = waiter.send(Ok(response)) {
-                                self.give_back(orphan);
+                                this.give_back(orphan);
                             }
                         }
-                        None => self.give_back(response),
+                        None => this.give_back(response),
                     }
                 }
-                Ok(None) => break Status::unavailable("governor session ended by the sidecar"),
-                Err(status) => break status,
+                Ok(None) => {
+                    break (
+                        this,
+                        Status::unavailable("governor session ended by the sidecar"),
+                    );
+                }
+                Err(status) => break (this, status),
             }
         };
-        self.ended.store(true, Ordering::Release);
+        let (this, end) = end;
+        this.ended.store(true, Ordering::Release);
         tracing::debug!(code = ?end.code(), error = end.message(), "governor session ended");
-        let waiting: Vec<_> = self.lock().drain().collect();
+        let waiting: Vec<_> = this.lock().drain().collect();
         for (_, waiter) in waiting {
             let _ = waiter.send(Err(Status::unavailable(format!(
                 "governor session ended: {}",
@@ -322,6 +335,6 @@ async fn open(
         next_id: AtomicU64::new(1),
         ended: AtomicBool::new(false),
     });
-    tokio::spawn(stream.clone().read(inbound));
+    tokio::spawn(Stream::read(Arc::downgrade(&stream), inbound));
     Ok(stream)
 }
