@@ -12,6 +12,7 @@ use std::{
 };
 
 use opentelemetry::Context;
+use opentelemetry::trace::TraceContextExt as _;
 use rate_governor_proto::v1::{
     AcquireRequest, AcquireResponse, Outcome, Priority, ReleaseRequest, RenewRequest,
     RenewResponse, governor_client::GovernorClient,
@@ -335,7 +336,9 @@ impl Governor {
     }
 
     /// An Acquire over the session (whose stream then owns the lease), or
-    /// the unary RPC when there is none.
+    /// the unary RPC when there is none, or when the caller's trace context
+    /// is sampled: a session message carries no metadata, and only the
+    /// unary call can make the sidecar's spans children of the caller's.
     pub(crate) async fn acquire_rpc(
         &self,
         message: AcquireRequest,
@@ -351,12 +354,17 @@ impl Governor {
             .connect_timeout
             .max(self.inner.call_timeout)
             .min(timeout);
-        if let Some(stream) = self
-            .inner
-            .sessions
-            .stream(&self.inner.client, open_timeout)
-            .await
-        {
+        let traced = cx.span().span_context().is_sampled();
+        let stream = match traced {
+            true => None,
+            false => {
+                self.inner
+                    .sessions
+                    .stream(&self.inner.client, open_timeout)
+                    .await
+            }
+        };
+        if let Some(stream) = stream {
             let response = stream.acquire(message, timeout).await?;
             return Ok((response, Some(stream)));
         }
