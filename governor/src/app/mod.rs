@@ -60,6 +60,16 @@ pub fn resolve_config(cli: &Cli) -> Result<Config, ConfigError> {
             })?),
         };
     }
+    if let Some(health) = &cli.health_listen {
+        config.server.health_listen = match health.as_str() {
+            "off" => None,
+            text => Some(text.parse().map_err(|_| {
+                ConfigError(format!(
+                    "--health-listen: invalid address {text:?}: write an IP and a port, or \"off\""
+                ))
+            })?),
+        };
+    }
     if config.server.control_plane == ControlPlane::UnixSocket && config.server.uds.is_none() {
         return Err(ConfigError(
             "server.control_plane: \"uds\" needs a Unix socket (server.uds or --uds)".into(),
