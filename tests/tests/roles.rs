@@ -263,6 +263,10 @@ async fn bad_listener_role_settings_exit_64_naming_the_key() {
         assert_eq!(output.status.code(), Some(64), "{toml}: {stderr}");
         assert!(stderr.contains(key), "{toml}: {stderr}");
     }
+    let output = run_governor(&["--health-listen", "nowhere", "--admin-listen", "off"]).await;
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(64), "{stderr}");
+    assert!(stderr.contains("--health-listen"), "{stderr}");
 }
 
 #[tokio::test]
