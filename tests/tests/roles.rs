@@ -308,6 +308,21 @@ async fn off_loopback_the_control_plane_needs_the_bearer_token() {
             .unwrap(),
         ["db"]
     );
+    // `governor status` with and without the token file.
+    let addr = gov.grpc_addr().to_string();
+    let token_arg = token_file.to_str().unwrap();
+    let output = run_governor(&["status", "--addr", &addr, "--admin-token-file", token_arg]).await;
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert!(
+        stdout.lines().any(|line| line.starts_with("db ")),
+        "{stdout}"
+    );
+    let output = run_governor(&["status", "--addr", &addr]).await;
+    assert_eq!(output.status.code(), Some(69), "{output:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("--admin-token-file"), "{stderr}");
+
     // The data plane and health need no token.
     let mut client = GovernorClient::new(channel.clone());
     let lease = acquire(&mut client, "db").await.unwrap();
@@ -323,8 +338,8 @@ async fn off_loopback_the_control_plane_needs_the_bearer_token() {
             &scraped,
             "governor_admin_denied_total{reason=\"missing_token\"}"
         ),
-        2.0,
-        "missing and a non-bearer scheme\n{scraped}"
+        3.0,
+        "missing, a non-bearer scheme, and `governor status` without the file\n{scraped}"
     );
     assert_eq!(
         sample(

@@ -79,6 +79,10 @@ pub enum Command {
         /// `server.control_plane = "uds"`).
         #[arg(long, value_name = "PATH", conflicts_with = "addr")]
         uds: Option<PathBuf>,
+        /// Send the bearer token in this file (trailing newline trimmed):
+        /// needed on a non-loopback listener (`server.admin_token_file`).
+        #[arg(long, value_name = "FILE")]
+        admin_token_file: Option<PathBuf>,
         /// Refresh every second until interrupted, adding rejections per
         /// second and pressure.
         #[arg(long, short)]

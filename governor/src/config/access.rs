@@ -95,6 +95,13 @@ impl AdminToken {
         })
     }
 
+    /// The token's text, to send it (`governor status --admin-token-file`);
+    /// never to show it.
+    pub fn reveal(&self) -> &str {
+        // `read` admits printable ASCII only.
+        std::str::from_utf8(&self.secret).unwrap_or_default()
+    }
+
     /// Whether `presented` is the token, in time that depends only on the
     /// token's length, never on where the two differ (written here rather
     /// than taken from `subtle`: a dozen lines the compiler cannot turn into
