@@ -30,7 +30,14 @@ SERVED_HEALTH_SERVICES = {"", "governor.v1.Governor"}
 DEFAULT_LISTEN = "127.0.0.1:50051"
 DEFAULT_SHUTDOWN_GRACE_S = 10.0
 
-READY_RE = re.compile(r"^governor ready grpc=(\S+)(?: uds=(\S+))?(?: admin=(\S+))?$")
+READY_RE = re.compile(
+    r"^governor ready grpc=(\S+)(?: uds=(\S+))?(?: health=(\S+))?(?: admin=(\S+))?$"
+)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a listener's host part is reachable only from its own network namespace."""
+    return host in ("localhost", "::1") or host.startswith("127.")
 
 
 def kustomize(name: str) -> list[dict]:
@@ -83,6 +90,7 @@ def parse_args(args: list[str]) -> dict[str, str | bool]:
     """The sidecar's args as {flag: value} (True for bare flags)."""
     flags_with_value = {
         "--config", "--listen", "--uds", "--admin-listen", "--log-format", "--check-config",
+        "--health-listen",
     }
     out: dict[str, str | bool] = {}
     i = 0
@@ -125,6 +133,15 @@ class Sidecar:
     def admin_listen(self) -> str | None:
         v = self.args.get("--admin-listen") or self.config.get("server", {}).get("admin_listen")
         return None if v in (None, "off") else str(v)
+
+    @property
+    def health_listen(self) -> str | None:
+        v = self.args.get("--health-listen") or self.config.get("server", {}).get("health_listen")
+        return None if v in (None, "off") else str(v)
+
+    @property
+    def control_plane(self) -> str:
+        return str(self.config.get("server", {}).get("control_plane", "all"))
 
     @property
     def uds(self) -> str | None:
@@ -195,7 +212,7 @@ class Governor:
             self.kill()
             raise AssertionError(f"unexpected ready line {line!r}; stderr:\n{self.stderr()}")
         self.ready_line = line
-        self.grpc, self.uds, self.admin = m.group(1), m.group(2), m.group(3)
+        self.grpc, self.uds, self.health, self.admin = m.group(1), m.group(2), m.group(3), m.group(4)
 
     def _read_ready(self, timeout: float) -> str:
         sel = selectors.DefaultSelector()

@@ -86,11 +86,26 @@ def test_governor_ports_match_its_config(compose):
     host_dir = next(h for h, t in map(_host_path, gov["volumes"]) if t == os.path.dirname(config))
     server = tomllib.loads((host_dir / os.path.basename(config)).read_text())["server"]
     published = {int(p.rsplit(":", 1)[1]) for p in gov["ports"]}
+    # The read-only listeners are published (on the host's loopback); the
+    # data and control plane stay on the container's loopback.
     assert published == {
-        helpers.split_hostport(server["listen"])[1],
+        helpers.split_hostport(server["health_listen"])[1],
         helpers.split_hostport(server["admin_listen"])[1],
     }
-    assert helpers.split_hostport(server["listen"])[0] == "0.0.0.0"
+    assert all(p.startswith("127.0.0.1:") for p in gov["ports"])
+    assert helpers.is_loopback(helpers.split_hostport(server["listen"])[0])
+    assert "admin_token_file" not in server
+
+
+def test_load_reaches_the_loopback_data_plane(compose):
+    load = compose["services"]["load"]
+    assert load["network_mode"] == "service:governor"
+    host, port = helpers.split_hostport(load["environment"]["GOVERNOR_ADDR"])
+    gov = compose["services"]["governor"]
+    config = helpers.parse_args(gov["command"])["--config"]
+    host_dir = next(h for h, t in map(_host_path, gov["volumes"]) if t == os.path.dirname(config))
+    server = tomllib.loads((host_dir / os.path.basename(config)).read_text())["server"]
+    assert (host, port) == helpers.split_hostport(server["listen"])
 
 
 def test_traces_flow_governor_collector_jaeger(compose, collector):
@@ -140,7 +155,7 @@ def test_load_service_waits_for_a_healthy_governor(compose):
     assert any(i.cmd == "HEALTHCHECK" for i in final[max(final)])
     host, target = _host_path(load["volumes"][0])
     assert host == (COMPOSE / "load.sh").resolve() and load["entrypoint"][-1] == target
-    assert load["environment"]["GOVERNOR_ADDR"] == "governor:50051"
+    # The address itself: test_load_reaches_the_loopback_data_plane.
 
 
 def test_compose_governor_config_passes_check_config(governor_bin):
@@ -160,6 +175,7 @@ def test_load_script_drives_the_governor(governor_bin, pb, tmp_path):
     args = [
         "--config", str(COMPOSE / "config" / "governor.toml"),
         "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0",
+        "--health-listen", "127.0.0.1:0",
     ]
     with helpers.Governor(governor_bin, args) as gov:
         env = {

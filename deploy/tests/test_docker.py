@@ -98,12 +98,14 @@ def test_runtime_stage_contract(final):
     exposed = {int(p.split("/")[0]) for i in by["EXPOSE"] for p in i.value.split()}
     cfg = tomllib.loads((DOCKER / "governor.toml").read_text())["server"]
     assert exposed == {
-        helpers.split_hostport(cfg["listen"])[1],
+        helpers.split_hostport(cfg["health_listen"])[1],
         helpers.split_hostport(cfg["admin_listen"])[1],
-    } == {50051, 9464}
-    # In a container the listeners must accept connections from outside.
-    assert helpers.split_hostport(cfg["listen"])[0] == "0.0.0.0"
+    } == {50052, 9464}
+    # Probes and Prometheus come from outside the container: the read-only
+    # listeners bind all interfaces; the data and control plane stay on loopback.
+    assert helpers.split_hostport(cfg["health_listen"])[0] == "0.0.0.0"
     assert helpers.split_hostport(cfg["admin_listen"])[0] == "0.0.0.0"
+    assert helpers.is_loopback(helpers.split_hostport(cfg["listen"])[0])
 
 
 def _workspace_files() -> list[str]:
@@ -190,10 +192,13 @@ def test_dependency_skeleton_is_a_loadable_workspace(instrs, tmp_path):
     assert '"name":"governor"' in meta.stdout.replace(" ", "")
 
 
-def _image_args(listen="127.0.0.1:0", admin="127.0.0.1:0") -> list[str]:
+def _image_args(listen="127.0.0.1:0", admin="127.0.0.1:0", health="127.0.0.1:0") -> list[str]:
     """The image's CMD with the config path mapped to its COPY source and the
     listeners moved to free loopback ports."""
-    return ["--config", str(DOCKER / "governor.toml"), "--listen", listen, "--admin-listen", admin]
+    return [
+        "--config", str(DOCKER / "governor.toml"),
+        "--listen", listen, "--admin-listen", admin, "--health-listen", health,
+    ]
 
 
 def _probe(binary, *args) -> int:
@@ -221,6 +226,10 @@ def test_image_config_serves_and_healthcheck_probe_works(governor_bin):
         assert _probe(governor_bin, "--addr", gov.grpc) == 0
         assert _probe(governor_bin, "--addr", gov.grpc, "--service", "") == 0
         assert _probe(governor_bin, "--addr", gov.grpc, "--service", "no.such.Service") != 0
+        # The health-only listener answers the probe too, and serves nothing else.
+        assert gov.health, f"no health= in {gov.ready_line!r}"
+        assert _probe(governor_bin, "--addr", gov.health) == 0
+        assert _probe(governor_bin, "--addr", gov.health, "--service", "") == 0
         addr = gov.grpc
         gov.stop()
     assert gov.proc.returncode is not None
@@ -240,7 +249,10 @@ def test_image_config_passes_check_config(governor_bin):
 def test_entrypoint_args_are_accepted(governor_bin, instrs):
     """Every flag the image and the manifests pass exists in the binary."""
     out = subprocess.run([str(governor_bin), "--help"], capture_output=True, text=True).stdout
-    used = {"--config", "--watch-config", "--listen", "--admin-listen", "--uds", "--log-format"}
+    used = {
+        "--config", "--watch-config", "--listen", "--admin-listen", "--uds", "--log-format",
+        "--health-listen",
+    }
     for flag in used:
         assert re.search(rf"^\s+{re.escape(flag)}\b", out, re.M), flag
     assert re.search(r"^\s+probe\b", out, re.M), "no `probe` subcommand for the HEALTHCHECK"

@@ -74,22 +74,34 @@ def test_image_is_set_by_kustomize_images(sidecars):
         assert "/" in image and ":" in image.rsplit("/", 1)[1], f"unresolved image {image!r}"
 
 
-def test_listeners_bind_all_interfaces(sidecars):
-    # Kubelet probes and Prometheus connect to the pod IP, not to loopback.
+def test_data_and_control_plane_stay_off_the_pod_network(sidecars):
+    # The containers of a pod share its loopback; the pod network does not.
     for s in sidecars:
-        assert helpers.split_hostport(s.listen)[0] in ("0.0.0.0", "::")
+        host, _ = helpers.split_hostport(s.listen)
+        assert helpers.is_loopback(host), f"gRPC data plane on {s.listen}: reachable from the pod network"
+        assert s.control_plane in ("all", "uds", "off")
+        assert "admin_token_file" not in s.config.get("server", {}), "no token needed on loopback"
+
+
+def test_only_read_only_listeners_bind_all_interfaces(sidecars):
+    # Kubelet probes and Prometheus connect to the pod IP, not to loopback:
+    # those two listeners serve nothing that changes state.
+    for s in sidecars:
         assert s.admin_listen is not None, "no admin listener: nothing for Prometheus to scrape"
         assert helpers.split_hostport(s.admin_listen)[0] in ("0.0.0.0", "::")
+        assert s.health_listen is not None, "no health listener: nothing for the kubelet to probe"
+        assert helpers.split_hostport(s.health_listen)[0] in ("0.0.0.0", "::")
 
 
-def test_probes_hit_the_grpc_listener_and_served_health_names(sidecars):
+def test_probes_hit_the_health_listener_and_served_health_names(sidecars):
     for s in sidecars:
-        _, port = helpers.split_hostport(s.listen)
+        _, port = helpers.split_hostport(s.health_listen)
+        assert port != helpers.split_hostport(s.listen)[1]
         for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
             p = s.container.get(probe)
             assert p, f"{probe} missing"
             assert "grpc" in p, f"{probe} is not a gRPC probe"
-            assert p["grpc"]["port"] == port, f"{probe} port {p['grpc']['port']} != listen port {port}"
+            assert p["grpc"]["port"] == port, f"{probe} port {p['grpc']['port']} != health port {port}"
             assert p["grpc"].get("service", "") in helpers.SERVED_HEALTH_SERVICES
         assert s.container["readinessProbe"]["grpc"]["service"] == "governor.v1.Governor"
 
@@ -97,8 +109,10 @@ def test_probes_hit_the_grpc_listener_and_served_health_names(sidecars):
 def test_container_ports_match_listeners(sidecars):
     for s in sidecars:
         declared = {p["containerPort"] for p in s.container["ports"]}
-        assert helpers.split_hostport(s.listen)[1] in declared
+        assert helpers.split_hostport(s.health_listen)[1] in declared
         assert helpers.split_hostport(s.admin_listen)[1] in declared
+        # The loopback gRPC port is not a pod port: nothing outside may use it.
+        assert helpers.split_hostport(s.listen)[1] not in declared
 
 
 def test_prometheus_scrape_annotations_match_admin_listener(sidecars):
@@ -219,7 +233,8 @@ def test_termination_grace_outlasts_the_drain(sidecars):
 def test_inject_applies_values(built):
     values = yaml.safe_load((helpers.K8S / "inject" / "values.yaml").read_text())["spec"]
     (s,) = helpers.sidecars(built["inject"])
-    assert helpers.split_hostport(s.listen)[1] == values["grpcPort"]
+    assert helpers.split_hostport(s.listen) == ("127.0.0.1", values["grpcPort"])
+    assert helpers.split_hostport(s.health_listen)[1] == values["healthPort"]
     assert helpers.split_hostport(s.admin_listen)[1] == values["adminPort"]
     assert s.container["resources"] == values["resources"]
     # The values resource itself is local config, not applied to the cluster.

@@ -51,6 +51,7 @@ def _local_args(s: helpers.Sidecar, config: Path, sock: Path) -> list[str]:
         "--config": str(config),
         "--listen": "127.0.0.1:0",
         "--admin-listen": "127.0.0.1:0",
+        "--health-listen": "127.0.0.1:0",
         "--uds": str(sock),
     }
     for i, a in enumerate(args[:-1]):
@@ -108,7 +109,9 @@ def test_probe_services_answer_serving(running):
     # Over the socket with :authority localhost: gRPC C-core clients send the
     # socket path by default, which the server's HTTP/2 layer rejects (see
     # "Unix socket" in the main README).
-    for target, authority in ((gov.grpc, None), (f"unix://{sock}", "localhost")):
+    assert gov.health, f"the sidecar runs with --health-listen but its ready line has none: {gov.ready_line!r}"
+    targets = ((gov.health, None), (gov.grpc, None), (f"unix://{sock}", "localhost"))
+    for target, authority in targets:
         for name in names:
             assert health_status(target, name, authority) == "SERVING", (target, name)
         # A health check that could not fail would prove nothing.
@@ -227,3 +230,23 @@ def test_sigterm_drains_and_exits_zero(sidecar, governor_bin, tmp_path):
         gov = helpers.Governor(governor_bin, _local_args(sidecar, config, tmp_path / f"g{i}.sock"))
         codes.append(gov.stop(timeout=sidecar.shutdown_grace_s + 5))
     assert codes == [0] * 10, f"exit codes after SIGTERM: {codes}"
+
+
+def test_the_health_listener_serves_nothing_but_health(running, pb):
+    """What the pod network reaches on the probe port cannot take a permit
+    or change a limit."""
+    import grpc  # noqa: PLC0415
+
+    _, gov, _ = running
+    with grpc.insecure_channel(gov.health) as ch:
+        for call in (
+            lambda: pb.grpc.GovernorStub(ch).Acquire(pb.pb2.AcquireRequest(dependency="payments"), timeout=5),
+            lambda: pb.grpc.GovernorAdminStub(ch).ListDependencies(pb.pb2.ListDependenciesRequest(), timeout=5),
+        ):
+            with pytest.raises(grpc.RpcError) as refused:
+                call()
+            assert refused.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    # The same calls work on the loopback gRPC listener.
+    with grpc.insecure_channel(gov.grpc) as ch:
+        pb.grpc.GovernorAdminStub(ch).ListDependencies(pb.pb2.ListDependenciesRequest(), timeout=5)
+    gov.stop()

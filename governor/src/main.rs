@@ -60,6 +60,7 @@ fn main() -> ExitCode {
         Some(Command::Status {
             addr,
             uds,
+            admin_token_file,
             watch,
             timeout,
         }) => {
@@ -67,7 +68,18 @@ fn main() -> ExitCode {
                 Some(path) => app::Target::Unix(path.clone()),
                 None => app::Target::Tcp(*addr),
             };
-            return runtime.block_on(app::status(target, *watch, *timeout));
+            let token = match admin_token_file
+                .as_deref()
+                .map(|path| rate_governor::config::AdminToken::read(path, "--admin-token-file"))
+                .transpose()
+            {
+                Ok(token) => token,
+                Err(error) => {
+                    eprintln!("governor status: {error}");
+                    return ExitCode::from(EXIT_USAGE);
+                }
+            };
+            return runtime.block_on(app::status(target, token, *watch, *timeout));
         }
         None => {}
     }

@@ -352,7 +352,7 @@ async fn sessions_closing_at_random_leak_nothing_and_never_exceed_the_limit() {
             let closed_total = closed_total.clone();
             tokio::spawn(async move {
                 for _ in 0..40 {
-                    let session = Arc::new(ledger.open_session());
+                    let session = Arc::new(ledger.open_session(None));
                     let (acquires, close_after) = {
                         let mut rng = rand::rng();
                         (rng.random_range(1..10usize), rng.random_range(0..1500u64))

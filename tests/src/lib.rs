@@ -138,6 +138,20 @@ impl GovernorProcess {
         config_toml: &str,
         extra_args: &[S],
     ) -> Self {
+        Self::start_listening(config_toml, "127.0.0.1:0", extra_args).await
+    }
+
+    /// Like [`start_with_args`](Self::start_with_args), with the gRPC
+    /// listener on `listen` (`--listen`) instead of `127.0.0.1:0`.
+    ///
+    /// # Panics
+    ///
+    /// As [`start`](Self::start).
+    pub async fn start_listening<S: AsRef<std::ffi::OsStr>>(
+        config_toml: &str,
+        listen: &str,
+        extra_args: &[S],
+    ) -> Self {
         let bin = governor_bin();
         let config = write_config(config_toml);
         let sets_admin = extra_args.iter().any(|a| a.as_ref() == "--admin-listen");
@@ -149,7 +163,7 @@ impl GovernorProcess {
         let mut child = Command::new(&bin)
             .arg("--config")
             .arg(config.path())
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", listen])
             .args(admin)
             .args(extra_args)
             .stdin(Stdio::null())
@@ -227,6 +241,12 @@ impl GovernorProcess {
     /// The Unix socket path from the ready line (`uds=`), if it serves one.
     pub fn uds_path(&self) -> Option<PathBuf> {
         ready_field(&self.ready_line, "uds").map(PathBuf::from)
+    }
+
+    /// The health-only listener's address from the ready line (`health=`),
+    /// if it serves one.
+    pub fn health_addr(&self) -> Option<SocketAddr> {
+        ready_field(&self.ready_line, "health").and_then(|a| a.parse().ok())
     }
 
     /// The admin HTTP address from the ready line (`admin=`), if it serves one.

@@ -28,6 +28,11 @@ pub struct Cli {
     #[arg(long, value_name = "ADDR")]
     pub admin_listen: Option<String>,
 
+    /// gRPC health-only address (for probes), overriding
+    /// `server.health_listen`; "off" turns it off.
+    #[arg(long, value_name = "ADDR")]
+    pub health_listen: Option<String>,
+
     /// Log format on stderr; the level comes from RUST_LOG (default info).
     #[arg(long, env = "GOVERNOR_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -74,6 +79,10 @@ pub enum Command {
         /// `server.control_plane = "uds"`).
         #[arg(long, value_name = "PATH", conflicts_with = "addr")]
         uds: Option<PathBuf>,
+        /// Send the bearer token in this file (trailing newline trimmed):
+        /// needed on a non-loopback listener (`server.admin_token_file`).
+        #[arg(long, value_name = "FILE")]
+        admin_token_file: Option<PathBuf>,
         /// Refresh every second until interrupted, adding rejections per
         /// second and pressure.
         #[arg(long, short)]

@@ -1,25 +1,38 @@
-//! Opening the TCP and Unix listeners and serving the gRPC routes on them.
+//! Opening the TCP, Unix and health listeners and serving the gRPC routes on
+//! them (which routes where: [`super::roles`]).
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
-use tokio_stream::wrappers::UnixListenerStream;
 use tokio_util::sync::CancellationToken;
 use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use super::roles::PeerCheckedIncoming;
 use crate::config::ServerConfig;
 use crate::server::FramingLayer;
+use crate::telemetry::Telemetry;
 
 #[derive(Debug)]
 pub struct Bound {
     tcp: TcpListener,
     tcp_addr: SocketAddr,
     uds: Option<UnixSocket>,
+    /// The health-only listener.
+    health: Option<(TcpListener, SocketAddr)>,
+}
+
+/// The routes of each listener.
+#[derive(Debug)]
+pub struct RoleRoutes {
+    pub tcp: Routes,
+    pub uds: Routes,
+    pub health: Routes,
 }
 
 /// A bound Unix socket, and the identity of the file it created, so that
@@ -45,7 +58,21 @@ pub async fn bind(config: &ServerConfig) -> Result<Bound, String> {
         }
         None => None,
     };
-    Ok(Bound { tcp, tcp_addr, uds })
+    let health = match config.health_listen {
+        Some(addr) => {
+            let cannot = |e| format!("server.health_listen: cannot listen on {addr}: {e}");
+            let listener = TcpListener::bind(addr).await.map_err(cannot)?;
+            let bound = listener.local_addr().map_err(cannot)?;
+            Some((listener, bound))
+        }
+        None => None,
+    };
+    Ok(Bound {
+        tcp,
+        tcp_addr,
+        uds,
+        health,
+    })
 }
 
 /// Binds a Unix socket with mode 0660. A socket file left by a previous run
@@ -78,17 +105,25 @@ impl Bound {
         if let Some(uds) = &self.uds {
             line.push_str(&format!(" uds={}", uds.path.display()));
         }
+        if let Some((_, addr)) = &self.health {
+            line.push_str(&format!(" health={addr}"));
+        }
         line
     }
 
-    /// Serves `tcp_routes` on TCP and `uds_routes` on the Unix socket until
-    /// `stop` is cancelled, then lets open calls finish; the future ends when
-    /// every listener has.
+    /// The address the gRPC TCP listener is bound to.
+    pub fn tcp_addr(&self) -> SocketAddr {
+        self.tcp_addr
+    }
+
+    /// Serves each listener's routes until `stop` is cancelled, then lets
+    /// open calls finish; the future ends when every listener has. The Unix
+    /// socket admits only the peers `config.uds_peers` allows.
     pub fn serve(
         self,
-        tcp_routes: Routes,
-        uds_routes: Routes,
+        routes: RoleRoutes,
         config: &ServerConfig,
+        telemetry: Arc<Telemetry>,
         stop: CancellationToken,
     ) -> impl Future<Output = ()> + use<> {
         let builder = || {
@@ -101,8 +136,19 @@ impl Bound {
         };
         // Nagle off on accepted sockets: Acquire and Release are small frames.
         let incoming = TcpIncoming::from(self.tcp).with_nodelay(Some(true));
+        let health = self.health.map(|(listener, _)| {
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            let server = builder()
+                .add_routes(routes.health)
+                .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
+            tokio::spawn(async move {
+                if let Err(error) = server.await {
+                    tracing::error!(%error, "health listener failed");
+                }
+            })
+        });
         let tcp = builder()
-            .add_routes(tcp_routes)
+            .add_routes(routes.tcp)
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
         let tcp = tokio::spawn(async move {
             if let Err(error) = tcp.await {
@@ -110,12 +156,11 @@ impl Bound {
             }
         });
         let uds = self.uds.map(|socket| {
+            let incoming =
+                PeerCheckedIncoming::new(socket.listener, config.uds_peers.clone(), telemetry);
             let server = builder()
-                .add_routes(uds_routes)
-                .serve_with_incoming_shutdown(
-                    UnixListenerStream::new(socket.listener),
-                    stop.cancelled_owned(),
-                );
+                .add_routes(routes.uds)
+                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
             let (path, inode) = (socket.path, socket.inode);
             tokio::spawn(async move {
                 if let Err(error) = server.await {
@@ -128,6 +173,9 @@ impl Bound {
             let _ = tcp.await;
             if let Some(uds) = uds {
                 let _ = uds.await;
+            }
+            if let Some(health) = health {
+                let _ = health.await;
             }
         }
     }

@@ -13,6 +13,7 @@ pub mod cli;
 mod listeners;
 mod probe;
 mod reload;
+mod roles;
 mod status_command;
 
 use std::process::ExitCode;
@@ -59,10 +60,30 @@ pub fn resolve_config(cli: &Cli) -> Result<Config, ConfigError> {
             })?),
         };
     }
+    if let Some(health) = &cli.health_listen {
+        config.server.health_listen = match health.as_str() {
+            "off" => None,
+            text => Some(text.parse().map_err(|_| {
+                ConfigError(format!(
+                    "--health-listen: invalid address {text:?}: write an IP and a port, or \"off\""
+                ))
+            })?),
+        };
+    }
     if config.server.control_plane == ControlPlane::UnixSocket && config.server.uds.is_none() {
         return Err(ConfigError(
             "server.control_plane: \"uds\" needs a Unix socket (server.uds or --uds)".into(),
         ));
+    }
+    for (key, ids) in [
+        ("server.uds_allowed_uids", &config.server.uds_peers.uids),
+        ("server.uds_allowed_gids", &config.server.uds_peers.gids),
+    ] {
+        if !ids.is_empty() && config.server.uds.is_none() {
+            return Err(ConfigError(format!(
+                "{key}: restricts the Unix socket, but there is none (server.uds or --uds)"
+            )));
+        }
     }
     Ok(config)
 }
@@ -83,18 +104,16 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
     telemetry.attach(&ledger);
     ledger.spawn_idle_sweeper();
     let (health, health_service) = tonic_health::server::health_reporter();
-    let routes = |with_control_plane| {
+    let routes = |control_plane| {
         server::routes(
             ledger.clone(),
             telemetry.clone(),
             health_service.clone(),
             &config.server,
-            with_control_plane,
+            control_plane,
         )
     };
-    let control_plane = config.server.control_plane;
-    let tcp_routes = routes(control_plane == ControlPlane::All);
-    let uds_routes = routes(control_plane != ControlPlane::Off);
+    let admin_token = server::TokenSlot::new(config.server.admin_token.clone());
 
     let stop_serving = CancellationToken::new();
     let unavailable = |error: String| {
@@ -106,6 +125,23 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
         Ok(bound) => bound,
         Err(error) => return unavailable(error),
     };
+    let role_routes = listeners::RoleRoutes {
+        tcp: routes(roles::tcp_admin(
+            &config.server,
+            bound.tcp_addr(),
+            &admin_token,
+            &telemetry,
+        )),
+        uds: routes(roles::uds_admin(&config.server)),
+        health: server::health_routes(health_service.clone()),
+    };
+    if !roles::is_loopback(bound.tcp_addr()) && config.server.control_plane == ControlPlane::All {
+        tracing::info!(
+            listen = %bound.tcp_addr(),
+            token = config.server.admin_token.is_some(),
+            "gRPC listener is not on loopback: the control plane there needs the bearer token of server.admin_token_file"
+        );
+    }
     let admin = match config.server.admin_listen {
         Some(addr) => match admin::bind(addr).await {
             Ok(listener) => Some(listener),
@@ -120,6 +156,7 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
         cli.config.clone(),
         ledger.clone(),
         telemetry.clone(),
+        admin_token.clone(),
     ));
     let mut ready_line = bound.ready_line();
     if let Some(listener) = admin {
@@ -134,7 +171,12 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
         );
     }
     telemetry.spawn_log_flusher(stop_serving.clone());
-    let servers = bound.serve(tcp_routes, uds_routes, &config.server, stop_serving.clone());
+    let servers = bound.serve(
+        role_routes,
+        &config.server,
+        telemetry.clone(),
+        stop_serving.clone(),
+    );
     server::set_serving(&health, true).await;
 
     tracing::info!(

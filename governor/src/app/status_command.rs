@@ -17,6 +17,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::EXIT_UNAVAILABLE;
+use crate::config::AdminToken;
 use crate::telemetry::status::{Load, pressure};
 
 /// Where the sidecar's control plane is.
@@ -37,9 +38,15 @@ impl std::fmt::Display for Target {
 
 /// Prints the table once (exit 0, or 69 when the sidecar cannot be asked),
 /// or with `watch` every second until SIGINT or SIGTERM (exit 0).
-pub async fn status(target: Target, watch: bool, timeout: Duration) -> ExitCode {
+pub async fn status(
+    target: Target,
+    token: Option<AdminToken>,
+    watch: bool,
+    timeout: Duration,
+) -> ExitCode {
+    let token = token.as_ref();
     if !watch {
-        return match fetch(&target, timeout).await {
+        return match fetch(&target, token, timeout).await {
             Ok(dependencies) => {
                 print!("{}", table(&dependencies, None));
                 ExitCode::SUCCESS
@@ -70,7 +77,7 @@ pub async fn status(target: Target, watch: bool, timeout: Duration) -> ExitCode 
         let fetched = tokio::select! {
             _ = interrupt.recv() => return ExitCode::SUCCESS,
             _ = terminate.recv() => return ExitCode::SUCCESS,
-            fetched = fetch(&target, timeout) => fetched,
+            fetched = fetch(&target, token, timeout) => fetched,
         };
         let now = Instant::now();
         let mut frame = String::new();
@@ -111,16 +118,32 @@ pub async fn status(target: Target, watch: bool, timeout: Duration) -> ExitCode 
     }
 }
 
-async fn fetch(target: &Target, timeout: Duration) -> Result<Vec<DependencyStatus>, String> {
+async fn fetch(
+    target: &Target,
+    token: Option<&AdminToken>,
+    timeout: Duration,
+) -> Result<Vec<DependencyStatus>, String> {
     let ask = async {
         let channel = connect(target, timeout).await?;
+        let mut request = tonic::Request::new(ListDependenciesRequest {});
+        if let Some(token) = token {
+            let value = format!("Bearer {}", token.reveal()).parse().map_err(|_| {
+                "--admin-token-file: the token is not a valid header value".to_owned()
+            })?;
+            request.metadata_mut().insert("authorization", value);
+        }
         let response = GovernorAdminClient::new(channel)
-            .list_dependencies(ListDependenciesRequest {})
+            .list_dependencies(request)
             .await
             .map_err(|status| match status.code() {
                 tonic::Code::Unimplemented => "the control plane is not served on this \
                     listener (server.control_plane is \"uds\" or \"off\"); try --uds PATH"
                     .to_owned(),
+                tonic::Code::Unauthenticated => format!(
+                    "refused without the right bearer token ({}); pass --admin-token-file FILE \
+                     with the content of the sidecar's server.admin_token_file",
+                    status.message()
+                ),
                 _ => format!("{}: {}", status.code(), status.message()),
             })?;
         Ok(response.into_inner().dependencies)

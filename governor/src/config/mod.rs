@@ -6,6 +6,7 @@
 //! file watch) goes through the same parser, so an invalid file is refused
 //! whole and the running config stays.
 
+mod access;
 mod duration;
 mod telemetry;
 
@@ -16,6 +17,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use access::{AdminToken, ControlPlane, PeerAllowList};
 pub use duration::{HumanDuration, parse as parse_duration};
 pub use telemetry::{OtlpProtocol, TelemetryConfig, TracingConfig};
 
@@ -48,19 +50,14 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     /// Where `governor.v1.GovernorAdmin` is served.
     pub control_plane: ControlPlane,
-}
-
-/// Which listeners serve the control plane. It can change every limit, so a
-/// pod whose gRPC port is reachable from the network may keep it on the Unix
-/// socket, where file permissions guard it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum ControlPlane {
-    /// TCP and the Unix socket.
-    All,
-    /// Only the Unix socket (`server.uds` must be set).
-    UnixSocket,
-    /// Nowhere.
-    Off,
+    /// A listener that serves gRPC health and nothing else, for probes.
+    pub health_listen: Option<SocketAddr>,
+    /// The control plane's bearer token on non-loopback listeners, and the
+    /// file it was read from.
+    pub admin_token_file: Option<PathBuf>,
+    pub admin_token: Option<AdminToken>,
+    /// Who may connect to the Unix socket.
+    pub uds_peers: PeerAllowList,
 }
 
 /// A configuration problem, naming the key.
@@ -101,6 +98,10 @@ struct ServerSection {
     keepalive_interval: Option<HumanDuration>,
     keepalive_timeout: Option<HumanDuration>,
     control_plane: Option<String>,
+    health_listen: Option<String>,
+    admin_token_file: Option<PathBuf>,
+    uds_allowed_uids: Option<Vec<u32>>,
+    uds_allowed_gids: Option<Vec<u32>>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -148,6 +149,7 @@ struct CapsSection {
     max_waiters: Option<usize>,
     max_session_pending: Option<usize>,
     idle_ttl: Option<HumanDuration>,
+    max_dependencies_per_peer: Option<usize>,
 }
 
 const MAX_DEPENDENCIES: usize = 1_000_000;
@@ -253,6 +255,18 @@ impl Config {
                 ),
             ));
         }
+        let max_dependencies_per_peer = caps
+            .max_dependencies_per_peer
+            .or(base.limits.max_dependencies_per_peer)
+            .expect("the embedded config sets limits.max_dependencies_per_peer");
+        if !(1..=MAX_DEPENDENCIES).contains(&max_dependencies_per_peer) {
+            return Err(ConfigError::at(
+                "limits.max_dependencies_per_peer",
+                format!(
+                    "must be between 1 and {MAX_DEPENDENCIES}, got {max_dependencies_per_peer}"
+                ),
+            ));
+        }
         if file.dependencies.len() > max_dependencies {
             return Err(ConfigError::at(
                 "dependencies",
@@ -288,6 +302,7 @@ impl Config {
                 max_session_pending,
                 dependencies,
                 idle_ttl,
+                max_dependencies_per_peer,
             },
         })
     }
@@ -362,6 +377,16 @@ fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfi
         Some(text) if text != "off" => Some(address("admin_listen", &text)?),
         _ => None,
     };
+    let admin_token_file = file.admin_token_file.or(base.admin_token_file);
+    if admin_token_file
+        .as_ref()
+        .is_some_and(|path| path.as_os_str().is_empty())
+    {
+        return Err(ConfigError::at(
+            "server.admin_token_file",
+            "must not be empty (leave the key out for no token)",
+        ));
+    }
     let pick = |value: Option<HumanDuration>, base: Option<HumanDuration>, default: u64| {
         value.or(base).map_or(Duration::from_secs(default), |d| d.0)
     };
@@ -380,18 +405,44 @@ fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfi
             .unwrap_or(16 * 1024),
         keepalive_interval: pick(file.keepalive_interval, base.keepalive_interval, 30),
         keepalive_timeout: pick(file.keepalive_timeout, base.keepalive_timeout, 10),
-        control_plane: match file.control_plane.or(base.control_plane).as_deref() {
-            None | Some("all") => ControlPlane::All,
-            Some("uds") => ControlPlane::UnixSocket,
-            Some("off") => ControlPlane::Off,
-            Some(other) => {
-                return Err(ConfigError::at(
-                    "server.control_plane",
-                    format!("unknown value {other:?}: use \"all\", \"uds\" or \"off\""),
-                ));
-            }
+        control_plane: file
+            .control_plane
+            .or(base.control_plane)
+            .expect("the embedded config sets server.control_plane")
+            .parse()
+            .map_err(|problem| ConfigError::at("server.control_plane", problem))?,
+        health_listen: match file.health_listen.or(base.health_listen).as_deref() {
+            None | Some("off") => None,
+            Some(text) => Some(address("health_listen", text)?),
+        },
+        admin_token: match &admin_token_file {
+            Some(path) => Some(AdminToken::read(path, "server.admin_token_file")?),
+            None => None,
+        },
+        admin_token_file,
+        uds_peers: PeerAllowList {
+            uids: file
+                .uds_allowed_uids
+                .or(base.uds_allowed_uids)
+                .unwrap_or_default(),
+            gids: file
+                .uds_allowed_gids
+                .or(base.uds_allowed_gids)
+                .unwrap_or_default(),
         },
     };
+    if let Some(health) = config.health_listen {
+        // Port 0 picks a free port for each, so only fixed ports can clash.
+        let clash = |other: SocketAddr| other.port() != 0 && other == health;
+        if clash(config.listen) || config.admin_listen.is_some_and(clash) {
+            return Err(ConfigError::at(
+                "server.health_listen",
+                format!(
+                    "{health} is also server.listen or server.admin_listen; give it a port of its own"
+                ),
+            ));
+        }
+    }
     if config.shutdown_grace > Duration::from_secs(3600) {
         return Err(ConfigError::at(
             "server.shutdown_grace",

@@ -232,3 +232,99 @@ fn an_empty_or_comment_only_file_is_refused_saying_so() {
     assert!(Config::load(&path).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn listener_roles_default_to_loopback_without_health_listener_or_token() {
+    let config = Config::embedded();
+    assert!(config.server.listen.ip().is_loopback());
+    assert_eq!(config.server.control_plane, ControlPlane::All);
+    assert_eq!(config.server.health_listen, None);
+    assert_eq!(config.server.admin_token, None);
+    assert!(config.server.uds_peers.is_open());
+    assert_eq!(config.ledger.max_dependencies_per_peer, 128);
+}
+
+#[test]
+fn listener_role_keys_parse() {
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "t0ken-from-a-secret\n").unwrap();
+    let config = Config::parse(&format!(
+        r#"
+        [server]
+        health_listen = "0.0.0.0:50052"
+        control_plane = "uds"
+        admin_token_file = "{}"
+        uds_allowed_uids = [0, 65532]
+        uds_allowed_gids = [1000]
+        [limits]
+        max_dependencies_per_peer = 7
+        "#,
+        token.path().display()
+    ))
+    .unwrap();
+    let server = &config.server;
+    assert_eq!(server.health_listen, Some("0.0.0.0:50052".parse().unwrap()));
+    assert_eq!(server.control_plane, ControlPlane::UnixSocket);
+    assert_eq!(server.admin_token_file.as_deref(), Some(token.path()));
+    let read = server.admin_token.as_ref().unwrap();
+    assert!(read.matches(b"t0ken-from-a-secret") && !read.matches(b"t0ken-from-a-secret\n"));
+    assert_eq!(server.uds_peers.uids, vec![0, 65532]);
+    assert_eq!(server.uds_peers.gids, vec![1000]);
+    assert_eq!(config.ledger.max_dependencies_per_peer, 7);
+    let off = Config::parse("[server]\nhealth_listen = \"off\"").unwrap();
+    assert_eq!(off.server.health_listen, None);
+    for value in ["all", "off"] {
+        Config::parse(&format!("[server]\ncontrol_plane = \"{value}\"")).unwrap();
+    }
+}
+
+#[test]
+fn bad_listener_role_values_name_their_key() {
+    let empty = tempfile::NamedTempFile::new().unwrap();
+    let cases = [
+        (
+            "[server]\nhealth_listen = \"localhost\"",
+            "server.health_listen:",
+        ),
+        ("[server]\nhealth_listen = 50052", "health_listen"),
+        (
+            "[server]\nlisten = \"127.0.0.1:7000\"\nhealth_listen = \"127.0.0.1:7000\"",
+            "server.health_listen:",
+        ),
+        (
+            "[server]\nadmin_listen = \"127.0.0.1:7001\"\nhealth_listen = \"127.0.0.1:7001\"",
+            "server.health_listen:",
+        ),
+        ("[server]\ncontrol_plane = \"tcp\"", "server.control_plane:"),
+        (
+            "[server]\nadmin_token_file = \"\"",
+            "server.admin_token_file:",
+        ),
+        (
+            "[server]\nadmin_token_file = \"/nonexistent/governor-token\"",
+            "server.admin_token_file:",
+        ),
+        ("[server]\nuds_allowed_uids = [-1]", "uds_allowed_uids"),
+        ("[server]\nuds_allowed_gids = \"1000\"", "uds_allowed_gids"),
+        (
+            "[limits]\nmax_dependencies_per_peer = 0",
+            "limits.max_dependencies_per_peer:",
+        ),
+        (
+            "[limits]\nmax_dependencies_per_peer = -3",
+            "max_dependencies_per_peer",
+        ),
+    ];
+    for (text, key) in cases {
+        let message = error(text);
+        assert!(message.contains(key), "{text:?} gave {message:?}");
+    }
+    let message = error(&format!(
+        "[server]\nadmin_token_file = \"{}\"",
+        empty.path().display()
+    ));
+    assert!(
+        message.starts_with("server.admin_token_file:") && message.contains("empty"),
+        "{message}"
+    );
+}

@@ -50,6 +50,7 @@ mod idle;
 mod lease;
 pub mod limit;
 mod limits;
+mod peers;
 mod queued;
 mod reaper;
 mod session;
@@ -72,12 +73,14 @@ pub use decision::{
 pub use dependency::{Dependency, DependencyStatus};
 pub use lease::{LEASE_ID_LEN, LeaseHandle, LeaseId};
 pub use limits::{BudgetConfig, InvalidLimit, Limits, LimitsPatch, MAX_WAIT};
+pub use peers::Peer;
 pub use session::{Session, SessionAcquireError, SessionClosed};
 pub use shared::{LedgerObserver, NoopObserver};
 pub use waiters::Priority;
 
 use dependency::{Admission, IdleCheck};
 use idle::IdleQueue;
+use peers::PeerBook;
 use shared::Shared;
 
 /// Longest dependency name, in bytes.
@@ -126,6 +129,8 @@ pub struct LedgerConfig {
     pub dependencies: Vec<(String, Limits)>,
     /// How long a dependency created by a caller stays once idle.
     pub idle_ttl: Duration,
+    /// How many of the dependencies that exist one peer may have created.
+    pub max_dependencies_per_peer: usize,
 }
 
 /// How often an Acquire looks a dependency up again when it was evicted
@@ -142,6 +147,7 @@ impl Default for LedgerConfig {
             max_session_pending: 1024,
             dependencies: Vec::new(),
             idle_ttl: Duration::from_secs(300),
+            max_dependencies_per_peer: 128,
         }
     }
 }
@@ -153,6 +159,11 @@ pub enum LedgerError {
     UnknownDependency(String),
     #[error("too many dependencies: the limit is {0}")]
     TooManyDependencies(usize),
+    #[error(
+        "this client already created {0} dependencies that still exist, the limit \
+         (limits.max_dependencies_per_peer = {0}); configure the names, or use fewer"
+    )]
+    TooManyForPeer(usize),
 }
 
 #[derive(Debug)]
@@ -161,6 +172,7 @@ struct Settings {
     allow_unknown_dependencies: bool,
     max_dependencies: usize,
     idle_ttl: Duration,
+    max_dependencies_per_peer: usize,
     configured: HashMap<String, Limits>,
 }
 
@@ -174,6 +186,8 @@ pub struct Ledger {
     /// exactly; holds the eviction order. Taken before a dependency's lock
     /// and before `settings`, never after.
     creating: Mutex<IdleQueue>,
+    /// Which peer created which name; taken only under `creating`.
+    peers: Mutex<PeerBook>,
     /// Wakes the idle sweeper when `idle_ttl` changes or the ledger goes.
     sweeper: Arc<Notify>,
 }
@@ -199,9 +213,11 @@ impl Ledger {
                 allow_unknown_dependencies: config.allow_unknown_dependencies,
                 max_dependencies: config.max_dependencies,
                 idle_ttl: config.idle_ttl,
+                max_dependencies_per_peer: config.max_dependencies_per_peer,
                 configured: HashMap::new(),
             }),
             creating: Mutex::new(IdleQueue::default()),
+            peers: Mutex::new(PeerBook::default()),
             sweeper: Arc::new(Notify::new()),
         };
         ledger.reconfigure(config);
@@ -215,9 +231,22 @@ impl Ledger {
     /// Dropping the future removes the request from the queue; a grant that
     /// raced with the drop is returned at once, so no slot leaks.
     pub async fn acquire(&self, request: &AcquireRequest<'_>) -> Result<Decision, LedgerError> {
+        self.acquire_as(request, None).await
+    }
+
+    /// [`Ledger::acquire`] on behalf of `peer`: a name it creates counts
+    /// against its `max_dependencies_per_peer` (without a peer, none does).
+    ///
+    /// # Cancel safety
+    /// As [`Ledger::acquire`].
+    pub async fn acquire_as(
+        &self,
+        request: &AcquireRequest<'_>,
+        peer: Option<Peer>,
+    ) -> Result<Decision, LedgerError> {
         let arrived = Instant::now();
         for _ in 0..MAX_LOOKUPS {
-            let dependency = self.dependency(request.dependency)?;
+            let dependency = self.dependency_as(request.dependency, peer)?;
             match dependency.admit(request, arrived) {
                 Admission::Evicted => continue,
                 Admission::Decided(decision) => return Ok(decision),
@@ -294,7 +323,7 @@ impl Ledger {
                         .patched(patch)
                         .map_err(UpdateError::from)
                         .and_then(|_| {
-                            self.create(&mut queue, name, true, &mut evicted)
+                            self.create(&mut queue, name, true, None, &mut evicted)
                                 .map_err(UpdateError::from)
                         })
                 }
@@ -302,6 +331,8 @@ impl Ledger {
             .and_then(|dependency| {
                 dependency.patch_limits(patch, Instant::now(), "control plane")?;
                 dependency.pin();
+                // The control plane's now: no longer counted to its creator.
+                self.lock_peers().forget(name);
                 Ok(dependency)
             })
         };
@@ -320,6 +351,7 @@ impl Ledger {
                 allow_unknown_dependencies: config.allow_unknown_dependencies,
                 max_dependencies: config.max_dependencies,
                 idle_ttl: config.idle_ttl,
+                max_dependencies_per_peer: config.max_dependencies_per_peer,
                 configured: config.dependencies.iter().cloned().collect(),
             };
         }
@@ -333,9 +365,10 @@ impl Ledger {
             let mut queue = self.lock_creating();
             for (name, limits) in &config.dependencies {
                 // Never refused for want of room (see `create`).
-                match self.create(&mut queue, name, true, &mut evicted) {
+                match self.create(&mut queue, name, true, None, &mut evicted) {
                     Ok(dependency) => {
                         dependency.set_configured(true);
+                        self.lock_peers().forget(name);
                         dependency.set_limits(limits.clone(), now, "config");
                     }
                     Err(error) => {
@@ -448,14 +481,23 @@ impl Ledger {
         self.dependencies.contains_key(name)
     }
 
+    #[cfg(test)]
     fn dependency(&self, name: &str) -> Result<Arc<Dependency>, LedgerError> {
+        self.dependency_as(name, None)
+    }
+
+    fn dependency_as(
+        &self,
+        name: &str,
+        peer: Option<Peer>,
+    ) -> Result<Arc<Dependency>, LedgerError> {
         if let Some(dependency) = self.dependencies.get(name) {
             return Ok(dependency.clone());
         }
         let mut evicted = Vec::new();
         let created = {
             let mut queue = self.lock_creating();
-            self.create(&mut queue, name, false, &mut evicted)
+            self.create(&mut queue, name, false, peer, &mut evicted)
         };
         self.report_evicted(evicted);
         created
@@ -463,6 +505,11 @@ impl Ledger {
 
     fn lock_creating(&self) -> MutexGuard<'_, IdleQueue> {
         self.creating.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// A leaf lock, taken under `creating`.
+    fn lock_peers(&self) -> MutexGuard<'_, PeerBook> {
+        self.peers.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn settings(&self) -> std::sync::RwLockReadGuard<'_, Settings> {
@@ -486,12 +533,14 @@ impl Ledger {
     /// a caller's new name is refused, while a name in the config file is
     /// created anyway (so a reload that adds a name always makes it usable:
     /// the count may then exceed the cap by at most the configured names,
-    /// and callers' new names wait until it is back under).
+    /// and callers' new names wait until it is back under). A caller's new
+    /// name counts against `peer`'s share, refused once it is used up.
     fn create(
         &self,
         queue: &mut IdleQueue,
         name: &str,
         trusted: bool,
+        peer: Option<Peer>,
         evicted: &mut Vec<Arc<str>>,
     ) -> Result<Arc<Dependency>, LedgerError> {
         if let Some(dependency) = self.dependencies.get(name) {
@@ -501,6 +550,14 @@ impl Ledger {
         let configured = settings.configured.contains_key(name);
         if !trusted && !configured && !settings.allow_unknown_dependencies {
             return Err(LedgerError::UnknownDependency(name.to_owned()));
+        }
+        // Checked before anything is evicted for it.
+        let creator = peer.filter(|_| !trusted && !configured);
+        if let Some(peer) = &creator {
+            let per_peer = settings.max_dependencies_per_peer;
+            if self.lock_peers().count(peer) >= per_peer {
+                return Err(LedgerError::TooManyForPeer(per_peer));
+            }
         }
         let max = settings.max_dependencies;
         if self.dependencies.len() >= max {
@@ -518,6 +575,9 @@ impl Ledger {
         let limits = settings.limits_for(name);
         let name: Arc<str> = Arc::from(name);
         let dependency = Dependency::new(name.clone(), limits, configured, self.shared.clone());
+        if let Some(peer) = creator {
+            self.lock_peers().record(name.clone(), peer);
+        }
         self.dependencies.insert(name, dependency.clone());
         Ok(dependency)
     }
@@ -560,6 +620,7 @@ impl Ledger {
                 continue;
             }
             if dependency.evict_if_idle(entry.since) {
+                self.lock_peers().forget(&name);
                 return Some(name);
             }
             self.dependencies.insert(name, dependency);

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use super::decision::{AcquireRequest, Decision, Outcome, Report};
 use super::lease::{LeaseId, LeaseKey};
 use super::shared::Shared;
-use super::{Ledger, LedgerError};
+use super::{Ledger, LedgerError, Peer};
 
 /// The state one session shares with the leases it owns.
 #[derive(Debug, Default)]
@@ -94,6 +94,8 @@ pub struct SessionClosed {
 pub struct Session {
     shared: Arc<Shared>,
     owner: Arc<Owner>,
+    /// Who opened it: names its acquires create count against this peer.
+    peer: Option<Peer>,
 }
 
 /// Gives a session's pending place back, however the acquire ends.
@@ -106,11 +108,12 @@ impl Drop for Pending<'_> {
 }
 
 impl Ledger {
-    /// A new, empty session.
-    pub fn open_session(&self) -> Session {
+    /// A new, empty session, for `peer` (see [`Ledger::acquire_as`]).
+    pub fn open_session(&self, peer: Option<Peer>) -> Session {
         Session {
             shared: self.shared.clone(),
             owner: Arc::default(),
+            peer,
         }
     }
 
@@ -143,7 +146,7 @@ impl Ledger {
         let decision = tokio::select! {
             biased;
             () = owner.closing.cancelled() => return Err(SessionAcquireError::Closed),
-            decision = self.acquire(request) => decision?,
+            decision = self.acquire_as(request, session.peer) => decision?,
         };
         if let Ok(grant) = &decision.outcome {
             if !session.adopt(grant.lease) {

@@ -1042,7 +1042,7 @@ async fn enqueue_in(
 #[tokio::test(start_paused = true)]
 async fn closing_a_session_frees_its_leases_and_withdraws_its_waiters() {
     let ledger = ledger_with("db", limits(2, 10, 60_000));
-    let session = Arc::new(ledger.open_session());
+    let session = Arc::new(ledger.open_session(None));
     let other = grant(&ledger).await;
     let mine = ledger
         .acquire_in(&session, &request(Priority::Normal, 0))
@@ -1088,7 +1088,7 @@ async fn closing_a_session_frees_its_leases_and_withdraws_its_waiters() {
 #[tokio::test(start_paused = true)]
 async fn a_session_lease_released_by_its_caller_leaves_the_session() {
     let ledger = ledger_with("db", limits(2, 10, 1000));
-    let session = ledger.open_session();
+    let session = ledger.open_session(None);
     let lease = ledger
         .acquire_in(&session, &request(Priority::Normal, 0))
         .await
@@ -1109,7 +1109,7 @@ async fn a_session_lease_released_by_its_caller_leaves_the_session() {
 #[tokio::test(start_paused = true)]
 async fn a_session_lease_keeps_its_ttl_and_renews() {
     let ledger = ledger_with("db", with_ttl(limits(2, 10, 1000), Duration::from_secs(10)));
-    let session = ledger.open_session();
+    let session = ledger.open_session(None);
     let renewed = ledger
         .acquire_in(&session, &request(Priority::Normal, 0))
         .await
@@ -1142,7 +1142,7 @@ async fn a_session_has_at_most_max_session_pending_acquires() {
         max_session_pending: 2,
         ..LedgerConfig::default()
     }));
-    let session = Arc::new(ledger.open_session());
+    let session = Arc::new(ledger.open_session(None));
     let _held = grant(&ledger).await;
     let first = enqueue_in(&ledger, &session).await;
     let second = enqueue_in(&ledger, &session).await;
@@ -1153,7 +1153,7 @@ async fn a_session_has_at_most_max_session_pending_acquires() {
         Err(SessionAcquireError::TooManyPending(2))
     );
     // Another session is not held back by this one's cap.
-    let other = Arc::new(ledger.open_session());
+    let other = Arc::new(ledger.open_session(None));
     let third = enqueue_in(&ledger, &other).await;
     assert_eq!(ledger.status("db").unwrap().queued, 3);
     first.abort();

@@ -10,7 +10,7 @@ impl From<LedgerError> for Status {
             LedgerError::UnknownDependency(_) => Status::not_found(format!(
                 "dependency: {error}; this governor only serves configured dependencies"
             )),
-            LedgerError::TooManyDependencies(_) => {
+            LedgerError::TooManyDependencies(_) | LedgerError::TooManyForPeer(_) => {
                 Status::resource_exhausted(format!("dependency: {error}"))
             }
         }

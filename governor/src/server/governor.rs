@@ -154,7 +154,7 @@ impl governor_server::Governor for GovernorService {
         request: Request<v1::AcquireRequest>,
     ) -> Result<Response<v1::AcquireResponse>, Status> {
         let caller_wait = deadline::grpc_timeout(request.metadata()).map(deadline::wait_budget);
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
         let (priority, max_wait) = acquire_params(&message, caller_wait)?;
 
         let request = AcquireRequest {
@@ -173,7 +173,8 @@ impl governor_server::Governor for GovernorService {
             telemetry: &self.telemetry,
             trace: self.telemetry.acquire_started(&metadata, &fields),
         };
-        let decision = self.ledger.acquire(&request).await;
+        let peer = super::peer_of(&extensions);
+        let decision = self.ledger.acquire_as(&request, peer).await;
         let trace = guard.trace.take();
         let decision = decision?;
         self.telemetry

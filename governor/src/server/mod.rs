@@ -6,6 +6,7 @@
 //! - `errors`: the one mapping from ledger errors to gRPC statuses.
 
 mod admin;
+mod auth;
 mod deadline;
 mod errors;
 mod fields;
@@ -22,6 +23,8 @@ use tonic_health::pb::health_server::{Health, HealthServer};
 use tonic_health::server::HealthReporter;
 
 pub use admin::AdminService;
+pub(crate) use auth::RateLimitedLog;
+pub use auth::{AdminAccess, AdminGate, TokenSlot, peer_of};
 pub use framing::FramingLayer;
 pub use governor::GovernorService;
 
@@ -39,7 +42,7 @@ pub fn routes(
     telemetry: Arc<Telemetry>,
     health: HealthServer<impl Health>,
     config: &ServerConfig,
-    with_control_plane: bool,
+    control_plane: AdminAccess,
 ) -> Routes {
     let max = config.max_message_bytes;
     let governor = GovernorServer::new(GovernorService::new(ledger.clone(), telemetry))
@@ -58,13 +61,29 @@ pub fn routes(
         .expect("the embedded descriptors are valid");
     let mut routes = Routes::builder();
     routes.add_service(governor);
-    if with_control_plane {
-        routes.add_service(admin);
+    match control_plane {
+        AdminAccess::Absent => {}
+        AdminAccess::Open => {
+            routes.add_service(admin);
+        }
+        AdminAccess::Token(gate) => {
+            routes.add_service(tonic::service::interceptor::InterceptedService::new(
+                admin, gate,
+            ));
+        }
     }
     routes
         .add_service(health)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha);
+    routes.routes()
+}
+
+/// The routes of the health-only listener: `grpc.health.v1.Health` and
+/// nothing else (every other call is UNIMPLEMENTED).
+pub fn health_routes(health: HealthServer<impl Health>) -> Routes {
+    let mut routes = Routes::builder();
+    routes.add_service(health);
     routes.routes()
 }
 

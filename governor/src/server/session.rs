@@ -27,7 +27,7 @@ use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Status, Streaming};
 
 use super::governor::{GovernorService, TraceGuard, acquire_params, acquire_response};
-use crate::ledger::{AcquireRequest, Session, SessionAcquireError};
+use crate::ledger::{AcquireRequest, Peer, Session, SessionAcquireError};
 use crate::telemetry::AcquireFields;
 
 /// What the caller reads.
@@ -43,10 +43,11 @@ pub(super) fn start(
     service: GovernorService,
     request: Request<Streaming<v1::SessionRequest>>,
 ) -> ResponseStream {
-    let (metadata, _, inbound) = request.into_parts();
+    let (metadata, extensions, inbound) = request.into_parts();
+    let peer = super::peer_of(&extensions);
     let (tx, rx) = mpsc::channel(OUTBOUND_BUFFER);
     tokio::spawn(async move {
-        run(&service, &metadata, inbound, tx).await;
+        run(&service, &metadata, peer, inbound, tx).await;
     });
     ReceiverStream::new(rx)
 }
@@ -67,11 +68,12 @@ type Answer<'a> = Pin<Box<dyn Future<Output = v1::SessionResponse> + Send + 'a>>
 async fn run(
     service: &GovernorService,
     metadata: &MetadataMap,
+    peer: Option<Peer>,
     mut inbound: Streaming<v1::SessionRequest>,
     tx: mpsc::Sender<Result<v1::SessionResponse, Status>>,
 ) {
     let ledger = service.ledger();
-    let session = ledger.open_session();
+    let session = ledger.open_session(peer);
     let mut acquires: FuturesUnordered<Answer<'_>> = FuturesUnordered::new();
     let mut draining = ledger.is_draining();
     let end = loop {

@@ -62,6 +62,11 @@ struct ResultLabels {
     result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
 /// An exemplar's labels: the trace of a sampled request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TraceLabels {
@@ -102,6 +107,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     pub(crate) spans_dropped: Counter,
     pub(crate) span_exports_failed: Counter,
+    admin_denied: Family<ReasonLabels, Counter>,
+    pub(crate) uds_peers_refused: Counter,
     handles: DashMap<Arc<str>, Arc<DependencyMetrics>>,
 }
 
@@ -166,6 +173,8 @@ impl Metrics {
             reloads: Family::default(),
             spans_dropped: Counter::default(),
             span_exports_failed: Counter::default(),
+            admin_denied: Family::default(),
+            uds_peers_refused: Counter::default(),
             handles: DashMap::new(),
         };
         metrics
@@ -281,6 +290,16 @@ impl Metrics {
             "trace_exports_failed",
             "Span batches the exporter failed to deliver",
             metrics.span_exports_failed.clone(),
+        );
+        r.register(
+            "admin_denied",
+            "Control-plane calls refused on a non-loopback listener, by reason (missing_token, wrong_token, no_token_file)",
+            metrics.admin_denied.clone(),
+        );
+        r.register(
+            "uds_peers_refused",
+            "Unix-socket connections closed at accept: the peer's uid and gid are not in server.uds_allowed_uids/gids",
+            metrics.uds_peers_refused.clone(),
         );
         metrics
     }
@@ -418,6 +437,12 @@ impl Metrics {
     /// The request-path handles of `name`, if it has any yet.
     pub fn existing(&self, name: &str) -> Option<Arc<DependencyMetrics>> {
         self.handles.get(name).map(|handles| handles.clone())
+    }
+
+    pub fn admin_denied(&self, reason: &'static str) {
+        self.admin_denied
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn config_reloaded(&self, ok: bool) {
