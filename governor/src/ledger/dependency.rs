@@ -249,8 +249,9 @@ impl State {
     fn record_hold(&mut self, held: Duration) {
         // An EWMA with weight 1/8: smooth enough to ignore one slow call,
         // quick enough to follow a dependency that slows down.
+        // In integer nanoseconds: no float conversions on the release path.
         self.mean_hold = Some(match self.mean_hold {
-            Some(mean) => mean.mul_f64(0.875) + held.mul_f64(0.125),
+            Some(mean) => (mean * 7 + held) / 8,
             None => held,
         });
     }

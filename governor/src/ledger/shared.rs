@@ -9,7 +9,7 @@ use tokio::time::Instant;
 use super::decision::{EndedLease, Report, Snapshot};
 use super::dependency::Dependency;
 use super::idle::IdleInbox;
-use super::lease::{LeaseId, LeaseKey};
+use super::lease::{LeaseId, LeaseKey, LeaseKeyHash};
 use super::limit::LimitChange;
 use super::session::Owner;
 
@@ -64,7 +64,7 @@ pub(crate) struct LeaseRecord {
 pub(crate) struct Shared {
     /// Every live lease, by its random key. Sharded, so that releases of
     /// different dependencies do not contend.
-    pub leases: DashMap<LeaseKey, LeaseRecord>,
+    pub leases: DashMap<LeaseKey, LeaseRecord, LeaseKeyHash>,
     pub epoch: u64,
     pub draining: AtomicBool,
     /// Cancelled when draining starts, for whoever waits on it (sessions).
@@ -98,7 +98,7 @@ impl Shared {
         observer: Arc<dyn LedgerObserver>,
     ) -> Self {
         Shared {
-            leases: DashMap::new(),
+            leases: DashMap::with_hasher(LeaseKeyHash::default()),
             epoch,
             draining: AtomicBool::new(false),
             drain_started: tokio_util::sync::CancellationToken::new(),
