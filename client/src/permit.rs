@@ -33,7 +33,9 @@ pub struct Permit {
 /// A lease held at the sidecar.
 struct Lease {
     gov: Governor,
+    /// A bearer credential: never in Debug output or logs; `handle` is.
     id: String,
+    handle: LeaseHandle,
     ttl: Duration,
     renewer: Option<AbortHandle>,
 }
@@ -55,14 +57,17 @@ impl Permit {
     ) -> Self {
         let ttl = from_proto(response.lease_ttl);
         let id = response.lease_id;
-        let renewer = (!ttl.is_zero())
-            .then(|| tokio::spawn(renew_loop(gov.clone(), id.clone(), ttl, cx)).abort_handle());
+        let handle = LeaseHandle::of(&id);
+        let renewer = (!ttl.is_zero()).then(|| {
+            tokio::spawn(renew_loop(gov.clone(), id.clone(), handle, ttl, cx)).abort_handle()
+        });
         Self {
             dependency,
             queue_wait: from_proto(response.queue_wait),
             lease: Some(Lease {
                 gov,
                 id,
+                handle,
                 ttl,
                 renewer,
             }),
@@ -87,9 +92,17 @@ impl Permit {
         self.lease.is_none()
     }
 
-    /// The sidecar's lease id, `None` for a degraded permit.
+    /// The sidecar's lease id, `None` for a degraded permit. A bearer
+    /// credential (whoever has it can release the lease): log
+    /// [`Permit::lease_handle`] instead, as `Debug` does.
     pub fn lease_id(&self) -> Option<&str> {
         self.lease.as_ref().map(|l| l.id.as_str())
+    }
+
+    /// A short non-secret name of the lease for logs, `None` for a degraded
+    /// permit.
+    pub fn lease_handle(&self) -> Option<LeaseHandle> {
+        self.lease.as_ref().map(|l| l.handle)
     }
 
     /// The lease TTL granted at acquire time (renewal keeps extending it).
@@ -174,14 +187,16 @@ fn spawn_release(mut lease: Lease, outcome: Outcome, latency: Option<Duration>) 
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             let cx = Context::current();
+            let handle = lease.handle;
             runtime.spawn(async move {
                 if let Err(status) = lease.gov.release_rpc(lease.id, outcome, latency, &cx).await {
-                    tracing::debug!(%status, "background release failed");
+                    tracing::debug!(lease = %handle, %status, "background release failed");
                 }
             });
         }
         // The lease id is a bearer credential: never logged.
         Err(_) => tracing::debug!(
+            lease = %lease.handle,
             "permit dropped outside a tokio runtime; its lease expires after the TTL"
         ),
     }
@@ -199,7 +214,7 @@ impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("dependency", &self.dependency)
-            .field("lease_id", &self.lease_id().map(|_| "<redacted>"))
+            .field("lease", &self.lease_handle())
             .field("lease_ttl", &self.lease_ttl())
             .field("queue_wait", &self.queue_wait)
             .finish()
@@ -209,7 +224,13 @@ impl fmt::Debug for Permit {
 /// Renews the lease at a third of its TTL, so that two renewals can fail
 /// before it expires. Stops when the sidecar no longer knows the lease;
 /// aborted by release and drop.
-async fn renew_loop(gov: Governor, lease_id: String, mut ttl: Duration, cx: Context) {
+async fn renew_loop(
+    gov: Governor,
+    lease_id: String,
+    lease: LeaseHandle,
+    mut ttl: Duration,
+    cx: Context,
+) {
     loop {
         let period = (ttl / 3).max(MIN_RENEW_PERIOD);
         tokio::time::sleep(period).await;
@@ -226,13 +247,44 @@ async fn renew_loop(gov: Governor, lease_id: String, mut ttl: Duration, cx: Cont
                     .leases_lost
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
+                    %lease,
                     "governor lease expired while the permit was held; the call is no longer counted"
                 );
                 return;
             }
             Err(status) => {
-                tracing::debug!(%status, "governor lease renewal failed; retrying");
+                tracing::debug!(%lease, %status, "governor lease renewal failed; retrying");
             }
         }
+    }
+}
+
+/// A short non-secret name of a lease for logs and `Debug`: 32 bits of a
+/// keyed hash of its id (SipHash-1-3 with a per-process random key, as the
+/// sidecar's `governor.lease`), shown as 8 hex digits. Enough to tell leases
+/// apart in one process's logs; useless for finding the id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseHandle(u32);
+
+impl LeaseHandle {
+    fn of(id: &str) -> LeaseHandle {
+        use std::hash::{BuildHasher, Hasher, RandomState};
+        use std::sync::OnceLock;
+        static KEY: OnceLock<RandomState> = OnceLock::new();
+        let mut hasher = KEY.get_or_init(RandomState::new).build_hasher();
+        hasher.write(id.as_bytes());
+        LeaseHandle((hasher.finish() >> 32) as u32)
+    }
+}
+
+impl fmt::Display for LeaseHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+impl fmt::Debug for LeaseHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
