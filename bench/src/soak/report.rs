@@ -6,6 +6,11 @@ use super::SoakResults;
 use super::sample::Sample;
 use crate::report::{RunInfo, analysis_block, run_header};
 
+/// Reads one figure of a sample.
+type Field = fn(&Sample) -> u64;
+/// Reads one figure of a sample in the unit it is plotted in.
+type Plotted = fn(&Sample) -> f64;
+
 /// One row per sample: before the load (`phase` = baseline), during it
 /// (load) and the last one after it (rest).
 pub fn csv(r: &SoakResults) -> String {
@@ -194,7 +199,7 @@ pub fn markdown(r: &SoakResults, csv_name: &str, svg_name: &str, analysis: Optio
     );
     let base = r.baseline.unwrap_or_default();
     let rest = r.rest.unwrap_or_default();
-    let field: [(&str, fn(&Sample) -> u64, bool); 3] = [
+    let field: [(&str, Field, bool); 3] = [
         ("RSS (KiB)", |s| s.rss_kib, true),
         ("open fds", |s| s.fds, false),
         ("tokio tasks", |s| s.tasks, false),
@@ -239,7 +244,7 @@ pub fn markdown(r: &SoakResults, csv_name: &str, svg_name: &str, analysis: Optio
         p.rest_slack
     );
     let _ = writeln!(m, "| | Before the load | After the load |\n|---|---:|---:|");
-    let rows: [(&str, fn(&Sample) -> u64); 6] = [
+    let rows: [(&str, Field); 6] = [
         ("Live leases", |s| s.in_flight),
         ("Waiters", |s| s.queued),
         ("Dependencies", |s| s.dependencies),
@@ -302,7 +307,7 @@ pub fn svg(r: &SoakResults) -> String {
     const LEFT: f64 = 80.0;
     const RIGHT: f64 = 20.0;
     const TOP: f64 = 40.0;
-    let panels: [(&str, fn(&Sample) -> f64, f64); 3] = [
+    let panels: [(&str, Plotted, f64); 3] = [
         ("RSS (MiB)", |s| s.rss_kib as f64 / 1024.0, 1.0 / 1024.0),
         ("open fds", |s| s.fds as f64, 1.0),
         ("tokio tasks", |s| s.tasks as f64, 1.0),

@@ -67,7 +67,7 @@ pub async fn scrape(admin: SocketAddr) -> Result<String, String> {
     let (head, body) = text
         .split_once("\r\n\r\n")
         .ok_or_else(|| format!("GET http://{admin}/metrics: no HTTP header"))?;
-    if !head.starts_with("HTTP/1.") || !head.split_whitespace().nth(1).is_some_and(|c| c == "200") {
+    if !head.starts_with("HTTP/1.") || head.split_whitespace().nth(1) != Some("200") {
         return Err(format!(
             "GET http://{admin}/metrics: {}",
             head.lines().next().unwrap_or("")
