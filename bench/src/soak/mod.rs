@@ -113,8 +113,8 @@ pub struct SoakResults {
     pub baseline: Option<Sample>,
     /// One per interval while the load ran.
     pub samples: Vec<Sample>,
-    /// When the sidecar came back to rest after the load (or the settle
-    /// timeout ran out).
+    /// When the sidecar came back to rest after the load, which ends half an
+    /// interval after the last sample (or when the settle timeout ran out).
     pub rest: Option<Sample>,
     pub verdicts: Vec<Verdict>,
     pub counts: Counts,
@@ -199,7 +199,8 @@ pub async fn run(
     ));
     results.baseline = Some(baseline);
     let start = Instant::now();
-    let end = start + plan.duration;
+    // Half an interval past the last sample, so that it is taken under load.
+    let end = start + plan.duration + plan.interval / 2;
     let load = tokio::spawn({
         let mix = plan.mix.clone();
         let target = target.clone();

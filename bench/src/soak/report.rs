@@ -259,7 +259,7 @@ pub fn markdown(r: &SoakResults, csv_name: &str, svg_name: &str, analysis: Optio
         let _ = writeln!(
             m,
             "\nReached {:.1} s after the load stopped.",
-            rest.t - p.duration.as_secs_f64()
+            rest.t - (p.duration + p.interval / 2).as_secs_f64()
         );
     }
     let _ = writeln!(

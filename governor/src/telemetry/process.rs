@@ -240,7 +240,7 @@ mod tests {
     }
 
     #[test]
-    fn leaves_the_task_count_out_off_the_runtime() {
+    fn leaves_the_task_count_out_outside_a_runtime() {
         assert_eq!(runtime_tasks(ProcessCollector), None);
     }
 }
