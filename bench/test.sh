@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Tests of the benchmark harness: its unit tests (load generators, downstream
 # model, OTLP sink, /proc readers, ledger scale runs), then a smoke run of every
-# arm against the real governor binary over real gRPC.
+# arm against the real governor binary over real gRPC, and a 60 s soak.
 # The binary comes from $GOVERNOR_BIN, default <repo>/target/debug/governor
 # (the top-level test command builds it first).
 set -euo pipefail
@@ -15,3 +15,5 @@ if [ ! -x "$governor_bin" ]; then
 fi
 cargo test -p governor-bench
 cargo run -q -p governor-bench -- --smoke --governor-bin "$governor_bin"
+cargo run -q -p governor-bench -- --soak --soak-duration 60s --governor-bin "$governor_bin" \
+  --out-dir target/bench-smoke --doc target/bench-smoke/soak.md

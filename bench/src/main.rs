@@ -10,6 +10,7 @@
 //! cargo run --release -p governor-bench                # the full run
 //! cargo run -p governor-bench -- --smoke --governor-bin target/debug/governor   # CI, < 30 s
 //! cargo run --release -p governor-bench -- --quick --only adaptive   # the adaptive-limit arms only
+//! cargo run --release -p governor-bench -- --soak      # 30 minutes: does it leak? (docs/soak.md)
 //! ```
 
 mod adaptive;
@@ -23,6 +24,7 @@ mod process;
 mod redis_sem;
 mod report;
 mod scale;
+mod soak;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -82,6 +84,27 @@ struct Args {
     /// Do not pin the sidecar and the load generator to different cores.
     #[arg(long)]
     no_pin: bool,
+    /// Instead of the arms, the soak: the sidecar under a steady mixed load
+    /// for --soak-duration, sampled every --soak-interval; fails if its RSS,
+    /// fds or tasks grow or do not come back after the load. Writes
+    /// OUT_DIR/soak.csv, OUT_DIR/soak.svg and --doc [default: <repo>/docs/soak.md,
+    /// or OUT_DIR/soak.md when --out-dir is given].
+    #[arg(long, conflicts_with_all = ["quick", "smoke", "only", "repeats"])]
+    soak: bool,
+    /// How long the soak's load runs (e.g. 30m, 60s).
+    #[arg(long, default_value = "30m", value_parser = humantime::parse_duration)]
+    soak_duration: Duration,
+    /// How often the soak samples the sidecar.
+    #[arg(long, default_value = "10s", value_parser = parse_interval)]
+    soak_interval: Duration,
+}
+
+fn parse_interval(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d < Duration::from_millis(100) {
+        return Err(format!("must be at least 100ms, got {s}"));
+    }
+    Ok(d)
 }
 
 /// The groups of arms, each with a report of its own.
@@ -227,6 +250,10 @@ fn plans(args: &Args) -> Plans {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some(soak::load::HOLDER_COMMAND) {
+        return holder(&argv[2..]);
+    }
     let args = Args::parse();
     // Describe the machine before pinning narrows what this process sees.
     let machine = Machine::describe();
@@ -269,6 +296,112 @@ fn main() -> ExitCode {
 
 fn log(line: &str) {
     eprintln!("{line}");
+}
+
+/// A soak child that holds permits until it is killed.
+fn holder(args: &[String]) -> ExitCode {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build();
+    let outcome = match runtime {
+        Ok(rt) => rt.block_on(soak::load::holder(args)),
+        Err(e) => Err(format!("cannot start the runtime: {e}")),
+    };
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("governor-bench {}: {e}", soak::load::HOLDER_COMMAND);
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run_soak(args: &Args, pinning: Pinning, machine: Machine) -> Result<bool, String> {
+    let root = repo_root();
+    let governor_bin = args
+        .governor_bin
+        .clone()
+        .unwrap_or_else(|| root.join("target/release/governor"));
+    let out_dir = args
+        .out_dir
+        .clone()
+        .unwrap_or_else(|| root.join("docs/bench"));
+    let out = soak::SoakOutputs {
+        csv: out_dir.join("soak.csv"),
+        svg: out_dir.join("soak.svg"),
+        doc: args.doc.clone().unwrap_or_else(|| match &args.out_dir {
+            Some(dir) => dir.join("soak.md"),
+            None => root.join("docs/soak.md"),
+        }),
+    };
+    std::fs::create_dir_all(&out_dir).map_err(|e| format!("create {}: {e}", out_dir.display()))?;
+    let work = std::env::temp_dir().join(format!("governor-bench-soak-{}", std::process::id()));
+    std::fs::create_dir_all(&work).map_err(|e| format!("create {}: {e}", work.display()))?;
+    log(&format!(
+        "governor-bench soak; machine: {} CPUs ({}), {} RAM; {}",
+        machine.nproc, machine.cpu_model, machine.memory, pinning.note
+    ));
+    log(&format!("governor: {}", governor_bin.display()));
+    let plan = soak::SoakPlan::new(args.soak_duration, args.soak_interval);
+    let results = soak::run(
+        plan,
+        &governor_bin,
+        &work,
+        &pinning,
+        machine,
+        command_line(),
+        &log,
+    )
+    .await;
+    let _ = std::fs::remove_dir_all(&work);
+    let results = results?;
+    let csv_name = out
+        .csv
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let rel = |path: &Path| {
+        out.doc
+            .parent()
+            .and_then(|d| path.strip_prefix(d).ok())
+            .map_or_else(|| path.display().to_string(), |r| r.display().to_string())
+    };
+    let analysis = report::existing_analysis(&out.doc);
+    let doc = soak::report::markdown(&results, &csv_name, &rel(&out.svg), analysis.as_deref());
+    for (path, text) in [
+        (&out.csv, soak::report::csv(&results)),
+        (&out.svg, soak::report::svg(&results)),
+        (&out.doc, doc),
+    ] {
+        std::fs::write(path, text).map_err(|e| format!("write {}: {e}", path.display()))?;
+    }
+    println!(
+        "wrote {}, {} and {}",
+        out.doc.display(),
+        out.csv.display(),
+        out.svg.display()
+    );
+    for v in &results.verdicts {
+        println!(
+            "{:<8} {}: median {:.0} in the 2nd third, {:.0} in the last (allowed up to {:.0})",
+            if v.grew { "GREW" } else { "FLAT" },
+            v.name,
+            v.second_third_median,
+            v.last_third_median,
+            v.ceiling
+        );
+    }
+    for w in &results.warnings {
+        println!("WARNING  {w}");
+    }
+    for f in &results.failures {
+        println!("FAILED   {f}");
+    }
+    println!(
+        "governor-bench soak: {}",
+        if results.ok() { "ok" } else { "FAILED" }
+    );
+    Ok(results.ok())
 }
 
 /// Where a report goes: its JSON, its SVG and its Markdown document.
@@ -327,6 +460,9 @@ fn print_outcome(targets: &[Target], warnings: &[String], failures: &[String]) {
 }
 
 async fn run(args: Args, pinning: Pinning, machine: Machine) -> Result<bool, String> {
+    if args.soak {
+        return run_soak(&args, pinning, machine).await;
+    }
     let root = repo_root();
     let plans = plans(&args);
     let governor_bin = args

@@ -77,6 +77,8 @@ pub struct Governor {
     pub process: Process,
     pub grpc: SocketAddr,
     pub uds: PathBuf,
+    /// The HTTP admin listener (/metrics), when started with one.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Governor {
@@ -89,6 +91,31 @@ impl Governor {
         env: &[(&str, String)],
         dir: &Path,
         pinning: &Pinning,
+    ) -> Result<Governor, String> {
+        Governor::launch(bin, name, config, env, dir, pinning, "off").await
+    }
+
+    /// [`Governor::start`] with the HTTP admin listener (/metrics) on
+    /// `127.0.0.1:0` too.
+    pub async fn start_with_admin(
+        bin: &Path,
+        name: &str,
+        config: &str,
+        env: &[(&str, String)],
+        dir: &Path,
+        pinning: &Pinning,
+    ) -> Result<Governor, String> {
+        Governor::launch(bin, name, config, env, dir, pinning, "127.0.0.1:0").await
+    }
+
+    async fn launch(
+        bin: &Path,
+        name: &str,
+        config: &str,
+        env: &[(&str, String)],
+        dir: &Path,
+        pinning: &Pinning,
+        admin_listen: &str,
     ) -> Result<Governor, String> {
         if !bin.is_file() {
             return Err(format!(
@@ -106,7 +133,13 @@ impl Governor {
         command
             .arg("--config")
             .arg(&config_path)
-            .args(["--listen", "127.0.0.1:0", "--admin-listen", "off", "--uds"])
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--admin-listen",
+                admin_listen,
+                "--uds",
+            ])
             .arg(&uds)
             .env("RUST_LOG", "warn")
             .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
@@ -163,7 +196,20 @@ impl Governor {
         let uds = field("uds")
             .map(PathBuf::from)
             .ok_or_else(|| format!("no uds= in {line:?}"))?;
-        Ok(Governor { process, grpc, uds })
+        let admin = match admin_listen {
+            "off" => None,
+            _ => Some(
+                field("admin")
+                    .and_then(|a| a.parse().ok())
+                    .ok_or_else(|| format!("no admin=ADDR in ready line {line:?}"))?,
+            ),
+        };
+        Ok(Governor {
+            process,
+            grpc,
+            uds,
+            admin,
+        })
     }
 
     pub async fn tcp_channel(&self) -> Result<Channel, String> {

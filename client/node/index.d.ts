@@ -128,8 +128,15 @@ export interface GovernorStats {
 export declare class Permit {
   private constructor();
   readonly dependency: string;
-  /** Empty for a degraded permit. */
+  /**
+   * Empty for a degraded permit. A bearer credential: never log it (console.log,
+   * util.inspect and JSON.stringify of a permit show leaseHandle instead).
+   */
   readonly leaseId: string;
+  /** 8 hex digits of the lease id's SHA-256, for logs; empty for a degraded permit. */
+  readonly leaseHandle: string;
+  /** The permit without its lease id. */
+  toJSON(): Record<string, unknown>;
   /** True when the sidecar was unreachable and the client failed open. */
   readonly degraded: boolean;
   readonly leaseTtlMs: number;

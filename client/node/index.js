@@ -6,7 +6,9 @@
 // definition shipped by grpc-health-check.
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { createHash } from 'node:crypto';
 import { performance } from 'node:perf_hooks';
+import { inspect } from 'node:util';
 import * as grpc from '@grpc/grpc-js';
 import * as protoLoader from '@grpc/proto-loader';
 import { service as healthServiceDefinition } from 'grpc-health-check';
@@ -315,6 +317,10 @@ function adaptiveToWire(adaptive) {
  */
 export class Permit {
   #gov;
+  // A bearer credential: private, so that console.log, util.inspect and
+  // JSON.stringify never show it; the getter keeps it usable.
+  #leaseId;
+  #leaseHandle = null;
   #releasePromise = null;
   #timer = null;
   #renewCall = null;
@@ -325,7 +331,7 @@ export class Permit {
   constructor(gov, dependency, fields) {
     this.#gov = gov;
     this.dependency = dependency;
-    this.leaseId = fields.leaseId ?? '';
+    this.#leaseId = fields.leaseId ?? '';
     this.degraded = Boolean(fields.degraded);
     this.leaseTtlMs = fields.leaseTtlMs ?? 0;
     this.queueWaitMs = fields.queueWaitMs ?? 0;
@@ -335,6 +341,45 @@ export class Permit {
     this.attempt = fields.attempt ?? 0;
     this.acquiredAt = performance.now();
     this.renewals = 0;
+  }
+
+  /**
+   * The sidecar's lease id; empty for a degraded permit. A bearer credential
+   * (whoever has it can release the lease): never log it, log leaseHandle.
+   */
+  get leaseId() {
+    return this.#leaseId;
+  }
+
+  /** 8 hex digits of the lease id's SHA-256: names the lease in logs without revealing it ('' when degraded). */
+  get leaseHandle() {
+    if (this.#leaseHandle === null) {
+      this.#leaseHandle = this.#leaseId ? createHash('sha256').update(this.#leaseId).digest('hex').slice(0, 8) : '';
+    }
+    return this.#leaseHandle;
+  }
+
+  /** What console.log and util.inspect show: the lease's handle, never its id. */
+  [inspect.custom](depth, options, inspectFn = inspect) {
+    return `Permit ${inspectFn(this.toJSON(), options)}`;
+  }
+
+  /** What JSON.stringify shows: the lease's handle, never its id. */
+  toJSON() {
+    return {
+      dependency: this.dependency,
+      leaseHandle: this.leaseHandle,
+      degraded: this.degraded,
+      released: this.released,
+      leaseLost: this.leaseLost,
+      leaseTtlMs: this.leaseTtlMs,
+      queueWaitMs: this.queueWaitMs,
+      limit: this.limit,
+      inFlight: this.inFlight,
+      queued: this.queued,
+      attempt: this.attempt,
+      renewals: this.renewals,
+    };
   }
 
   /** True once release() was called. */

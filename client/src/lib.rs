@@ -100,7 +100,7 @@ pub use governor::{
     Governor, GovernorBuilder, MAX_SIDECAR_WAIT, Stats,
 };
 pub use layer::{GovernorLayer, GovernorService, ResponseFuture};
-pub use permit::Permit;
+pub use permit::{LeaseHandle, Permit};
 pub use rate_governor_proto::v1::{Outcome, Priority, RejectReason};
 pub use retry::RetryPolicy;
 pub use transport::ConnectError;

@@ -39,7 +39,9 @@ pub struct Permit {
 /// A lease held at the sidecar.
 struct Lease {
     gov: Governor,
+    /// A bearer credential: never in Debug output or logs; `handle` is.
     id: String,
+    handle: LeaseHandle,
     ttl: Duration,
     renewer: Option<AbortHandle>,
     /// The Session stream that owns it; `None` when granted by the unary RPC.
@@ -64,8 +66,9 @@ impl Permit {
     ) -> Self {
         let ttl = from_proto(response.lease_ttl);
         let id = response.lease_id;
+        let handle = LeaseHandle::of(&id);
         let renewer = (!ttl.is_zero()).then(|| {
-            let renew = renew_loop(gov.clone(), id.clone(), ttl, session.clone(), cx);
+            let renew = renew_loop(gov.clone(), id.clone(), handle, ttl, session.clone(), cx);
             tokio::spawn(renew).abort_handle()
         });
         Self {
@@ -74,6 +77,7 @@ impl Permit {
             lease: Some(Lease {
                 gov,
                 id,
+                handle,
                 ttl,
                 renewer,
                 session,
@@ -99,9 +103,17 @@ impl Permit {
         self.lease.is_none()
     }
 
-    /// The sidecar's lease id, `None` for a degraded permit.
+    /// The sidecar's lease id, `None` for a degraded permit. A bearer
+    /// credential (whoever has it can release the lease): log
+    /// [`Permit::lease_handle`] instead, as `Debug` does.
     pub fn lease_id(&self) -> Option<&str> {
         self.lease.as_ref().map(|l| l.id.as_str())
+    }
+
+    /// A short non-secret name of the lease for logs, `None` for a degraded
+    /// permit.
+    pub fn lease_handle(&self) -> Option<LeaseHandle> {
+        self.lease.as_ref().map(|l| l.handle)
     }
 
     /// The lease TTL granted at acquire time (renewal keeps extending it).
@@ -224,6 +236,7 @@ fn spawn_release(mut lease: Lease, outcome: Outcome, latency: Option<Duration>) 
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             let cx = Context::current();
+            let handle = lease.handle;
             runtime.spawn(async move {
                 let result = match &lease.session {
                     Some(stream) => {
@@ -235,12 +248,13 @@ fn spawn_release(mut lease: Lease, outcome: Outcome, latency: Option<Duration>) 
                     None => lease.gov.release_rpc(lease.id, outcome, latency, &cx).await,
                 };
                 if let Err(status) = result {
-                    tracing::debug!(%status, "background release failed");
+                    tracing::debug!(lease = %handle, %status, "background release failed");
                 }
             });
         }
         // The lease id is a bearer credential: never logged.
         Err(_) => tracing::debug!(
+            lease = %lease.handle,
             "permit dropped outside a tokio runtime; its lease expires after the TTL"
         ),
     }
@@ -258,7 +272,7 @@ impl fmt::Debug for Permit {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Permit")
             .field("dependency", &self.dependency)
-            .field("lease_id", &self.lease_id().map(|_| "<redacted>"))
+            .field("lease", &self.lease_handle())
             .field("lease_ttl", &self.lease_ttl())
             .field("queue_wait", &self.queue_wait)
             .finish()
@@ -271,6 +285,7 @@ impl fmt::Debug for Permit {
 async fn renew_loop(
     gov: Governor,
     lease_id: String,
+    lease: LeaseHandle,
     mut ttl: Duration,
     session: Option<Arc<Stream>>,
     cx: Context,
@@ -301,13 +316,44 @@ async fn renew_loop(
                     .leases_lost
                     .fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(
+                    %lease,
                     "governor lease expired while the permit was held; the call is no longer counted"
                 );
                 return;
             }
             Err(status) => {
-                tracing::debug!(%status, "governor lease renewal failed; retrying");
+                tracing::debug!(%lease, %status, "governor lease renewal failed; retrying");
             }
         }
+    }
+}
+
+/// A short non-secret name of a lease for logs and `Debug`: 32 bits of a
+/// keyed hash of its id (SipHash-1-3 with a per-process random key, as the
+/// sidecar's `governor.lease`), shown as 8 hex digits. Enough to tell leases
+/// apart in one process's logs; useless for finding the id.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LeaseHandle(u32);
+
+impl LeaseHandle {
+    fn of(id: &str) -> LeaseHandle {
+        use std::hash::{BuildHasher, Hasher, RandomState};
+        use std::sync::OnceLock;
+        static KEY: OnceLock<RandomState> = OnceLock::new();
+        let mut hasher = KEY.get_or_init(RandomState::new).build_hasher();
+        hasher.write(id.as_bytes());
+        LeaseHandle((hasher.finish() >> 32) as u32)
+    }
+}
+
+impl fmt::Display for LeaseHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:08x}", self.0)
+    }
+}
+
+impl fmt::Debug for LeaseHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }

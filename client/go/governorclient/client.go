@@ -112,7 +112,7 @@ type Client struct {
 	opts     Options
 
 	mu     sync.Mutex
-	held   map[string]*Lease // granted by Acquire, not yet given to Release
+	held   map[LeaseID]*Lease // granted by Acquire, not yet given to Release
 	closed bool
 }
 
@@ -142,7 +142,7 @@ func New(cc grpc.ClientConnInterface, opts Options) *Client {
 		gov:   governorv1.NewGovernorClient(cc),
 		admin: governorv1.NewGovernorAdminClient(cc),
 		opts:  opts,
-		held:  map[string]*Lease{},
+		held:  map[LeaseID]*Lease{},
 	}
 }
 
@@ -187,8 +187,11 @@ func (c *Client) Governor() governorv1.GovernorClient { return c.gov }
 func (c *Client) Admin() governorv1.GovernorAdminClient { return c.admin }
 
 // Lease is a granted permit. Pass ID to Release and Renew.
+//
+// Printed with any fmt verb (%v, %+v, %#v, %s), logged with log or slog, or
+// marshalled to JSON, a Lease shows its ID's Handle, never the ID: see LeaseID.
 type Lease struct {
-	ID         string
+	ID         LeaseID
 	Dependency string
 	// TTL is the lease's time to live: it expires unless released or renewed
 	// within it.
@@ -264,7 +267,7 @@ func (c *Client) Acquire(ctx context.Context, dependency string, opts ...Acquire
 		return nil, fmt.Errorf("governor: %s granted without a lease_id", dependency)
 	}
 	lease := &Lease{
-		ID:         resp.GetLeaseId(),
+		ID:         LeaseID(resp.GetLeaseId()),
 		Dependency: dependency,
 		TTL:        resp.GetLeaseTtl().AsDuration(),
 		QueueWait:  resp.GetQueueWait().AsDuration(),
@@ -298,13 +301,13 @@ func (c *Client) acquireTimeout(req *governorv1.AcquireRequest) time.Duration {
 // was unknown, expired or already released. latency is the downstream
 // latency the caller measured; zero leaves it unset. The call is bounded by
 // Options.CallTimeout.
-func (c *Client) Release(ctx context.Context, leaseID string, outcome governorv1.Outcome, latency time.Duration) (bool, error) {
+func (c *Client) Release(ctx context.Context, leaseID LeaseID, outcome governorv1.Outcome, latency time.Duration) (bool, error) {
 	c.mu.Lock()
 	delete(c.held, leaseID)
 	c.mu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, c.callTimeout())
 	defer cancel()
-	req := &governorv1.ReleaseRequest{LeaseId: leaseID, Outcome: outcome}
+	req := &governorv1.ReleaseRequest{LeaseId: string(leaseID), Outcome: outcome}
 	if latency > 0 {
 		req.Latency = durationpb.New(latency)
 	}
@@ -318,14 +321,14 @@ func (c *Client) Release(ctx context.Context, leaseID string, outcome governorv1
 // Renew extends a held lease by the dependency's lease TTL and returns the
 // new TTL. renewed is false (not an error) when the lease was unknown,
 // expired or released. The call is bounded by Options.CallTimeout.
-func (c *Client) Renew(ctx context.Context, leaseID string) (ttl time.Duration, renewed bool, err error) {
+func (c *Client) Renew(ctx context.Context, leaseID LeaseID) (ttl time.Duration, renewed bool, err error) {
 	return c.renew(ctx, leaseID, c.callTimeout())
 }
 
-func (c *Client) renew(ctx context.Context, leaseID string, timeout time.Duration) (time.Duration, bool, error) {
+func (c *Client) renew(ctx context.Context, leaseID LeaseID, timeout time.Duration) (time.Duration, bool, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	resp, err := c.gov.Renew(ctx, &governorv1.RenewRequest{LeaseId: leaseID})
+	resp, err := c.gov.Renew(ctx, &governorv1.RenewRequest{LeaseId: string(leaseID)})
 	if err != nil {
 		return 0, false, err
 	}

@@ -94,7 +94,7 @@ func (b *bgErrors) record(op string, l *governorclient.Lease, err error) {
 	defer b.mu.Unlock()
 	id := "-"
 	if l != nil {
-		id = l.ID
+		id = l.ID.Handle()
 	}
 	b.errs = append(b.errs, fmt.Sprintf("%s %s: %v", op, id, err))
 }

@@ -290,7 +290,7 @@ func TestTableCloseReleasesHeldLeasesUnspecified(t *testing.T) {
 		req := r.request.(*governorv1.ReleaseRequest)
 		got = append(got, req.GetLeaseId()+" "+req.GetOutcome().String())
 	}
-	want := []string{given.ID + " OUTCOME_SUCCESS", kept.ID + " OUTCOME_UNSPECIFIED"}
+	want := []string{string(given.ID) + " OUTCOME_SUCCESS", string(kept.ID) + " OUTCOME_UNSPECIFIED"}
 	if len(got) != 2 || got[0] != want[0] || got[1] != want[1] {
 		t.Errorf("releases = %v, want %v", got, want)
 	}

@@ -1,9 +1,11 @@
 // End-to-end tests against the REAL governor binary over real gRPC.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
+import { format, inspect } from 'node:util';
 import {
   Governor,
   GovernorError,
@@ -197,6 +199,47 @@ describe('permits against the real sidecar', () => {
       { timeoutMs: 5000, what: 'in_flight == 0 on "orphan"' },
     );
     assert.ok(s.expiredTotal > before.expiredTotal);
+  });
+
+  test('a permit shows a short handle of its lease, never the id, and still releases with it', async () => {
+    const permit = await gov.acquire('renewed');
+    const id = permit.leaseId;
+    assert.ok(id.length > 8, 'a granted permit has a lease id');
+    const handle = createHash('sha256').update(id).digest('hex').slice(0, 8);
+    assert.equal(permit.leaseHandle, handle);
+    // Renewals run in the background: render while they do.
+    await waitFor(async () => permit.renewals >= 1 || null, { timeoutMs: 5000, what: 'a renewal' });
+    const lines = [];
+    const realLog = console.log;
+    console.log = (...args) => lines.push(format(...args));
+    try {
+      console.log(permit);
+      console.log('held %o %O %s %j', permit, permit, permit, permit);
+      console.log({ permit, all: [permit] });
+    } finally {
+      console.log = realLog;
+    }
+    const rendered = [
+      ...lines,
+      inspect(permit),
+      inspect(permit, { showHidden: true, depth: Infinity, getters: true }),
+      // Without the custom inspector: own properties only, the id is private.
+      inspect(permit, { customInspect: false, depth: Infinity }),
+      JSON.stringify(permit),
+      JSON.stringify({ ...permit }),
+      String(permit),
+      `${permit}`,
+      Object.keys(permit).join(','),
+    ];
+    for (const text of rendered) {
+      assert.ok(!text.includes(id), `lease id in: ${text}`);
+    }
+    assert.ok(inspect(permit).includes(`leaseHandle: '${handle}'`), inspect(permit));
+    assert.equal(JSON.parse(JSON.stringify(permit)).leaseHandle, handle);
+    assert.equal((await status('renewed')).inFlight, 1);
+    assert.equal(await permit.release(Outcome.SUCCESS), true);
+    assert.equal((await status('renewed')).inFlight, 0);
+    assert.ok(!logger.warnings.some((w) => w.includes(id)), logger.warnings.join('\n'));
   });
 
   test('renewal keeps a permit alive past its TTL, and stops at release', async () => {

@@ -134,6 +134,78 @@ async fn builder_defaults_apply_to_every_acquire() {
     });
 }
 
+/// Log lines written while a test runs on this thread (the test runtime is
+/// current-thread, so the spawned renewer logs here too).
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Captured {
+    fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+}
+
+#[tokio::test]
+async fn the_lease_id_is_never_in_debug_output_or_logs() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let _guard = tracing::subscriber::set_default(
+        tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || writer.clone())
+            .finish(),
+    );
+    let (fake, gov) = fake_and_client().await;
+    // A short TTL and a sidecar that forgets the lease: the renewer logs.
+    fake.update(|s| {
+        s.lease_ttl = Duration::from_millis(60);
+        s.renew_ok = false;
+    });
+    let permit = gov.acquire("payments").await.unwrap();
+    let id = permit.lease_id().unwrap().to_owned();
+    assert_eq!(id, "lease-1");
+    let handle = permit.lease_handle().unwrap().to_string();
+    assert_eq!(handle.len(), 8);
+    assert!(handle.chars().all(|c| c.is_ascii_hexdigit()), "{handle}");
+    fake.wait_for("a renew", |s| !s.renews.is_empty()).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !logs.text().contains("expired") {
+        assert!(
+            Instant::now() < deadline,
+            "no warning logged: {}",
+            logs.text()
+        );
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let rendered = [
+        format!("{permit:?}"),
+        format!("{permit:#?}"),
+        format!("{:?}", [&permit]),
+        format!("{:?}", permit.lease_handle()),
+        logs.text(),
+    ];
+    for text in &rendered {
+        assert!(!text.contains(&id), "lease id in: {text}");
+    }
+    assert!(rendered[0].contains(&handle), "{}", rendered[0]);
+    assert!(logs.text().contains(&handle), "{}", logs.text());
+    // The id is still what the release carries.
+    permit.release(Outcome::Success).await.unwrap();
+    fake.with(|s| assert_eq!(s.releases[0].message.lease_id, id));
+}
+
 #[tokio::test]
 async fn dropping_a_permit_releases_it_as_unspecified() {
     let (fake, gov) = fake_and_client().await;
@@ -333,7 +405,7 @@ async fn unreachable_sidecar_fails_open_by_default_and_closed_on_request() {
         let permit = open.acquire("payments").await.unwrap();
         assert!(permit.is_degraded());
         assert_eq!(permit.lease_id(), None);
-        assert!(!permit.release(Outcome::Success).await.unwrap());
+        permit.release(Outcome::Success).await.unwrap();
         assert_eq!(open.stats().fail_open_permits, expected);
     }
     let ran = open.run("payments", async { Ok::<_, ()>("ran") }).await;

@@ -94,6 +94,17 @@ impl Collector for ProcessCollector {
             let gauge = ConstGauge::new(value);
             gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)?;
         }
+        // Scrapes are served on the runtime; outside one (a unit test) the
+        // series is left out. A count that only grows is a task leak.
+        if let Ok(handle) = tokio::runtime::Handle::try_current() {
+            let gauge = ConstGauge::new(handle.metrics().num_alive_tasks() as i64);
+            gauge.encode(encoder.encode_descriptor(
+                "governor_runtime_tasks",
+                "Tasks alive on the sidecar's tokio runtime.",
+                None,
+                gauge.metric_type(),
+            )?)?;
+        }
         Ok(())
     }
 }
@@ -200,5 +211,36 @@ mod tests {
             "{started} vs {now}"
         );
         assert!(reading.cpu_seconds.is_some());
+    }
+
+    fn runtime_tasks(collector: ProcessCollector) -> Option<i64> {
+        let mut registry = prometheus_client::registry::Registry::default();
+        registry.register_collector(Box::new(collector));
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &registry).unwrap();
+        text.lines()
+            .find_map(|l| l.strip_prefix("governor_runtime_tasks "))
+            .map(|v| v.parse().unwrap())
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn counts_the_tasks_alive_on_the_runtime() {
+        let before = runtime_tasks(ProcessCollector).unwrap();
+        let tasks: Vec<_> = (0..3)
+            .map(|_| tokio::spawn(std::future::pending::<()>()))
+            .collect();
+        assert_eq!(runtime_tasks(ProcessCollector), Some(before + 3));
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            assert!(task.await.unwrap_err().is_cancelled());
+        }
+        assert_eq!(runtime_tasks(ProcessCollector), Some(before));
+    }
+
+    #[test]
+    fn leaves_the_task_count_out_outside_a_runtime() {
+        assert_eq!(runtime_tasks(ProcessCollector), None);
     }
 }

@@ -156,7 +156,15 @@ class AsyncPermit:
 
     def __repr__(self) -> str:
         state = "degraded" if self.degraded else ("released" if self._done else "held")
-        return f"<AsyncPermit {self.dependency!r} {state}>"  # the lease id is a bearer credential
+        # The lease id is a bearer credential: only its handle is shown.
+        lease = f" lease={self.lease_handle}" if self.lease_handle else ""
+        return f"<AsyncPermit {self.dependency!r} {state}{lease}>"
+
+    @property
+    def lease_handle(self) -> str:
+        """8 hex digits of the lease id's SHA-256: tells leases apart in logs
+        without revealing the id ("" when degraded)."""
+        return c.lease_handle(self.lease_id)
 
 
 async def _renew_loop(

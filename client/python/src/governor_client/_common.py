@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import hashlib
 import logging
 import random
 import threading
@@ -328,6 +329,18 @@ def trace_metadata(ctx: Any = None) -> Metadata:
 # --- retries -------------------------------------------------------------------
 
 Backoff = Callable[[int], float]
+
+
+def lease_handle(lease_id: str) -> str:
+    """A short, non-secret name of a lease for reprs and logs.
+
+    A lease id is a bearer credential (whoever has it can release or renew the
+    lease), so it is never printed; the first 8 hex digits of its SHA-256 tell
+    leases apart without revealing them. Empty for a degraded permit.
+    """
+    if not lease_id:
+        return ""
+    return hashlib.sha256(lease_id.encode("utf-8")).hexdigest()[:8]
 
 
 @dataclass(frozen=True)

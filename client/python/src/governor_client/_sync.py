@@ -48,7 +48,9 @@ class Permit:
 
     Attributes:
         dependency: the dependency the permit is for.
-        lease_id: the sidecar's lease id ("" when degraded).
+        lease_id: the sidecar's lease id ("" when degraded). A bearer
+            credential: never log it; :attr:`lease_handle` and ``repr`` show a
+            short hash instead.
         lease_ttl: the lease's current time to live, in seconds.
         queue_wait: seconds spent queued before the grant.
         limit, in_flight, queued: the dependency's state right after the grant.
@@ -231,7 +233,15 @@ class Permit:
 
     def __repr__(self) -> str:
         state = "degraded" if self.degraded else ("released" if self._done else "held")
-        return f"<Permit {self.dependency!r} {state}>"  # the lease id is a bearer credential
+        # The lease id is a bearer credential: only its handle is shown.
+        lease = f" lease={self.lease_handle}" if self.lease_handle else ""
+        return f"<Permit {self.dependency!r} {state}{lease}>"
+
+    @property
+    def lease_handle(self) -> str:
+        """8 hex digits of the lease id's SHA-256: tells leases apart in logs
+        without revealing the id ("" when degraded)."""
+        return c.lease_handle(self.lease_id)
 
 
 def _release_orphan(
