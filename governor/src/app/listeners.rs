@@ -4,6 +4,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
@@ -12,8 +13,14 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use super::connections::Gate;
 use crate::config::ServerConfig;
 use crate::server::FramingLayer;
+
+/// HTTP/2 flow-control windows of the gRPC listeners, in bytes: what a
+/// client may send ahead on one stream, and on one connection in all.
+pub const STREAM_WINDOW: u32 = 64 * 1024;
+pub const CONNECTION_WINDOW: u32 = 256 * 1024;
 
 #[derive(Debug)]
 pub struct Bound {
@@ -89,18 +96,24 @@ impl Bound {
         tcp_routes: Routes,
         uds_routes: Routes,
         config: &ServerConfig,
+        gate: &Arc<Gate>,
         stop: CancellationToken,
     ) -> impl Future<Output = ()> + use<> {
         let builder = || {
             Server::builder()
                 .max_concurrent_streams(config.max_concurrent_streams)
+                // Requests are small: a small window bounds what a client can
+                // make us buffer per stream and per connection (see the
+                // README's memory budget).
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
                 .http2_keepalive_interval(Some(config.keepalive_interval))
                 .http2_keepalive_timeout(Some(config.keepalive_timeout))
                 .http2_max_header_list_size(16 * 1024)
                 .layer(FramingLayer::new(config.max_message_bytes))
         };
         // Nagle off on accepted sockets: Acquire and Release are small frames.
-        let incoming = TcpIncoming::from(self.tcp).with_nodelay(Some(true));
+        let incoming = gate.incoming(TcpIncoming::from(self.tcp).with_nodelay(Some(true)));
         let tcp = builder()
             .add_routes(tcp_routes)
             .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
@@ -113,7 +126,7 @@ impl Bound {
             let server = builder()
                 .add_routes(uds_routes)
                 .serve_with_incoming_shutdown(
-                    UnixListenerStream::new(socket.listener),
+                    gate.incoming(UnixListenerStream::new(socket.listener)),
                     stop.cancelled_owned(),
                 );
             let (path, inode) = (socket.path, socket.inode);

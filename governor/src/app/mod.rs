@@ -10,6 +10,7 @@
 
 mod admin;
 pub mod cli;
+mod connections;
 mod listeners;
 mod probe;
 mod reload;
@@ -134,7 +135,21 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
         );
     }
     telemetry.spawn_log_flusher(stop_serving.clone());
-    let servers = bound.serve(tcp_routes, uds_routes, &config.server, stop_serving.clone());
+    let gate = connections::Gate::new(
+        connections::ConnectionLimits {
+            max_connections: config.server.max_connections,
+            handshake_timeout: config.server.handshake_timeout,
+            idle_timeout: config.server.idle_connection_timeout,
+        },
+        telemetry.metrics.connections.clone(),
+    );
+    let servers = bound.serve(
+        tcp_routes,
+        uds_routes,
+        &config.server,
+        &gate,
+        stop_serving.clone(),
+    );
     server::set_serving(&health, true).await;
 
     tracing::info!(

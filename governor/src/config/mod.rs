@@ -48,6 +48,14 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
     /// Where `governor.v1.GovernorAdmin` is served.
     pub control_plane: ControlPlane,
+    /// Open connections over every gRPC listener (TCP and Unix socket
+    /// together); more are closed at accept.
+    pub max_connections: usize,
+    /// A connection with no open stream for this long gets a GOAWAY and is
+    /// closed.
+    pub idle_connection_timeout: Duration,
+    /// A connection that has not sent the HTTP/2 preface by then is closed.
+    pub handshake_timeout: Duration,
 }
 
 /// Which listeners serve the control plane. It can change every limit, so a
@@ -101,6 +109,9 @@ struct ServerSection {
     keepalive_interval: Option<HumanDuration>,
     keepalive_timeout: Option<HumanDuration>,
     control_plane: Option<String>,
+    max_connections: Option<usize>,
+    idle_connection_timeout: Option<HumanDuration>,
+    handshake_timeout: Option<HumanDuration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -150,6 +161,8 @@ struct CapsSection {
 }
 
 const MAX_DEPENDENCIES: usize = 1_000_000;
+/// Bound of `server.max_connections` (each one costs a file descriptor).
+const MAX_CONNECTIONS: usize = 1_000_000;
 const MAX_WAITERS: usize = 10_000_000;
 /// Bounds of `limits.idle_ttl`.
 const IDLE_TTL_RANGE: (Duration, Duration) =
@@ -378,7 +391,51 @@ fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfi
                 ));
             }
         },
+        max_connections: file
+            .max_connections
+            .or(base.max_connections)
+            .unwrap_or(256),
+        idle_connection_timeout: pick(
+            file.idle_connection_timeout,
+            base.idle_connection_timeout,
+            300,
+        ),
+        handshake_timeout: pick(file.handshake_timeout, base.handshake_timeout, 10),
     };
+    if !(1..=MAX_CONNECTIONS).contains(&config.max_connections) {
+        return Err(ConfigError::at(
+            "server.max_connections",
+            format!(
+                "must be between 1 and {MAX_CONNECTIONS}, got {}",
+                config.max_connections
+            ),
+        ));
+    }
+    let between = |key: &str, value: Duration, (low, high): (Duration, Duration)| {
+        if (low..=high).contains(&value) {
+            Ok(())
+        } else {
+            Err(ConfigError::at(
+                format!("server.{key}"),
+                format!(
+                    "must be between {} and {}, got {}",
+                    humantime::format_duration(low),
+                    humantime::format_duration(high),
+                    humantime::format_duration(value)
+                ),
+            ))
+        }
+    };
+    between(
+        "idle_connection_timeout",
+        config.idle_connection_timeout,
+        (Duration::from_millis(100), Duration::from_secs(24 * 3600)),
+    )?;
+    between(
+        "handshake_timeout",
+        config.handshake_timeout,
+        (Duration::from_millis(100), Duration::from_secs(300)),
+    )?;
     if config.shutdown_grace > Duration::from_secs(3600) {
         return Err(ConfigError::at(
             "server.shutdown_grace",

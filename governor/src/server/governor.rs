@@ -7,6 +7,7 @@ use rate_governor_proto::v1::{self, governor_server};
 use tonic::{Request, Response, Status};
 
 use super::deadline;
+use super::delivery::Undelivered;
 use super::fields;
 use crate::ledger::{AcquireRequest, Ledger, MAX_WAIT, RejectReason, Report};
 use crate::telemetry::{AcquireFields, AcquireTrace, Telemetry};
@@ -103,6 +104,12 @@ impl governor_server::Governor for GovernorService {
                 response.granted = true;
                 response.lease_id = grant.lease.to_string();
                 response.lease_ttl = Some(fields::to_proto(grant.ttl));
+                // Released if the response never reaches the caller.
+                let guard =
+                    Undelivered::new(self.ledger.clone(), self.telemetry.clone(), grant.lease);
+                let mut response = Response::new(response);
+                response.extensions_mut().insert(guard);
+                return Ok(response);
             }
             Err(rejection) => {
                 response.set_reason(reject_reason(rejection.reason));

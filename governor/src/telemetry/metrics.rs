@@ -68,6 +68,19 @@ pub struct TraceLabels {
     pub trace_id: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// The counters of the gRPC listeners' connection gate.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub refused: Counter,
+    pub closed: Family<ReasonLabels, Counter>,
+}
+
 type Histogram = HistogramWithExemplars<TraceLabels>;
 
 fn histogram() -> Histogram {
@@ -102,6 +115,8 @@ pub struct Metrics {
     reloads: Family<ResultLabels, Counter>,
     pub(crate) spans_dropped: Counter,
     pub(crate) span_exports_failed: Counter,
+    /// The gRPC listeners' connections (`app::connections`).
+    pub connections: ConnectionMetrics,
     handles: DashMap<Arc<str>, Arc<DependencyMetrics>>,
 }
 
@@ -166,11 +181,15 @@ impl Metrics {
             reloads: Family::default(),
             spans_dropped: Counter::default(),
             span_exports_failed: Counter::default(),
+            connections: ConnectionMetrics::default(),
             handles: DashMap::new(),
         };
         metrics
             .registry
             .register_collector(Box::new(ProcessCollector));
+        metrics
+            .registry
+            .register_collector(Box::new(super::heap::HeapCollector));
         let r = metrics.registry.sub_registry_with_prefix("governor");
         r.register(
             "acquire",
@@ -271,6 +290,21 @@ impl Metrics {
             "config_reloads",
             "Config reloads, by result (ok, error)",
             metrics.reloads.clone(),
+        );
+        r.register(
+            "connections",
+            "Open connections on the gRPC listeners",
+            metrics.connections.open.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed at accept because server.max_connections were open",
+            metrics.connections.refused.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Connections the server closed, by reason (idle: no stream for server.idle_connection_timeout; handshake: no HTTP/2 preface within server.handshake_timeout)",
+            metrics.connections.closed.clone(),
         );
         r.register(
             "trace_spans_dropped",
