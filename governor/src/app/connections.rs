@@ -422,6 +422,18 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
         if this.closing == Closing::No {
+            // Bytes that are there win over a timer that fired meanwhile (a
+            // busy server may come back to a connection late).
+            let before = buf.filled().len();
+            if let Poll::Ready(read) = Pin::new(&mut this.io).poll_read(cx, buf) {
+                read?;
+                let Tracked {
+                    inbound, streams, ..
+                } = this;
+                inbound.feed(&buf.filled()[before..], |frame| streams.from_client(frame))?;
+                this.streams_changed();
+                return Poll::Ready(Ok(()));
+            }
             let handshaking = !this.inbound.preface_done();
             if (handshaking || this.idle_armed) && this.timer.as_mut().poll(cx).is_ready() {
                 if handshaking {
@@ -430,30 +442,22 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
                 } else if this.outbound.at_boundary() {
                     this.start_goaway();
                 }
-                // Otherwise a server frame is half written: the next write
-                // that finishes it comes back here through the waker.
+                // Otherwise a server frame is half written: the write that
+                // finishes it comes back here through the waker.
             }
             this.read_waker = Some(cx.waker().clone());
         }
         match this.closing {
-            Closing::No => {}
+            Closing::No => Poll::Pending,
             Closing::GoAway(_) => {
                 // A write error here means the peer is gone: close all the same.
                 if ready!(this.poll_goaway(cx)).is_err() {
                     this.closing = Closing::Closed;
                 }
-                return Poll::Ready(Ok(()));
+                Poll::Ready(Ok(()))
             }
-            Closing::Closed => return Poll::Ready(Ok(())),
+            Closing::Closed => Poll::Ready(Ok(())),
         }
-        let before = buf.filled().len();
-        ready!(Pin::new(&mut this.io).poll_read(cx, buf))?;
-        let Tracked {
-            inbound, streams, ..
-        } = this;
-        inbound.feed(&buf.filled()[before..], |frame| streams.from_client(frame))?;
-        this.streams_changed();
-        Poll::Ready(Ok(()))
     }
 }
 

@@ -86,6 +86,9 @@ impl governor_server::Governor for GovernorService {
             telemetry: &self.telemetry,
             trace: self.telemetry.acquire_started(&metadata, &fields),
         };
+        // The request's headers are not needed past here: a queued call
+        // should not hold them while it waits.
+        drop(metadata);
         let decision = self.ledger.acquire(&request).await;
         let trace = guard.trace.take();
         let decision = decision?;
