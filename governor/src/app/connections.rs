@@ -290,7 +290,7 @@ struct Streams {
 }
 
 impl Streams {
-    fn from_client(&mut self, frame: FrameHead) {
+    fn client_frame(&mut self, frame: FrameHead) {
         match frame.kind {
             HEADERS if frame.stream % 2 == 1 && frame.stream > self.last_opened => {
                 self.last_opened = frame.stream;
@@ -303,7 +303,7 @@ impl Streams {
         }
     }
 
-    fn from_server(&mut self, frame: FrameHead) {
+    fn server_frame(&mut self, frame: FrameHead) {
         let ends = matches!(frame.kind, DATA | HEADERS) && frame.flags & END_STREAM != 0;
         if ends || frame.kind == RST_STREAM {
             self.open.remove(&frame.stream);
@@ -430,7 +430,7 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for Tracked<IO> {
                 let Tracked {
                     inbound, streams, ..
                 } = this;
-                inbound.feed(&buf.filled()[before..], |frame| streams.from_client(frame))?;
+                inbound.feed(&buf.filled()[before..], |frame| streams.client_frame(frame))?;
                 this.streams_changed();
                 return Poll::Ready(Ok(()));
             }
@@ -480,7 +480,7 @@ impl<IO: AsyncWrite + Unpin> AsyncWrite for Tracked<IO> {
         let Tracked {
             outbound, streams, ..
         } = this;
-        outbound.feed(&bytes[..n], |frame| streams.from_server(frame))?;
+        outbound.feed(&bytes[..n], |frame| streams.server_frame(frame))?;
         this.streams_changed();
         // An idle timer that fired mid-frame waits for this boundary.
         if this.idle_armed && this.outbound.at_boundary() && this.timer.is_elapsed() {

@@ -13,6 +13,7 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use super::calls::CallsLayer;
 use super::connections::Gate;
 use crate::config::ServerConfig;
 use crate::server::FramingLayer;
@@ -20,7 +21,7 @@ use crate::server::FramingLayer;
 /// HTTP/2 flow-control windows of the gRPC listeners, in bytes: what a
 /// client may send ahead on one stream, and on one connection in all.
 pub const STREAM_WINDOW: u32 = 64 * 1024;
-pub const CONNECTION_WINDOW: u32 = 256 * 1024;
+pub const CONNECTION_WINDOW: u32 = 64 * 1024;
 
 #[derive(Debug)]
 pub struct Bound {
@@ -97,6 +98,7 @@ impl Bound {
         uds_routes: Routes,
         config: &ServerConfig,
         gate: &Arc<Gate>,
+        calls: &CallsLayer,
         stop: CancellationToken,
     ) -> impl Future<Output = ()> + use<> {
         let builder = || {
@@ -110,6 +112,7 @@ impl Bound {
                 .http2_keepalive_interval(Some(config.keepalive_interval))
                 .http2_keepalive_timeout(Some(config.keepalive_timeout))
                 .http2_max_header_list_size(16 * 1024)
+                .layer(calls.clone())
                 .layer(FramingLayer::new(config.max_message_bytes))
         };
         // Nagle off on accepted sockets: Acquire and Release are small frames.

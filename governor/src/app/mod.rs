@@ -9,6 +9,7 @@
 //! the grace period.
 
 mod admin;
+mod calls;
 pub mod cli;
 mod connections;
 mod listeners;
@@ -148,6 +149,10 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
         uds_routes,
         &config.server,
         &gate,
+        &calls::CallsLayer::new(
+            config.server.max_calls,
+            telemetry.metrics.connections.calls_refused.clone(),
+        ),
         stop_serving.clone(),
     );
     server::set_serving(&health, true).await;

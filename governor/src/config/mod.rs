@@ -51,6 +51,9 @@ pub struct ServerConfig {
     /// Open connections over every gRPC listener (TCP and Unix socket
     /// together); more are closed at accept.
     pub max_connections: usize,
+    /// Calls open at once over every gRPC listener; more are answered
+    /// RESOURCE_EXHAUSTED at once.
+    pub max_calls: usize,
     /// A connection with no open stream for this long gets a GOAWAY and is
     /// closed.
     pub idle_connection_timeout: Duration,
@@ -110,6 +113,7 @@ struct ServerSection {
     keepalive_timeout: Option<HumanDuration>,
     control_plane: Option<String>,
     max_connections: Option<usize>,
+    max_calls: Option<usize>,
     idle_connection_timeout: Option<HumanDuration>,
     handshake_timeout: Option<HumanDuration>,
 }
@@ -163,6 +167,8 @@ struct CapsSection {
 const MAX_DEPENDENCIES: usize = 1_000_000;
 /// Bound of `server.max_connections` (each one costs a file descriptor).
 const MAX_CONNECTIONS: usize = 1_000_000;
+/// Bound of `server.max_calls`.
+const MAX_CALLS: usize = 10_000_000;
 const MAX_WAITERS: usize = 10_000_000;
 /// Bounds of `limits.idle_ttl`.
 const IDLE_TTL_RANGE: (Duration, Duration) =
@@ -391,10 +397,8 @@ fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfi
                 ));
             }
         },
-        max_connections: file
-            .max_connections
-            .or(base.max_connections)
-            .unwrap_or(256),
+        max_connections: file.max_connections.or(base.max_connections).unwrap_or(256),
+        max_calls: file.max_calls.or(base.max_calls).unwrap_or(8192),
         idle_connection_timeout: pick(
             file.idle_connection_timeout,
             base.idle_connection_timeout,
@@ -408,6 +412,15 @@ fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfi
             format!(
                 "must be between 1 and {MAX_CONNECTIONS}, got {}",
                 config.max_connections
+            ),
+        ));
+    }
+    if !(1..=MAX_CALLS).contains(&config.max_calls) {
+        return Err(ConfigError::at(
+            "server.max_calls",
+            format!(
+                "must be between 1 and {MAX_CALLS}, got {}",
+                config.max_calls
             ),
         ));
     }

@@ -13,7 +13,9 @@ fn the_embedded_config_is_the_documented_one() {
     assert_eq!(config.ledger.defaults, Limits::default());
     assert!(config.ledger.allow_unknown_dependencies);
     assert_eq!(config.ledger.max_dependencies, 1024);
-    assert_eq!(config.ledger.max_waiters, 100_000);
+    assert_eq!(config.ledger.max_waiters, 8192);
+    assert_eq!(config.server.max_calls, 8192);
+    assert_eq!(config.server.max_connections, 256);
     assert_eq!(Config::parse("").unwrap(), config);
 }
 

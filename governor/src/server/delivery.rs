@@ -19,7 +19,7 @@ use tonic::codegen::http;
 use tonic::server::NamedService;
 use tower::{Layer, Service};
 
-use crate::ledger::{Ledger, LeaseId, Outcome, Report};
+use crate::ledger::{LeaseId, Ledger, Outcome, Report};
 use crate::telemetry::Telemetry;
 
 /// Releases its lease when dropped, unless [`Undelivered::delivered`] was

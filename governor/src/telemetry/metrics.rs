@@ -79,6 +79,8 @@ pub struct ConnectionMetrics {
     pub open: Gauge,
     pub refused: Counter,
     pub closed: Family<ReasonLabels, Counter>,
+    /// Calls refused over `server.max_calls`.
+    pub calls_refused: Counter,
 }
 
 type Histogram = HistogramWithExemplars<TraceLabels>;
@@ -305,6 +307,11 @@ impl Metrics {
             "connections_closed",
             "Connections the server closed, by reason (idle: no stream for server.idle_connection_timeout; handshake: no HTTP/2 preface within server.handshake_timeout)",
             metrics.connections.closed.clone(),
+        );
+        r.register(
+            "calls_refused",
+            "Calls answered RESOURCE_EXHAUSTED because server.max_calls were open",
+            metrics.connections.calls_refused.clone(),
         );
         r.register(
             "trace_spans_dropped",

@@ -49,7 +49,7 @@ fn frames_are_followed_across_split_writes() {
         let mut streams = Streams::default();
         for chunk in bytes.chunks(split) {
             frames
-                .feed(chunk, |f| streams.from_client(f))
+                .feed(chunk, |f| streams.client_frame(f))
                 .expect("valid bytes");
         }
         assert!(frames.at_boundary(), "split {split}");
@@ -67,17 +67,17 @@ fn a_server_end_stream_closes_and_trailers_do_not_reopen() {
         flags,
         stream,
     };
-    streams.from_client(head(HEADERS, 0, 1));
-    streams.from_client(head(HEADERS, 0, 5));
-    streams.from_server(head(HEADERS, 0, 1)); // response headers
-    streams.from_server(head(DATA, 0, 1));
+    streams.client_frame(head(HEADERS, 0, 1));
+    streams.client_frame(head(HEADERS, 0, 5));
+    streams.server_frame(head(HEADERS, 0, 1)); // response headers
+    streams.server_frame(head(DATA, 0, 1));
     assert_eq!(streams.open.len(), 2);
-    streams.from_server(head(HEADERS, END_STREAM, 1)); // trailers
+    streams.server_frame(head(HEADERS, END_STREAM, 1)); // trailers
     // Client trailers on an old stream id, and a reset of a closed one.
-    streams.from_client(head(HEADERS, END_STREAM, 1));
-    streams.from_client(head(RST_STREAM, 0, 1));
+    streams.client_frame(head(HEADERS, END_STREAM, 1));
+    streams.client_frame(head(RST_STREAM, 0, 1));
     assert_eq!(streams.open, HashSet::from([5]));
-    streams.from_server(head(RST_STREAM, 0, 5));
+    streams.server_frame(head(RST_STREAM, 0, 5));
     assert!(streams.open.is_empty());
 }
 
@@ -126,7 +126,10 @@ async fn an_idle_connection_gets_a_goaway_naming_its_last_stream() {
     assert_eq!(n, 0, "end of stream after the GOAWAY");
     assert_eq!(quiet_since.elapsed(), LIMITS.idle_timeout);
     assert_eq!(closed(&gate, "idle"), 1);
-    assert!(server.write(b"x").await.is_err(), "no write after the GOAWAY");
+    assert!(
+        server.write(b"x").await.is_err(),
+        "no write after the GOAWAY"
+    );
 
     let mut seen = vec![0; answer.len() + 17];
     client.read_exact(&mut seen).await.unwrap();
@@ -144,7 +147,8 @@ async fn the_idle_goaway_waits_for_a_half_written_frame() {
     let (mut server, mut client) = connection(&gate);
     client.write_all(PREFACE).await.unwrap();
     let mut buf = vec![0; 1024];
-    server.read(&mut buf).await.unwrap();
+    let n = server.read(&mut buf).await.unwrap();
+    assert_eq!(n, PREFACE.len());
     let ping = frame(0x6, 0, 0, &[1; 8]);
     server.write_all(&ping[..5]).await.unwrap();
     let waited = tokio::time::timeout(LIMITS.idle_timeout * 2, server.read(&mut buf)).await;
