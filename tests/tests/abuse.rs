@@ -302,6 +302,11 @@ idle_connection_timeout = "1h"
     })
     .await;
     let full = rss(&gov);
+    eprintln!(
+        "memory: {CAP} connections without streams: resident +{} KiB ({} B each)",
+        full.saturating_sub(before) / 1024,
+        full.saturating_sub(before) / CAP as u64,
+    );
     let bound = CAP as u64 * CONNECTION_BUDGET;
     assert!(
         full.saturating_sub(before) <= bound,
@@ -440,10 +445,12 @@ max_waiters = {WAITERS}
     })
     .await;
     let during = rss(&gov);
+    // For the README's memory section (shown with --nocapture).
     eprintln!(
-        "MEASURE before {before} during {during} heap {} resident {}",
-        metric(&gov, "governor_heap_allocated_bytes").await,
-        metric(&gov, "governor_heap_resident_bytes").await
+        "memory: {WAITERS} waiters: resident +{} KiB ({} B each); heap allocated {} KiB",
+        during.saturating_sub(before) / 1024,
+        during.saturating_sub(before) / WAITERS as u64,
+        metric(&gov, "governor_heap_allocated_bytes").await as u64 / 1024,
     );
     normal_caller_is_served(&mut client).await;
     let bound = WAITERS as u64 * WAITER_BUDGET;
@@ -470,6 +477,10 @@ max_waiters = {WAITERS}
         rss(&gov).saturating_sub(before) <= grown / 4
     })
     .await;
+    eprintln!(
+        "memory: after the burst: resident +{} KiB",
+        rss(&gov).saturating_sub(before) / 1024
+    );
     normal_caller_is_served(&mut client).await;
     let released = client
         .release(ReleaseRequest {
