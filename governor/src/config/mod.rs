@@ -424,16 +424,14 @@ fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfi
             ),
         ));
     }
-    let between = |key: &str, value: Duration, (low, high): (Duration, Duration)| {
+    let between = |key: &str, value: Duration, (low, high): (Duration, Duration), bounds: &str| {
         if (low..=high).contains(&value) {
             Ok(())
         } else {
             Err(ConfigError::at(
                 format!("server.{key}"),
                 format!(
-                    "must be between {} and {}, got {}",
-                    humantime::format_duration(low),
-                    humantime::format_duration(high),
+                    "must be between {bounds}, got {}",
                     humantime::format_duration(value)
                 ),
             ))
@@ -443,11 +441,13 @@ fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfi
         "idle_connection_timeout",
         config.idle_connection_timeout,
         (Duration::from_millis(100), Duration::from_secs(24 * 3600)),
+        "100ms and 24h",
     )?;
     between(
         "handshake_timeout",
         config.handshake_timeout,
         (Duration::from_millis(100), Duration::from_secs(300)),
+        "100ms and 5m",
     )?;
     if config.shutdown_grace > Duration::from_secs(3600) {
         return Err(ConfigError::at(

@@ -218,3 +218,44 @@ fn an_empty_or_comment_only_file_is_refused_saying_so() {
     assert!(Config::load(&path).is_ok());
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn connection_limits_are_read_and_bounded() {
+    let embedded = Config::embedded().server;
+    assert_eq!(embedded.idle_connection_timeout, Duration::from_secs(300));
+    assert_eq!(embedded.handshake_timeout, Duration::from_secs(10));
+    let config = Config::parse(
+        "[server]\nmax_connections = 10\nmax_calls = 20\nidle_connection_timeout = \"2s\"\nhandshake_timeout = \"1s\"",
+    )
+    .unwrap()
+    .server;
+    assert_eq!(
+        (config.max_connections, config.max_calls),
+        (10, 20),
+        "{config:?}"
+    );
+    assert_eq!(config.idle_connection_timeout, Duration::from_secs(2));
+    assert_eq!(config.handshake_timeout, Duration::from_secs(1));
+    for (key, value, message) in [
+        (
+            "max_connections",
+            "0",
+            "must be between 1 and 1000000, got 0",
+        ),
+        ("max_calls", "0", "must be between 1 and 10000000, got 0"),
+        (
+            "idle_connection_timeout",
+            "\"10ms\"",
+            "must be between 100ms and 24h, got 10ms",
+        ),
+        (
+            "handshake_timeout",
+            "\"1h\"",
+            "must be between 100ms and 5m, got 1h",
+        ),
+    ] {
+        let error = error(&format!("[server]\n{key} = {value}"));
+        assert_eq!(error, format!("server.{key}: {message}"));
+    }
+    assert!(error("[server]\nmax_calls = -1").contains("max_calls"));
+}
