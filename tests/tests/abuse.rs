@@ -32,9 +32,9 @@ const PATIENCE: Duration = Duration::from_secs(90);
 /// Per queued Acquire, the sidecar's budget in the README's memory section:
 /// what one waiting call may add to the resident set (the measured cost is
 /// below it, with the debug build's larger futures).
-const WAITER_BUDGET: u64 = 6 * 1024;
+const WAITER_BUDGET: u64 = 8 * 1024;
 /// Per open connection without streams, its budget (same source).
-const CONNECTION_BUDGET: u64 = 48 * 1024;
+const CONNECTION_BUDGET: u64 = 24 * 1024;
 
 /// Waits for `done` up to [`PATIENCE`], polling; says what it waited for.
 async fn eventually<F, Fut>(what: &str, mut done: F)
