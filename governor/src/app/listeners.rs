@@ -13,10 +13,17 @@ use tonic::service::Routes;
 use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 
+use super::calls::CallsLayer;
+use super::connections::Gates;
 use super::roles::PeerCheckedIncoming;
 use crate::config::ServerConfig;
 use crate::server::FramingLayer;
 use crate::telemetry::Telemetry;
+
+/// HTTP/2 flow-control windows of the gRPC listeners, in bytes: what a
+/// client may send ahead on one stream, and on one connection in all.
+pub const STREAM_WINDOW: u32 = 64 * 1024;
+pub const CONNECTION_WINDOW: u32 = 64 * 1024;
 
 #[derive(Debug)]
 pub struct Bound {
@@ -124,21 +131,45 @@ impl Bound {
         routes: RoleRoutes,
         config: &ServerConfig,
         telemetry: Arc<Telemetry>,
+        gates: &Gates,
+        calls: &CallsLayer,
         stop: CancellationToken,
     ) -> impl Future<Output = ()> + use<> {
-        let builder = || {
+        let health_builder = || {
             Server::builder()
                 .max_concurrent_streams(config.max_concurrent_streams)
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
                 .http2_keepalive_interval(Some(config.keepalive_interval))
                 .http2_keepalive_timeout(Some(config.keepalive_timeout))
                 .http2_max_header_list_size(16 * 1024)
                 .layer(FramingLayer::new(config.max_message_bytes))
         };
+        let builder = || {
+            Server::builder()
+                .max_concurrent_streams(config.max_concurrent_streams)
+                // Requests are small: a small window bounds what a client can
+                // make us buffer per stream and per connection (see the
+                // README's memory budget).
+                .initial_stream_window_size(STREAM_WINDOW)
+                .initial_connection_window_size(CONNECTION_WINDOW)
+                .http2_keepalive_interval(Some(config.keepalive_interval))
+                .http2_keepalive_timeout(Some(config.keepalive_timeout))
+                .http2_max_header_list_size(16 * 1024)
+                .layer(calls.clone())
+                .layer(FramingLayer::new(config.max_message_bytes))
+        };
         // Nagle off on accepted sockets: Acquire and Release are small frames.
-        let incoming = TcpIncoming::from(self.tcp).with_nodelay(Some(true));
+        let incoming = gates
+            .serving
+            .incoming(TcpIncoming::from(self.tcp).with_nodelay(Some(true)));
+        // The health listener neither shares the connection cap nor counts
+        // toward max_calls: probes must answer while the data plane is full.
         let health = self.health.map(|(listener, _)| {
-            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-            let server = builder()
+            let incoming = gates
+                .health
+                .incoming(TcpIncoming::from(listener).with_nodelay(Some(true)));
+            let server = health_builder()
                 .add_routes(routes.health)
                 .serve_with_incoming_shutdown(incoming, stop.clone().cancelled_owned());
             tokio::spawn(async move {
@@ -160,7 +191,10 @@ impl Bound {
                 PeerCheckedIncoming::new(socket.listener, config.uds_peers.clone(), telemetry);
             let server = builder()
                 .add_routes(routes.uds)
-                .serve_with_incoming_shutdown(incoming, stop.cancelled_owned());
+                .serve_with_incoming_shutdown(
+                    gates.serving.incoming(incoming),
+                    stop.cancelled_owned(),
+                );
             let (path, inode) = (socket.path, socket.inode);
             tokio::spawn(async move {
                 if let Err(error) = server.await {

@@ -9,7 +9,9 @@
 //! the grace period.
 
 mod admin;
+mod calls;
 pub mod cli;
+mod connections;
 mod listeners;
 mod probe;
 mod reload;
@@ -171,10 +173,23 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
         );
     }
     telemetry.spawn_log_flusher(stop_serving.clone());
+    let gates = connections::Gates::new(
+        connections::ConnectionLimits {
+            max_connections: config.server.max_connections,
+            handshake_timeout: config.server.handshake_timeout,
+            idle_timeout: config.server.idle_connection_timeout,
+        },
+        telemetry.metrics.connections.clone(),
+    );
     let servers = bound.serve(
         role_routes,
         &config.server,
         telemetry.clone(),
+        &gates,
+        &calls::CallsLayer::new(
+            config.server.max_calls,
+            telemetry.metrics.connections.calls_refused.clone(),
+        ),
         stop_serving.clone(),
     );
     server::set_serving(&health, true).await;

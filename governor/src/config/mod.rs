@@ -58,6 +58,17 @@ pub struct ServerConfig {
     pub admin_token: Option<AdminToken>,
     /// Who may connect to the Unix socket.
     pub uds_peers: PeerAllowList,
+    /// Open connections over every gRPC listener (TCP and Unix socket
+    /// together); more are closed at accept.
+    pub max_connections: usize,
+    /// Calls open at once over every gRPC listener; more are answered
+    /// RESOURCE_EXHAUSTED at once.
+    pub max_calls: usize,
+    /// A connection with no open stream for this long gets a GOAWAY and is
+    /// closed.
+    pub idle_connection_timeout: Duration,
+    /// A connection that has not sent the HTTP/2 preface by then is closed.
+    pub handshake_timeout: Duration,
 }
 
 /// A configuration problem, naming the key.
@@ -102,6 +113,10 @@ struct ServerSection {
     admin_token_file: Option<PathBuf>,
     uds_allowed_uids: Option<Vec<u32>>,
     uds_allowed_gids: Option<Vec<u32>>,
+    max_connections: Option<usize>,
+    max_calls: Option<usize>,
+    idle_connection_timeout: Option<HumanDuration>,
+    handshake_timeout: Option<HumanDuration>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -153,6 +168,10 @@ struct CapsSection {
 }
 
 const MAX_DEPENDENCIES: usize = 1_000_000;
+/// Bound of `server.max_connections` (each one costs a file descriptor).
+const MAX_CONNECTIONS: usize = 1_000_000;
+/// Bound of `server.max_calls`.
+const MAX_CALLS: usize = 10_000_000;
 const MAX_WAITERS: usize = 10_000_000;
 const MAX_SESSION_PENDING: usize = 1_000_000;
 /// Bounds of `limits.idle_ttl`.
@@ -430,6 +449,14 @@ fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfi
                 .or(base.uds_allowed_gids)
                 .unwrap_or_default(),
         },
+        max_connections: file.max_connections.or(base.max_connections).unwrap_or(256),
+        max_calls: file.max_calls.or(base.max_calls).unwrap_or(8192),
+        idle_connection_timeout: pick(
+            file.idle_connection_timeout,
+            base.idle_connection_timeout,
+            300,
+        ),
+        handshake_timeout: pick(file.handshake_timeout, base.handshake_timeout, 10),
     };
     if let Some(health) = config.health_listen {
         // Port 0 picks a free port for each, so only fixed ports can clash.
@@ -443,6 +470,49 @@ fn server_config(file: ServerSection, base: ServerSection) -> Result<ServerConfi
             ));
         }
     }
+    if !(1..=MAX_CONNECTIONS).contains(&config.max_connections) {
+        return Err(ConfigError::at(
+            "server.max_connections",
+            format!(
+                "must be between 1 and {MAX_CONNECTIONS}, got {}",
+                config.max_connections
+            ),
+        ));
+    }
+    if !(1..=MAX_CALLS).contains(&config.max_calls) {
+        return Err(ConfigError::at(
+            "server.max_calls",
+            format!(
+                "must be between 1 and {MAX_CALLS}, got {}",
+                config.max_calls
+            ),
+        ));
+    }
+    let between = |key: &str, value: Duration, (low, high): (Duration, Duration), bounds: &str| {
+        if (low..=high).contains(&value) {
+            Ok(())
+        } else {
+            Err(ConfigError::at(
+                format!("server.{key}"),
+                format!(
+                    "must be between {bounds}, got {}",
+                    humantime::format_duration(value)
+                ),
+            ))
+        }
+    };
+    between(
+        "idle_connection_timeout",
+        config.idle_connection_timeout,
+        (Duration::from_millis(100), Duration::from_secs(24 * 3600)),
+        "100ms and 24h",
+    )?;
+    between(
+        "handshake_timeout",
+        config.handshake_timeout,
+        (Duration::from_millis(100), Duration::from_secs(300)),
+        "100ms and 5m",
+    )?;
     if config.shutdown_grace > Duration::from_secs(3600) {
         return Err(ConfigError::at(
             "server.shutdown_grace",

@@ -13,8 +13,10 @@ fn the_embedded_config_is_the_documented_one() {
     assert_eq!(config.ledger.defaults, Limits::default());
     assert!(config.ledger.allow_unknown_dependencies);
     assert_eq!(config.ledger.max_dependencies, 1024);
-    assert_eq!(config.ledger.max_waiters, 100_000);
+    assert_eq!(config.ledger.max_waiters, 8192);
     assert_eq!(config.ledger.max_session_pending, 1024);
+    assert_eq!(config.server.max_calls, 8192);
+    assert_eq!(config.server.max_connections, 256);
     assert_eq!(Config::parse("").unwrap(), config);
 }
 
@@ -327,4 +329,45 @@ fn bad_listener_role_values_name_their_key() {
         message.starts_with("server.admin_token_file:") && message.contains("empty"),
         "{message}"
     );
+}
+
+#[test]
+fn connection_limits_are_read_and_bounded() {
+    let embedded = Config::embedded().server;
+    assert_eq!(embedded.idle_connection_timeout, Duration::from_secs(300));
+    assert_eq!(embedded.handshake_timeout, Duration::from_secs(10));
+    let config = Config::parse(
+        "[server]\nmax_connections = 10\nmax_calls = 20\nidle_connection_timeout = \"2s\"\nhandshake_timeout = \"1s\"",
+    )
+    .unwrap()
+    .server;
+    assert_eq!(
+        (config.max_connections, config.max_calls),
+        (10, 20),
+        "{config:?}"
+    );
+    assert_eq!(config.idle_connection_timeout, Duration::from_secs(2));
+    assert_eq!(config.handshake_timeout, Duration::from_secs(1));
+    for (key, value, message) in [
+        (
+            "max_connections",
+            "0",
+            "must be between 1 and 1000000, got 0",
+        ),
+        ("max_calls", "0", "must be between 1 and 10000000, got 0"),
+        (
+            "idle_connection_timeout",
+            "\"10ms\"",
+            "must be between 100ms and 24h, got 10ms",
+        ),
+        (
+            "handshake_timeout",
+            "\"1h\"",
+            "must be between 100ms and 5m, got 1h",
+        ),
+    ] {
+        let error = error(&format!("[server]\n{key} = {value}"));
+        assert_eq!(error, format!("server.{key}: {message}"));
+    }
+    assert!(error("[server]\nmax_calls = -1").contains("max_calls"));
 }

@@ -7,6 +7,7 @@ use rate_governor_proto::v1::{self, governor_server};
 use tonic::{Request, Response, Status};
 
 use super::deadline;
+use super::delivery::Undelivered;
 use super::fields;
 use super::session;
 use crate::ledger::{AcquireRequest, Decision, Ledger, MAX_WAIT, Priority, RejectReason, Report};
@@ -173,13 +174,24 @@ impl governor_server::Governor for GovernorService {
             telemetry: &self.telemetry,
             trace: self.telemetry.acquire_started(&metadata, &fields),
         };
+        // The request's headers are not needed past here: a queued call
+        // should not hold them while it waits.
+        drop(metadata);
         let peer = super::peer_of(&extensions);
         let decision = self.ledger.acquire_as(&request, peer).await;
         let trace = guard.trace.take();
         let decision = decision?;
         self.telemetry
             .acquire_finished(&self.ledger, trace, &fields, &decision);
-        Ok(Response::new(acquire_response(&decision)))
+        let response = acquire_response(&decision);
+        if let Ok(grant) = &decision.outcome {
+            // Released if the response never reaches the caller.
+            let guard = Undelivered::new(self.ledger.clone(), self.telemetry.clone(), grant.lease);
+            let mut response = Response::new(response);
+            response.extensions_mut().insert(guard);
+            return Ok(response);
+        }
+        Ok(Response::new(response))
     }
 
     async fn release(

@@ -8,6 +8,7 @@
 mod admin;
 mod auth;
 mod deadline;
+mod delivery;
 mod errors;
 mod fields;
 mod framing;
@@ -45,8 +46,11 @@ pub fn routes(
     control_plane: AdminAccess,
 ) -> Routes {
     let max = config.max_message_bytes;
-    let governor = GovernorServer::new(GovernorService::new(ledger.clone(), telemetry))
-        .max_decoding_message_size(max);
+    let governor = tower::Layer::layer(
+        &delivery::DeliveryLayer,
+        GovernorServer::new(GovernorService::new(ledger.clone(), telemetry))
+            .max_decoding_message_size(max),
+    );
     let admin = GovernorAdminServer::new(AdminService::new(ledger)).max_decoding_message_size(max);
     let reflection = || {
         tonic_reflection::server::Builder::configure()

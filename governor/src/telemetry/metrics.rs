@@ -62,15 +62,25 @@ struct ResultLabels {
     result: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabels {
-    reason: &'static str,
-}
-
 /// An exemplar's labels: the trace of a sampled request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct TraceLabels {
     pub trace_id: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+/// The counters of the gRPC listeners' connection gate.
+#[derive(Clone, Debug, Default)]
+pub struct ConnectionMetrics {
+    pub open: Gauge,
+    pub refused: Counter,
+    pub closed: Family<ReasonLabels, Counter>,
+    /// Calls refused over `server.max_calls`.
+    pub calls_refused: Counter,
 }
 
 type Histogram = HistogramWithExemplars<TraceLabels>;
@@ -109,6 +119,8 @@ pub struct Metrics {
     pub(crate) span_exports_failed: Counter,
     admin_denied: Family<ReasonLabels, Counter>,
     pub(crate) uds_peers_refused: Counter,
+    /// The gRPC listeners' connections (`app::connections`).
+    pub connections: ConnectionMetrics,
     handles: DashMap<Arc<str>, Arc<DependencyMetrics>>,
 }
 
@@ -175,11 +187,15 @@ impl Metrics {
             span_exports_failed: Counter::default(),
             admin_denied: Family::default(),
             uds_peers_refused: Counter::default(),
+            connections: ConnectionMetrics::default(),
             handles: DashMap::new(),
         };
         metrics
             .registry
             .register_collector(Box::new(ProcessCollector));
+        metrics
+            .registry
+            .register_collector(Box::new(super::heap::HeapCollector));
         let r = metrics.registry.sub_registry_with_prefix("governor");
         r.register(
             "acquire",
@@ -280,6 +296,26 @@ impl Metrics {
             "config_reloads",
             "Config reloads, by result (ok, error)",
             metrics.reloads.clone(),
+        );
+        r.register(
+            "connections",
+            "Open connections on the gRPC listeners",
+            metrics.connections.open.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections closed at accept because server.max_connections were open",
+            metrics.connections.refused.clone(),
+        );
+        r.register(
+            "connections_closed",
+            "Connections the server closed, by reason (idle: no stream for server.idle_connection_timeout; handshake: no HTTP/2 preface within server.handshake_timeout)",
+            metrics.connections.closed.clone(),
+        );
+        r.register(
+            "calls_refused",
+            "Calls answered RESOURCE_EXHAUSTED because server.max_calls were open",
+            metrics.connections.calls_refused.clone(),
         );
         r.register(
             "trace_spans_dropped",

@@ -10,6 +10,7 @@
 mod events;
 mod export;
 mod format;
+pub mod heap;
 mod limit_log;
 mod metrics;
 mod process;
@@ -29,7 +30,7 @@ pub use events::{BackpressureLog, Event};
 pub use export::QueueConfig;
 pub use format::Format;
 pub use limit_log::LimitLog;
-pub use metrics::{BUCKETS, Metrics, TraceLabels, WAIT_BOUNDS};
+pub use metrics::{BUCKETS, ConnectionMetrics, Metrics, ReasonLabels, TraceLabels, WAIT_BOUNDS};
 pub use opentelemetry_sdk::trace::Sampler;
 pub use trace::{Tracing, sampler};
 
