@@ -27,6 +27,15 @@ type GovernorClient interface {
 	Release(ctx context.Context, in *ReleaseRequest, opts ...grpc.CallOption) (*ReleaseResponse, error)
 	// Extends a held lease by the dependency's lease TTL.
 	Renew(ctx context.Context, in *RenewRequest, opts ...grpc.CallOption) (*RenewResponse, error)
+	// Acquire, Release and Renew as messages on one stream. Every acquire is
+	// independent (one that waits never delays a later one); answers come in
+	// the order decisions are made, matched by `id`. Leases granted here
+	// belong to the session: when the stream ends for any reason, every lease
+	// it holds is released and every acquire it has waiting is withdrawn, at
+	// once (release outcome `session_closed`). Bad input for one message is
+	// answered with a SessionError and the stream stays open; an undecodable
+	// message ends it with a status.
+	Session(ctx context.Context, opts ...grpc.CallOption) (Governor_SessionClient, error)
 }
 
 type governorClient struct {
@@ -64,6 +73,37 @@ func (c *governorClient) Renew(ctx context.Context, in *RenewRequest, opts ...gr
 	return out, nil
 }
 
+func (c *governorClient) Session(ctx context.Context, opts ...grpc.CallOption) (Governor_SessionClient, error) {
+	stream, err := c.cc.NewStream(ctx, &_Governor_serviceDesc.Streams[0], "/governor.v1.Governor/Session", opts...)
+	if err != nil {
+		return nil, err
+	}
+	x := &governorSessionClient{stream}
+	return x, nil
+}
+
+type Governor_SessionClient interface {
+	Send(*SessionRequest) error
+	Recv() (*SessionResponse, error)
+	grpc.ClientStream
+}
+
+type governorSessionClient struct {
+	grpc.ClientStream
+}
+
+func (x *governorSessionClient) Send(m *SessionRequest) error {
+	return x.ClientStream.SendMsg(m)
+}
+
+func (x *governorSessionClient) Recv() (*SessionResponse, error) {
+	m := new(SessionResponse)
+	if err := x.ClientStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 // GovernorServer is the server API for Governor service.
 // All implementations must embed UnimplementedGovernorServer
 // for forward compatibility
@@ -78,6 +118,15 @@ type GovernorServer interface {
 	Release(context.Context, *ReleaseRequest) (*ReleaseResponse, error)
 	// Extends a held lease by the dependency's lease TTL.
 	Renew(context.Context, *RenewRequest) (*RenewResponse, error)
+	// Acquire, Release and Renew as messages on one stream. Every acquire is
+	// independent (one that waits never delays a later one); answers come in
+	// the order decisions are made, matched by `id`. Leases granted here
+	// belong to the session: when the stream ends for any reason, every lease
+	// it holds is released and every acquire it has waiting is withdrawn, at
+	// once (release outcome `session_closed`). Bad input for one message is
+	// answered with a SessionError and the stream stays open; an undecodable
+	// message ends it with a status.
+	Session(Governor_SessionServer) error
 	mustEmbedUnimplementedGovernorServer()
 }
 
@@ -93,6 +142,9 @@ func (UnimplementedGovernorServer) Release(context.Context, *ReleaseRequest) (*R
 }
 func (UnimplementedGovernorServer) Renew(context.Context, *RenewRequest) (*RenewResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Renew not implemented")
+}
+func (UnimplementedGovernorServer) Session(Governor_SessionServer) error {
+	return status.Errorf(codes.Unimplemented, "method Session not implemented")
 }
 func (UnimplementedGovernorServer) mustEmbedUnimplementedGovernorServer() {}
 
@@ -161,6 +213,32 @@ func _Governor_Renew_Handler(srv interface{}, ctx context.Context, dec func(inte
 	return interceptor(ctx, in, info, handler)
 }
 
+func _Governor_Session_Handler(srv interface{}, stream grpc.ServerStream) error {
+	return srv.(GovernorServer).Session(&governorSessionServer{stream})
+}
+
+type Governor_SessionServer interface {
+	Send(*SessionResponse) error
+	Recv() (*SessionRequest, error)
+	grpc.ServerStream
+}
+
+type governorSessionServer struct {
+	grpc.ServerStream
+}
+
+func (x *governorSessionServer) Send(m *SessionResponse) error {
+	return x.ServerStream.SendMsg(m)
+}
+
+func (x *governorSessionServer) Recv() (*SessionRequest, error) {
+	m := new(SessionRequest)
+	if err := x.ServerStream.RecvMsg(m); err != nil {
+		return nil, err
+	}
+	return m, nil
+}
+
 var _Governor_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "governor.v1.Governor",
 	HandlerType: (*GovernorServer)(nil),
@@ -178,7 +256,14 @@ var _Governor_serviceDesc = grpc.ServiceDesc{
 			Handler:    _Governor_Renew_Handler,
 		},
 	},
-	Streams:  []grpc.StreamDesc{},
+	Streams: []grpc.StreamDesc{
+		{
+			StreamName:    "Session",
+			Handler:       _Governor_Session_Handler,
+			ServerStreams: true,
+			ClientStreams: true,
+		},
+	},
 	Metadata: "governor/v1/governor.proto",
 }
 

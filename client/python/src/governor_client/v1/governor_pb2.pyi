@@ -62,6 +62,40 @@ LIMIT_ALGORITHM_GRADIENT: LimitAlgorithm
 LIMIT_ALGORITHM_VEGAS: LimitAlgorithm
 LIMIT_ALGORITHM_AIMD: LimitAlgorithm
 
+class SessionRequest(_message.Message):
+    __slots__ = ("id", "acquire", "release", "renew")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    acquire: AcquireRequest
+    release: ReleaseRequest
+    renew: RenewRequest
+    def __init__(self, id: _Optional[int] = ..., acquire: _Optional[_Union[AcquireRequest, _Mapping]] = ..., release: _Optional[_Union[ReleaseRequest, _Mapping]] = ..., renew: _Optional[_Union[RenewRequest, _Mapping]] = ...) -> None: ...
+
+class SessionResponse(_message.Message):
+    __slots__ = ("id", "acquire", "release", "renew", "error")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    ACQUIRE_FIELD_NUMBER: _ClassVar[int]
+    RELEASE_FIELD_NUMBER: _ClassVar[int]
+    RENEW_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    acquire: AcquireResponse
+    release: ReleaseResponse
+    renew: RenewResponse
+    error: SessionError
+    def __init__(self, id: _Optional[int] = ..., acquire: _Optional[_Union[AcquireResponse, _Mapping]] = ..., release: _Optional[_Union[ReleaseResponse, _Mapping]] = ..., renew: _Optional[_Union[RenewResponse, _Mapping]] = ..., error: _Optional[_Union[SessionError, _Mapping]] = ...) -> None: ...
+
+class SessionError(_message.Message):
+    __slots__ = ("code", "message")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    message: str
+    def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
+
 class AcquireRequest(_message.Message):
     __slots__ = ("dependency", "attempt", "priority", "tenant", "max_wait")
     DEPENDENCY_FIELD_NUMBER: _ClassVar[int]

@@ -50,6 +50,11 @@ class GovernorStub:
                 request_serializer=governor_dot_v1_dot_governor__pb2.RenewRequest.SerializeToString,
                 response_deserializer=governor_dot_v1_dot_governor__pb2.RenewResponse.FromString,
                 _registered_method=True)
+        self.Session = channel.stream_stream(
+                '/governor.v1.Governor/Session',
+                request_serializer=governor_dot_v1_dot_governor__pb2.SessionRequest.SerializeToString,
+                response_deserializer=governor_dot_v1_dot_governor__pb2.SessionResponse.FromString,
+                _registered_method=True)
 
 
 class GovernorServicer:
@@ -81,6 +86,20 @@ class GovernorServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Session(self, request_iterator, context):
+        """Acquire, Release and Renew as messages on one stream. Every acquire is
+        independent (one that waits never delays a later one); answers come in
+        the order decisions are made, matched by `id`. Leases granted here
+        belong to the session: when the stream ends for any reason, every lease
+        it holds is released and every acquire it has waiting is withdrawn, at
+        once (release outcome `session_closed`). Bad input for one message is
+        answered with a SessionError and the stream stays open; an undecodable
+        message ends it with a status.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GovernorServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -98,6 +117,11 @@ def add_GovernorServicer_to_server(servicer, server):
                     servicer.Renew,
                     request_deserializer=governor_dot_v1_dot_governor__pb2.RenewRequest.FromString,
                     response_serializer=governor_dot_v1_dot_governor__pb2.RenewResponse.SerializeToString,
+            ),
+            'Session': grpc.stream_stream_rpc_method_handler(
+                    servicer.Session,
+                    request_deserializer=governor_dot_v1_dot_governor__pb2.SessionRequest.FromString,
+                    response_serializer=governor_dot_v1_dot_governor__pb2.SessionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -182,6 +206,33 @@ class Governor:
             '/governor.v1.Governor/Renew',
             governor_dot_v1_dot_governor__pb2.RenewRequest.SerializeToString,
             governor_dot_v1_dot_governor__pb2.RenewResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Session(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/governor.v1.Governor/Session',
+            governor_dot_v1_dot_governor__pb2.SessionRequest.SerializeToString,
+            governor_dot_v1_dot_governor__pb2.SessionResponse.FromString,
             options,
             channel_credentials,
             insecure,
