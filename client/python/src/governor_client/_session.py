@@ -399,6 +399,7 @@ class AsyncStream:
         self._ids = itertools.count(1)
         self._pending: Dict[int, Callable[[Result], None]] = {}
         self._requests: "asyncio.Queue[Optional[pb.SessionRequest]]" = asyncio.Queue()
+        self.cancelled = False
         self.broken: Optional[_Broken] = None
         #: What ended the stream: a _Broken, or _Unimplemented.
         self._why: Optional[BaseException] = None
@@ -457,6 +458,7 @@ class AsyncStream:
                 reason, code = _describe(e)
                 self._end(_Broken(reason, code))
         except asyncio.CancelledError:
+            self.cancelled = True
             self._end(_Broken("the client closed the session", grpc.StatusCode.CANCELLED))
         except Exception as e:  # pragma: no cover - defensive
             self._end(_Broken(repr(e), None))
@@ -508,7 +510,10 @@ class AsyncSession:
             logger.info("the governor sidecar has no Session RPC; using unary calls for %.0fs", UNARY_RETRY)
             self._reconnect.unimplemented(now)
         elif not self._closed:
-            logger.warning("the session to the governor sidecar ended: %s", why)
+            if stream.cancelled:  # its task was cancelled: the event loop is ending
+                logger.debug("the session to the governor sidecar ended: %s", why)
+            else:
+                logger.warning("the session to the governor sidecar ended: %s", why)
             self._reconnect.broke(now)
         if self._stream is stream:
             self._stream = None
