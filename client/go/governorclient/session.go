@@ -116,7 +116,7 @@ func (s *session) brokeLocked(now time.Time) {
 	s.notBefore = now.Add(SessionBackoff(s.breaks))
 }
 
-func (s *session) ended(st *stream, code codes.Code, clean bool) {
+func (s *session) ended(st *stream, code codes.Code) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	switch {
@@ -231,7 +231,7 @@ func (st *stream) end(err error) {
 	st.pending = map[uint64]*waiter{}
 	st.mu.Unlock()
 	st.cancel()
-	st.s.ended(st, code, clean)
+	st.s.ended(st, code)
 	close(st.done)
 }
 

@@ -111,6 +111,21 @@ def test_sync_a_killed_session_reports_its_permit_lost_and_reconnects(sidecar):
         gov.close()
 
 
+def test_sync_the_blocks_own_error_wins_over_the_lost_permit(sidecar, caplog):
+    gov = Governor(sidecar.addr, fail_open=False)
+    try:
+        with pytest.raises(ValueError, match="downstream broke"):
+            with gov.permit("sess-lost-sync") as permit:
+                assert permit.on_session
+                permit._stream._call.cancel()
+                wait_until(lambda: permit._stream.broken is not None, timeout=2, what="the break")
+                raise ValueError("downstream broke")
+        assert permit.lease_lost and permit.released
+        assert any("was lost" in r.getMessage() for r in caplog.records)
+    finally:
+        gov.close()
+
+
 def test_sync_a_dead_sidecar_makes_held_permits_lost(start_sidecar):
     sc = start_sidecar({"gone": {}})
     gov = Governor(sc.addr, fail_open=False)

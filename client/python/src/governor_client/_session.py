@@ -90,9 +90,21 @@ class _EndedOk(_RetryUnary):
     """Internal: the sidecar ended the stream cleanly (it drains) before reading the acquire."""
 
 
+class _NotAccepted(_RetryUnary):
+    """Internal: the stream failed INTERNAL before it answered anything.
+
+    grpc.aio now and then reports a stream refused with a trailers-only
+    UNIMPLEMENTED as INTERNAL ("Internal error from Core"). Sending its
+    acquires again unary is safe whatever happened: anything the sidecar
+    granted on the stream was freed when it ended.
+    """
+
+
 def _ended_reason(why: BaseException) -> _Broken:
     if isinstance(why, _Unimplemented):
         return _Broken("the sidecar has no Session RPC", grpc.StatusCode.UNIMPLEMENTED)
+    if isinstance(why, _NotAccepted):
+        return _Broken("the stream failed INTERNAL before any answer", grpc.StatusCode.INTERNAL)
     return _Broken("the sidecar ended the stream", grpc.StatusCode.OK)
 
 
@@ -223,6 +235,8 @@ class SyncStream:
             code = e.code() if hasattr(e, "code") else None
             if code == grpc.StatusCode.UNIMPLEMENTED:
                 self._end(_Unimplemented())
+            elif code == grpc.StatusCode.INTERNAL and not self._answered:
+                self._end(_NotAccepted())
             else:
                 reason, code = _describe(e)
                 self._end(_Broken(reason, code))
@@ -399,6 +413,7 @@ class AsyncStream:
         self._ids = itertools.count(1)
         self._pending: Dict[int, Callable[[Result], None]] = {}
         self._requests: "asyncio.Queue[Optional[pb.SessionRequest]]" = asyncio.Queue()
+        self._answered = False
         self.cancelled = False
         self.broken: Optional[_Broken] = None
         #: What ended the stream: a _Broken, or _Unimplemented.
@@ -406,11 +421,16 @@ class AsyncStream:
         # Written by one task (not a request iterator): a write that fails
         # because the call ended must not hide the call's own status.
         self._call = stub.Session(metadata=metadata)
-        self._writer = asyncio.ensure_future(self._write())
+        # The read is pending before the first write: grpc.aio reports a
+        # stream refused with a trailers-only status (UNIMPLEMENTED) as
+        # INTERNAL now and then when the write comes first.
+        self._reading = asyncio.Event()
         self._reader = asyncio.ensure_future(self._read())
+        self._writer = asyncio.ensure_future(self._write())
 
     async def _write(self) -> None:
         try:
+            await self._reading.wait()
             while True:
                 req = await self._requests.get()
                 if req is None:
@@ -442,9 +462,12 @@ class AsyncStream:
     async def _read(self) -> None:
         try:
             while True:
-                resp = await self._call.read()
+                read = asyncio.ensure_future(self._call.read())
+                self._reading.set()
+                resp = await read
                 if resp is grpc.aio.EOF:
                     break
+                self._answered = True
                 self._owner._reconnect.breaks = 0
                 callback = self._pending.pop(resp.id, None)
                 if callback is not None:
@@ -454,6 +477,8 @@ class AsyncStream:
             code = e.code() if hasattr(e, "code") else None
             if code == grpc.StatusCode.UNIMPLEMENTED:
                 self._end(_Unimplemented())
+            elif code == grpc.StatusCode.INTERNAL and not self._answered:
+                self._end(_NotAccepted())
             else:
                 reason, code = _describe(e)
                 self._end(_Broken(reason, code))
