@@ -112,8 +112,10 @@ impl Acquire {
         let cx = Context::current();
         let dependency = request.dependency.clone();
         match gov.acquire_rpc(request, &cx).await {
-            Ok(response) if response.granted => Ok(Permit::granted(gov, dependency, response, cx)),
-            Ok(response) => Err(AcquireError::Rejected(Rejection::from(response))),
+            Ok((response, session)) if response.granted => {
+                Ok(Permit::granted(gov, dependency, response, session, cx))
+            }
+            Ok((response, _)) => Err(AcquireError::Rejected(Rejection::from(response))),
             Err(status)
                 if !is_unavailable(&status) || gov.inner.fail_policy == FailPolicy::Closed =>
             {

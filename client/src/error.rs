@@ -115,11 +115,23 @@ impl fmt::Display for Rejection {
 
 impl std::error::Error for Rejection {}
 
-/// A failed `Release` RPC. The lease still expires after its TTL, so this is
-/// worth logging but rarely worth acting on.
+/// A release that did not go through: the RPC failed (the lease then
+/// expires after its TTL: worth logging, rarely worth acting on), or the
+/// permit was already lost with its session.
 #[derive(Debug, thiserror::Error)]
-#[error("release failed: {}", .0.message())]
-pub struct ReleaseError(#[source] pub Status);
+#[non_exhaustive]
+pub enum ReleaseError {
+    /// The `Release` failed; the lease expires after its TTL.
+    #[error("release failed: {}", .0.message())]
+    Rpc(#[source] Status),
+    /// The permit was granted on the client's Session stream, which ended
+    /// before this release (the sidecar restarted, or the connection was
+    /// lost): the sidecar already released it (outcome `session_closed`),
+    /// so the call made under it was not counted to the end. Nothing is
+    /// freed a second time.
+    #[error("permit lost: the session it was granted on ended, and the sidecar released it")]
+    Lost,
+}
 
 /// The error of a call made under a permit ([`Acquire::run`](crate::Acquire::run),
 /// [`GovernorService`](crate::GovernorService)): either no permit, or the

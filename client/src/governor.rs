@@ -12,6 +12,7 @@ use std::{
 };
 
 use opentelemetry::Context;
+use opentelemetry::trace::TraceContextExt as _;
 use rate_governor_proto::v1::{
     AcquireRequest, AcquireResponse, Outcome, Priority, ReleaseRequest, RenewRequest,
     RenewResponse, governor_client::GovernorClient,
@@ -22,6 +23,7 @@ use crate::{
     acquire::Acquire,
     duration::{from_proto, to_proto},
     propagation::inject,
+    session::{Sessions, Stream},
     transport::{self, ConnectError},
 };
 
@@ -186,6 +188,8 @@ impl GovernorBuilder {
                 priority: self.priority,
                 tenant: self.tenant,
                 counters: Counters::default(),
+                sessions: Sessions::default(),
+                connect_timeout: self.connect_timeout,
                 warn_epoch: Instant::now(),
                 next_warn_ms: AtomicU64::new(0),
                 suppressed_warnings: AtomicU64::new(0),
@@ -209,6 +213,9 @@ pub(crate) struct Inner {
     pub(crate) priority: Priority,
     pub(crate) tenant: Option<String>,
     pub(crate) counters: Counters,
+    /// The Session stream acquires go over (see [`crate::session`]).
+    sessions: Sessions,
+    connect_timeout: Duration,
     warn_epoch: Instant,
     next_warn_ms: AtomicU64,
     suppressed_warnings: AtomicU64,
@@ -328,18 +335,54 @@ impl Governor {
         request
     }
 
+    /// An Acquire over the session (whose stream then owns the lease), or
+    /// the unary RPC when there is none, or when the caller's trace context
+    /// is sampled: a session message carries no metadata, and only the
+    /// unary call can make the sidecar's spans children of the caller's.
     pub(crate) async fn acquire_rpc(
         &self,
         message: AcquireRequest,
         cx: &Context,
-    ) -> Result<AcquireResponse, Status> {
+    ) -> Result<(AcquireResponse, Option<Arc<Stream>>), Status> {
         let timeout = match message.max_wait {
             Some(max_wait) => from_proto(Some(max_wait)).saturating_add(ACQUIRE_DEADLINE_MARGIN),
             None => self.inner.acquire_timeout,
         };
+        // Opening waits for the stream's headers; never longer than the call.
+        let open_timeout = self
+            .inner
+            .connect_timeout
+            .max(self.inner.call_timeout)
+            .min(timeout);
+        let traced = cx.span().span_context().is_sampled();
+        let stream = match traced {
+            true => None,
+            false => {
+                self.inner
+                    .sessions
+                    .stream(&self.inner.client, open_timeout)
+                    .await
+            }
+        };
+        if let Some(stream) = stream {
+            let response = stream.acquire(message, timeout).await?;
+            return Ok((response, Some(stream)));
+        }
         let request = self.request(message, timeout, cx);
         let mut client = self.inner.client.clone();
-        with_deadline(timeout, client.acquire(request)).await
+        with_deadline(timeout, client.acquire(request))
+            .await
+            .map(|response| (response, None))
+    }
+
+    /// Whether acquires go over the unary RPCs for good (the sidecar
+    /// answered the Session RPC `UNIMPLEMENTED`).
+    pub async fn uses_unary_fallback(&self) -> bool {
+        self.inner.sessions.is_unary().await
+    }
+
+    pub(crate) fn call_timeout(&self) -> Duration {
+        self.inner.call_timeout
     }
 
     pub(crate) async fn release_rpc(

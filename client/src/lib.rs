@@ -50,12 +50,28 @@
 //!
 //! # Tracing
 //!
-//! Every RPC carries the current OpenTelemetry context as W3C
+//! Every unary RPC carries the current OpenTelemetry context as W3C
 //! `traceparent`/`tracestate` metadata, through the propagator installed with
 //! `opentelemetry::global::set_text_map_propagator`. With `tracing` and
 //! `tracing-opentelemetry` (0.32 or later, whose context activation is on by
 //! default), the entered `tracing` span is that current context. Renewals
 //! carry the context of the acquire; a drop-time release that of the drop.
+//!
+//! # Session
+//!
+//! Acquires go over one Session stream per [`Governor`], opened on the
+//! first acquire: one message each way per permit, and the sidecar frees
+//! the permits of a session the moment it ends (this process dies, the
+//! connection drops), instead of after their lease TTL. A permit whose
+//! session ended is reported by its release as [`ReleaseError::Lost`]; the
+//! next acquire opens a new session (at most once per backoff, 50 ms
+//! doubling to 5 s; the unary calls serve in between). A sidecar without
+//! the Session RPC (`UNIMPLEMENTED`) is asked with the unary calls for
+//! good ([`Governor::uses_unary_fallback`]). A session message carries no
+//! metadata, so an acquire whose current trace context is *sampled* uses
+//! the unary call, whose `traceparent` makes the sidecar's spans children
+//! of the caller's; its permit is then not tied to the session (its TTL
+//! bounds it, as before).
 //!
 //! # Runtime
 //!
@@ -70,6 +86,7 @@ mod layer;
 mod permit;
 mod propagation;
 mod retry;
+mod session;
 mod transport;
 
 #[cfg(test)]

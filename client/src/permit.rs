@@ -8,7 +8,13 @@ use opentelemetry::Context;
 use rate_governor_proto::v1::{AcquireResponse, Outcome};
 use tokio::task::AbortHandle;
 
-use crate::{Governor, ReleaseError, duration::from_proto};
+use std::sync::Arc;
+
+use crate::{
+    Governor, ReleaseError,
+    duration::{from_proto, to_proto},
+    session::Stream,
+};
 
 /// Renewal never runs more often than this, whatever the TTL.
 const MIN_RENEW_PERIOD: Duration = Duration::from_millis(10);
@@ -36,6 +42,8 @@ struct Lease {
     id: String,
     ttl: Duration,
     renewer: Option<AbortHandle>,
+    /// The Session stream that owns it; `None` when granted by the unary RPC.
+    session: Option<Arc<Stream>>,
 }
 
 impl Lease {
@@ -51,12 +59,15 @@ impl Permit {
         gov: Governor,
         dependency: String,
         response: AcquireResponse,
+        session: Option<Arc<Stream>>,
         cx: Context,
     ) -> Self {
         let ttl = from_proto(response.lease_ttl);
         let id = response.lease_id;
-        let renewer = (!ttl.is_zero())
-            .then(|| tokio::spawn(renew_loop(gov.clone(), id.clone(), ttl, cx)).abort_handle());
+        let renewer = (!ttl.is_zero()).then(|| {
+            let renew = renew_loop(gov.clone(), id.clone(), ttl, session.clone(), cx);
+            tokio::spawn(renew).abort_handle()
+        });
         Self {
             dependency,
             queue_wait: from_proto(response.queue_wait),
@@ -65,6 +76,7 @@ impl Permit {
                 id,
                 ttl,
                 renewer,
+                session,
             }),
         }
     }
@@ -106,6 +118,10 @@ impl Permit {
     /// sidecar still knew the lease (`false` if it had expired, and always
     /// `false` for a degraded permit).
     ///
+    /// A permit granted on the client's Session stream is released over it;
+    /// if that stream ended first, the sidecar has already released the
+    /// permit, and this says so with [`ReleaseError::Lost`].
+    ///
     /// # Cancel safety
     ///
     /// If this future is dropped before the sidecar answers, the permit is
@@ -114,7 +130,8 @@ impl Permit {
     ///
     /// # Errors
     ///
-    /// If the `Release` RPC fails; the lease then expires after its TTL.
+    /// [`ReleaseError::Rpc`] if the `Release` fails (the lease then expires
+    /// after its TTL); [`ReleaseError::Lost`] if its session ended.
     pub async fn release(self, outcome: Outcome) -> Result<bool, ReleaseError> {
         self.release_inner(outcome, None).await
     }
@@ -146,14 +163,37 @@ impl Permit {
             return Ok(false);
         };
         lease.stop_renewing();
-        let result = lease
-            .gov
-            .release_rpc(lease.id.clone(), outcome, latency, &Context::current())
-            .await;
+        let result = match &lease.session {
+            Some(stream) if stream.is_ended() => Err(ReleaseError::Lost),
+            Some(stream) => {
+                let timeout = lease.gov.call_timeout();
+                let released = stream
+                    .release(lease.id.clone(), outcome, latency.map(to_proto), timeout)
+                    .await;
+                match released {
+                    Ok(released) => Ok(released),
+                    Err(_) if stream.is_ended() => Err(ReleaseError::Lost),
+                    Err(status) => Err(ReleaseError::Rpc(status)),
+                }
+            }
+            None => lease
+                .gov
+                .release_rpc(lease.id.clone(), outcome, latency, &Context::current())
+                .await
+                .map_err(ReleaseError::Rpc),
+        };
+        if matches!(result, Err(ReleaseError::Lost)) {
+            lease
+                .gov
+                .inner
+                .counters
+                .leases_lost
+                .fetch_add(1, Ordering::Relaxed);
+        }
         // Only now is the drop-time release disarmed: if this future is
         // dropped mid-RPC, `Drop` still gives the lease back.
         self.lease = None;
-        result.map_err(ReleaseError)
+        result
     }
 }
 
@@ -171,11 +211,30 @@ impl Permit {
 /// lease to expire).
 fn spawn_release(mut lease: Lease, outcome: Outcome, latency: Option<Duration>) {
     lease.stop_renewing();
+    if let Some(stream) = &lease.session {
+        // Over the stream, with no answer wanted; an ended stream's
+        // permits are already back.
+        if latency.is_none() || stream.is_ended() {
+            if !stream.is_ended() {
+                stream.release_and_forget(lease.id.clone(), outcome);
+            }
+            return;
+        }
+    }
     match tokio::runtime::Handle::try_current() {
         Ok(runtime) => {
             let cx = Context::current();
             runtime.spawn(async move {
-                if let Err(status) = lease.gov.release_rpc(lease.id, outcome, latency, &cx).await {
+                let result = match &lease.session {
+                    Some(stream) => {
+                        let timeout = lease.gov.call_timeout();
+                        stream
+                            .release(lease.id.clone(), outcome, latency.map(to_proto), timeout)
+                            .await
+                    }
+                    None => lease.gov.release_rpc(lease.id, outcome, latency, &cx).await,
+                };
+                if let Err(status) = result {
                     tracing::debug!(%status, "background release failed");
                 }
             });
@@ -209,11 +268,27 @@ impl fmt::Debug for Permit {
 /// Renews the lease at a third of its TTL, so that two renewals can fail
 /// before it expires. Stops when the sidecar no longer knows the lease;
 /// aborted by release and drop.
-async fn renew_loop(gov: Governor, lease_id: String, mut ttl: Duration, cx: Context) {
+async fn renew_loop(
+    gov: Governor,
+    lease_id: String,
+    mut ttl: Duration,
+    session: Option<Arc<Stream>>,
+    cx: Context,
+) {
     loop {
         let period = (ttl / 3).max(MIN_RENEW_PERIOD);
         tokio::time::sleep(period).await;
-        match gov.renew_rpc(lease_id.clone(), period, &cx).await {
+        let renewed = match &session {
+            // Its stream ended: the sidecar released it; the holder's
+            // release reports it lost.
+            Some(stream) if stream.is_ended() => return,
+            Some(stream) => {
+                let timeout = period.min(gov.call_timeout());
+                stream.renew(lease_id.clone(), timeout).await
+            }
+            None => gov.renew_rpc(lease_id.clone(), period, &cx).await,
+        };
+        match renewed {
             Ok(response) if response.renewed => {
                 let renewed = from_proto(response.lease_ttl);
                 if !renewed.is_zero() {

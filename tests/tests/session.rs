@@ -320,14 +320,14 @@ async fn bad_input_is_answered_per_message_and_the_stream_stays_open() {
     assert_eq!(answer.id, 1);
     let (code, message) = error(&answer);
     assert_eq!(code, Code::InvalidArgument as i32);
-    assert!(message.starts_with("acquire.dependency: "), "{message}");
+    assert!(message.starts_with("dependency: "), "{message}");
 
     session
         .send(2, acquire_op("db", Some(Duration::from_secs(1_000_000))))
         .await;
     let (code, message) = error(&session.next().await);
     assert_eq!(code, Code::InvalidArgument as i32);
-    assert!(message.starts_with("acquire.max_wait: "), "{message}");
+    assert!(message.starts_with("max_wait: "), "{message}");
 
     session
         .tx
@@ -346,21 +346,13 @@ async fn bad_input_is_answered_per_message_and_the_stream_stays_open() {
             }),
         )
         .await;
-    assert!(
-        error(&session.next().await)
-            .1
-            .starts_with("renew.lease_id: ")
-    );
+    assert!(error(&session.next().await).1.starts_with("lease_id: "));
 
     session.send(0, acquire_op("db", None)).await;
     assert!(error(&session.next().await).1.starts_with("id: "));
 
     session.send(5, release_op("")).await;
-    assert!(
-        error(&session.next().await)
-            .1
-            .starts_with("release.lease_id: ")
-    );
+    assert!(error(&session.next().await).1.starts_with("lease_id: "));
 
     // Still open: a grant, then the per-session cap of pending acquires.
     session.send(6, acquire_op("db", None)).await;
@@ -575,4 +567,121 @@ async fn a_black_holed_connection_releases_after_keepalive_and_not_before() {
     );
     assert!(took <= bound + Duration::from_millis(1500), "{took:?}");
     drop(session);
+}
+
+/// A loopback TCP proxy whose open connections can be cut (both ends
+/// closed) while it keeps accepting new ones.
+struct CuttableProxy {
+    addr: SocketAddr,
+    open: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::AbortHandle>>>,
+}
+
+impl CuttableProxy {
+    async fn start(to: SocketAddr) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let open = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let tasks = open.clone();
+        tokio::spawn(async move {
+            while let Ok((mut client, _)) = listener.accept().await {
+                let mut server = tokio::net::TcpStream::connect(to).await.unwrap();
+                let task = tokio::spawn(async move {
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                });
+                tasks.lock().unwrap().push(task.abort_handle());
+            }
+        });
+        CuttableProxy { addr, open }
+    }
+
+    fn cut(&self) {
+        for task in self.open.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_acquires_on_a_session_and_reports_a_permit_lost_with_it() {
+    use rate_governor_client::{Governor, Outcome, ReleaseError};
+
+    let gov =
+        GovernorProcess::start("[dependencies.db]\nmax_concurrency = 4\nlease_ttl = \"1h\"\n")
+            .await;
+    let admin_addr = gov.admin_addr().unwrap();
+    let mut admin = gov.admin_client().await;
+    let proxy = CuttableProxy::start(gov.grpc_addr()).await;
+    let client = Governor::connect(format!("http://{}", proxy.addr)).unwrap();
+
+    let released = client.acquire("db").await.unwrap();
+    assert!(released.release(Outcome::Success).await.unwrap());
+    let dropped = client.acquire("db").await.unwrap();
+    drop(dropped);
+    let lost = client.acquire("db").await.unwrap();
+    assert!(!client.uses_unary_fallback().await);
+    wait_load(
+        &mut admin,
+        "db",
+        (1, 0),
+        Instant::now(),
+        Duration::from_secs(5),
+    )
+    .await;
+
+    // The connection goes: the sidecar frees the permit on its own...
+    proxy.cut();
+    wait_load(
+        &mut admin,
+        "db",
+        (0, 0),
+        Instant::now(),
+        Duration::from_secs(5),
+    )
+    .await;
+    assert_eq!(releases(admin_addr, "db", "session_closed").await, 1.0);
+    // ...and its holder hears it was lost, not that it released it.
+    let error = lost.release(Outcome::Success).await.unwrap_err();
+    assert!(matches!(error, ReleaseError::Lost), "{error:?}");
+    assert_eq!(client.stats().leases_lost, 1);
+    assert_eq!(releases(admin_addr, "db", "success").await, 1.0);
+    assert_eq!(releases(admin_addr, "db", "unspecified").await, 1.0);
+
+    // The next acquire opens a new session (after the backoff, the unary
+    // RPC serves in between); either way it is granted.
+    let again = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            match client.acquire("db").await {
+                Ok(permit) if !permit.is_degraded() => return permit,
+                _ => tokio::time::sleep(Duration::from_millis(20)).await,
+            }
+        }
+    })
+    .await
+    .expect("granted again through the proxy");
+    assert_eq!(load(&mut admin, "db").await, (1, 0));
+    assert!(again.release(Outcome::Success).await.unwrap());
+    // Once the backoff has passed, acquires are back on a session: a cut
+    // frees what it holds.
+    let on_session = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let permit = client.acquire("db").await.unwrap();
+            proxy.cut();
+            match permit.release(Outcome::Success).await {
+                Err(ReleaseError::Lost) => return,
+                Ok(_) => {}
+                Err(other) => panic!("{other:?}"),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(on_session.is_ok(), "the client reopened a session");
+    wait_load(
+        &mut admin,
+        "db",
+        (0, 0),
+        Instant::now(),
+        Duration::from_secs(5),
+    )
+    .await;
 }

@@ -5,6 +5,7 @@ use std::{collections::VecDeque, path::Path, sync::Arc, time::Duration};
 
 use rate_governor_proto::v1::{
     AcquireRequest, AcquireResponse, ReleaseRequest, ReleaseResponse, RenewRequest, RenewResponse,
+    SessionRequest, SessionResponse,
     governor_server::{Governor, GovernorServer},
 };
 use tokio::{
@@ -185,5 +186,16 @@ impl Governor for Fake {
             }
         });
         Ok(Response::new(response))
+    }
+
+    type SessionStream = tokio_stream::Empty<Result<SessionResponse, Status>>;
+
+    /// Like a sidecar from before the Session RPC: the client falls back to
+    /// the unary calls this fake records.
+    async fn session(
+        &self,
+        _request: Request<tonic::Streaming<SessionRequest>>,
+    ) -> Result<Response<Self::SessionStream>, Status> {
+        Err(Status::unimplemented("the fake serves no Session"))
     }
 }

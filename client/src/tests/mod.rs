@@ -623,3 +623,19 @@ async fn connects_over_a_unix_socket() {
     assert_eq!(fake.with(|s| s.releases.len()), 1);
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[tokio::test]
+async fn a_sidecar_without_the_session_rpc_is_asked_with_unary_calls() {
+    let (fake, gov) = fake_and_client().await;
+    assert!(!gov.uses_unary_fallback().await, "nothing asked yet");
+    for _ in 0..2 {
+        let permit = gov.acquire("payments").await.unwrap();
+        assert!(!permit.is_degraded());
+        assert!(permit.release(Outcome::Success).await.unwrap());
+    }
+    assert!(gov.uses_unary_fallback().await);
+    fake.with(|s| {
+        assert_eq!(s.acquires.len(), 2, "both acquires went unary");
+        assert_eq!(s.releases.len(), 2);
+    });
+}

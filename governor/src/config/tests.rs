@@ -14,7 +14,23 @@ fn the_embedded_config_is_the_documented_one() {
     assert!(config.ledger.allow_unknown_dependencies);
     assert_eq!(config.ledger.max_dependencies, 1024);
     assert_eq!(config.ledger.max_waiters, 100_000);
+    assert_eq!(config.ledger.max_session_pending, 1024);
     assert_eq!(Config::parse("").unwrap(), config);
+}
+
+#[test]
+fn max_session_pending_is_read_and_checked() {
+    let config = Config::parse("[limits]\nmax_session_pending = 7\n").unwrap();
+    assert_eq!(config.ledger.max_session_pending, 7);
+    for bad in ["0", "1000001"] {
+        let error = Config::parse(&format!("[limits]\nmax_session_pending = {bad}\n")).unwrap_err();
+        assert!(
+            error
+                .0
+                .starts_with("limits.max_session_pending: must be between 1 and 1000000"),
+            "{error}"
+        );
+    }
 }
 
 #[test]

@@ -72,7 +72,7 @@ impl Owner {
 pub enum SessionAcquireError {
     #[error(transparent)]
     Ledger(#[from] LedgerError),
-    #[error("{0} acquires are already pending on this session (limits.max_session_pending)")]
+    #[error("{0} acquires are already pending on this session")]
     TooManyPending(usize),
     /// The session closed first; whatever the acquire got went back.
     #[error("the session is closed")]

@@ -154,10 +154,11 @@ fn error(id: u64, code: Code, message: impl Into<String>) -> v1::SessionResponse
     }
 }
 
-/// The unary path's status as this message's error, its field named from
-/// the message (`acquire.dependency: ...`).
-fn field_error(id: u64, op: &str, status: &Status) -> v1::SessionResponse {
-    error(id, status.code(), format!("{op}.{}", status.message()))
+/// The unary path's status as this message's error: the same code and
+/// message, naming the field (`dependency: must not be empty`), so a client
+/// reads both paths alike.
+fn field_error(id: u64, status: &Status) -> v1::SessionResponse {
+    error(id, status.code(), status.message())
 }
 
 fn handle<'a>(
@@ -182,7 +183,7 @@ fn handle<'a>(
                 ));
             }
             match acquire_params(&message, None) {
-                Err(status) => Handled::Answer(field_error(id, "acquire", &status)),
+                Err(status) => Handled::Answer(field_error(id, &status)),
                 Ok((priority, max_wait)) => Handled::Pending(Box::pin(async move {
                     acquire(service, session, metadata, id, message, priority, max_wait).await
                 })),
@@ -193,11 +194,11 @@ fn handle<'a>(
             Ok(response) => answer(Some(session_response::Result::Release(response))),
             // Even with id 0: a release that could not be read is worth
             // telling, and 0 is what it is matched by.
-            Err(status) => Handled::Answer(field_error(id, "release", &status)),
+            Err(status) => Handled::Answer(field_error(id, &status)),
         },
         Some(session_request::Op::Renew(message)) => match service.renew_message(&message) {
             Ok(response) => answer(Some(session_response::Result::Renew(response))),
-            Err(status) => Handled::Answer(field_error(id, "renew", &status)),
+            Err(status) => Handled::Answer(field_error(id, &status)),
         },
     }
 }
@@ -248,16 +249,11 @@ async fn acquire(
             let status = match failure {
                 SessionAcquireError::Ledger(error) => Status::from(error),
                 SessionAcquireError::TooManyPending(_) => {
-                    Status::resource_exhausted(format!("acquire: {failure}"))
+                    Status::resource_exhausted(format!("limits.max_session_pending: {failure}"))
                 }
-                SessionAcquireError::Closed => Status::aborted(format!("acquire: {failure}")),
+                SessionAcquireError::Closed => Status::aborted(format!("session: {failure}")),
             };
-            let message = if status.message().starts_with("acquire") {
-                status.message().to_owned()
-            } else {
-                format!("acquire.{}", status.message())
-            };
-            error(id, status.code(), message)
+            field_error(id, &status)
         }
     }
 }

@@ -179,7 +179,7 @@ impl Metrics {
         );
         r.register(
             "release",
-            "Releases of live leases, by the outcome the caller reported",
+            "Releases of live leases, by the outcome the caller reported (session_closed: freed when their Session stream ended)",
             metrics.releases.clone(),
         );
         r.register(
