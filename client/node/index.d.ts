@@ -13,6 +13,12 @@ export declare const DEFAULT_ACQUIRE_TIMEOUT_MS: number;
 export declare const DEFAULT_CALL_TIMEOUT_MS: number;
 /** The channel options every Governor starts from: fast reconnect, HTTP/2 keepalive (10 s, 5 s to answer). */
 export declare const DEFAULT_CHANNEL_OPTIONS: Readonly<ChannelOptions>;
+/** How long a client uses the unary RPCs after the sidecar answered the Session stream UNIMPLEMENTED (60 000 ms). */
+export declare const SESSION_UNARY_RETRY_MS: number;
+/** A Session stream holding and waiting for nothing is ended after this long (1000 ms). */
+export declare const SESSION_IDLE_MS: number;
+/** Delay (ms) before reopening the stream after the n-th consecutive break: 50 ms doubling to 5 s, full jitter. */
+export declare const sessionBackoffMs: (n: number) => number;
 
 export type Outcome = 'SUCCESS' | 'FAILURE' | 'TIMEOUT' | 'CANCELLED';
 export declare const Outcome: {
@@ -46,6 +52,11 @@ export interface Logger {
 }
 
 export interface GovernorOptions {
+  /**
+   * Send acquire, release and renew over one Session stream (default true), opened on the
+   * first acquire; false: the unary RPCs only. See the README ("The Session stream").
+   */
+  useSession?: boolean;
   /**
    * What to do when the sidecar gives no answer (UNAVAILABLE, DEADLINE_EXCEEDED, CANCELLED,
    * UNKNOWN, INTERNAL, DATA_LOSS): true (default) proceeds with a degraded permit
@@ -150,11 +161,15 @@ export declare class Permit {
   /** Successful lease renewals so far. */
   readonly renewals: number;
   readonly released: boolean;
+  /** True when the lease expired before a renewal, or its Session stream ended. */
   readonly leaseLost: boolean;
+  /** True when the permit was granted on the client's Session stream. */
+  readonly onSession: boolean;
   /**
    * Gives the permit back; idempotent. Resolves true when the governor released the lease.
-   * latencyMs defaults to the time since the permit was granted. Rejects only with a TypeError
-   * for a bad outcome or latency (the permit is then still held).
+   * latencyMs defaults to the time since the permit was granted. Rejects with a TypeError
+   * for a bad outcome or latency (the permit is then still held), and with PermitLostError
+   * when its Session stream ended first (the sidecar freed the lease then).
    */
   release(outcome?: Outcome, latencyMs?: number): Promise<boolean>;
 }
@@ -278,5 +293,12 @@ export declare class RejectedError extends GovernorError {
 }
 
 export declare class GovernorUnavailableError extends GovernorError {}
+
+/** The permit's Session stream ended before its release; code 'PERMIT_LOST'. */
+export declare class PermitLostError extends GovernorError {
+  readonly dependency: string;
+  /** Why the session ended. */
+  readonly reason: string;
+}
 
 export default Governor;

@@ -157,6 +157,24 @@ export class GovernorUnavailableError extends GovernorError {
   }
 }
 
+/**
+ * The permit's Session stream ended before the permit was released: the
+ * sidecar freed the lease then (release outcome session_closed), so the
+ * downstream call ran without a slot. Thrown by release() and withPermit()
+ * instead of a second, silent release.
+ */
+export class PermitLostError extends GovernorError {
+  constructor(dependency, reason) {
+    super(`governor: the permit for "${dependency}" was lost: its session to the sidecar ended (${reason})`, {
+      code: 'PERMIT_LOST',
+    });
+    this.name = 'PermitLostError';
+    this.dependency = dependency;
+    /** Why the session ended. */
+    this.reason = reason;
+  }
+}
+
 function fromGrpcError(err, what) {
   if (err instanceof GovernorError) return err;
   const code = typeof err?.code === 'number' ? err.code : grpc.status.UNKNOWN;
@@ -341,6 +359,13 @@ export class Permit {
     this.attempt = fields.attempt ?? 0;
     this.acquiredAt = performance.now();
     this.renewals = 0;
+    /** @internal the Session stream it was granted on, or null (unary Acquire, degraded) */
+    this._stream = fields.stream ?? null;
+  }
+
+  /** True when the permit was granted on the client's Session stream. */
+  get onSession() {
+    return this._stream !== null;
   }
 
   /**
@@ -387,9 +412,9 @@ export class Permit {
     return this.#releasePromise !== null;
   }
 
-  /** True when the governor no longer knows the lease (expired, e.g. after a long stall). */
+  /** True when the governor no longer knows the lease (expired, or its session ended). */
   get leaseLost() {
-    return this.#leaseLost;
+    return this.#leaseLost || (this._stream !== null && this._stream.ended !== null);
   }
 
   /**
@@ -397,11 +422,13 @@ export class Permit {
    * sidecar; later calls resolve to false once the first has finished.
    * Resolves to true when the governor released the lease, false otherwise
    * (degraded permit, lease already expired, or sidecar unreachable — the
-   * lease then expires on its own). Rejects only with a TypeError for a bad
-   * outcome or latency, in which case the permit is still held.
+   * lease then expires on its own). Rejects with a TypeError for a bad
+   * outcome or latency, in which case the permit is still held, and with
+   * PermitLostError when the permit's Session stream ended before this
+   * release (nothing is sent: the sidecar freed the lease then).
    */
   release(outcome = Outcome.SUCCESS, latencyMs) {
-    if (this.#releasePromise) return this.#releasePromise.then(() => false);
+    if (this.#releasePromise) return this.#releasePromise.then(() => false, () => false);
     // Validate before marking released, so a bad argument does not leak the permit.
     let wireOutcome;
     try {
@@ -453,12 +480,16 @@ export class Permit {
     const interval = this.#renewIntervalMs(this.leaseTtlMs);
     let res;
     try {
-      const { promise, call } = this.#gov._renew(this.leaseId, interval);
+      const { promise, call } = this.#gov._renew(this, interval);
       this.#renewCall = call;
       res = await promise;
     } catch (err) {
       this.#renewCall = null;
       if (this.#stopped) return;
+      if (err instanceof PermitLostError) {
+        this.#stopped = true;
+        return;
+      }
       this.#gov._onRenewFailure(this, err);
       this.#schedule(interval);
       return;
@@ -531,6 +562,212 @@ export class GovernorAdminClient {
 }
 
 // ---------------------------------------------------------------------------
+// Session stream
+
+/** How long a client uses the unary RPCs after the sidecar answered the Session stream UNIMPLEMENTED. */
+export const SESSION_UNARY_RETRY_MS = 60_000;
+
+/** A Session stream that holds and waits for nothing is ended after this long (so it never keeps the process alive). */
+export const SESSION_IDLE_MS = 1000;
+
+/** Delay before reopening a stream after the n-th consecutive break: 50 ms doubling to 5 s, full jitter. */
+export function sessionBackoffMs(n) {
+  return Math.random() * Math.min(5000, 50 * 2 ** Math.max(0, n - 1));
+}
+
+/**
+ * One open governor.v1.Governor/Session stream. Answers are matched to
+ * their request by id; every acquire has its own entry, so one that waits
+ * never holds up another.
+ */
+class SessionStream {
+  #session;
+  #call;
+  #nextId = 1;
+  #pending = new Map(); // id -> { resolve, abandoned }
+  #idleTimer = null;
+  /** Why the stream ended ({ reason, code, retryUnary }), or null while open. */
+  ended = null;
+  /** Session permits granted on it and not yet released. */
+  held = 0;
+  /** True once the sidecar answered anything on it. */
+  answered = false;
+
+  constructor(session, client, metadata) {
+    this.#session = session;
+    this.#call = client.Session(metadata);
+    this.#call.on('data', (res) => this.#onData(res));
+    this.#call.on('error', () => {}); // the status event says how it ended
+    this.#call.on('status', (st) => this.#onEnd(st));
+  }
+
+  /** Sends a message; resolves with its response, or a { ended } marker when the stream ends first. */
+  request(build, { signal, timeoutMs } = {}) {
+    if (this.ended) return Promise.resolve({ ended: this.ended });
+    const id = this.#nextId++;
+    this.#clearIdle();
+    return new Promise((resolve) => {
+      const entry = { abandoned: false, resolve: null };
+      let timer = null;
+      const finish = (value) => {
+        if (timer) clearTimeout(timer);
+        signal?.removeEventListener('abort', onAbort);
+        resolve(value);
+      };
+      const giveUp = (why) => {
+        entry.abandoned = true; // a grant that comes later is released at once
+        finish(why);
+      };
+      const onAbort = () => giveUp({ aborted: true });
+      entry.resolve = finish;
+      this.#pending.set(id, entry);
+      if (timeoutMs !== undefined) {
+        timer = setTimeout(() => giveUp({ timedOut: true }), timeoutMs);
+      }
+      signal?.addEventListener('abort', onAbort, { once: true });
+      this.#call.write(build(id));
+    });
+  }
+
+  /** Sends a message with id 0: no answer wanted. */
+  send(message) {
+    if (!this.ended) this.#call.write({ id: 0, ...message });
+  }
+
+  #onData(res) {
+    const entry = this.#pending.get(res.id);
+    if (!entry) return;
+    if (entry.abandoned) {
+      this.#pending.delete(res.id);
+      this.#releaseLate(res);
+      this.#maybeIdle();
+      return;
+    }
+    this.#pending.delete(res.id);
+    this.answered = true;
+    this.#session.answered();
+    entry.resolve({ response: res });
+    this.#maybeIdle();
+  }
+
+  #releaseLate(res) {
+    if (res.result === 'acquire' && res.acquire.granted) {
+      this.send({ release: { leaseId: res.acquire.leaseId, outcome: 'OUTCOME_CANCELLED' } });
+    }
+  }
+
+  #onEnd(st) {
+    if (this.ended) return;
+    this.#clearIdle();
+    const retryUnary = st.code === grpc.status.UNIMPLEMENTED || st.code === grpc.status.OK;
+    const name = STATUS_NAMES[st.code] ?? 'UNKNOWN';
+    this.ended = {
+      code: st.code,
+      retryUnary,
+      reason:
+        st.code === grpc.status.UNIMPLEMENTED
+          ? 'the sidecar has no Session RPC'
+          : st.code === grpc.status.OK
+            ? 'the stream ended'
+            : `${name}: ${st.details}`,
+    };
+    const pending = [...this.#pending.values()];
+    this.#pending.clear();
+    this.#session.streamEnded(this);
+    for (const entry of pending) if (!entry.abandoned) entry.resolve({ ended: this.ended });
+  }
+
+  /** A permit granted on it was released or lost. */
+  permitDone() {
+    this.held = Math.max(0, this.held - 1);
+    this.#maybeIdle();
+  }
+
+  #maybeIdle() {
+    if (this.ended || this.held > 0 || this.#pending.size > 0 || this.#idleTimer) return;
+    this.#idleTimer = setTimeout(() => {
+      this.#idleTimer = null;
+      if (this.held === 0 && this.#pending.size === 0) this.close();
+    }, SESSION_IDLE_MS);
+    this.#idleTimer.unref?.();
+  }
+
+  #clearIdle() {
+    if (this.#idleTimer) clearTimeout(this.#idleTimer);
+    this.#idleTimer = null;
+  }
+
+  /** Half-closes the stream (the sidecar then frees what it holds) and resolves once it ended. */
+  close() {
+    this.#clearIdle();
+    if (this.ended) return Promise.resolve();
+    this.#session.closing(this);
+    return new Promise((resolve) => {
+      const timer = setTimeout(() => this.#call.cancel(), 2000);
+      this.#call.once('status', () => {
+        clearTimeout(timer);
+        resolve();
+      });
+      this.#call.end();
+    });
+  }
+}
+
+/** The client's session: opens its stream on demand, remembers UNIMPLEMENTED, backs off after breaks. */
+class Session {
+  #client;
+  #logger;
+  #current = null;
+  #breaks = 0;
+  #notBefore = 0;
+  #unaryUntil = 0;
+
+  constructor(client, logger) {
+    this.#client = client;
+    this.#logger = logger;
+  }
+
+  /** The open stream (opened now if need be), or null: use the unary RPCs. */
+  stream(metadata) {
+    if (this.#current && !this.#current.ended) return this.#current;
+    const now = performance.now();
+    if (now < this.#unaryUntil || now < this.#notBefore) return null;
+    this.#current = new SessionStream(this, this.#client, metadata);
+    return this.#current;
+  }
+
+  answered() {
+    this.#breaks = 0;
+  }
+
+  /** The stream is being ended by the client (idle or close): not a break. */
+  closing(stream) {
+    if (this.#current === stream) this.#current = null;
+  }
+
+  streamEnded(stream) {
+    const wasCurrent = this.#current === stream;
+    if (wasCurrent) this.#current = null;
+    const { code, reason } = stream.ended;
+    if (code === grpc.status.UNIMPLEMENTED) {
+      this.#unaryUntil = performance.now() + SESSION_UNARY_RETRY_MS;
+    } else if (wasCurrent) {
+      this.#breaks += 1;
+      this.#notBefore = performance.now() + sessionBackoffMs(this.#breaks);
+      // A stream that never got an answer is reported by the acquire it failed.
+      if (code !== grpc.status.OK && stream.answered) this.#logger.warn?.(`governor: the session to the sidecar ended (${reason})`);
+    }
+  }
+
+  close() {
+    const current = this.#current;
+    this.#current = null;
+    this.#unaryUntil = Infinity;
+    return current ? current.close() : Promise.resolve();
+  }
+}
+
+// ---------------------------------------------------------------------------
 // Governor
 
 /** The grpc-js channel options every Governor starts from (options.channelOptions override them). */
@@ -563,6 +800,7 @@ export class Governor {
   // garbage-collected and then released by #orphans.
   #held = new Map();
   #orphans = new FinalizationRegistry((held) => this.#releaseOrphan(held));
+  #session = null;
   #closed = false;
   #closing = null;
   #lastWarnAt = -Infinity;
@@ -611,6 +849,7 @@ export class Governor {
     this.#adminClient = new GovernorAdminServiceClient(target, credentials, { channelOverride });
     this.#healthClient = new HealthServiceClient(target, credentials, { channelOverride });
     this.admin = new GovernorAdminClient(this);
+    if (options.useSession ?? true) this.#session = new Session(this.#client, this.#logger);
   }
 
   /** The target this client talks to. */
@@ -654,8 +893,36 @@ export class Governor {
     if (signal?.aborted) throw abortReason(signal);
     const deadlineMs = maxWaitMs === undefined ? this.#acquireTimeoutMs : maxWaitMs + this.#deadlineMarginMs;
     let response;
+    let stream = null;
     try {
-      response = await this.#unary(this.#client, 'Acquire', request, deadlineMs, signal).promise;
+      const metadata = this.#metadata();
+      // A stream's metadata go out once: an acquire that carries a trace
+      // context goes unary, so the sidecar's span joins the caller's trace.
+      if (this.#session && metadata.get('traceparent').length === 0) stream = this.#session.stream(metadata);
+      if (stream) {
+        const answer = await stream.request((id) => ({ id, acquire: request }), { signal, timeoutMs: deadlineMs });
+        if (answer.aborted) throw abortReason(signal);
+        if (answer.timedOut) {
+          throw Object.assign(new Error('no answer on the governor session within the deadline'), {
+            code: grpc.status.DEADLINE_EXCEEDED,
+            details: 'no answer on the governor session within the deadline',
+          });
+        }
+        if (answer.ended?.retryUnary) {
+          stream = null; // never read by the sidecar: send it unary
+        } else if (answer.ended) {
+          const code = NO_ANSWER_CODES.has(answer.ended.code) ? answer.ended.code : grpc.status.UNAVAILABLE;
+          const details = `the session to the sidecar ended (${answer.ended.reason}); the sidecar withdrew the acquire`;
+          throw Object.assign(new Error(details), { code, details });
+        } else if (answer.response.result === 'error') {
+          const e = answer.response.error;
+          const details = stripPrefix(e.message, 'acquire.');
+          throw Object.assign(new Error(details), { code: e.code, details });
+        } else {
+          response = answer.response.acquire;
+        }
+      }
+      if (!stream) response = await this.#unary(this.#client, 'Acquire', request, deadlineMs, signal).promise;
     } catch (err) {
       if (signal?.aborted) throw abortReason(signal);
       const error = fromGrpcError(err, `Acquire("${dependency}")`);
@@ -679,15 +946,18 @@ export class Governor {
       inFlight: response.inFlight,
       queued: response.queued,
       attempt,
+      stream,
     });
+    if (stream) stream.held += 1;
     if (this.#closed) {
       // close() ran while Acquire was in flight: give the lease back at once
-      // (best effort: the channel may be closed already, then it expires).
-      this.#sendRelease(permit.leaseId, dependency, 'OUTCOME_UNSPECIFIED', undefined);
+      // (best effort: the channel may be closed already, then it expires;
+      // a session lease went with its stream).
+      if (!stream) this.#sendRelease(permit.leaseId, dependency, 'OUTCOME_UNSPECIFIED', undefined);
       throw new GovernorError('governor client is closed', { code: 'CLOSED' });
     }
     this.#held.set(permit.leaseId, new WeakRef(permit));
-    this.#orphans.register(permit, { leaseId: permit.leaseId, dependency }, permit);
+    this.#orphans.register(permit, { leaseId: permit.leaseId, dependency, stream }, permit);
     permit._startRenewal();
     return permit;
   }
@@ -712,7 +982,13 @@ export class Governor {
       throw err;
     } finally {
       const latencyMs = performance.now() - started;
-      await permit.release(classifyOutcome(threw, error, options.signal), latencyMs);
+      try {
+        await permit.release(classifyOutcome(threw, error, options.signal), latencyMs);
+      } catch (lost) {
+        // fn's own error wins; PermitLostError otherwise (fn ran without a slot).
+        if (!threw || !(lost instanceof PermitLostError)) throw lost;
+        this.#logger.warn?.(lost.message);
+      }
     }
   }
 
@@ -793,12 +1069,13 @@ export class Governor {
     this.#closed = true;
     const permits = this.#livePermits();
     for (const permit of permits) permit._stopRenewal();
-    this.#closing = Promise.allSettled(
-      permits.map((permit) => {
-        this.#orphans.unregister(permit);
-        return this.#sendRelease(permit.leaseId, permit.dependency, 'OUTCOME_UNSPECIFIED', undefined);
-      }),
-    ).then(() => {
+    // Session permits are freed together by ending their stream.
+    const unary = permits.filter((permit) => permit._stream === null);
+    for (const permit of permits) this.#orphans.unregister(permit);
+    this.#closing = Promise.allSettled([
+      ...unary.map((permit) => this.#sendRelease(permit.leaseId, permit.dependency, 'OUTCOME_UNSPECIFIED', undefined)),
+      this.#session ? this.#session.close() : Promise.resolve(),
+    ]).then(() => {
       this.#held.clear();
       this.#client.close();
     });
@@ -812,6 +1089,23 @@ export class Governor {
     this.#held.delete(permit.leaseId);
     this.#orphans.unregister(permit);
     if (this.#closed) return false; // close() released it already
+    const stream = permit._stream;
+    if (stream) {
+      stream.permitDone();
+      if (stream.ended) throw new PermitLostError(permit.dependency, stream.ended.reason);
+      const request = { leaseId: permit.leaseId, outcome: wireOutcome };
+      if (latencyMs !== undefined) request.latency = msToDuration(latencyMs);
+      const answer = await stream.request((id) => ({ id, release: request }), { timeoutMs: this.#callTimeoutMs });
+      if (answer.ended) throw new PermitLostError(permit.dependency, answer.ended.reason);
+      if (answer.timedOut || answer.response.result !== 'release') {
+        this.#stats.releaseFailures += 1;
+        const why = answer.timedOut ? 'no answer in time' : answer.response.error.message;
+        this.#logger.warn?.(`governor Release("${permit.dependency}") failed on the session: ${why}`);
+        return false;
+      }
+      if (answer.response.release.released) this.#stats.released += 1;
+      return Boolean(answer.response.release.released);
+    }
     return this.#sendRelease(permit.leaseId, permit.dependency, wireOutcome, latencyMs);
   }
 
@@ -831,11 +1125,17 @@ export class Governor {
   }
 
   /** A held permit was garbage-collected without release. */
-  #releaseOrphan({ leaseId, dependency }) {
+  #releaseOrphan({ leaseId, dependency, stream }) {
     this.#held.delete(leaseId);
     if (this.#closed) return;
     this.#stats.orphansReleased += 1;
     this.#logger.warn?.(`governor: a permit for "${dependency}" was garbage-collected while held; releasing it`);
+    if (stream) {
+      // Over its session, no answer wanted (an ended session freed it already).
+      stream.send({ release: { leaseId, outcome: 'OUTCOME_UNSPECIFIED' } });
+      stream.permitDone();
+      return;
+    }
     this.#sendRelease(leaseId, dependency, 'OUTCOME_UNSPECIFIED', undefined);
   }
 
@@ -850,8 +1150,25 @@ export class Governor {
   }
 
   /** @internal Each Renew's deadline is min(its period, callTimeoutMs): it never outlives the next. */
-  _renew(leaseId, intervalMs) {
-    return this.#unary(this.#client, 'Renew', { leaseId }, Math.max(10, Math.min(intervalMs, this.#callTimeoutMs)));
+  _renew(permit, intervalMs) {
+    const timeoutMs = Math.max(10, Math.min(intervalMs, this.#callTimeoutMs));
+    const stream = permit._stream;
+    if (!stream) return this.#unary(this.#client, 'Renew', { leaseId: permit.leaseId }, timeoutMs);
+    const controller = new AbortController();
+    const promise = stream
+      .request((id) => ({ id, renew: { leaseId: permit.leaseId } }), { timeoutMs, signal: controller.signal })
+      .then((answer) => {
+        if (answer.ended) throw new PermitLostError(permit.dependency, answer.ended.reason);
+        if (answer.timedOut || answer.aborted) {
+          throw Object.assign(new Error('no answer on the governor session'), { code: grpc.status.DEADLINE_EXCEEDED });
+        }
+        if (answer.response.result !== 'renew') {
+          const e = answer.response.error;
+          throw Object.assign(new Error(e.message), { code: e.code, details: e.message });
+        }
+        return answer.response.renew;
+      });
+    return { promise, call: { cancel: () => controller.abort() } };
   }
 
   /** @internal */

@@ -97,6 +97,10 @@ type Options struct {
 	// released=false). lease is nil for "acquire". It may be called from the
 	// renewal goroutine.
 	OnBackgroundError func(op string, lease *Lease, err error)
+	// DisableSession makes the client use the unary Acquire, Release and
+	// Renew RPCs only. By default it opens one Session stream on the first
+	// Acquire and sends them over it (see session.go and the README).
+	DisableSession bool
 }
 
 // Client wraps the governor.v1.Governor and governor.v1.GovernorAdmin stubs.
@@ -110,6 +114,8 @@ type Client struct {
 	admin    governorv1.GovernorAdminClient
 	conn     *grpc.ClientConn
 	opts     Options
+
+	sess *session
 
 	mu     sync.Mutex
 	held   map[LeaseID]*Lease // granted by Acquire, not yet given to Release
@@ -138,18 +144,24 @@ func Dial(target string, opts Options, dialOpts ...grpc.DialOption) (*Client, er
 
 // New wraps an existing connection; Close will not close it.
 func New(cc grpc.ClientConnInterface, opts Options) *Client {
-	return &Client{
+	c := &Client{
 		gov:   governorv1.NewGovernorClient(cc),
 		admin: governorv1.NewGovernorAdminClient(cc),
 		opts:  opts,
 		held:  map[LeaseID]*Lease{},
 	}
+	if !opts.DisableSession {
+		c.sess = &session{c: c}
+	}
+	return c
 }
 
 // Close releases every lease Acquire granted that was not yet passed to
 // Release, with OUTCOME_UNSPECIFIED (the client does not know how those
 // calls went), each within Options.CallTimeout, then closes the connection
-// if Dial opened it. Later Acquires return ErrClosed.
+// if Dial opened it. The leases held on the Session stream are freed
+// together by half-closing it (the sidecar's release outcome
+// session_closed). Later Acquires return ErrClosed.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -159,9 +171,14 @@ func (c *Client) Close() error {
 	c.closed = true
 	held := make([]*Lease, 0, len(c.held))
 	for _, l := range c.held {
-		held = append(held, l)
+		if l.stream == nil {
+			held = append(held, l)
+		}
 	}
 	c.mu.Unlock()
+	if c.sess != nil {
+		c.sess.close()
+	}
 	var wg sync.WaitGroup
 	for _, l := range held {
 		wg.Add(1)
@@ -200,7 +217,14 @@ type Lease struct {
 	QueueWait time.Duration
 	// GrantedAt is when the grant was received.
 	GrantedAt time.Time
+
+	// The Session stream it was granted on; nil for the unary Acquire.
+	stream *stream
 }
+
+// OnSession reports whether the lease was granted on the client's Session
+// stream (and so is freed by the sidecar the moment the stream ends).
+func (l *Lease) OnSession() bool { return l.stream != nil }
 
 // AcquireOption sets optional fields of an AcquireRequest.
 type AcquireOption func(*governorv1.AcquireRequest)
@@ -248,7 +272,21 @@ func (c *Client) Acquire(ctx context.Context, dependency string, opts ...Acquire
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.acquireTimeout(req))
 	defer cancel()
-	resp, err := c.gov.Acquire(ctx, req)
+	var st *stream
+	if c.sess != nil && !carriesTrace(ctx) {
+		st = c.sess.stream()
+	}
+	var resp *governorv1.AcquireResponse
+	var err error
+	if st != nil {
+		resp, err = st.acquire(ctx, req)
+		if errors.Is(err, errRetryUnary) {
+			st = nil
+		}
+	}
+	if st == nil {
+		resp, err = c.gov.Acquire(ctx, req)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -272,6 +310,7 @@ func (c *Client) Acquire(ctx context.Context, dependency string, opts ...Acquire
 		TTL:        resp.GetLeaseTtl().AsDuration(),
 		QueueWait:  resp.GetQueueWait().AsDuration(),
 		GrantedAt:  time.Now(),
+		stream:     st,
 	}
 	c.mu.Lock()
 	closed = c.closed
@@ -280,8 +319,11 @@ func (c *Client) Acquire(ctx context.Context, dependency string, opts ...Acquire
 	}
 	c.mu.Unlock()
 	if closed {
-		// Close ran while this Acquire was in flight: give the lease back.
-		_, _ = c.Release(context.Background(), lease.ID, governorv1.Outcome_OUTCOME_UNSPECIFIED, 0)
+		// Close ran while this Acquire was in flight: give the lease back
+		// (a session lease went with the stream).
+		if st == nil {
+			_, _ = c.Release(context.Background(), lease.ID, governorv1.Outcome_OUTCOME_UNSPECIFIED, 0)
+		}
 		return nil, ErrClosed
 	}
 	return lease, nil
@@ -301,16 +343,25 @@ func (c *Client) acquireTimeout(req *governorv1.AcquireRequest) time.Duration {
 // was unknown, expired or already released. latency is the downstream
 // latency the caller measured; zero leaves it unset. The call is bounded by
 // Options.CallTimeout.
+//
+// A lease granted on the Session stream is released over it (with an id: the
+// answer is waited for). If that stream ended before, Release returns an
+// error matching ErrPermitLost and sends nothing: the sidecar freed the lease
+// when the stream ended.
 func (c *Client) Release(ctx context.Context, leaseID LeaseID, outcome governorv1.Outcome, latency time.Duration) (bool, error) {
 	c.mu.Lock()
+	lease := c.held[leaseID]
 	delete(c.held, leaseID)
 	c.mu.Unlock()
-	ctx, cancel := context.WithTimeout(ctx, c.callTimeout())
-	defer cancel()
 	req := &governorv1.ReleaseRequest{LeaseId: string(leaseID), Outcome: outcome}
 	if latency > 0 {
 		req.Latency = durationpb.New(latency)
 	}
+	if lease != nil && lease.stream != nil {
+		return c.releaseOnSession(ctx, lease, req)
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.callTimeout())
+	defer cancel()
 	resp, err := c.gov.Release(ctx, req)
 	if err != nil {
 		return false, err
@@ -326,6 +377,12 @@ func (c *Client) Renew(ctx context.Context, leaseID LeaseID) (ttl time.Duration,
 }
 
 func (c *Client) renew(ctx context.Context, leaseID LeaseID, timeout time.Duration) (time.Duration, bool, error) {
+	c.mu.Lock()
+	lease := c.held[leaseID]
+	c.mu.Unlock()
+	if lease != nil && lease.stream != nil {
+		return c.renewOnSession(ctx, lease, timeout)
+	}
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 	resp, err := c.gov.Renew(ctx, &governorv1.RenewRequest{LeaseId: string(leaseID)})

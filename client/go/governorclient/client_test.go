@@ -59,6 +59,11 @@ max_concurrency = 1
 max_queue = 4
 max_wait = "6s"
 
+[dependencies.go-sess-full]
+max_concurrency = 1
+max_queue = 4
+max_wait = "5s"
+
 [dependencies.go-close]
 max_concurrency = 4
 `

@@ -2,6 +2,7 @@ package governorclient
 
 import (
 	"context"
+	"errors"
 	"sync/atomic"
 	"time"
 
@@ -27,7 +28,9 @@ const minRenewInterval = 10 * time.Millisecond
 // is FAILURE) and carries fn's measured latency. While fn runs the lease is
 // renewed every third of its TTL, so fn may outlive lease_ttl.
 //
-// WithPermit returns fn's error unchanged. If the permit is not granted it
+// WithPermit returns fn's error unchanged, or, when fn returned nil but the
+// permit's Session stream ended while fn ran, an error matching
+// ErrPermitLost (the sidecar had freed the slot). If the permit is not granted it
 // returns a *RejectedError (see AsRejected) or the Acquire RPC's error and
 // does not call fn, except that a sidecar that gives no answer (see
 // IsUnavailable) runs fn without a permit unless Options.FailClosed is set
@@ -68,6 +71,9 @@ func (c *Client) WithPermit(ctx context.Context, dependency string, fn func(ctx 
 		}
 		released, rerr := c.Release(detached(ctx), lease.ID, outcome, time.Since(start))
 		switch {
+		case errors.Is(rerr, ErrPermitLost) && err == nil && !panicked:
+			// fn ran (at least in part) without a slot: the caller must know.
+			err = rerr
 		case rerr != nil:
 			c.reportBackground("release", lease, rerr)
 		case !released:
@@ -104,6 +110,9 @@ func (c *Client) renewLoop(ctx context.Context, lease *Lease, stop <-chan struct
 		}
 		ttl, renewed, err := c.renew(ctx, lease.ID, timeout)
 		switch {
+		case errors.Is(err, ErrPermitLost):
+			c.reportBackground("renew", lease, err)
+			return
 		case err != nil:
 			// Transient: try again at the next tick; a third of the TTL
 			// leaves two more chances before the lease expires.

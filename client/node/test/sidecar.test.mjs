@@ -99,8 +99,8 @@ function spawnHolder(dependency, mode) {
     child.stdout.setEncoding('utf8');
     child.stdout.on('data', (c) => {
       out += c;
-      const m = /ACQUIRED (\S+)/.exec(out);
-      if (m) resolve(m[1]);
+      const m = /ACQUIRED (\S+) (\S+)/.exec(out);
+      if (m) resolve([m[1], m[2]]);
     });
     exited.then(({ code, signal }) => reject(new Error(`holder exited (${code ?? signal}) before acquiring: ${stderr}`)));
   });
@@ -164,23 +164,31 @@ describe('permits against the real sidecar', () => {
     assert.equal((await status('basic')).inFlight, 0);
   });
 
-  test("a killed client process's permit returns by lease expiry", async () => {
-    const before = await status('leaky');
-    const holder = spawnHolder('leaky', 'hold');
-    const leaseId = await holder.acquired;
-    assert.ok(leaseId.length > 0);
-    assert.equal((await status('leaky')).inFlight, before.inFlight + 1);
-    holder.child.kill('SIGKILL');
-    assert.equal((await holder.exited).signal, 'SIGKILL');
-    const s = await waitFor(
-      async () => {
-        const st = await status('leaky');
-        return st.inFlight === 0 ? st : null;
-      },
-      { timeoutMs: 5000, what: 'in_flight == 0 on "leaky" after the holder was killed' },
-    );
-    assert.ok(s.expiredTotal > before.expiredTotal, `expired_total went up (${before.expiredTotal} -> ${s.expiredTotal})`);
-  });
+  for (const [mode, onSession] of [['hold', true], ['hold-unary', false]]) {
+    const how = onSession ? 'at once from its Session stream' : 'by lease expiry (unary)';
+    test(`a killed client process's permit returns ${how}`, async () => {
+      const before = await status('leaky');
+      const holder = spawnHolder('leaky', mode);
+      const [leaseId, session] = await holder.acquired;
+      assert.ok(leaseId.length > 0);
+      assert.equal(session, String(onSession));
+      assert.equal((await status('leaky')).inFlight, before.inFlight + 1);
+      holder.child.kill('SIGKILL');
+      assert.equal((await holder.exited).signal, 'SIGKILL');
+      const s = await waitFor(
+        async () => {
+          const st = await status('leaky');
+          return st.inFlight === 0 ? st : null;
+        },
+        { timeoutMs: 5000, what: 'in_flight == 0 on "leaky" after the holder was killed' },
+      );
+      if (onSession) {
+        assert.equal(s.expiredTotal, before.expiredTotal, 'freed by the session, not by expiry');
+      } else {
+        assert.ok(s.expiredTotal > before.expiredTotal, `expired_total went up (${before.expiredTotal} -> ${s.expiredTotal})`);
+      }
+    });
+  }
 
   test('the renewal timer never keeps the process alive', async () => {
     const before = await status('orphan');
@@ -326,11 +334,12 @@ describe('permits against the real sidecar', () => {
     }
   });
 
-  test('aborting a queued acquire cancels it and leaves the queue', async () => {
+  test('aborting a queued unary acquire cancels it and leaves the queue', async () => {
+    const unary = new Governor(sidecar.addr, { failOpen: false, logger, useSession: false });
     const holder = await gov.acquire('abortable');
     try {
       const controller = new AbortController();
-      const pending = gov.acquire('abortable', { signal: controller.signal });
+      const pending = unary.acquire('abortable', { signal: controller.signal });
       await waitFor(async () => (await status('abortable')).queued === 1, { what: 'the acquire to be queued' });
       controller.abort();
       await assert.rejects(pending, { name: 'AbortError' });
@@ -338,7 +347,30 @@ describe('permits against the real sidecar', () => {
       assert.equal((await status('abortable')).inFlight, 1);
     } finally {
       await holder.release();
+      await unary.close();
     }
+  });
+
+  test('an aborted acquire on the session is released the moment it is granted', async () => {
+    const before = await status('abortable');
+    const holder = await gov.acquire('abortable');
+    const controller = new AbortController();
+    const pending = gov.acquire('abortable', { signal: controller.signal });
+    await waitFor(async () => (await status('abortable')).queued === 1, { what: 'the acquire to be queued' });
+    controller.abort();
+    await assert.rejects(pending, { name: 'AbortError' });
+    // A stream has no cancel message: it stays queued until granted ...
+    assert.equal((await status('abortable')).queued, 1);
+    assert.equal(await holder.release(), true);
+    // ... and the client gives the late grant straight back.
+    const s = await waitFor(
+      async () => {
+        const st = await status('abortable');
+        return st.grantedTotal === before.grantedTotal + 2 && st.inFlight === 0 ? st : null;
+      },
+      { what: 'the late grant to be released' },
+    );
+    assert.equal(s.expiredTotal, before.expiredTotal);
   });
 
   test('invalid input is a GovernorError, never a degraded permit, even when failing open', async () => {

@@ -48,6 +48,14 @@ DEPENDENCIES: Dict[str, Dict[str, object]] = {
     "nobudget-async": {"retry_budget": {"ratio": 0.0, "min_per_second": 0, "ttl": "10s"}},
     "close-sync": {},
     "close-async": {},
+    "sess-close-sync": {},
+    "sess-close-async": {},
+    "sess-full-sync": {"max_concurrency": 1, "max_queue": 4, "max_wait": "5s"},
+    "sess-full-async": {"max_concurrency": 1, "max_queue": 4, "max_wait": "5s"},
+    "sess-free-sync": {},
+    "sess-free-async": {},
+    "sess-lost-sync": {},
+    "sess-lost-async": {},
 }
 
 

@@ -124,32 +124,44 @@ def test_without_renewal_the_lease_expires(sidecar):
         gov.close()
 
 
-def test_killed_client_process_permit_returns_by_lease_expiry(sidecar):
+def _killed_child_gives_back(sidecar, use_session: bool) -> None:
     before = sidecar.status("killed-client").expired_total
     script = (
         "import sys, time, governor_client\n"
-        "gov = governor_client.Governor(sys.argv[1], fail_open=False)\n"
+        "gov = governor_client.Governor(sys.argv[1], fail_open=False, use_session=sys.argv[2] == '1')\n"
         "p = gov.acquire('killed-client')\n"
-        "print('acquired', p.lease_id, flush=True)\n"
+        "print('acquired', p.on_session, flush=True)\n"
         "time.sleep(600)\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(PKG_SRC), os.environ.get("PYTHONPATH")])))
     child = subprocess.Popen(
-        [sys.executable, "-c", script, sidecar.addr], stdout=subprocess.PIPE, text=True, env=env
+        [sys.executable, "-c", script, sidecar.addr, "1" if use_session else "0"],
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
     )
     try:
         line = child.stdout.readline()
-        assert line.startswith("acquired "), f"child did not acquire: {line!r}"
+        assert line.split() == ["acquired", str(use_session)], f"child did not acquire: {line!r}"
         assert sidecar.in_flight("killed-client") == 1
         child.send_signal(signal.SIGKILL)
         child.wait(timeout=10)
         wait_until(lambda: sidecar.in_flight("killed-client") == 0, timeout=5, what="in_flight == 0")
-        assert sidecar.status("killed-client").expired_total == before + 1
+        # On a session the sidecar frees it when the connection drops; unary leases wait for the TTL.
+        assert sidecar.status("killed-client").expired_total == before + (0 if use_session else 1)
     finally:
         if child.poll() is None:
             child.kill()
             child.wait()
         child.stdout.close()
+
+
+def test_killed_client_process_permit_returns_at_once_on_a_session(sidecar):
+    _killed_child_gives_back(sidecar, use_session=True)
+
+
+def test_killed_client_process_permit_returns_by_lease_expiry_without_a_session(sidecar):
+    _killed_child_gives_back(sidecar, use_session=False)
 
 
 def test_garbage_collected_permit_is_released(sidecar, gov):

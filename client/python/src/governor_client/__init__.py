@@ -25,6 +25,7 @@ from ._common import (
     otel_available,
     outcome_for_exception,
 )
+from ._session import PermitLostError
 from ._sync import Governor, Permit
 from .v1 import governor_pb2, governor_pb2_grpc
 
@@ -41,6 +42,7 @@ __all__ = [
     "InvalidRequest",
     "Outcome",
     "Permit",
+    "PermitLostError",
     "Priority",
     "RejectReason",
     "Rejected",

@@ -11,6 +11,7 @@ import grpc
 import grpc.aio
 
 from . import _common as c
+from . import _session as sess
 from ._common import (
     DEFAULT_ACQUIRE_TIMEOUT,
     DEFAULT_BACKOFF,
@@ -55,10 +56,13 @@ class AsyncPermit:
         resp: Optional[pb.AcquireResponse],
         otel_ctx: Any,
         degraded_error: Optional[GovernorUnavailable] = None,
+        stream: Optional[sess.AsyncStream] = None,
     ) -> None:
         self._client = client
         self.dependency = dependency
         self._otel_ctx = otel_ctx
+        self._stream = stream
+        self.on_session = stream is not None
         self._done = False
         self._outcome_override: Optional[Outcome] = None
         self._latency_override: Optional[float] = None
@@ -85,7 +89,7 @@ class AsyncPermit:
         self.in_flight = resp.in_flight
         self.queued = resp.queued
         self._finalizer = weakref.finalize(
-            self, _release_orphan, asyncio.get_running_loop(), client, dependency, self.lease_id, otel_ctx
+            self, _release_orphan, asyncio.get_running_loop(), client, dependency, self.lease_id, otel_ctx, stream
         )
 
     @property
@@ -114,6 +118,9 @@ class AsyncPermit:
 
         Same contract as :meth:`governor_client.Permit.release`: returns the
         sidecar's ``released``, never raises for transport errors.
+
+        Raises:
+            PermitLostError: the permit's session ended before this release.
         """
         outcome = c.coerce_outcome(outcome)
         if self._done:
@@ -130,7 +137,41 @@ class AsyncPermit:
         self._client._held.discard(self)
         if self.degraded:
             return False
+        if self._stream is not None:
+            return await self._release_on_session(outcome, latency)
         return await self._client._send_release(self.dependency, self.lease_id, outcome, latency, c.capture_context())
+
+    def _close_with_session(self) -> None:
+        self._done = True
+        self._reported_outcome = Outcome.UNSPECIFIED
+        self._reported_latency = time.monotonic() - self.acquired_at
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if self._renew_task is not None:
+            self._renew_task.cancel()
+
+    def _lost(self, reason: str) -> sess.PermitLostError:
+        self.lease_lost = True
+        return sess.PermitLostError(self.dependency, reason)
+
+    async def _release_on_session(self, outcome: Outcome, latency: float) -> bool:
+        stream = self._stream
+        assert stream is not None
+        if stream.broken is not None:
+            raise self._lost(stream.broken.reason)
+        req = sess.release_request(self.lease_id, outcome, latency)
+        result = await sess.async_call(
+            stream, lambda id_: pb.SessionRequest(id=id_, release=req), self._client._rpc_timeout
+        )
+        if isinstance(result, (sess._Broken, sess._RetryUnary)):
+            raise self._lost(stream.broken.reason if stream.broken else str(result))
+        if isinstance(result, BaseException):
+            logger.warning("Release of lease for %r failed (%s); it will expire after its TTL", self.dependency, result)
+            return False
+        if result.WhichOneof("result") == "release":
+            return result.release.released
+        logger.warning("Release of lease for %r refused by the governor sidecar: %s", self.dependency, result.error.message)
+        return False
 
     async def __aenter__(self) -> "AsyncPermit":
         self._block_start = time.monotonic()
@@ -147,11 +188,25 @@ class AsyncPermit:
         outcome = self._outcome_override if self._outcome_override is not None else c.outcome_for_exception(exc)
         # Shielded: a second cancellation while releasing must not lose the Release.
         task = self._client._spawn(self.release(outcome, latency))
-        await asyncio.shield(task)
+        try:
+            await asyncio.shield(task)
+        except sess.PermitLostError as lost:
+            if exc is None:
+                raise
+            # The block's own exception wins; the loss is still on the permit.
+            logger.warning("%s", lost)
 
     def _start_renewing(self) -> None:
         self._renew_task = self._client._spawn(
-            _renew_loop(weakref.ref(self), self._client, self.dependency, self.lease_id, self._otel_ctx, self.lease_ttl)
+            _renew_loop(
+                weakref.ref(self),
+                self._client,
+                self.dependency,
+                self.lease_id,
+                self._otel_ctx,
+                self.lease_ttl,
+                self._stream,
+            )
         )
 
     def __repr__(self) -> str:
@@ -174,6 +229,7 @@ async def _renew_loop(
     lease_id: str,
     otel_ctx: Any,
     ttl: float,
+    stream: Optional[sess.AsyncStream],
 ) -> None:
     """Renews the lease until the permit is released or garbage-collected.
 
@@ -188,17 +244,34 @@ async def _renew_loop(
             return
         ttl = permit.lease_ttl
         del permit
-        md = c.merge_metadata(client._metadata, c.trace_metadata(otel_ctx))
-        try:
-            resp = await client._get_stub().Renew(
-                pb.RenewRequest(lease_id=lease_id),
-                timeout=c.renew_timeout(ttl, client._rpc_timeout),
-                metadata=md,
+        if stream is not None:
+            result = await sess.async_call(
+                stream,
+                lambda id_: pb.SessionRequest(id=id_, renew=pb.RenewRequest(lease_id=lease_id)),
+                c.renew_timeout(ttl, client._rpc_timeout),
             )
-        except grpc.RpcError as e:
-            logger.debug("Renew of lease for %r failed, retrying: %s", dependency, e)
-            delay = c.renew_delay(ttl)
-            continue
+            if isinstance(result, sess._Broken):  # the session ended: the permit is lost
+                permit = ref()
+                if permit is not None:
+                    permit.lease_lost = True
+                return
+            if isinstance(result, BaseException) or result.WhichOneof("result") != "renew":
+                logger.debug("Renew of lease for %r failed, retrying: %s", dependency, result)
+                delay = c.renew_delay(ttl)
+                continue
+            resp = result.renew
+        else:
+            md = c.merge_metadata(client._metadata, c.trace_metadata(otel_ctx))
+            try:
+                resp = await client._get_stub().Renew(
+                    pb.RenewRequest(lease_id=lease_id),
+                    timeout=c.renew_timeout(ttl, client._rpc_timeout),
+                    metadata=md,
+                )
+            except grpc.RpcError as e:
+                logger.debug("Renew of lease for %r failed, retrying: %s", dependency, e)
+                delay = c.renew_delay(ttl)
+                continue
         permit = ref()
         if permit is None or permit._done:
             return
@@ -218,7 +291,12 @@ async def _renew_loop(
 
 
 def _release_orphan(
-    loop: asyncio.AbstractEventLoop, client: "AsyncGovernor", dependency: str, lease_id: str, otel_ctx: Any
+    loop: asyncio.AbstractEventLoop,
+    client: "AsyncGovernor",
+    dependency: str,
+    lease_id: str,
+    otel_ctx: Any,
+    stream: Optional[sess.AsyncStream],
 ) -> None:
     """Finalizer of a held permit dropped without release (runs in any thread)."""
     logger.warning("permit for %r was garbage-collected while held; releasing it", dependency)
@@ -227,6 +305,10 @@ def _release_orphan(
 
     def spawn() -> None:
         if client._closed:
+            return
+        if stream is not None:  # over its session, no answer wanted (a dead session freed it already)
+            req = sess.release_request(lease_id, Outcome.UNSPECIFIED, None)
+            stream.send(lambda _id: pb.SessionRequest(id=0, release=req), None)
             return
         client._spawn(client._send_release(dependency, lease_id, Outcome.UNSPECIFIED, None, otel_ctx))
 
@@ -281,6 +363,7 @@ class AsyncGovernor:
         metadata: Optional[Sequence[Tuple[str, str]]] = None,
         channel: Optional[grpc.aio.Channel] = None,
         channel_options: Optional[Sequence[Tuple[str, Any]]] = None,
+        use_session: bool = True,
     ) -> None:
         self.target = target
         self.fail_open = fail_open
@@ -297,6 +380,7 @@ class AsyncGovernor:
         self._degraded = c.DegradedCounter()
         self._held: "weakref.WeakSet[AsyncPermit]" = weakref.WeakSet()
         self._tasks: Set[asyncio.Task] = set()
+        self._session = sess.AsyncSession(self._get_stub, self._metadata) if use_session else None
         self._closed = False
 
     @property
@@ -364,7 +448,22 @@ class AsyncGovernor:
         req = c.build_acquire_request(dependency, priority, tenant, attempt, mw)
         deadline = c.acquire_timeout(timeout, mw, self._timeout_margin, self._acquire_timeout)
         otel_ctx = c.capture_context()
-        md = c.merge_metadata(self._metadata, c.trace_metadata(otel_ctx))
+        trace_md = c.trace_metadata(otel_ctx)
+        # A stream's metadata is sent once: an acquire that carries a trace
+        # context goes unary so the sidecar's span is its child.
+        stream = self._session.stream() if self._session is not None and not trace_md else None
+        if stream is not None:
+            try:
+                resp = await sess.async_acquire(stream, req, deadline)
+            except sess._RetryUnary:
+                stream = None
+            except sess._Broken as broken:
+                return self._unavailable(dependency, sess.broken_error(dependency, broken), otel_ctx)
+            except GovernorUnavailable as err:
+                return self._unavailable(dependency, err, otel_ctx)
+            if stream is not None:
+                return self._granted(dependency, resp, otel_ctx, stream)
+        md = c.merge_metadata(self._metadata, trace_md)
         try:
             resp = await self._get_stub().Acquire(req, timeout=deadline, metadata=md)
         except grpc.RpcError as e:
@@ -373,10 +472,21 @@ class AsyncGovernor:
                 self._degraded.record(dependency, err)
                 return AsyncPermit(self, dependency, None, otel_ctx, degraded_error=err)
             raise err from e
+        return self._granted(dependency, resp, otel_ctx, None)
+
+    def _unavailable(self, dependency: str, err: GovernorUnavailable, otel_ctx: Any) -> AsyncPermit:
+        if self.fail_open:
+            self._degraded.record(dependency, err)
+            return AsyncPermit(self, dependency, None, otel_ctx, degraded_error=err)
+        raise err
+
+    def _granted(
+        self, dependency: str, resp: pb.AcquireResponse, otel_ctx: Any, stream: Optional[sess.AsyncStream]
+    ) -> AsyncPermit:
         if not resp.granted:
             # Every rejection, SHUTTING_DOWN included, is an answer: never failed open.
             raise c.rejection_from_response(dependency, resp)
-        permit = AsyncPermit(self, dependency, resp, otel_ctx)
+        permit = AsyncPermit(self, dependency, resp, otel_ctx, stream=stream)
         self._held.add(permit)
         if self._auto_renew:
             permit._start_renewing()
@@ -438,11 +548,24 @@ class AsyncGovernor:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def close(self) -> None:
-        """Release every permit still held (outcome UNSPECIFIED), stop renewing, close the channel."""
+        """Release every permit still held (outcome UNSPECIFIED), stop renewing, close the channel.
+
+        The permits held on the Session stream are freed together by closing
+        it (release outcome ``session_closed``); they count as released.
+        """
         if self._closed:
             return
         for permit in list(self._held):
-            await permit.release(Outcome.UNSPECIFIED)
+            if permit._stream is not None and permit._stream.alive:
+                permit._close_with_session()
+                self._held.discard(permit)
+            else:
+                try:
+                    await permit.release(Outcome.UNSPECIFIED)
+                except sess.PermitLostError:
+                    pass
+        if self._session is not None:
+            await self._session.close()
         self._closed = True
         # Renewal tasks were cancelled by the releases; what is left are releases
         # in flight (e.g. of garbage-collected permits): let them finish.

@@ -12,6 +12,7 @@ from typing import Any, Callable, Optional, Sequence, Tuple, Type, TypeVar, cast
 import grpc
 
 from . import _common as c
+from . import _session as sess
 from ._common import (
     DEFAULT_ACQUIRE_TIMEOUT,
     DEFAULT_BACKOFF,
@@ -58,7 +59,11 @@ class Permit:
             ``fail_open``: the call proceeds without a permit.
         degraded_error: the :class:`GovernorUnavailable` behind a degraded permit.
         renewals: how many times the lease was renewed.
-        lease_lost: True if a renewal found the lease already expired.
+        lease_lost: True if a renewal found the lease already expired, or the
+            permit's session ended (its release then raises
+            :class:`~governor_client.PermitLostError`).
+        on_session: True when the permit was granted on the client's Session
+            stream (False: by the unary Acquire, or degraded).
     """
 
     def __init__(
@@ -68,10 +73,13 @@ class Permit:
         resp: Optional[pb.AcquireResponse],
         otel_ctx: Any,
         degraded_error: Optional[GovernorUnavailable] = None,
+        stream: Optional[sess.SyncStream] = None,
     ) -> None:
         self._client = client
         self.dependency = dependency
         self._otel_ctx = otel_ctx
+        self._stream = stream
+        self.on_session = stream is not None
         self._lock = threading.Lock()
         self._done = False
         self._outcome_override: Optional[Outcome] = None
@@ -106,6 +114,7 @@ class Permit:
             dependency,
             self.lease_id,
             otel_ctx,
+            stream,
         )
 
     # -- state --------------------------------------------------------------
@@ -144,6 +153,13 @@ class Permit:
         ``released`` (False if the lease had expired, or on a second call). Never
         raises for transport errors: they are logged and the lease expires on
         its own. A degraded permit returns False without any RPC.
+
+        A permit granted on the Session stream is released over it (with an id:
+        the answer is waited for, at most ``rpc_timeout``).
+
+        Raises:
+            PermitLostError: the permit's session ended before this release;
+                the sidecar had already freed the lease.
         """
         outcome = c.coerce_outcome(outcome)
         with self._lock:
@@ -159,6 +175,8 @@ class Permit:
         self._client._forget(self)
         if self.degraded:
             return False
+        if self._stream is not None:
+            return self._release_on_session(outcome, latency)
         req = pb.ReleaseRequest(lease_id=self.lease_id, outcome=cast(Any, int(outcome)))
         req.latency.CopyFrom(c.to_duration(max(0.0, latency)))
         md = c.merge_metadata(self._client._metadata, c.trace_metadata())
@@ -176,6 +194,35 @@ class Permit:
             return False
         return resp.released
 
+    def _close_with_session(self) -> None:
+        with self._lock:
+            self._done = True
+        self._reported_outcome = Outcome.UNSPECIFIED
+        self._reported_latency = time.monotonic() - self.acquired_at
+        if self._finalizer is not None:
+            self._finalizer.detach()
+
+    def _lost(self, reason: str) -> sess.PermitLostError:
+        self.lease_lost = True
+        return sess.PermitLostError(self.dependency, reason)
+
+    def _release_on_session(self, outcome: Outcome, latency: float) -> bool:
+        stream = self._stream
+        assert stream is not None
+        if stream.broken is not None:
+            raise self._lost(stream.broken.reason)
+        req = sess.release_request(self.lease_id, outcome, latency)
+        result = sess.sync_call(stream, lambda id_: pb.SessionRequest(id=id_, release=req), self._client._rpc_timeout)
+        if isinstance(result, (sess._Broken, sess._RetryUnary)):
+            raise self._lost(stream.broken.reason if stream.broken else str(result))
+        if isinstance(result, BaseException):
+            logger.warning("Release of lease for %r failed (%s); it will expire after its TTL", self.dependency, result)
+            return False
+        if result.WhichOneof("result") == "release":
+            return result.release.released
+        logger.warning("Release of lease for %r refused by the governor sidecar: %s", self.dependency, result.error.message)
+        return False
+
     def __enter__(self) -> "Permit":
         self._block_start = time.monotonic()
         return self
@@ -189,7 +236,13 @@ class Permit:
         start = self._block_start if self._block_start is not None else self.acquired_at
         latency = self._latency_override if self._latency_override is not None else time.monotonic() - start
         outcome = self._outcome_override if self._outcome_override is not None else c.outcome_for_exception(exc)
-        self.release(outcome, latency)
+        try:
+            self.release(outcome, latency)
+        except sess.PermitLostError as lost:
+            if exc is None:
+                raise
+            # The block's own exception wins; the loss is still on the permit.
+            logger.warning("%s", lost)
 
     # -- renewal (driven by the client's renewer thread) --------------------
 
@@ -197,6 +250,12 @@ class Permit:
         if self._done:
             return
         client = self._client
+        if self._stream is not None:
+            lease_id = self.lease_id
+            self._stream.send(
+                lambda id_: pb.SessionRequest(id=id_, renew=pb.RenewRequest(lease_id=lease_id)), self._on_session_renewed
+            )
+            return
         md = c.merge_metadata(client._metadata, c.trace_metadata(self._otel_ctx))
         try:
             fut = client._stub.Renew.future(
@@ -207,6 +266,18 @@ class Permit:
         except ValueError:  # channel closed
             return
         fut.add_done_callback(self._on_renewed)
+
+    def _on_session_renewed(self, result: Any) -> None:
+        if self._done:
+            return
+        if isinstance(result, BaseException):  # the session ended: the permit is lost
+            self.lease_lost = True
+            return
+        if result.WhichOneof("result") != "renew":
+            logger.debug("Renew of lease for %r refused: %s", self.dependency, result.error.message)
+            self._client._renewer.schedule(self, c.renew_delay(self.lease_ttl))
+            return
+        self._renewed(result.renew)
 
     def _on_renewed(self, fut: "grpc.Future") -> None:
         if self._done:
@@ -219,6 +290,9 @@ class Permit:
             return
         except Exception:  # cancelled future (channel closing)
             return
+        self._renewed(resp)
+
+    def _renewed(self, resp: pb.RenewResponse) -> None:
         if resp.renewed:
             self.renewals += 1
             if resp.HasField("lease_ttl"):
@@ -244,6 +318,10 @@ class Permit:
         return c.lease_handle(self.lease_id)
 
 
+#: Releases of collected permits still in flight (see :func:`_release_orphan`).
+_ORPHAN_RELEASES: "set[grpc.Future]" = set()
+
+
 def _release_orphan(
     stub: pb_grpc.GovernorStub,
     metadata: c.Metadata,
@@ -251,13 +329,21 @@ def _release_orphan(
     dependency: str,
     lease_id: str,
     otel_ctx: Any,
+    stream: Optional[sess.SyncStream],
 ) -> None:
     """Finalizer of a held permit that was dropped without release."""
     logger.warning("permit for %r was garbage-collected while held; releasing it", dependency)
+    if stream is not None:  # over its session, no answer wanted (a dead session freed it already)
+        req = sess.release_request(lease_id, Outcome.UNSPECIFIED, None)
+        stream.send(lambda _id: pb.SessionRequest(id=0, release=req), None)
+        return
     try:
         req = pb.ReleaseRequest(lease_id=lease_id, outcome=cast(Any, int(Outcome.UNSPECIFIED)))
         md = c.merge_metadata(metadata, c.trace_metadata(otel_ctx))
-        stub.Release.future(req, timeout=rpc_timeout, metadata=md)
+        # Kept until done: grpc cancels the call of a future that is collected.
+        fut = stub.Release.future(req, timeout=rpc_timeout, metadata=md)
+        _ORPHAN_RELEASES.add(fut)
+        fut.add_done_callback(_ORPHAN_RELEASES.discard)
     except Exception:  # interpreter shutdown, closed channel: the lease expires anyway
         logger.debug("release of orphaned permit failed", exc_info=True)
 
@@ -363,6 +449,9 @@ class Governor:
         metadata: extra gRPC metadata sent with every call.
         channel: use this channel instead of creating one (not closed by :meth:`close`).
         channel_options: options for the channel this client creates.
+        use_session: send acquire, release and renew over one Session stream
+            (opened on the first acquire; see the package README). False: the
+            unary RPCs only.
     """
 
     def __init__(
@@ -378,6 +467,7 @@ class Governor:
         metadata: Optional[Sequence[Tuple[str, str]]] = None,
         channel: Optional[grpc.Channel] = None,
         channel_options: Optional[Sequence[Tuple[str, Any]]] = None,
+        use_session: bool = True,
     ) -> None:
         self.target = target
         self.fail_open = fail_open
@@ -396,6 +486,7 @@ class Governor:
         self._degraded = c.DegradedCounter()
         self._held: "weakref.WeakSet[Permit]" = weakref.WeakSet()
         self._held_lock = threading.Lock()
+        self._session = sess.SyncSession(self._stub, self._metadata) if use_session else None
         self._closed = False
 
     @property
@@ -436,7 +527,23 @@ class Governor:
         req = c.build_acquire_request(dependency, priority, tenant, attempt, mw)
         deadline = c.acquire_timeout(timeout, mw, self._timeout_margin, self._acquire_timeout)
         otel_ctx = c.capture_context()
-        md = c.merge_metadata(self._metadata, c.trace_metadata(otel_ctx))
+        trace_md = c.trace_metadata(otel_ctx)
+        # A stream's metadata is sent once: an acquire that carries a trace
+        # context goes unary so the sidecar's span is its child.
+        stream = self._session.stream() if self._session is not None and not trace_md else None
+        if stream is not None:
+            try:
+                resp = sess.sync_acquire(stream, req, deadline)
+            except sess._RetryUnary:
+                stream = None
+            except sess._Broken as broken:
+                err = sess.broken_error(dependency, broken)
+                return self._unavailable(dependency, err, otel_ctx)
+            except GovernorUnavailable as err:
+                return self._unavailable(dependency, err, otel_ctx)
+            if stream is not None:
+                return self._granted(dependency, resp, otel_ctx, stream)
+        md = c.merge_metadata(self._metadata, trace_md)
         try:
             resp = self._stub.Acquire(req, timeout=deadline, metadata=md)
         except grpc.RpcError as e:
@@ -445,10 +552,21 @@ class Governor:
                 self._degraded.record(dependency, err)
                 return Permit(self, dependency, None, otel_ctx, degraded_error=err)
             raise err from e
+        return self._granted(dependency, resp, otel_ctx, None)
+
+    def _unavailable(self, dependency: str, err: GovernorUnavailable, otel_ctx: Any) -> Permit:
+        if self.fail_open:
+            self._degraded.record(dependency, err)
+            return Permit(self, dependency, None, otel_ctx, degraded_error=err)
+        raise err
+
+    def _granted(
+        self, dependency: str, resp: pb.AcquireResponse, otel_ctx: Any, stream: Optional[sess.SyncStream]
+    ) -> Permit:
         if not resp.granted:
             # Every rejection, SHUTTING_DOWN included, is an answer: never failed open.
             raise c.rejection_from_response(dependency, resp)
-        permit = Permit(self, dependency, resp, otel_ctx)
+        permit = Permit(self, dependency, resp, otel_ctx, stream=stream)
         with self._held_lock:
             self._held.add(permit)
         if self._auto_renew:
@@ -530,14 +648,27 @@ class Governor:
             self._held.discard(permit)
 
     def close(self) -> None:
-        """Release every permit still held (outcome UNSPECIFIED), stop renewing, close the channel."""
+        """Release every permit still held (outcome UNSPECIFIED), stop renewing, close the channel.
+
+        The permits held on the Session stream are freed together by closing
+        it (the sidecar's release outcome ``session_closed``); they then count
+        as released, and their ``release()`` returns False.
+        """
         if self._closed:
             return
         self._closed = True
         with self._held_lock:
             held = list(self._held)
         for permit in held:
-            permit.release(Outcome.UNSPECIFIED)
+            if permit._stream is not None and permit._stream.alive:
+                permit._close_with_session()
+            else:
+                try:
+                    permit.release(Outcome.UNSPECIFIED)
+                except sess.PermitLostError:
+                    pass
+        if self._session is not None:
+            self._session.close()
         self._renewer.close()
         if self._owns_channel:
             self.channel.close()
