@@ -589,4 +589,6 @@ pub enum UpdateError {
 }
 
 #[cfg(test)]
+mod handoff_model;
+#[cfg(test)]
 mod tests;
