@@ -40,9 +40,13 @@ trap 'rm -rf "$work"' EXIT
 failed=0
 for target in "${targets[@]}"; do
   mkdir -p "artifacts/$target" "$work/$target"
-  limit=(-max_total_time="$seconds")
-  [[ -n $runs ]] && limit=(-runs="$runs")
-  echo "==> fuzz $target (${runs:+$runs runs}${runs:-$seconds s})"
+  if [[ -n $runs ]]; then
+    limit=(-runs="$runs")
+    echo "==> fuzz $target ($runs runs)"
+  else
+    limit=(-max_total_time="$seconds")
+    echo "==> fuzz $target ($seconds s)"
+  fi
   # New inputs go to a scratch corpus; the committed seeds are only read.
   if ! cargo fuzz run "${flags[@]}" "$target" "$work/$target" "corpus/$target" -- \
       "${limit[@]}" -print_final_stats=1 -artifact_prefix="artifacts/$target/" \
