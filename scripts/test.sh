@@ -6,12 +6,12 @@
 #   bash scripts/test.sh            # everything
 #   bash scripts/test.sh rust node  # only some suites
 #
-# Suites: rust python node go deploy prometheus tracing ops bench
+# Suites: rust python node go deploy prometheus tracing ops bench fuzz
 set -uo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"
 
-all=(rust python node go deploy prometheus tracing ops bench)
+all=(rust python node go deploy prometheus tracing ops bench fuzz)
 suites=("${@:-${all[@]}}")
 
 export GOVERNOR_BIN="${GOVERNOR_BIN:-$root/target/debug/governor}"
@@ -64,6 +64,8 @@ for suite in "${suites[@]}"; do
     tracing) run_suite tracing bash tests/e2e/tracing.sh ;;
     ops)     run_suite ops bash tests/ops/test.sh ;;
     bench)   run_suite bench bash bench/smoke.sh ;;
+    # libFuzzer targets, FUZZ_SECONDS (default 20) each from fuzz/corpus/.
+    fuzz)    run_suite fuzz bash fuzz/run.sh ;;
     *) echo "unknown suite: $suite (known: ${all[*]})" >&2; exit 2 ;;
   esac
 done

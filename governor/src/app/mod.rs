@@ -42,10 +42,16 @@ pub const EXIT_UNAVAILABLE: u8 = 69;
 
 /// The config this invocation runs on, with command-line overrides applied.
 pub fn resolve_config(cli: &Cli) -> Result<Config, ConfigError> {
-    let mut config = match &cli.config {
+    let config = match &cli.config {
         Some(path) => Config::load(path)?,
         None => Config::embedded(),
     };
+    apply_overrides(config, cli)
+}
+
+/// `config` with the command line's overrides (`--listen`, `--uds`,
+/// `--admin-listen`) applied and checked against it.
+pub fn apply_overrides(mut config: Config, cli: &Cli) -> Result<Config, ConfigError> {
     if let Some(listen) = cli.listen {
         config.server.listen = listen;
     }

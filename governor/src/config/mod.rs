@@ -192,20 +192,28 @@ impl Config {
         let at = |error: String| ConfigError(format!("{}: {error}", path.display()));
         let text =
             std::fs::read_to_string(path).map_err(|error| at(format!("cannot read: {error}")))?;
+        Config::parse_file(&text).map_err(|error| at(error.0))
+    }
+
+    /// A config file's text as [`Config::load`] takes it: like
+    /// [`Config::parse`], but an empty file, or one with only comments, is
+    /// refused.
+    pub fn parse_file(text: &str) -> Result<Config, ConfigError> {
         if text.trim().is_empty() {
-            return Err(at(
+            return Err(ConfigError(
                 "the file is empty (a truncated file?); to run on the defaults, give no --config"
                     .into(),
             ));
         }
-        let table: toml::Table = toml::from_str(&text).map_err(|error| at(error.to_string()))?;
+        let table: toml::Table =
+            toml::from_str(text).map_err(|error| ConfigError(error.to_string()))?;
         if table.is_empty() {
-            return Err(at(
+            return Err(ConfigError(
                 "the file has no section ([server], [defaults], [limits], [dependencies.*] or [telemetry]), only comments"
                     .into(),
             ));
         }
-        Config::parse(&text).map_err(|error| at(error.to_string()))
+        Config::parse(text)
     }
 
     /// Parses a config file's text. Keys it leaves out take the embedded

@@ -665,4 +665,6 @@ pub enum UpdateError {
 }
 
 #[cfg(test)]
+mod handoff_model;
+#[cfg(test)]
 mod tests;
