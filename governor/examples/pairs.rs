@@ -1,3 +1,15 @@
+//! Uncontended acquire + release pairs on the in-process ledger, for an
+//! instruction count that does not depend on what else the machine runs:
+//!
+//! ```sh
+//! cargo build --release -p rate-governor --example pairs
+//! valgrind --tool=callgrind target/release/examples/pairs 20000
+//! valgrind --tool=callgrind target/release/examples/pairs 40000
+//! ```
+//!
+//! The difference of the two totals over 20000 is the cost of one pair.
+//! Criterion (`cargo bench -p rate-governor`) measures time.
+
 use rate_governor::ledger::{AcquireRequest, Ledger, LedgerConfig, Priority, Report};
 fn main() {
     let n: usize = std::env::args()
