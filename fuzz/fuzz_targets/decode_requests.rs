@@ -19,7 +19,7 @@ use std::time::Duration;
 use libfuzzer_sys::fuzz_target;
 use prost::Message;
 use rate_governor::ledger::{Ledger, LedgerConfig};
-use rate_governor::server::{AdminService, GovernorService};
+use rate_governor::server::{AdminService, GovernorService, Undelivered};
 use rate_governor::telemetry::Telemetry;
 use rate_governor_proto::v1::{
     self, governor_admin_server::GovernorAdmin, governor_server::Governor,
@@ -234,6 +234,11 @@ async fn run(data: &[u8]) {
             .await;
         check_verdict("Acquire", &result, &bad, ACQUIRE_FIELDS);
         if let Ok(response) = result {
+            // Over the transport the guard is told once the answer left;
+            // here it is in hand, so it was delivered.
+            if let Some(guard) = response.extensions().get::<Undelivered>() {
+                guard.delivered();
+            }
             let response = response.into_inner();
             if response.granted {
                 assert!(!response.lease_id.is_empty());

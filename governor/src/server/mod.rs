@@ -26,6 +26,7 @@ use tonic_health::server::HealthReporter;
 pub use admin::AdminService;
 pub(crate) use auth::RateLimitedLog;
 pub use auth::{AdminAccess, AdminGate, TokenSlot, peer_of};
+pub use delivery::Undelivered;
 pub use framing::FramingLayer;
 pub use governor::GovernorService;
 
