@@ -22,8 +22,14 @@ use crate::telemetry::Telemetry;
 
 /// HTTP/2 flow-control windows of the gRPC listeners, in bytes: what a
 /// client may send ahead on one stream, and on one connection in all.
+///
+/// The connection window stays at hyper's 1 MiB: h2 sizes its budget for
+/// small unread DATA frames from it (half the window), and with 64 KiB a
+/// burst of small requests (the retry-storm benchmark) on one connection
+/// tripped it, and h2 ended the connection with ENHANCE_YOUR_CALM
+/// "too_many_data_frames".
 pub const STREAM_WINDOW: u32 = 64 * 1024;
-pub const CONNECTION_WINDOW: u32 = 64 * 1024;
+pub const CONNECTION_WINDOW: u32 = 1024 * 1024;
 
 #[derive(Debug)]
 pub struct Bound {
