@@ -141,7 +141,10 @@ impl Bound {
         calls: &CallsLayer,
         stop: CancellationToken,
     ) -> impl Future<Output = ()> + use<> {
-        let health_builder = || {
+        // The HTTP/2 settings every gRPC listener shares; requests are small,
+        // so a small stream window bounds what a client can make us buffer
+        // (see the README's memory budget).
+        let http2 = || {
             Server::builder()
                 .max_concurrent_streams(config.max_concurrent_streams)
                 .initial_stream_window_size(STREAM_WINDOW)
@@ -149,19 +152,10 @@ impl Bound {
                 .http2_keepalive_interval(Some(config.keepalive_interval))
                 .http2_keepalive_timeout(Some(config.keepalive_timeout))
                 .http2_max_header_list_size(16 * 1024)
-                .layer(FramingLayer::new(config.max_message_bytes))
         };
+        let health_builder = || http2().layer(FramingLayer::new(config.max_message_bytes));
         let builder = || {
-            Server::builder()
-                .max_concurrent_streams(config.max_concurrent_streams)
-                // Requests are small: a small window bounds what a client can
-                // make us buffer per stream and per connection (see the
-                // README's memory budget).
-                .initial_stream_window_size(STREAM_WINDOW)
-                .initial_connection_window_size(CONNECTION_WINDOW)
-                .http2_keepalive_interval(Some(config.keepalive_interval))
-                .http2_keepalive_timeout(Some(config.keepalive_timeout))
-                .http2_max_header_list_size(16 * 1024)
+            http2()
                 .layer(calls.clone())
                 .layer(FramingLayer::new(config.max_message_bytes))
         };
