@@ -38,6 +38,9 @@ pub(crate) struct RetryBudget {
     origin: Instant,
     /// Index of the slot `now` falls in, counted from `origin`.
     current: u64,
+    /// When slot `current + 1` starts: before it, `advance` has nothing to
+    /// do (the common case, and one comparison).
+    next_slot: Instant,
     window: Window,
 }
 
@@ -81,6 +84,8 @@ impl RetryBudget {
             config,
             origin: now,
             current: 0,
+            // (Unreachable overflow: then every call advances, correctly.)
+            next_slot: now.checked_add(config.ttl / SLOTS as u32).unwrap_or(now),
             window: Window::default(),
         }
     }
@@ -130,6 +135,9 @@ impl RetryBudget {
     /// Moves the window to `now`. At most `RING` slots are touched, however
     /// long the budget sat idle.
     fn advance(&mut self, now: Instant) {
+        if now < self.next_slot {
+            return;
+        }
         let elapsed = now.saturating_duration_since(self.origin);
         let target = (elapsed.as_nanos() / self.slot_width.as_nanos().max(1)) as u64;
         if target <= self.current {
@@ -140,6 +148,11 @@ impl RetryBudget {
             self.window.enter(index);
         }
         self.current = target;
+        let nanos = (self.slot_width.as_nanos() as u64).saturating_mul(target + 1);
+        self.next_slot = self
+            .origin
+            .checked_add(Duration::from_nanos(nanos))
+            .unwrap_or(now);
     }
 
     /// How long until the balance reaches one token with no new deposits,

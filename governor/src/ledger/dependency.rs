@@ -10,8 +10,6 @@
 //! lowered one never revokes a lease. Changes are reported to the observer
 //! after the lock is released.
 
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -25,6 +23,7 @@ use super::decision::{
     AcquireRequest, Decision, EndedLease, Grant, LeaseEnd, Outcome, RejectReason, Rejection,
     Report, Snapshot,
 };
+use super::expiry::Expiry;
 use super::lease::{LeaseId, LeaseKey};
 use super::limit::{LimitChange, LimitStatus, Limiter, Sample, SampleKind};
 use super::limits::{InvalidLimit, Limits, LimitsPatch};
@@ -55,13 +54,13 @@ struct State {
     in_flight: u32,
     waiters: WaiterQueue<Waiter>,
     budget: RetryBudget,
-    /// (deadline, lease), earliest first: a heap, because a lowered lease TTL
-    /// gives new leases earlier deadlines than old ones. Renewals and releases
-    /// leave stale entries behind, skipped when reached and compacted when
-    /// they outnumber the live ones.
-    expiry: BinaryHeap<Reverse<(Instant, LeaseKey)>>,
-    /// Moving average of how long permits are held, for retry-after hints.
-    mean_hold: Option<Duration>,
+    /// (deadline, lease), earliest first. Renewals and releases leave stale
+    /// entries behind, skipped when reached and compacted when they outnumber
+    /// the live ones.
+    expiry: Expiry,
+    /// Moving average of how long permits are held, in nanoseconds, for
+    /// retry-after hints.
+    mean_hold_ns: Option<u64>,
     granted_total: u64,
     rejected_total: u64,
     expired_total: u64,
@@ -77,6 +76,9 @@ struct State {
     idle_since: Option<Instant>,
     /// Whether the idle queue (or its inbox) has an entry for it.
     in_idle_queue: bool,
+    /// When the reaper will wake up next (`None`: only when woken). A grant
+    /// wakes it only if its lease expires before that.
+    reaper_alarm: Option<Instant>,
 }
 
 impl std::fmt::Debug for State {
@@ -102,6 +104,9 @@ impl std::fmt::Debug for State {
 struct Locked<'a> {
     dependency: &'a Dependency,
     state: MutexGuard<'a, State>,
+    /// The caller's clock reading, if it has one: the idle stamp then costs
+    /// no second reading.
+    now: Option<Instant>,
 }
 
 impl Deref for Locked<'_> {
@@ -127,7 +132,10 @@ impl Drop for Locked<'_> {
             state.idle_since = None;
             return;
         }
-        let since = *state.idle_since.get_or_insert_with(Instant::now);
+        let now = self.now;
+        let since = *state
+            .idle_since
+            .get_or_insert_with(|| now.unwrap_or_else(Instant::now));
         if !state.in_idle_queue && state.evictable() {
             state.in_idle_queue = true;
             self.dependency
@@ -212,7 +220,9 @@ impl State {
     /// up at about `limit / mean_hold` a second, and `queued` callers are ahead.
     /// Before any permit was returned, the max wait stands in for the hold time.
     fn queue_retry_after(&self) -> Duration {
-        let hold = self.mean_hold.unwrap_or(self.limits.max_wait());
+        let hold = self
+            .mean_hold_ns
+            .map_or(self.limits.max_wait(), Duration::from_nanos);
         let ahead = self.waiters.len() as u32 + 1;
         let estimate = hold.mul_f64(f64::from(ahead) / f64::from(self.limiter.enforced()));
         estimate.clamp(Duration::from_millis(1), MAX_RETRY_AFTER)
@@ -249,9 +259,12 @@ impl State {
     fn record_hold(&mut self, held: Duration) {
         // An EWMA with weight 1/8: smooth enough to ignore one slow call,
         // quick enough to follow a dependency that slows down.
-        // In integer nanoseconds: no float conversions on the release path.
-        self.mean_hold = Some(match self.mean_hold {
-            Some(mean) => (mean * 7 + held) / 8,
+        // In integer nanoseconds: no float conversions or Duration
+        // normalisation on the release path. (u64 nanoseconds overflow after
+        // 584 years; saturating all the same.)
+        let held = u64::try_from(held.as_nanos()).unwrap_or(u64::MAX);
+        self.mean_hold_ns = Some(match self.mean_hold_ns {
+            Some(mean) => mean.saturating_mul(7).saturating_add(held) / 8,
             None => held,
         });
     }
@@ -275,8 +288,8 @@ impl Dependency {
                 limits,
                 in_flight: 0,
                 waiters: WaiterQueue::default(),
-                expiry: BinaryHeap::new(),
-                mean_hold: None,
+                expiry: Expiry::default(),
+                mean_hold_ns: None,
                 granted_total: 0,
                 rejected_total: 0,
                 expired_total: 0,
@@ -286,6 +299,7 @@ impl Dependency {
                 evicted: false,
                 idle_since: None,
                 in_idle_queue: false,
+                reaper_alarm: None,
             }),
             reaper: Arc::new(Notify::new()),
         });
@@ -298,6 +312,15 @@ impl Dependency {
     }
 
     fn lock(&self) -> Locked<'_> {
+        self.lock_with(None)
+    }
+
+    /// [`Dependency::lock`] by a caller that has read the clock already.
+    fn lock_at(&self, now: Instant) -> Locked<'_> {
+        self.lock_with(Some(now))
+    }
+
+    fn lock_with(&self, now: Option<Instant>) -> Locked<'_> {
         // A panic while holding the lock cannot leave the counts half-updated
         // in a way that matters more than stopping service would.
         Locked {
@@ -306,6 +329,7 @@ impl Dependency {
                 .state
                 .lock()
                 .unwrap_or_else(|poisoned| poisoned.into_inner()),
+            now,
         }
     }
 
@@ -357,7 +381,7 @@ impl Dependency {
 
     /// Decides on arrival, or queues the request.
     pub(crate) fn admit(self: &Arc<Self>, request: &AcquireRequest<'_>, now: Instant) -> Admission {
-        let mut state = self.lock();
+        let mut state = self.lock_at(now);
         if state.evicted {
             return Admission::Evicted;
         }
@@ -477,7 +501,7 @@ impl Dependency {
         now: Instant,
     ) -> EndedLease {
         let (ended, change) = {
-            let mut state = self.lock();
+            let mut state = self.lock_at(now);
             let held = now.saturating_duration_since(record.granted_at);
             state.record_hold(held);
             let kind = match report.outcome {
@@ -493,6 +517,7 @@ impl Dependency {
                 })
             });
             state.in_flight -= 1;
+            state.expiry.forget(record.deadline, lease.key);
             self.limit_moved(&mut state, change.as_ref(), now);
             self.compact_expiry(&mut state);
             let snapshot = state.snapshot();
@@ -535,10 +560,10 @@ impl Dependency {
     /// limiter), tells the observer, and returns the next deadline to wake
     /// up for.
     pub(crate) fn reap(self: &Arc<Self>, now: Instant) -> Option<Instant> {
-        let mut state = self.lock();
+        let mut state = self.lock_at(now);
         let mut ended = Vec::new();
         let mut changes = Vec::new();
-        while let Some(&Reverse((deadline, key))) = state.expiry.peek() {
+        while let Some((deadline, key)) = state.expiry.peek() {
             if deadline > now {
                 break;
             }
@@ -579,7 +604,16 @@ impl Dependency {
                 lease.snapshot = snapshot;
             }
         }
-        let next = state.expiry.peek().map(|&Reverse((deadline, _))| deadline);
+        // With nothing to expire, no lease granted from now on can expire
+        // before now + TTL (unless the TTL is lowered, which wakes it): the
+        // reaper sleeps until then, so grants in the meantime need not wake
+        // it (an idle dependency's reaper wakes once a TTL).
+        let next = state
+            .expiry
+            .peek()
+            .map(|(deadline, _)| deadline)
+            .or_else(|| now.checked_add(state.limits.lease_ttl()));
+        state.reaper_alarm = next;
         let load = state.snapshot();
         drop(state);
         for lease in &ended {
@@ -774,14 +808,12 @@ impl Dependency {
         }
     }
 
-    /// O(log leases); wakes the reaper when the new deadline is the earliest.
+    /// O(1) while the TTL is unchanged; wakes the reaper when the new
+    /// deadline comes before the one it sleeps until.
     fn push_expiry(&self, state: &mut State, deadline: Instant, key: LeaseKey) {
-        let earliest = state
-            .expiry
-            .peek()
-            .is_none_or(|Reverse((first, _))| deadline < *first);
-        state.expiry.push(Reverse((deadline, key)));
-        if earliest {
+        state.expiry.push(deadline, key);
+        if state.reaper_alarm.is_none_or(|alarm| deadline < alarm) {
+            state.reaper_alarm = Some(deadline);
             self.reaper.notify_one();
         }
     }
@@ -794,9 +826,9 @@ impl Dependency {
             return;
         }
         let leases = &self.shared.leases;
-        state.expiry.retain(|Reverse((deadline, key))| {
-            leases.get(key).is_some_and(|r| r.deadline == *deadline)
-        });
+        state
+            .expiry
+            .retain(|(deadline, key)| leases.get(key).is_some_and(|r| r.deadline == *deadline));
     }
 }
 

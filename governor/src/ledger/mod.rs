@@ -46,6 +46,7 @@
 mod budget;
 mod decision;
 mod dependency;
+mod expiry;
 mod idle;
 mod lease;
 pub mod limit;

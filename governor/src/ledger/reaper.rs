@@ -1,5 +1,7 @@
 //! The task that expires a dependency's leases: it sleeps until the earliest
-//! deadline, and is woken early when a lease with an earlier one is granted.
+//! deadline (with none, for one lease TTL: no lease granted meanwhile can
+//! expire sooner), and is woken early when a lease with an earlier one is
+//! granted.
 
 use std::sync::{Arc, Weak};
 
