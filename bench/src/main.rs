@@ -24,6 +24,7 @@ mod process;
 mod redis_sem;
 mod report;
 mod scale;
+mod session;
 mod soak;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,10 @@ struct Args {
     /// Repeats of the happy-path and overload arms (overrides the mode's).
     #[arg(long)]
     repeats: Option<usize>,
+    /// A note on the machine for the report's run table, e.g. what else ran
+    /// on it (the load averages are recorded either way).
+    #[arg(long, value_name = "TEXT")]
+    env_note: Option<String>,
     /// Do not pin the sidecar and the load generator to different cores.
     #[arg(long)]
     no_pin: bool,
@@ -641,6 +646,7 @@ async fn measure(
     machine: Machine,
 ) -> Result<Results, String> {
     let ticks = env::clock_ticks();
+    let load_start = env::loadavg();
     let mut failures = Vec::new();
     let mut warnings = Vec::new();
 
@@ -731,7 +737,7 @@ async fn measure(
                 arm.note.as_deref().unwrap_or("not available")
             ));
         }
-        if arm.id != "A0" && arm.id != "A1" && arm.id != "A4" {
+        if !matches!(arm.id, "A0" | "A1" | "A4" | "A5") {
             continue;
         }
         if arm.saturation.iter().all(|r| r.latency.count == 0) {
@@ -821,6 +827,9 @@ async fn measure(
         pinning: pinning.clone(),
         governor_bin: bin.display().to_string(),
         governor_version: env::version_of(bin),
+        load_start,
+        load_end: env::loadavg(),
+        env_note: args.env_note.clone(),
         happy,
         overload_plan: plans.overload.clone(),
         overload,
