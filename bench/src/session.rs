@@ -269,3 +269,210 @@ fn kind(result: &Option<session_response::Result>) -> String {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    use rate_governor_proto::v1::governor_server::{Governor, GovernorServer};
+    use tokio_stream::wrappers::TcpListenerStream;
+    use tonic::{Request, Response, Status, Streaming};
+
+    use super::*;
+
+    /// What the fake server saw.
+    #[derive(Debug)]
+    enum Seen {
+        Acquire(u64),
+        Release { id: u64, lease_id: String },
+    }
+
+    /// A Session server that holds every acquire until the test says
+    /// `answer`, then grants the held ones in reverse order (lease
+    /// `lease-ID`), and answers releases only when they carry an id.
+    struct Fake {
+        seen: mpsc::UnboundedSender<Seen>,
+        answer: Mutex<Option<mpsc::UnboundedReceiver<()>>>,
+    }
+
+    #[tonic::async_trait]
+    impl Governor for Fake {
+        async fn acquire(
+            &self,
+            _: Request<pb::AcquireRequest>,
+        ) -> Result<Response<pb::AcquireResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn release(
+            &self,
+            _: Request<pb::ReleaseRequest>,
+        ) -> Result<Response<pb::ReleaseResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+        async fn renew(
+            &self,
+            _: Request<pb::RenewRequest>,
+        ) -> Result<Response<pb::RenewResponse>, Status> {
+            Err(Status::unimplemented("fake"))
+        }
+
+        type SessionStream = ReceiverStream<Result<pb::SessionResponse, Status>>;
+
+        async fn session(
+            &self,
+            request: Request<Streaming<pb::SessionRequest>>,
+        ) -> Result<Response<Self::SessionStream>, Status> {
+            let mut inbound = request.into_inner();
+            let mut answer = self
+                .answer
+                .lock()
+                .unwrap()
+                .take()
+                .ok_or_else(|| Status::resource_exhausted("one session only"))?;
+            let seen = self.seen.clone();
+            let (tx, rx) = mpsc::channel(64);
+            tokio::spawn(async move {
+                let mut held = Vec::new();
+                loop {
+                    tokio::select! {
+                        Some(()) = answer.recv() => {
+                            while let Some(id) = held.pop() {
+                                let grant = pb::AcquireResponse {
+                                    granted: true,
+                                    lease_id: format!("lease-{id}"),
+                                    ..Default::default()
+                                };
+                                let result = Some(session_response::Result::Acquire(grant));
+                                let _ = tx.send(Ok(pb::SessionResponse { id, result })).await;
+                            }
+                        }
+                        message = inbound.message() => match message {
+                            Ok(Some(request)) => match request.op {
+                                Some(session_request::Op::Acquire(_)) => {
+                                    held.push(request.id);
+                                    let _ = seen.send(Seen::Acquire(request.id));
+                                }
+                                Some(session_request::Op::Release(r)) => {
+                                    let _ = seen.send(Seen::Release {
+                                        id: request.id,
+                                        lease_id: r.lease_id,
+                                    });
+                                    if request.id != 0 {
+                                        let result = Some(session_response::Result::Release(
+                                            pb::ReleaseResponse { released: true },
+                                        ));
+                                        let id = request.id;
+                                        let _ = tx.send(Ok(pb::SessionResponse { id, result })).await;
+                                    }
+                                }
+                                _ => {}
+                            },
+                            _ => break,
+                        },
+                    }
+                }
+            });
+            Ok(Response::new(ReceiverStream::new(rx)))
+        }
+    }
+
+    async fn start() -> (
+        SessionStream,
+        mpsc::UnboundedReceiver<Seen>,
+        mpsc::UnboundedSender<()>,
+    ) {
+        let (seen_tx, seen) = mpsc::unbounded_channel();
+        let (answer, answer_rx) = mpsc::unbounded_channel();
+        let fake = Fake {
+            seen: seen_tx,
+            answer: Mutex::new(Some(answer_rx)),
+        };
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(GovernorServer::new(fake))
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let channel = crate::process::tcp_channel(addr).await.unwrap();
+        let stream = SessionStream::open(channel, "dep").await.unwrap();
+        (stream, seen, answer)
+    }
+
+    async fn acquires(seen: &mut mpsc::UnboundedReceiver<Seen>, n: usize) -> Vec<u64> {
+        let mut ids = Vec::new();
+        while ids.len() < n {
+            match seen.recv().await.unwrap() {
+                Seen::Acquire(id) => ids.push(id),
+                other => panic!("expected an acquire, saw {other:?}"),
+            }
+        }
+        ids
+    }
+
+    async fn releases(seen: &mut mpsc::UnboundedReceiver<Seen>, n: usize) -> Vec<(u64, String)> {
+        let mut out = Vec::new();
+        while out.len() < n {
+            match seen.recv().await.unwrap() {
+                Seen::Release { id, lease_id } => out.push((id, lease_id)),
+                other => panic!("expected a release, saw {other:?}"),
+            }
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn answers_out_of_order_reach_their_pairs_and_each_lease_is_released() {
+        let (stream, mut seen, answer) = start().await;
+        for answered in [false, true] {
+            let a = tokio::spawn({
+                let s = stream.clone();
+                async move { s.pair(answered).await }
+            });
+            let b = tokio::spawn({
+                let s = stream.clone();
+                async move { s.pair(answered).await }
+            });
+            let ids = acquires(&mut seen, 2).await;
+            // Both held; the server answers the later one first.
+            answer.send(()).unwrap();
+            a.await.unwrap().unwrap();
+            b.await.unwrap().unwrap();
+            let released = releases(&mut seen, 2).await;
+            let leases: HashSet<String> = released.iter().map(|(_, l)| l.clone()).collect();
+            let granted: HashSet<String> = ids.iter().map(|id| format!("lease-{id}")).collect();
+            assert_eq!(leases, granted);
+            for (id, _) in &released {
+                if answered {
+                    assert!(*id != 0 && !ids.contains(id), "release id {id}");
+                } else {
+                    assert_eq!(*id, 0, "a fire-and-forget release carries id 0");
+                }
+            }
+        }
+        assert_eq!(stream.take_stray(), (0, None));
+        assert!(stream.shared.lock().waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_grant_that_arrives_after_its_pair_gave_up_is_released() {
+        let (stream, mut seen, answer) = start().await;
+        let pair = tokio::spawn({
+            let s = stream.clone();
+            async move { s.pair(false).await }
+        });
+        let ids = acquires(&mut seen, 1).await;
+        pair.abort();
+        let _ = pair.await;
+        assert!(
+            stream.shared.lock().waiting.is_empty(),
+            "the abandoned pair's waiter is gone"
+        );
+        answer.send(()).unwrap();
+        let released = releases(&mut seen, 1).await;
+        assert_eq!(released, vec![(0, format!("lease-{}", ids[0]))]);
+        let (stray, first) = stream.take_stray();
+        assert_eq!(stray, 1);
+        assert!(first.unwrap().contains("after its pair gave up"));
+    }
+}
