@@ -404,9 +404,13 @@ impl Slot<'_> {
     }
 }
 
+/// Runs the happy-path arms; with `only` non-empty, just the arms whose id
+/// it names (for profiling one arm; targets missing a baseline then read
+/// "not measured").
 pub async fn run(
     servers: &Servers<'_>,
     plan: &HappyPlan,
+    only: &[String],
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<HappyResults, String> {
     let mut arms: Vec<Arm> = Vec::new();
@@ -557,6 +561,9 @@ pub async fn run(
             ));
         }
         for (id, label, op, process, sink, saturate, server, admin) in entries {
+            if !only.is_empty() && !only.iter().any(|o| o.eq_ignore_ascii_case(id)) {
+                continue;
+            }
             slots.push(Slot {
                 index: arms.len(),
                 op,

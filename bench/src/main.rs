@@ -86,6 +86,10 @@ struct Args {
     /// on it (the load averages are recorded either way).
     #[arg(long, value_name = "TEXT")]
     env_note: Option<String>,
+    /// Run only these happy-path arms (comma-separated ids, e.g. `A5` or
+    /// `A0,A1,A5`), for profiling one of them; the other groups still run.
+    #[arg(long, value_delimiter = ',', value_parser = parse_arm)]
+    arms: Vec<String>,
     /// Do not pin the sidecar and the load generator to different cores.
     #[arg(long)]
     no_pin: bool,
@@ -102,6 +106,19 @@ struct Args {
     /// How often the soak samples the sidecar.
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     soak_interval: Duration,
+}
+
+fn parse_arm(s: &str) -> Result<String, String> {
+    const ARMS: [&str; 5] = ["A0", "A1", "A2", "A4", "A5"];
+    ARMS.iter()
+        .find(|a| a.eq_ignore_ascii_case(s.trim()))
+        .map(|a| (*a).to_owned())
+        .ok_or_else(|| {
+            format!(
+                "unknown happy-path arm {s:?}: expected one of {}",
+                ARMS.join(", ")
+            )
+        })
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -717,7 +734,7 @@ async fn measure(
         redis: redis.as_ref(),
         ticks,
     };
-    let happy = happy::run(&servers, &plans.happy, &log).await?;
+    let happy = happy::run(&servers, &plans.happy, &args.arms, &log).await?;
     for arm in &happy.arms {
         let name = format!("{} {} over {}", arm.id, arm.label, arm.transport.as_str());
         if arm.samples() == 0 {
