@@ -185,7 +185,10 @@ impl SessionStream {
                 return Err("Session acquire granted without a lease id".into());
             }
             Some(session_response::Result::Acquire(a)) => {
-                return Err(format!("Session acquire not granted: reason {}", a.reason));
+                return Err(format!(
+                    "Session acquire not granted: {}",
+                    a.reason().as_str_name()
+                ));
             }
             other => return Err(format!("Session acquire answered {}", kind(&other))),
         };
