@@ -450,8 +450,14 @@ pub async fn run(
         let one = connect(servers.traced_1pct.0).await?;
         let all = connect(servers.traced_all.0).await?;
         let admin = |channel: &Channel| Some(GovernorAdminClient::new(channel.clone()));
-        // One Session stream on the load connection, open for the whole run.
-        let session = SessionStream::open(plain.clone(), DEPENDENCY).await?;
+        // One Session stream on the load connection, open for the whole run;
+        // a sidecar without the Session RPC (an older build) gets A5 marked
+        // not available, any other failure fails the run.
+        let session = match SessionStream::open(plain.clone(), DEPENDENCY).await {
+            Ok(stream) => Some(stream),
+            Err(status) if status.code() == tonic::Code::Unimplemented => None,
+            Err(status) => return Err(format!("Session over {}: {status}", transport.as_str())),
+        };
         let entries: Vec<Entry<'_>> = vec![
             (
                 "A0",
@@ -515,34 +521,40 @@ pub async fn run(
                 "governor (OTLP, 100%)".into(),
                 admin(&all),
             ),
-            (
-                "A5",
-                A5_LABEL,
-                Op::Session {
-                    stream: session.clone(),
-                    answered_release: false,
-                },
-                &servers.plain.process,
-                None,
-                true,
-                "governor".into(),
-                admin(&plain),
-            ),
-            (
-                "A5",
-                A5_ANSWERED_LABEL,
-                Op::Session {
-                    stream: session,
-                    answered_release: true,
-                },
-                &servers.plain.process,
-                None,
-                true,
-                "governor".into(),
-                admin(&plain),
-            ),
         ];
         let mut entries = entries;
+        let mut unavailable = Vec::new();
+        match session {
+            Some(session) => entries.extend([
+                (
+                    "A5",
+                    A5_LABEL,
+                    Op::Session {
+                        stream: session.clone(),
+                        answered_release: false,
+                    },
+                    &servers.plain.process,
+                    None,
+                    true,
+                    "governor".into(),
+                    admin(&plain),
+                ),
+                (
+                    "A5",
+                    A5_ANSWERED_LABEL,
+                    Op::Session {
+                        stream: session,
+                        answered_release: true,
+                    },
+                    &servers.plain.process,
+                    None,
+                    true,
+                    "governor".into(),
+                    admin(&plain),
+                ),
+            ]),
+            None => unavailable.extend([A5_LABEL, A5_ANSWERED_LABEL]),
+        }
         if let Some((tcp, uds)) = &redis_ops {
             let op = match transport {
                 Transport::Tcp => tcp.clone(),
@@ -579,6 +591,23 @@ pub async fn run(
                 available: true,
                 note: None,
                 server,
+                open: Vec::new(),
+                saturation: Vec::new(),
+                server_rss_kib: 0,
+                server_hwm_kib: 0,
+            });
+        }
+        if !only.is_empty() && !only.iter().any(|o| o.eq_ignore_ascii_case("A5")) {
+            unavailable.clear();
+        }
+        for label in unavailable {
+            arms.push(Arm {
+                id: "A5",
+                label,
+                transport,
+                available: false,
+                note: Some("Session not available: this sidecar answers UNIMPLEMENTED".into()),
+                server: "governor".into(),
                 open: Vec::new(),
                 saturation: Vec::new(),
                 server_rss_kib: 0,
@@ -671,8 +700,9 @@ pub async fn run(
         });
     }
 
-    for (slot, arm) in slots.iter().zip(arms.iter_mut()) {
+    for slot in &slots {
         let (rss, hwm) = slot.process.memory_kib();
+        let arm = &mut arms[slot.index];
         arm.server_rss_kib = rss;
         arm.server_hwm_kib = hwm;
     }

@@ -737,6 +737,14 @@ async fn measure(
     let happy = happy::run(&servers, &plans.happy, &args.arms, &log).await?;
     for arm in &happy.arms {
         let name = format!("{} {} over {}", arm.id, arm.label, arm.transport.as_str());
+        if !arm.available && arm.open.is_empty() {
+            // Never run: this sidecar cannot do what the arm measures.
+            warnings.push(format!(
+                "{name}: {}",
+                arm.note.as_deref().unwrap_or("not available")
+            ));
+            continue;
+        }
         if arm.samples() == 0 {
             failures.push(format!(
                 "{name}: no samples ({})",

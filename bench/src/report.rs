@@ -179,6 +179,22 @@ fn session_targets(happy: &HappyResults, transport: Transport) -> Vec<Target> {
         return Vec::new();
     };
     let t = transport.as_str();
+    if !a5.available {
+        let why = a5.note.as_deref().unwrap_or("A5 not available");
+        return vec![
+            not_measured(
+                format!("Server CPU per pair, A5 / A1 ({t})"),
+                "<= 0.5x",
+                why,
+            ),
+            not_measured(
+                format!("Pairs/s per server core, A5 / A4 Redis ({t})"),
+                ">= 1.5x",
+                why,
+            ),
+            not_measured(format!("p50 latency, A5 / A0 ({t})"), "<= 1.0x", why),
+        ];
+    }
     let mut out = Vec::new();
     let cpu_per_pair = |r: &crate::happy::OpenRepeat| r.server_cpu_seconds / r.sent as f64;
     match find("A1", None) {
@@ -739,7 +755,7 @@ fn session_summary(h: &HappyResults, transport: Transport) -> String {
         ("release fire-and-forget", crate::happy::A5_LABEL),
         ("release answered", crate::happy::A5_ANSWERED_LABEL),
     ] {
-        let Some(a5) = find("A5", Some(label)) else {
+        let Some(a5) = find("A5", Some(label)).filter(|a| a.available) else {
             continue;
         };
         let mut ratios = Vec::new();

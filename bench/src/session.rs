@@ -85,13 +85,12 @@ impl Drop for Pending<'_> {
 
 impl SessionStream {
     /// Opens the stream on `channel` and starts its demultiplexer.
-    pub async fn open(channel: Channel, dependency: &'static str) -> Result<Self, String> {
+    pub async fn open(channel: Channel, dependency: &'static str) -> Result<Self, tonic::Status> {
         let (requests, outbound) = mpsc::channel(OUTBOUND);
         let mut client = GovernorClient::new(channel);
         let mut inbound = client
             .session(ReceiverStream::new(outbound))
-            .await
-            .map_err(|s| format!("Session: {s}"))?
+            .await?
             .into_inner();
         let shared = Arc::new(Shared {
             state: Mutex::new(State::default()),
@@ -455,6 +454,23 @@ mod tests {
         }
         assert_eq!(stream.take_stray(), (0, None));
         assert!(stream.shared.lock().waiting.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_server_without_the_session_rpc_answers_unimplemented() {
+        // What an older sidecar does: the harness marks A5 not available on
+        // exactly this code and fails the run on any other.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (_reporter, health) = tonic_health::server::health_reporter();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health)
+                .serve_with_incoming(TcpListenerStream::new(listener)),
+        );
+        let channel = crate::process::tcp_channel(addr).await.unwrap();
+        let error = SessionStream::open(channel, "dep").await.unwrap_err();
+        assert_eq!(error.code(), tonic::Code::Unimplemented, "{error}");
     }
 
     #[tokio::test]
