@@ -1,14 +1,15 @@
 //! The happy path: what a permit costs when nothing is contended, against the
-//! floor (an empty gRPC call to the same server), the ledger in-process, and a
-//! Redis semaphore.
+//! floor (an empty gRPC call to the same server), the ledger in-process, a
+//! Redis semaphore, and the same pair over an open Session stream.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use rate_governor::ledger::{AcquireRequest, Ledger, LedgerConfig, Priority, Report};
+use rate_governor_proto::v1::governor_admin_client::GovernorAdminClient;
 use rate_governor_proto::v1::governor_client::GovernorClient;
-use rate_governor_proto::v1::{self as pb, Outcome};
+use rate_governor_proto::v1::{self as pb, GetDependencyRequest, Outcome};
 use serde::Serialize;
 use tokio::time::Instant;
 use tonic::metadata::MetadataValue;
@@ -21,6 +22,7 @@ use crate::load::{Percentiles, Run, Schedule, Spread, closed_loop, open_loop};
 use crate::otlp::SpanSink;
 use crate::process::{Governor, Process, Redis};
 use crate::redis_sem::RedisSemaphore;
+use crate::session::SessionStream;
 
 /// One call (A0) or one acquire + release pair (the others).
 #[derive(Clone, Debug)]
@@ -35,9 +37,21 @@ pub enum Op {
     },
     /// The Redis semaphore's acquire + release scripts.
     Redis(RedisSemaphore),
+    /// Acquire + release as messages on an open Session stream; the release
+    /// fire-and-forget (`id = 0`) or answered.
+    Session {
+        stream: SessionStream,
+        answered_release: bool,
+    },
 }
 
 pub const DEPENDENCY: &str = "bench-happy";
+
+/// A5 as the targets read it: the release fire-and-forget, as the issue's
+/// contract allows and a client that does not need the answer sends it.
+pub const A5_LABEL: &str = "Acquire + Release on an open Session, release fire-and-forget (id 0)";
+/// A5 with the release answered, for comparison.
+pub const A5_ANSWERED_LABEL: &str = "Acquire + Release on an open Session, release answered";
 
 /// No uncontended call may take this long: a hung server fails the arm
 /// instead of hanging the harness.
@@ -121,7 +135,46 @@ impl Op {
                 }
             }
             Op::Redis(semaphore) => semaphore.pair().await,
+            Op::Session {
+                stream,
+                answered_release,
+            } => stream.pair(answered_release).await,
         }
+    }
+}
+
+/// After a run against a governor: nothing of [`DEPENDENCY`] may still be
+/// held. A session's fire-and-forget releases are flushed first with one
+/// answered pair on the same stream (the server handles a stream's releases
+/// in order, so its answer means every earlier release was applied).
+async fn leak_check(
+    admin: &mut GovernorAdminClient<Channel>,
+    session: Option<&SessionStream>,
+) -> Result<(), String> {
+    if let Some(stream) = session {
+        tokio::time::timeout(CALL_TIMEOUT, stream.pair(true))
+            .await
+            .unwrap_or_else(|_| Err(format!("no answer within {CALL_TIMEOUT:?}")))
+            .map_err(|e| format!("leak check: flushing pair on the session: {e}"))?;
+    }
+    let status = match admin
+        .get_dependency(GetDependencyRequest {
+            name: DEPENDENCY.into(),
+        })
+        .await
+    {
+        Ok(status) => status.into_inner(),
+        // Not created yet (only A0 ran so far) or evicted idle: nothing held.
+        Err(s) if s.code() == tonic::Code::NotFound => return Ok(()),
+        Err(s) => return Err(format!("leak check: GetDependency {DEPENDENCY}: {s}")),
+    };
+    if status.in_flight == 0 && status.queued == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "leak check: {DEPENDENCY} has in_flight {} and queued {} after the run (both must be 0)",
+            status.in_flight, status.queued
+        ))
     }
 }
 
@@ -306,7 +359,8 @@ pub struct Servers<'a> {
 }
 
 /// An arm to set up: id, label, operation, server process, span sink,
-/// whether it also runs at saturation, and the server's name.
+/// whether it also runs at saturation, the server's name, and the admin
+/// client the leak check after each run asks (None: not a governor).
 type Entry<'a> = (
     &'static str,
     &'static str,
@@ -315,6 +369,7 @@ type Entry<'a> = (
     Option<&'a SpanSink>,
     bool,
     String,
+    Option<GovernorAdminClient<Channel>>,
 );
 
 struct Slot<'a> {
@@ -323,11 +378,39 @@ struct Slot<'a> {
     process: &'a Process,
     sink: Option<&'a SpanSink>,
     saturate: bool,
+    admin: Option<GovernorAdminClient<Channel>>,
 }
 
+impl Slot<'_> {
+    fn session(&self) -> Option<&SessionStream> {
+        match &self.op {
+            Op::Session { stream, .. } => Some(stream),
+            _ => None,
+        }
+    }
+
+    /// Errors of the run that no call was charged with: the session's
+    /// strays, then the leak check. Counted into the run's errors.
+    async fn after_run(&mut self) -> (u64, Option<String>) {
+        let (mut errors, mut first) = self.session().map_or((0, None), SessionStream::take_stray);
+        let session = self.session().cloned();
+        if let Some(admin) = self.admin.as_mut()
+            && let Err(e) = leak_check(admin, session.as_ref()).await
+        {
+            errors += 1;
+            first.get_or_insert(e);
+        }
+        (errors, first)
+    }
+}
+
+/// Runs the happy-path arms; with `only` non-empty, just the arms whose id
+/// it names (for profiling one arm; targets missing a baseline then read
+/// "not measured").
 pub async fn run(
     servers: &Servers<'_>,
     plan: &HappyPlan,
+    only: &[String],
     log: &(dyn Fn(&str) + Sync),
 ) -> Result<HappyResults, String> {
     let mut arms: Vec<Arm> = Vec::new();
@@ -366,6 +449,15 @@ pub async fn run(
         let plain = connect(servers.plain).await?;
         let one = connect(servers.traced_1pct.0).await?;
         let all = connect(servers.traced_all.0).await?;
+        let admin = |channel: &Channel| Some(GovernorAdminClient::new(channel.clone()));
+        // One Session stream on the load connection, open for the whole run;
+        // a sidecar without the Session RPC (an older build) gets A5 marked
+        // not available, any other failure fails the run.
+        let session = match SessionStream::open(plain.clone(), DEPENDENCY).await {
+            Ok(stream) => Some(stream),
+            Err(status) if status.code() == tonic::Code::Unimplemented => None,
+            Err(status) => return Err(format!("Session over {}: {status}", transport.as_str())),
+        };
         let entries: Vec<Entry<'_>> = vec![
             (
                 "A0",
@@ -375,6 +467,7 @@ pub async fn run(
                 None,
                 true,
                 "governor".into(),
+                admin(&plain),
             ),
             (
                 "A1",
@@ -387,6 +480,7 @@ pub async fn run(
                 None,
                 true,
                 "governor".into(),
+                admin(&plain),
             ),
             (
                 "A2",
@@ -399,33 +493,68 @@ pub async fn run(
                 None,
                 false,
                 "governor".into(),
+                admin(&plain),
             ),
             (
                 "A2",
                 "Acquire + Release, tracing sampled at 1%",
                 Op::Pair {
-                    client: GovernorClient::new(one),
+                    client: GovernorClient::new(one.clone()),
                     traceparent: Some(0.01),
                 },
                 &servers.traced_1pct.0.process,
                 Some(servers.traced_1pct.1),
                 false,
                 "governor (OTLP, 1%)".into(),
+                admin(&one),
             ),
             (
                 "A2",
                 "Acquire + Release, tracing sampled at 100%",
                 Op::Pair {
-                    client: GovernorClient::new(all),
+                    client: GovernorClient::new(all.clone()),
                     traceparent: Some(1.0),
                 },
                 &servers.traced_all.0.process,
                 Some(servers.traced_all.1),
                 false,
                 "governor (OTLP, 100%)".into(),
+                admin(&all),
             ),
         ];
         let mut entries = entries;
+        let mut unavailable = Vec::new();
+        match session {
+            Some(session) => entries.extend([
+                (
+                    "A5",
+                    A5_LABEL,
+                    Op::Session {
+                        stream: session.clone(),
+                        answered_release: false,
+                    },
+                    &servers.plain.process,
+                    None,
+                    true,
+                    "governor".into(),
+                    admin(&plain),
+                ),
+                (
+                    "A5",
+                    A5_ANSWERED_LABEL,
+                    Op::Session {
+                        stream: session,
+                        answered_release: true,
+                    },
+                    &servers.plain.process,
+                    None,
+                    true,
+                    "governor".into(),
+                    admin(&plain),
+                ),
+            ]),
+            None => unavailable.extend([A5_LABEL, A5_ANSWERED_LABEL]),
+        }
         if let Some((tcp, uds)) = &redis_ops {
             let op = match transport {
                 Transport::Tcp => tcp.clone(),
@@ -440,15 +569,20 @@ pub async fn run(
                 None,
                 true,
                 "redis-server".into(),
+                None,
             ));
         }
-        for (id, label, op, process, sink, saturate, server) in entries {
+        for (id, label, op, process, sink, saturate, server, admin) in entries {
+            if !only.is_empty() && !only.iter().any(|o| o.eq_ignore_ascii_case(id)) {
+                continue;
+            }
             slots.push(Slot {
                 index: arms.len(),
                 op,
                 process,
                 sink,
                 saturate,
+                admin,
             });
             arms.push(Arm {
                 id,
@@ -457,6 +591,23 @@ pub async fn run(
                 available: true,
                 note: None,
                 server,
+                open: Vec::new(),
+                saturation: Vec::new(),
+                server_rss_kib: 0,
+                server_hwm_kib: 0,
+            });
+        }
+        if !only.is_empty() && !only.iter().any(|o| o.eq_ignore_ascii_case("A5")) {
+            unavailable.clear();
+        }
+        for label in unavailable {
+            arms.push(Arm {
+                id: "A5",
+                label,
+                transport,
+                available: false,
+                note: Some("Session not available: this sidecar answers UNIMPLEMENTED".into()),
+                server: "governor".into(),
                 open: Vec::new(),
                 saturation: Vec::new(),
                 server_rss_kib: 0,
@@ -486,20 +637,21 @@ pub async fn run(
         // always favour the same arm.
         let n = slots.len();
         for k in 0..n {
-            let slot = &slots[(k + repeat) % n];
+            let slot = &mut slots[(k + repeat) % n];
             let cpu_before = slot.process.cpu_seconds(servers.ticks);
             let op = slot.op.clone();
             let run = open_loop(schedule, move || op.call()).await;
             let cpu = slot.process.cpu_seconds(servers.ticks) - cpu_before;
+            let (errors, first_error) = slot.after_run().await;
             arms[slot.index].open.push(OpenRepeat {
                 latency: Percentiles::of(&run.hist),
-                errors: run.errors,
-                first_error: run.first_error.clone(),
+                errors: run.errors + errors,
+                first_error: run.first_error.clone().or(first_error),
                 sent,
                 server_cpu_seconds: cpu,
             });
         }
-        for slot in slots.iter().filter(|s| s.saturate) {
+        for slot in slots.iter_mut().filter(|s| s.saturate) {
             let cpu_before = slot.process.cpu_seconds(servers.ticks);
             let started = Instant::now();
             let op = slot.op.clone();
@@ -512,7 +664,13 @@ pub async fn run(
             .await;
             let cores = (slot.process.cpu_seconds(servers.ticks) - cpu_before)
                 / started.elapsed().as_secs_f64();
-            arms[slot.index].saturation.push(saturation(&run, cores));
+            let mut repeat = saturation(&run, cores);
+            let (errors, first_error) = slot.after_run().await;
+            repeat.errors += errors;
+            if repeat.first_error.is_none() {
+                repeat.first_error = first_error;
+            }
+            arms[slot.index].saturation.push(repeat);
         }
         let l = ledger.clone();
         let started = Instant::now();
@@ -542,8 +700,9 @@ pub async fn run(
         });
     }
 
-    for (slot, arm) in slots.iter().zip(arms.iter_mut()) {
+    for slot in &slots {
         let (rss, hwm) = slot.process.memory_kib();
+        let arm = &mut arms[slot.index];
         arm.server_rss_kib = rss;
         arm.server_hwm_kib = hwm;
     }

@@ -24,6 +24,7 @@ mod process;
 mod redis_sem;
 mod report;
 mod scale;
+mod session;
 mod soak;
 
 use std::path::{Path, PathBuf};
@@ -81,6 +82,14 @@ struct Args {
     /// Repeats of the happy-path and overload arms (overrides the mode's).
     #[arg(long)]
     repeats: Option<usize>,
+    /// A note on the machine for the report's run table, e.g. what else ran
+    /// on it (the load averages are recorded either way).
+    #[arg(long, value_name = "TEXT")]
+    env_note: Option<String>,
+    /// Run only these happy-path arms (comma-separated ids, e.g. `A5` or
+    /// `A0,A1,A5`), for profiling one of them; the other groups still run.
+    #[arg(long, value_delimiter = ',', value_parser = parse_arm)]
+    arms: Vec<String>,
     /// Do not pin the sidecar and the load generator to different cores.
     #[arg(long)]
     no_pin: bool,
@@ -97,6 +106,19 @@ struct Args {
     /// How often the soak samples the sidecar.
     #[arg(long, default_value = "10s", value_parser = parse_interval)]
     soak_interval: Duration,
+}
+
+fn parse_arm(s: &str) -> Result<String, String> {
+    const ARMS: [&str; 5] = ["A0", "A1", "A2", "A4", "A5"];
+    ARMS.iter()
+        .find(|a| a.eq_ignore_ascii_case(s.trim()))
+        .map(|a| (*a).to_owned())
+        .ok_or_else(|| {
+            format!(
+                "unknown happy-path arm {s:?}: expected one of {}",
+                ARMS.join(", ")
+            )
+        })
 }
 
 fn parse_interval(s: &str) -> Result<Duration, String> {
@@ -641,6 +663,7 @@ async fn measure(
     machine: Machine,
 ) -> Result<Results, String> {
     let ticks = env::clock_ticks();
+    let load_start = env::loadavg();
     let mut failures = Vec::new();
     let mut warnings = Vec::new();
 
@@ -711,9 +734,17 @@ async fn measure(
         redis: redis.as_ref(),
         ticks,
     };
-    let happy = happy::run(&servers, &plans.happy, &log).await?;
+    let happy = happy::run(&servers, &plans.happy, &args.arms, &log).await?;
     for arm in &happy.arms {
         let name = format!("{} {} over {}", arm.id, arm.label, arm.transport.as_str());
+        if !arm.available && arm.open.is_empty() {
+            // Never run: this sidecar cannot do what the arm measures.
+            warnings.push(format!(
+                "{name}: {}",
+                arm.note.as_deref().unwrap_or("not available")
+            ));
+            continue;
+        }
         if arm.samples() == 0 {
             failures.push(format!(
                 "{name}: no samples ({})",
@@ -731,7 +762,7 @@ async fn measure(
                 arm.note.as_deref().unwrap_or("not available")
             ));
         }
-        if arm.id != "A0" && arm.id != "A1" && arm.id != "A4" {
+        if !matches!(arm.id, "A0" | "A1" | "A4" | "A5") {
             continue;
         }
         if arm.saturation.iter().all(|r| r.latency.count == 0) {
@@ -821,6 +852,9 @@ async fn measure(
         pinning: pinning.clone(),
         governor_bin: bin.display().to_string(),
         governor_version: env::version_of(bin),
+        load_start,
+        load_end: env::loadavg(),
+        env_note: args.env_note.clone(),
         happy,
         overload_plan: plans.overload.clone(),
         overload,

@@ -24,6 +24,11 @@ pub struct Results {
     pub pinning: Pinning,
     pub governor_bin: String,
     pub governor_version: String,
+    /// Load averages (1/5/15 min) when the group started and ended.
+    pub load_start: String,
+    pub load_end: String,
+    /// What the operator said about the machine (`--env-note`).
+    pub env_note: Option<String>,
     pub happy: HappyResults,
     pub overload_plan: OverloadPlan,
     pub overload: Vec<OverloadPoint>,
@@ -102,6 +107,9 @@ pub fn targets(
             |v| v <= 0.1,
         ));
     }
+    for transport in [Transport::Tcp, Transport::Uds] {
+        out.extend(session_targets(happy, transport));
+    }
     for multiple in [2.0, 10.0] {
         if let Some(p) = overload
             .iter()
@@ -136,6 +144,137 @@ pub fn targets(
         ));
     }
     out
+}
+
+/// Per-repeat ratios of one arm's value to another's (repeats run in the
+/// same rotation, so repeat i of both shares the machine's state).
+fn per_repeat<T>(a: &[T], b: &[T], value: impl Fn(&T) -> f64) -> Spread {
+    Spread::of(
+        &a.iter()
+            .zip(b)
+            .map(|(x, y)| value(x) / value(y))
+            .collect::<Vec<_>>(),
+    )
+}
+
+fn ratio_measured(ratio: Spread, detail: String) -> String {
+    format!(
+        "{} (min {:.2}, max {:.2}): {detail}",
+        ratio_text(ratio.median),
+        ratio.min,
+        ratio.max
+    )
+}
+
+/// The issue's three targets for A5 (release fire-and-forget) on one
+/// transport, each a ratio to a baseline measured in the same run.
+fn session_targets(happy: &HappyResults, transport: Transport) -> Vec<Target> {
+    let find = |id: &str, label: Option<&str>| {
+        happy
+            .arms
+            .iter()
+            .find(|a| a.id == id && a.transport == transport && label.is_none_or(|l| a.label == l))
+    };
+    let Some(a5) = find("A5", Some(crate::happy::A5_LABEL)) else {
+        return Vec::new();
+    };
+    let t = transport.as_str();
+    if !a5.available {
+        let why = a5.note.as_deref().unwrap_or("A5 not available");
+        return vec![
+            not_measured(
+                format!("Server CPU per pair, A5 / A1 ({t})"),
+                "<= 0.5x",
+                why,
+            ),
+            not_measured(
+                format!("Pairs/s per server core, A5 / A4 Redis ({t})"),
+                ">= 1.5x",
+                why,
+            ),
+            not_measured(format!("p50 latency, A5 / A0 ({t})"), "<= 1.0x", why),
+        ];
+    }
+    let mut out = Vec::new();
+    let cpu_per_pair = |r: &crate::happy::OpenRepeat| r.server_cpu_seconds / r.sent as f64;
+    match find("A1", None) {
+        Some(a1) => {
+            let ratio = per_repeat(&a5.open, &a1.open, cpu_per_pair);
+            out.push(check(
+                format!("Server CPU per pair, A5 / A1 ({t})"),
+                "<= 0.5x",
+                ratio.median,
+                ratio_measured(
+                    ratio,
+                    format!(
+                        "A5 {:.3} vs A1 {:.3} core per 1k pairs/s",
+                        a5.cpu_per_1k(),
+                        a1.cpu_per_1k()
+                    ),
+                ),
+                |v| v <= 0.5,
+            ));
+        }
+        None => out.push(not_measured(
+            format!("Server CPU per pair, A5 / A1 ({t})"),
+            "<= 0.5x",
+            "A1 did not run",
+        )),
+    }
+    match find("A4", None) {
+        Some(a4) => {
+            let ratio = per_repeat(&a5.saturation, &a4.saturation, |r| r.per_server_core);
+            out.push(check(
+                format!("Pairs/s per server core, A5 / A4 Redis ({t})"),
+                ">= 1.5x",
+                ratio.median,
+                ratio_measured(
+                    ratio,
+                    format!(
+                        "A5 {:.0} vs A4 {:.0} per core",
+                        a5.per_server_core().median,
+                        a4.per_server_core().median
+                    ),
+                ),
+                |v| v >= 1.5,
+            ));
+        }
+        None => out.push(not_measured(
+            format!("Pairs/s per server core, A5 / A4 Redis ({t})"),
+            ">= 1.5x",
+            "A4 skipped: no redis-server",
+        )),
+    }
+    match find("A0", None) {
+        Some(a0) => {
+            let ratio = per_repeat(&a5.open, &a0.open, |r| r.latency.p50_us);
+            out.push(check(
+                format!("p50 latency, A5 / A0 ({t})"),
+                "<= 1.0x",
+                ratio.median,
+                ratio_measured(
+                    ratio,
+                    format!("A5 {} vs A0 {}", us(a5.p50().median), us(a0.p50().median)),
+                ),
+                |v| v <= 1.0,
+            ));
+        }
+        None => out.push(not_measured(
+            format!("p50 latency, A5 / A0 ({t})"),
+            "<= 1.0x",
+            "A0 did not run",
+        )),
+    }
+    out
+}
+
+fn not_measured(name: String, goal: &str, why: &str) -> Target {
+    Target {
+        name,
+        goal: goal.to_owned(),
+        measured: why.to_owned(),
+        pass: None,
+    }
 }
 
 fn ratio_text(v: f64) -> String {
@@ -288,6 +427,15 @@ pub fn markdown(r: &Results, svg_name: &str, json_name: &str, analysis: Option<&
     );
     let _ = writeln!(
         m,
+        "| Load average (1/5/15 min) | {} at the start, {} at the end{} |",
+        r.load_start,
+        r.load_end,
+        r.env_note
+            .as_ref()
+            .map_or(String::new(), |n| format!("; {n}"))
+    );
+    let _ = writeln!(
+        m,
         "| Redis | {} |",
         h.redis
             .as_ref()
@@ -372,6 +520,7 @@ pub fn markdown(r: &Results, svg_name: &str, json_name: &str, analysis: Option<&
                 spread_plain(ratio.p99, 2)
             );
         }
+        let _ = writeln!(m, "{}", session_summary(h, transport));
     }
     if h.tracing_available {
         let counts: Vec<String> = h
@@ -414,7 +563,15 @@ pub fn markdown(r: &Results, svg_name: &str, json_name: &str, analysis: Option<&
          whose sampled flag is set on 1% or 100% of pairs to a sidecar run with `OTEL_TRACES_SAMPLER=parentbased_traceidratio` \
          and `OTEL_TRACES_SAMPLER_ARG` of the same share, exporting over OTLP/gRPC to a span-counting sink in the harness; \
          \"tracing off\" sends the header to a sidecar without `OTEL_EXPORTER_OTLP_ENDPOINT`. A4 is a sorted-set semaphore \
-         in redis-server (Lua scripts: ZREMRANGEBYSCORE expired leases, ZCARD < limit then ZADD; release ZREM), pinned like the sidecar.\n"
+         in redis-server (Lua scripts: ZREMRANGEBYSCORE expired leases, ZCARD < limit then ZADD; release ZREM), pinned like the sidecar. \
+         A5 sends the same acquire and release as messages on one `governor.v1.Governor/Session` stream per load connection, \
+         opened once per transport and kept open for the whole run (the open-loop and the saturation runs of both A5 rows share it, \
+         with many pairs in flight on it); a demultiplexer task hands each answer to its pair by `id`. A pair is complete when its \
+         acquire's answer arrived (checked: granted, lease id present) and its release was handed to the stream with `id = 0` \
+         (fire-and-forget: no answer wanted); this is the row the A5 targets use. The \"release answered\" row gives the release \
+         an id and waits for its answer too. After every run against a governor the harness checks with `GetDependency` that \
+         `bench-happy` has nothing in flight or queued (after an A5 run, one answered pair on the same stream first flushes the \
+         fire-and-forget releases); a leftover counts as an error of the arm.\n"
     );
 
     let o = &r.overload_plan;
@@ -582,6 +739,59 @@ pub fn markdown(r: &Results, svg_name: &str, json_name: &str, analysis: Option<&
 
     analysis_block(&mut m, analysis);
     m
+}
+
+/// A5 against A0, A1 and A4 on one transport, both A5 rows, as per-repeat
+/// ratios (the targets read the fire-and-forget row).
+fn session_summary(h: &HappyResults, transport: Transport) -> String {
+    let find = |id: &str, label: Option<&str>| {
+        h.arms
+            .iter()
+            .find(|a| a.id == id && a.transport == transport && label.is_none_or(|l| a.label == l))
+    };
+    let (a0, a1, a4) = (find("A0", None), find("A1", None), find("A4", None));
+    let mut parts = Vec::new();
+    for (name, label) in [
+        ("release fire-and-forget", crate::happy::A5_LABEL),
+        ("release answered", crate::happy::A5_ANSWERED_LABEL),
+    ] {
+        let Some(a5) = find("A5", Some(label)).filter(|a| a.available) else {
+            continue;
+        };
+        let mut ratios = Vec::new();
+        if let Some(a1) = a1 {
+            let cpu = per_repeat(&a5.open, &a1.open, |r| r.server_cpu_seconds / r.sent as f64);
+            ratios.push(format!("CPU per pair / A1 {}", spread_plain(cpu, 2)));
+            let p50 = per_repeat(&a5.open, &a1.open, |r| r.latency.p50_us);
+            ratios.push(format!("p50 / A1 {}", spread_plain(p50, 2)));
+        }
+        if let Some(a0) = a0 {
+            let p50 = per_repeat(&a5.open, &a0.open, |r| r.latency.p50_us);
+            ratios.push(format!("p50 / A0 {}", spread_plain(p50, 2)));
+        }
+        if let Some(a4) = a4 {
+            let core = per_repeat(&a5.saturation, &a4.saturation, |r| r.per_server_core);
+            ratios.push(format!(
+                "pairs/s per server core / A4 {}",
+                spread_plain(core, 2)
+            ));
+        }
+        if let Some(a1) = a1 {
+            let core = per_repeat(&a5.saturation, &a1.saturation, |r| r.per_server_core);
+            ratios.push(format!(
+                "pairs/s per server core / A1 {}",
+                spread_plain(core, 2)
+            ));
+        }
+        parts.push(format!("{name}: {}", ratios.join(", ")));
+    }
+    if parts.is_empty() {
+        return String::new();
+    }
+    format!(
+        "A5 (Session) against the same run's baselines, per-repeat ratios: {}.\n",
+        parts.join("; ")
+    )
 }
 
 /// The hand-written analysis between its markers, which regenerating keeps.
