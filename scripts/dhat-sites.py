@@ -22,7 +22,7 @@ GENERIC = re.compile(
     r"^(\[root\]|malloc|calloc|realloc|free|posix_memalign|aligned_alloc|memalign|"
     r"__rust_|__rdl_|__rg_|_?rjem_|alloc::|<alloc::|core::|<core::|std::|<std::|"
     r"hashbrown::|<hashbrown::|bytes::|<bytes::|slab::|<slab::|indexmap::|<indexmap::|"
-    r"smallvec::|<smallvec::|\?\?\?)"
+    r"smallvec::|<smallvec::|__rustc::|\?\?\?)"
 )
 FRAME = re.compile(r"^0x[0-9A-Fa-f]+: (.*?)(?: \((?:in )?([^()]*)\))?$")
 
@@ -61,15 +61,30 @@ def label(name, where):
     return shorten(name)
 
 
+# Inlined frames are named without their path (`alloc`, `insert<T>`); they
+# count as a site only as `UnknownInlinedFun` in a file that is not an
+# allocator's.
+ALLOCATOR_FILES = re.compile(r"^(library/|.*vgpreload|unix\.rs|src/alloc\.rs|src/raw/)")
+
+
+def qualifies(name, where):
+    if ALLOCATOR_FILES.match(where) or GENERIC.match(name):
+        return False
+    if name == "UnknownInlinedFun":
+        return True
+    return "::" in shorten(name, 0)
+
+
 def site_of(frames, depth):
-    """The first frame outside the allocator and the standard library, and
-    what the standard library was asked for (a Box of which type)."""
+    """The first frame outside the allocator, the standard library and
+    generic containers, and what the standard library was asked for (a Box
+    of which type)."""
     boxed = ""
     parsed = [parse(f) for f in frames]
     for i, (name, where) in enumerate(parsed):
-        if where.startswith("library/") or "vgpreload" in where or GENERIC.match(name):
-            if where.startswith("library/alloc/src/boxed.rs") and name.startswith("new<"):
-                boxed = "Box<" + shorten(name[4:-1], 0 if len(name) > 120 else 1) + "> in "
+        if where.startswith("library/alloc/src/boxed.rs") and name.startswith("new<"):
+            boxed = "Box<" + shorten(name[4:-1], 0 if len(name) > 120 else 1) + "> in "
+        if not qualifies(name, where):
             continue
         above = [label(n, w) for n, w in parsed[i + 1 : i + 1 + depth]]
         return boxed + label(name, where), above
