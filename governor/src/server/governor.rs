@@ -187,7 +187,7 @@ impl GovernorService {
         priority: Priority,
         max_wait: Option<Duration>,
         peer: Option<crate::ledger::Peer>,
-        trace: Option<Box<AcquireTrace>>,
+        mut guard: TraceGuard<'_>,
     ) -> Result<Response<v1::AcquireResponse>, Status> {
         let request = AcquireRequest {
             dependency: &message.dependency,
@@ -195,7 +195,6 @@ impl GovernorService {
             priority,
             max_wait,
         };
-        let mut guard = TraceGuard::new(&self.telemetry, trace);
         let decision = self.ledger.acquire_as(&request, peer).await;
         let trace = guard.take();
         let decision = decision?;
@@ -243,12 +242,14 @@ impl governor_server::Governor for GovernorService {
         };
         let peer = super::peer_of(&extensions);
         drop(extensions);
+        // Armed from here: a call dropped even before its first poll ends
+        // its spans as cancelled.
         let trace = self
             .telemetry
-            .acquire_started(&metadata, &acquire_fields(&message, priority))
-            .map(Box::new);
+            .acquire_started(&metadata, &acquire_fields(&message, priority));
+        let guard = TraceGuard::new(&self.telemetry, trace.map(Box::new));
         drop(metadata);
-        Box::pin(self.acquire_queued(message, priority, max_wait, peer, trace))
+        Box::pin(self.acquire_queued(message, priority, max_wait, peer, guard))
     }
 
     async fn release(
