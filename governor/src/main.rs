@@ -10,7 +10,9 @@ use rate_governor::config::{Config, EMBEDDED_DEFAULT};
 /// jemalloc, for two reasons measured in the README's memory section: it
 /// packs the many small allocations of queued calls tighter than glibc's
 /// malloc, and its background thread hands freed pages back to the system
-/// after a burst, where glibc kept them.
+/// after a burst, where glibc kept them. The `system-alloc` feature leaves
+/// it out, for heap profilers that hook the system malloc.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 

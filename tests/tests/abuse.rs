@@ -30,9 +30,12 @@ use tonic::transport::Channel;
 const PATIENCE: Duration = Duration::from_secs(90);
 
 /// Per queued Acquire, the sidecar's budget in the README's memory section:
-/// what one waiting call may add to the resident set (the measured cost is
-/// below it, with the debug build's larger futures).
-const WAITER_BUDGET: u64 = 8 * 1024;
+/// what one waiting call may add to the resident set (the measured cost,
+/// 5.7 KiB on the release and the debug build, is below it).
+const WAITER_BUDGET: u64 = 6 * 1024 + 512;
+/// Per Acquire waiting on a Session stream (no HTTP/2 stream of its own),
+/// its budget (same source; measured 1.2 KiB).
+const SESSION_WAITER_BUDGET: u64 = 1024 + 512;
 /// Per open connection without streams, its budget (same source).
 const CONNECTION_BUDGET: u64 = 24 * 1024;
 
@@ -495,4 +498,83 @@ max_waiters = {WAITERS}
         .into_inner()
         .released;
     assert!(released);
+}
+
+#[tokio::test]
+async fn a_50k_session_waiter_burst_stays_inside_its_budget() {
+    const WAITERS: usize = 50_000;
+    const SESSIONS: usize = 16;
+    const PER_SESSION: usize = WAITERS / SESSIONS;
+    let gov = GovernorProcess::start(&format!(
+        r#"
+[dependencies.burst]
+max_concurrency = 1
+max_queue = {WAITERS}
+max_wait = "10m"
+[limits]
+max_waiters = {WAITERS}
+max_session_pending = {PER_SESSION}
+{CONFIG}"#
+    ))
+    .await;
+    let mut client = gov.governor_client().await;
+    let admin = gov.admin_client().await;
+    let holder = client
+        .acquire(acquire_request("burst"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(holder.granted);
+    normal_caller_is_served(&mut client).await;
+    let before = rss(&gov);
+
+    // One connection per session, its acquires all sent at once.
+    let mut sessions = Vec::new();
+    for s in 0..SESSIONS {
+        let mut session = GovernorClient::new(gov.channel().await);
+        let (tx, rx) = tokio::sync::mpsc::channel(PER_SESSION);
+        for i in 0..PER_SESSION {
+            let op = v1::session_request::Op::Acquire(acquire_request("burst"));
+            let id = (s * PER_SESSION + i + 1) as u64;
+            tx.send(v1::SessionRequest { id, op: Some(op) })
+                .await
+                .unwrap();
+        }
+        let answers = session
+            .session(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+            .unwrap()
+            .into_inner();
+        sessions.push((tx, answers));
+    }
+    let queued = SESSIONS * PER_SESSION;
+    eventually("the session waiters queued", || {
+        let mut admin = admin.clone();
+        async move { dependency(&mut admin, "burst").await.queued as usize == queued }
+    })
+    .await;
+    let grown = rss(&gov).saturating_sub(before);
+    // For the README's memory section (shown with --nocapture).
+    eprintln!(
+        "memory: {queued} session waiters: resident +{} KiB ({} B each)",
+        grown / 1024,
+        grown / queued as u64,
+    );
+    normal_caller_is_served(&mut client).await;
+    let bound = queued as u64 * SESSION_WAITER_BUDGET;
+    assert!(
+        grown <= bound,
+        "{queued} session waiters took {} KiB, over the budget of {} KiB",
+        grown / 1024,
+        bound / 1024
+    );
+
+    // The sessions end: their acquires are withdrawn.
+    drop(sessions);
+    eventually("the queue empty", || {
+        let mut admin = admin.clone();
+        async move { dependency(&mut admin, "burst").await.queued == 0 }
+    })
+    .await;
+    normal_caller_is_served(&mut client).await;
 }

@@ -1,5 +1,7 @@
 //! `governor.v1.Governor`: Acquire, Release and Renew over the ledger.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,14 +29,29 @@ impl GovernorService {
 }
 
 /// Ends the Acquire's spans as cancelled if the caller goes away mid-wait.
+///
+/// The trace is boxed: a waiting Acquire's future holds the guard (and the
+/// trace on its way in) for the whole wait, and without tracing a box
+/// costs nothing, where the inline trace took room in every waiter.
 pub(super) struct TraceGuard<'a> {
-    pub(super) telemetry: &'a Telemetry,
-    pub(super) trace: Option<AcquireTrace>,
+    telemetry: &'a Telemetry,
+    trace: Option<Box<AcquireTrace>>,
+}
+
+impl<'a> TraceGuard<'a> {
+    pub(super) fn new(telemetry: &'a Telemetry, trace: Option<Box<AcquireTrace>>) -> Self {
+        TraceGuard { telemetry, trace }
+    }
+
+    /// The trace, for the decision's telemetry; the guard is disarmed.
+    pub(super) fn take(&mut self) -> Option<AcquireTrace> {
+        self.trace.take().map(|trace| *trace)
+    }
 }
 
 impl Drop for TraceGuard<'_> {
     fn drop(&mut self) {
-        if let Some(trace) = self.trace.take() {
+        if let Some(trace) = self.take() {
             self.telemetry.acquire_cancelled(trace);
         }
     }
@@ -69,6 +86,19 @@ pub(super) fn acquire_params(
         (a, b) => a.or(b),
     };
     Ok((priority, max_wait))
+}
+
+/// The telemetry's view of an Acquire.
+pub(super) fn acquire_fields(
+    message: &v1::AcquireRequest,
+    priority: Priority,
+) -> AcquireFields<'_> {
+    AcquireFields {
+        dependency: &message.dependency,
+        tenant: &message.tenant,
+        priority,
+        attempt: message.attempt,
+    }
 }
 
 pub(super) fn acquire_response(decision: &Decision) -> v1::AcquireResponse {
@@ -148,39 +178,27 @@ impl GovernorService {
     }
 }
 
-#[tonic::async_trait]
-impl governor_server::Governor for GovernorService {
-    async fn acquire(
+impl GovernorService {
+    /// An Acquire past its checks: asks the ledger (waiting in the queue if
+    /// it must), then answers. Holds nothing the answer does not need.
+    async fn acquire_queued(
         &self,
-        request: Request<v1::AcquireRequest>,
+        message: v1::AcquireRequest,
+        priority: Priority,
+        max_wait: Option<Duration>,
+        peer: Option<crate::ledger::Peer>,
+        mut guard: TraceGuard<'_>,
     ) -> Result<Response<v1::AcquireResponse>, Status> {
-        let caller_wait = deadline::grpc_timeout(request.metadata()).map(deadline::wait_budget);
-        let (metadata, extensions, message) = request.into_parts();
-        let (priority, max_wait) = acquire_params(&message, caller_wait)?;
-
         let request = AcquireRequest {
             dependency: &message.dependency,
             attempt: message.attempt,
             priority,
             max_wait,
         };
-        let fields = AcquireFields {
-            dependency: &message.dependency,
-            tenant: &message.tenant,
-            priority,
-            attempt: message.attempt,
-        };
-        let mut guard = TraceGuard {
-            telemetry: &self.telemetry,
-            trace: self.telemetry.acquire_started(&metadata, &fields),
-        };
-        // The request's headers are not needed past here: a queued call
-        // should not hold them while it waits.
-        drop(metadata);
-        let peer = super::peer_of(&extensions);
         let decision = self.ledger.acquire_as(&request, peer).await;
-        let trace = guard.trace.take();
+        let trace = guard.take();
         let decision = decision?;
+        let fields = acquire_fields(&message, priority);
         self.telemetry
             .acquire_finished(&self.ledger, trace, &fields, &decision);
         let response = acquire_response(&decision);
@@ -192,6 +210,46 @@ impl governor_server::Governor for GovernorService {
             return Ok(response);
         }
         Ok(Response::new(response))
+    }
+}
+
+/// What an Acquire's future holds, boxed by [`governor_server::Governor::acquire`].
+type AcquireFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<Response<v1::AcquireResponse>, Status>> + Send + 'a>>;
+
+#[tonic::async_trait]
+impl governor_server::Governor for GovernorService {
+    /// Written out instead of `async fn` (which `async_trait` boxes with the
+    /// whole request in it): the checks, the peer and the trace's start run
+    /// here, before the future exists, and the request's headers and
+    /// extensions (tonic's connection info, the router's path parameters:
+    /// about 0.5 KiB of heap) are dropped, so that a queued call's box holds
+    /// only the message, the trace and the ledger's wait (the README's
+    /// memory section, "where a waiter's heap goes").
+    fn acquire<'life0, 'async_trait>(
+        &'life0 self,
+        request: Request<v1::AcquireRequest>,
+    ) -> AcquireFuture<'async_trait>
+    where
+        'life0: 'async_trait,
+        Self: 'async_trait,
+    {
+        let caller_wait = deadline::grpc_timeout(request.metadata()).map(deadline::wait_budget);
+        let (metadata, extensions, message) = request.into_parts();
+        let (priority, max_wait) = match acquire_params(&message, caller_wait) {
+            Ok(params) => params,
+            Err(status) => return Box::pin(std::future::ready(Err(status))),
+        };
+        let peer = super::peer_of(&extensions);
+        drop(extensions);
+        // Armed from here: a call dropped even before its first poll ends
+        // its spans as cancelled.
+        let trace = self
+            .telemetry
+            .acquire_started(&metadata, &acquire_fields(&message, priority));
+        let guard = TraceGuard::new(&self.telemetry, trace.map(Box::new));
+        drop(metadata);
+        Box::pin(self.acquire_queued(message, priority, max_wait, peer, guard))
     }
 
     async fn release(

@@ -26,9 +26,10 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::metadata::MetadataMap;
 use tonic::{Code, Request, Status, Streaming};
 
-use super::governor::{GovernorService, TraceGuard, acquire_params, acquire_response};
+use super::governor::{
+    GovernorService, TraceGuard, acquire_fields, acquire_params, acquire_response,
+};
 use crate::ledger::{AcquireRequest, Peer, Session, SessionAcquireError};
-use crate::telemetry::AcquireFields;
 
 /// What the caller reads.
 pub type ResponseStream = ReceiverStream<Result<v1::SessionResponse, Status>>;
@@ -186,9 +187,12 @@ fn handle<'a>(
             }
             match acquire_params(&message, None) {
                 Err(status) => Handled::Answer(field_error(id, &status)),
-                Ok((priority, max_wait)) => Handled::Pending(Box::pin(async move {
-                    acquire(service, session, metadata, id, message, priority, max_wait).await
-                })),
+                // The acquire's own future, boxed as it is: an async block
+                // around it would hold a second copy of its arguments for
+                // the whole wait.
+                Ok((priority, max_wait)) => Handled::Pending(Box::pin(acquire(
+                    service, session, metadata, id, message, priority, max_wait,
+                ))),
             }
         }
         Some(session_request::Op::Release(message)) => match service.release_message(&message) {
@@ -222,18 +226,13 @@ async fn acquire(
         priority,
         max_wait,
     };
-    let fields = AcquireFields {
-        dependency: &message.dependency,
-        tenant: &message.tenant,
-        priority,
-        attempt: message.attempt,
-    };
-    let mut guard = TraceGuard {
-        telemetry,
-        trace: telemetry.acquire_started(metadata, &fields),
-    };
+    let trace = telemetry.acquire_started(metadata, &acquire_fields(&message, priority));
+    let mut guard = TraceGuard::new(telemetry, trace.map(Box::new));
+    // The fields are made again after the wait rather than kept across it:
+    // every byte held here is held by every waiting acquire.
     let decision = ledger.acquire_in(session, &request).await;
-    let trace = guard.trace.take();
+    let trace = guard.take();
+    let fields = acquire_fields(&message, priority);
     match decision {
         Ok(decision) => {
             telemetry.acquire_finished(ledger, trace, &fields, &decision);
