@@ -17,7 +17,9 @@ suites=("${@:-${all[@]}}")
 export GOVERNOR_BIN="${GOVERNOR_BIN:-$root/target/debug/governor}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
-step() { printf '\n==> %s\n' "$*"; }
+# Each step is stamped with the time and the minutes since the start, so a
+# CI log shows where the run's time goes.
+step() { printf '\n==> [%s +%dm%02ds] %s\n' "$(date -u +%T)" $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
 # redis-server backs the benchmark's Redis-semaphore arm (A4).
 if [[ " ${suites[*]} " == *" bench "* ]] && ! command -v redis-server >/dev/null; then
