@@ -82,7 +82,7 @@ struct State {
 }
 
 impl std::fmt::Debug for State {
-    /// By hand: the expiry heap holds lease keys, parts of lease ids, which
+    /// By hand: the expiry order holds lease keys, parts of lease ids, which
     /// must never be shown.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("State")
@@ -819,7 +819,7 @@ impl Dependency {
     }
 
     /// Drops stale expiry entries once they outnumber the live ones, so the
-    /// expiry heap stays within twice the leases held plus a constant
+    /// expiry order stays within twice the leases held plus a constant
     /// (amortised O(1) per release or renewal).
     fn compact_expiry(&self, state: &mut State) {
         if state.expiry.len() <= 2 * state.in_flight as usize + 64 {

@@ -22,6 +22,7 @@ use super::lease::LeaseKey;
 
 pub(crate) type Entry = (Instant, LeaseKey);
 
+/// No `Debug`: it holds lease keys, parts of lease ids (bearer credentials).
 #[derive(Default)]
 pub(crate) struct Expiry {
     /// Deadlines in the order they were added, which is sorted.

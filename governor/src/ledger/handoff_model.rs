@@ -23,7 +23,7 @@
 //!   and dropping `Queued` is `abandon`.
 //!
 //! Left out, because the hand-off does not depend on them: lease records
-//! (deadlines, the expiry heap), the limiter (the limit is fixed), the
+//! (deadlines, the expiry order), the limiter (the limit is fixed), the
 //! retry budget, idleness and eviction, snapshots and counters other than
 //! `in_flight`, and the observer.
 //!
