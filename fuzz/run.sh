@@ -6,6 +6,7 @@
 #   bash fuzz/run.sh                          # every target, 20 s each
 #   FUZZ_SECONDS=1200 bash fuzz/run.sh ledger_ops
 #   FUZZ_RUNS=10000000 bash fuzz/run.sh config decode_requests
+#   FUZZ_BUILD_ONLY=1 bash fuzz/run.sh        # install and build, run nothing
 #
 # cargo-fuzz is installed into .tools/ (not on PATH by default). It passes
 # nightly-only -Z flags to rustc, which the stable toolchain accepts with
@@ -34,6 +35,7 @@ flags=(--sanitizer none --debug-assertions)
 cargo fmt --check
 echo "==> build the fuzz targets"
 cargo fuzz build "${flags[@]}"
+[[ -z ${FUZZ_BUILD_ONLY:-} ]] || exit 0
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
