@@ -396,6 +396,35 @@ idle_connection_timeout = "2s"
     normal_caller_is_served(&mut gov.governor_client().await).await;
 }
 
+/// A burst's starting point: dependency `burst`'s one permit is held, a
+/// normal caller has been served, and the resident memory is read.
+struct Burst {
+    client: GovernorClient<Channel>,
+    admin: GovernorAdminClient<Channel>,
+    holder: v1::AcquireResponse,
+    before: u64,
+}
+
+impl Burst {
+    async fn behind_a_holder(gov: &GovernorProcess) -> Burst {
+        let mut client = gov.governor_client().await;
+        let admin = gov.admin_client().await;
+        let holder = client
+            .acquire(acquire_request("burst"))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(holder.granted);
+        normal_caller_is_served(&mut client).await;
+        Burst {
+            client,
+            admin,
+            holder,
+            before: rss(gov),
+        }
+    }
+}
+
 #[tokio::test]
 async fn a_50k_waiter_burst_stays_inside_its_budget_and_is_given_back() {
     const WAITERS: usize = 50_000;
@@ -416,16 +445,12 @@ max_waiters = {WAITERS}
         calls = WAITERS + 16,
     ))
     .await;
-    let mut client = gov.governor_client().await;
-    let admin = gov.admin_client().await;
-    let holder = client
-        .acquire(acquire_request("burst"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(holder.granted);
-    normal_caller_is_served(&mut client).await;
-    let before = rss(&gov);
+    let Burst {
+        mut client,
+        admin,
+        holder,
+        before,
+    } = Burst::behind_a_holder(&gov).await;
 
     // Raw HTTP/2 streams, each a whole Acquire request, kept open: cheap
     // on the test's side, so that the sidecar is what is measured.
@@ -517,16 +542,12 @@ max_session_pending = {PER_SESSION}
 {CONFIG}"#
     ))
     .await;
-    let mut client = gov.governor_client().await;
-    let admin = gov.admin_client().await;
-    let holder = client
-        .acquire(acquire_request("burst"))
-        .await
-        .unwrap()
-        .into_inner();
-    assert!(holder.granted);
-    normal_caller_is_served(&mut client).await;
-    let before = rss(&gov);
+    let Burst {
+        mut client,
+        admin,
+        holder: _holder,
+        before,
+    } = Burst::behind_a_holder(&gov).await;
 
     // One connection per session, its acquires all sent at once.
     let mut sessions = Vec::new();

@@ -79,16 +79,6 @@ impl Expiry {
     pub(crate) fn retain(&mut self, mut keep: impl FnMut(&Entry) -> bool) {
         self.ordered.retain(&mut keep);
         self.early.retain(|Reverse(entry)| keep(entry));
-        if self.ordered.is_empty() {
-            // Everything left is in the heap: let new entries use the FIFO.
-            self.ordered.extend(
-                std::mem::take(&mut self.early)
-                    .into_sorted_vec()
-                    .into_iter()
-                    .rev()
-                    .map(|e| e.0),
-            );
-        }
     }
 }
 
