@@ -175,6 +175,36 @@ def test_sync_unary_fallback_when_the_sidecar_has_no_session(unary_only, monkeyp
         gov.close()
 
 
+def test_sync_a_stream_reads_as_dead_only_once_the_session_chose_unary(unary_only, monkeypatch):
+    # The reader thread that sees UNIMPLEMENTED tells the session before the
+    # stream reads as dead; in between, a caller must not open a second stream.
+    told = threading.Event()
+    go_on = threading.Event()
+    real_ended = sess.SyncSession._ended
+
+    def slow_ended(self, stream, why):
+        told.set()
+        assert go_on.wait(5.0)
+        real_ended(self, stream, why)
+
+    monkeypatch.setattr(sess.SyncSession, "_ended", slow_ended)
+    gov = Governor(unary_only.target, fail_open=False)
+    try:
+        first = gov._session.stream()
+        assert first is not None
+        assert told.wait(5.0)
+        assert gov._session.stream() is first  # not yet dead: no second attempt
+        go_on.set()
+        first._reader.join(5.0)
+        assert not first.alive
+        assert gov._session.stream() is None  # unary for a while
+        gov.acquire("payments").release()
+        assert unary_only.session_attempts == 1
+    finally:
+        go_on.set()
+        gov.close()
+
+
 # --- asyncio -------------------------------------------------------------------
 
 

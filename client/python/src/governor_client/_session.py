@@ -245,12 +245,15 @@ class SyncStream:
 
     def _end(self, why: BaseException) -> None:
         broken = why if isinstance(why, _Broken) else _ended_reason(why)
+        # The session learns first (unary for a while, or a back-off), then the
+        # stream reads as dead: a caller that finds it dead finds the session's
+        # choice made, and does not open a second stream in between.
+        self._owner._ended(self, why)
         with self._lock:
             if self.broken is None:
                 self.broken = broken
                 self._why = why
             pending, self._pending = self._pending, {}
-        self._owner._ended(self, why)
         for callback in pending.values():
             callback(why)
 
