@@ -685,3 +685,49 @@ async fn the_rust_client_acquires_on_a_session_and_reports_a_permit_lost_with_it
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_draining_sidecar_ends_idle_sessions_and_keeps_busy_ones_until_they_release() {
+    let mut gov = GovernorProcess::start(
+        "[server]\nshutdown_grace = \"10s\"\n[dependencies.db]\nmax_concurrency = 2\n",
+    )
+    .await;
+    let mut client = gov.governor_client().await;
+    let mut idle = open(&mut client).await;
+    let mut busy = open(&mut client).await;
+    // Both streams are served before the drain starts.
+    idle.send(1, acquire_op("db", None)).await;
+    let first = granted(&idle.next().await);
+    idle.send(2, release_op(&first)).await;
+    assert!(matches!(idle.next().await.result, Some(Answer::Release(_))));
+    busy.send(1, acquire_op("db", None)).await;
+    let held = granted(&busy.next().await);
+
+    gov.signal(nix::sys::signal::Signal::SIGTERM);
+    // The idle one ends (OK) without anything sent on it.
+    let end = tokio::time::timeout(Duration::from_secs(5), idle.rx.message())
+        .await
+        .expect("the idle session ends");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    // The busy one still works: a new acquire is refused, its release answered.
+    busy.send(2, acquire_op("db", None)).await;
+    match busy.next().await.result {
+        Some(Answer::Acquire(a)) => {
+            assert!(!a.granted);
+            assert_eq!(a.reason(), v1::RejectReason::ShuttingDown);
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    busy.send(3, release_op(&held)).await;
+    match busy.next().await.result {
+        Some(Answer::Release(r)) => assert!(r.released, "{r:?}"),
+        other => panic!("expected the release's answer, got {other:?}"),
+    }
+    // Holding nothing now, it ends too, and the sidecar exits cleanly.
+    let end = tokio::time::timeout(Duration::from_secs(5), busy.rx.message())
+        .await
+        .expect("the busy session ends once it holds nothing");
+    assert!(matches!(end, Ok(None)), "{end:?}");
+    let status = gov.wait_exit(Duration::from_secs(10)).await;
+    assert!(status.success(), "{status:?}");
+}

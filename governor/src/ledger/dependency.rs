@@ -496,7 +496,7 @@ impl Dependency {
     pub(crate) fn finish(
         self: &Arc<Self>,
         lease: LeaseId,
-        record: LeaseRecord,
+        record: &LeaseRecord,
         report: Report,
         now: Instant,
     ) -> EndedLease {

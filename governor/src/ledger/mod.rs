@@ -451,9 +451,9 @@ impl Ledger {
         self.shared.drain_started.cancel();
     }
 
-    /// Completes once draining has started.
-    pub async fn draining(&self) {
-        self.shared.drain_started.cancelled().await
+    /// Completes once draining has started; owns what it waits on.
+    pub fn drain_signal(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.shared.drain_started.clone().cancelled_owned()
     }
 
     pub fn is_draining(&self) -> bool {

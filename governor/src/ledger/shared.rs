@@ -118,12 +118,12 @@ impl Shared {
         if lease.epoch != self.epoch {
             return None;
         }
-        let (_, mut record) = self.leases.remove(&lease.key)?;
-        if let Some(owner) = record.owner.take() {
+        let (_, record) = self.leases.remove(&lease.key)?;
+        if let Some(owner) = &record.owner {
             owner.forget(lease.key);
         }
-        let dependency = record.dependency.clone();
-        Some(dependency.finish(*lease, record, report, tokio::time::Instant::now()))
+        let now = tokio::time::Instant::now();
+        Some(record.dependency.finish(*lease, &record, report, now))
     }
 
     pub(crate) fn max_session_pending(&self) -> usize {
