@@ -115,10 +115,10 @@ impl Stream for ResponseStream {
             if let Poll::Ready(Some(answer)) = live.acquires.poll_next_unpin(cx) {
                 return Poll::Ready(Some(Ok(answer)));
             }
-            if let Some(drain) = live.drain.as_mut() {
-                if drain.as_mut().poll(cx).is_ready() {
-                    live.drain = None;
-                }
+            // The flag, not the signal, on every turn: the signal is one
+            // for all sessions, and polling it takes its lock.
+            if live.drain.is_some() && live.common.service.ledger().is_draining() {
+                live.drain = None;
             }
             if live.drain.is_none() && live.acquires.is_empty() && live.common.session.leases() == 0
             {
@@ -126,7 +126,16 @@ impl Stream for ResponseStream {
                 return Poll::Ready(None);
             }
             let request = match live.inbound.poll_next_unpin(cx) {
-                Poll::Pending => return Poll::Pending,
+                Poll::Pending => {
+                    // Going to sleep: the drain must wake it.
+                    if let Some(drain) = live.drain.as_mut() {
+                        if drain.as_mut().poll(cx).is_ready() {
+                            live.drain = None;
+                            continue;
+                        }
+                    }
+                    return Poll::Pending;
+                }
                 Poll::Ready(None) => {
                     self.end(End::HalfClosed);
                     return Poll::Ready(None);
