@@ -2,7 +2,7 @@
 
 use tonic::Status;
 
-use crate::ledger::{LedgerError, UpdateError};
+use crate::ledger::{LedgerError, SessionAcquireError, UpdateError};
 
 impl From<LedgerError> for Status {
     fn from(error: LedgerError) -> Status {
@@ -27,6 +27,18 @@ impl From<UpdateError> for Status {
                 Status::invalid_argument(format!("limits.{}: {}", invalid.field, invalid.problem))
             }
             UpdateError::Ledger(error) => error.into(),
+        }
+    }
+}
+
+impl From<SessionAcquireError> for Status {
+    fn from(error: SessionAcquireError) -> Status {
+        match error {
+            SessionAcquireError::Ledger(error) => error.into(),
+            SessionAcquireError::TooManyPending(_) => {
+                Status::resource_exhausted(format!("limits.max_session_pending: {error}"))
+            }
+            SessionAcquireError::Closed => Status::aborted(format!("session: {error}")),
         }
     }
 }

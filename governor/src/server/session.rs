@@ -38,7 +38,7 @@ use tonic::{Code, Request, Status, Streaming};
 use super::governor::{
     GovernorService, TraceGuard, acquire_fields, acquire_params, acquire_response,
 };
-use crate::ledger::{AcquireRequest, Session, SessionAcquireError};
+use crate::ledger::{AcquireRequest, Session};
 
 /// Requests handled in one poll without an answer to hand back (releases
 /// with id 0) before the poll yields, so one stream of fire-and-forget
@@ -335,13 +335,7 @@ async fn acquire(
             if let Some(trace) = trace {
                 telemetry.acquire_cancelled(trace);
             }
-            let status = match failure {
-                SessionAcquireError::Ledger(error) => Status::from(error),
-                SessionAcquireError::TooManyPending(_) => {
-                    Status::resource_exhausted(format!("limits.max_session_pending: {failure}"))
-                }
-                SessionAcquireError::Closed => Status::aborted(format!("session: {failure}")),
-            };
+            let status = Status::from(failure);
             field_error(id, &status)
         }
     }
