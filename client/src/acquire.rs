@@ -38,6 +38,7 @@ impl Acquire {
             priority: gov.inner.priority as i32,
             tenant: gov.inner.tenant.clone().unwrap_or_default(),
             max_wait: None,
+            degradable: false,
         };
         Self { gov, request }
     }

@@ -104,6 +104,7 @@ impl fmt::Display for Rejection {
             RejectReason::RetryBudgetExhausted => "retry budget exhausted",
             RejectReason::Shed => "shed by a higher-priority request",
             RejectReason::ShuttingDown => "sidecar shutting down",
+            RejectReason::Degrade => "degrade: serve the fallback",
         };
         write!(
             f,
