@@ -47,6 +47,7 @@ async fn caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) {
             attempt,
             priority,
             max_wait: None,
+            degradable: false,
         };
         let acquire = ledger.acquire(&request);
         // A third of the callers give up early: cancellation at any point.
@@ -126,6 +127,7 @@ async fn acquire_normal(ledger: &Ledger, give_up: Option<Duration>) -> Option<De
         attempt: 0,
         priority: Priority::Normal,
         max_wait: None,
+        degradable: false,
     };
     match give_up {
         Some(after) => tokio::time::timeout(after, ledger.acquire(&request))
@@ -288,6 +290,7 @@ async fn session_acquire(
         attempt: 0,
         priority,
         max_wait: Some(max_wait),
+        degradable: false,
     };
     let Ok(decision) = ledger.acquire_in(&session, &request).await else {
         // Closed under it, or the session's pending cap: nothing held.

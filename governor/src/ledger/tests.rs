@@ -18,6 +18,8 @@ fn limits(concurrency: u32, queue: u32, wait_ms: u64) -> Limits {
             lease_ttl: Some(Duration::from_secs(10)),
             retry_budget: None,
             adaptive: None,
+            elevated_at: None,
+            degrade_at: None,
         })
         .unwrap()
 }
@@ -59,6 +61,7 @@ fn request(priority: Priority, attempt: u32) -> AcquireRequest<'static> {
         attempt,
         priority,
         max_wait: None,
+        degradable: false,
     }
 }
 
@@ -104,7 +107,8 @@ async fn grants_up_to_the_limit_then_queues_without_barging() {
         Snapshot {
             limit: 2,
             in_flight: 2,
-            queued: 0
+            queued: 0,
+            pressure: Pressure::Saturated,
         }
     );
     assert_eq!(status(&ledger).in_flight, 2);

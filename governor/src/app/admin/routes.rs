@@ -5,7 +5,6 @@ use std::time::SystemTime;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
-use tokio::time::Instant;
 
 use super::Shared;
 use crate::telemetry::Format;
@@ -45,7 +44,6 @@ pub(super) fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<
             let body = shared.board.json(
                 &ledger.statuses(),
                 ledger.is_draining(),
-                Instant::now(),
                 SystemTime::now(),
             );
             Response::builder()
