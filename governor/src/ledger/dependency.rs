@@ -452,8 +452,7 @@ impl Dependency {
         }
         if request.is_retry() {
             if let Err(retry_after) = state.budget.try_withdraw(now) {
-                let rejection =
-                    state.reject(RejectReason::RetryBudgetExhausted, retry_after, now);
+                let rejection = state.reject(RejectReason::RetryBudgetExhausted, retry_after, now);
                 return decided(&mut state, Err(rejection));
             }
         } else {
@@ -769,7 +768,12 @@ impl Dependency {
         let mut state = self.lock_at(now);
         while let Some(waiter) = state.waiters.pop() {
             self.shared.release_waiter();
-            state.turn_away(waiter, RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER, now);
+            state.turn_away(
+                waiter,
+                RejectReason::ShuttingDown,
+                SHUTDOWN_RETRY_AFTER,
+                now,
+            );
         }
     }
 

@@ -74,7 +74,9 @@ pub use decision::{
 };
 pub use dependency::{Dependency, DependencyStatus};
 pub use lease::{LEASE_ID_LEN, LeaseHandle, LeaseId};
-pub use limits::{BudgetConfig, DegradeAt, ELEVATED_AT, InvalidLimit, Limits, LimitsPatch, MAX_WAIT};
+pub use limits::{
+    BudgetConfig, DegradeAt, ELEVATED_AT, InvalidLimit, Limits, LimitsPatch, MAX_WAIT,
+};
 pub use peers::Peer;
 pub use session::{Session, SessionAcquireError, SessionClosed};
 pub use shared::{LedgerObserver, NoopObserver};

@@ -1226,13 +1226,29 @@ async fn pressure_is_reached_and_left_at_each_threshold() {
     assert_eq!(pressure(&ledger), Pressure::Saturated);
 
     // Waiters served, then permits back, level by level.
-    assert!(ledger.release(&held.pop().unwrap(), Report::default()).is_some());
+    assert!(
+        ledger
+            .release(&held.pop().unwrap(), Report::default())
+            .is_some()
+    );
     let woken = first.await.unwrap();
-    assert_eq!(woken.snapshot.pressure, Pressure::Saturated, "one still waits");
+    assert_eq!(
+        woken.snapshot.pressure,
+        Pressure::Saturated,
+        "one still waits"
+    );
     held.push(woken.granted().unwrap().lease);
-    assert!(ledger.release(&held.pop().unwrap(), Report::default()).is_some());
+    assert!(
+        ledger
+            .release(&held.pop().unwrap(), Report::default())
+            .is_some()
+    );
     let woken = second.await.unwrap();
-    assert_eq!(woken.snapshot.pressure, Pressure::Saturated, "10 of 10 held");
+    assert_eq!(
+        woken.snapshot.pressure,
+        Pressure::Saturated,
+        "10 of 10 held"
+    );
     held.push(woken.granted().unwrap().lease);
     let mut levels = Vec::new();
     while let Some(lease) = held.pop() {

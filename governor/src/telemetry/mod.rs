@@ -37,8 +37,8 @@ pub use trace::{Tracing, sampler};
 use crate::config::TracingConfig;
 use crate::ledger::limit::LimitChange;
 use crate::ledger::{
-    Decision, EndedLease, LeaseEnd, LeaseId, Ledger, LedgerObserver, Outcome, Priority, RejectReason,
-    Snapshot,
+    Decision, EndedLease, LeaseEnd, LeaseId, Ledger, LedgerObserver, Outcome, Priority,
+    RejectReason, Snapshot,
 };
 
 /// The request fields telemetry reports.

@@ -113,12 +113,7 @@ impl StatusBoard {
     }
 
     /// `/status.json`: every dependency's figures now and its history.
-    pub fn json(
-        &self,
-        statuses: &[DependencyStatus],
-        draining: bool,
-        wall: SystemTime,
-    ) -> String {
+    pub fn json(&self, statuses: &[DependencyStatus], draining: bool, wall: SystemTime) -> String {
         let tracks = self.tracks.lock().unwrap_or_else(|e| e.into_inner());
         let dependencies = statuses
             .iter()
@@ -280,7 +275,12 @@ mod tests {
         let metrics = Metrics::new();
         let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let start = Instant::now();
-        board.sample(&[status("db", 0, 0, 0, Pressure::None)], &metrics, start, wall);
+        board.sample(
+            &[status("db", 0, 0, 0, Pressure::None)],
+            &metrics,
+            start,
+            wall,
+        );
 
         // One second: 98 immediate grants, two waits of 0.4 s, 5 rejections.
         let db = metrics.dependency("db");
@@ -375,7 +375,12 @@ mod tests {
         assert_eq!(times[0], 20.0, "the oldest samples were dropped");
 
         // A dependency that is gone is forgotten.
-        board.sample(&[status("other", 0, 0, 0, Pressure::None)], &metrics, Instant::now(), wall);
+        board.sample(
+            &[status("other", 0, 0, 0, Pressure::None)],
+            &metrics,
+            Instant::now(),
+            wall,
+        );
         assert_eq!(board.tracks.lock().unwrap().len(), 1);
         assert!(board.tracks.lock().unwrap().contains_key("other"));
     }
