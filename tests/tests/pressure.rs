@@ -324,3 +324,143 @@ async fn bad_pressure_settings_exit_64_naming_the_key() {
         }
     }
 }
+
+const ONE_SLOT: &str = r#"
+[dependencies.api]
+max_concurrency = 1
+max_queue = 4
+max_wait = "30s"
+retry_budget = { ratio = 0.0, min_per_second = 0 }
+"#;
+
+/// A sampled trace context: the Rust client then asks with the unary call
+/// (a session message carries no `traceparent`).
+fn sampled() -> opentelemetry::Context {
+    use opentelemetry::trace::{
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
+    };
+    let caller = SpanContext::new(
+        TraceId::from_hex("44444444444444444444444444444444").unwrap(),
+        SpanId::from_hex("00f067aa0ba902b7").unwrap(),
+        TraceFlags::SAMPLED,
+        true,
+        TraceState::default(),
+    );
+    opentelemetry::Context::new().with_remote_span_context(caller)
+}
+
+#[tokio::test]
+async fn the_rust_clients_fallback_runs_on_degrade_over_both_paths() {
+    use opentelemetry::context::FutureExt as _;
+    use rate_governor_client::{GovernedError, Governor, Pressure as ClientPressure};
+    use std::future::IntoFuture as _;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    let gov = GovernorProcess::start(ONE_SLOT).await;
+    let client = Governor::connect(gov.endpoint()).unwrap();
+    let mut admin = gov.admin_client().await;
+
+    // Idle: a degradable acquire is granted, and says how loaded it left
+    // the dependency (1 of 1: saturated).
+    let held = client.acquire("api").degradable(true).await.unwrap();
+    assert_eq!(held.pressure(), ClientPressure::Saturated);
+
+    // Saturated: the fallback runs at once, the governed call never.
+    let calls = AtomicU32::new(0);
+    let fallbacks = AtomicU32::new(0);
+    let governed = || async {
+        calls.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, std::io::Error>("fresh")
+    };
+    let fallback = |rejection: rate_governor_client::Rejection| {
+        fallbacks.fetch_add(1, Ordering::SeqCst);
+        async move {
+            assert!(rejection.is_degrade(), "{rejection}");
+            assert_eq!(rejection.pressure, ClientPressure::Saturated);
+            assert!(!rejection.retry_after.is_zero());
+            Ok::<_, std::io::Error>("cached")
+        }
+    };
+    // Over the session, then over the unary call.
+    let answer = client
+        .run_or_degrade("api", governed(), fallback)
+        .await
+        .unwrap();
+    assert_eq!(answer, "cached");
+    let answer = client
+        .run_or_degrade("api", governed(), fallback)
+        .with_context(sampled())
+        .await
+        .unwrap();
+    assert_eq!(answer, "cached");
+    assert_eq!(
+        (
+            calls.load(Ordering::SeqCst),
+            fallbacks.load(Ordering::SeqCst)
+        ),
+        (0, 2)
+    );
+    let status = admin
+        .get_dependency(GetDependencyRequest { name: "api".into() })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!((status.in_flight, status.queued), (1, 0), "{status:?}");
+
+    // The plain acquire of a degradable request: a typed DEGRADE rejection.
+    let error = client
+        .acquire("api")
+        .degradable(true)
+        .into_future()
+        .with_context(sampled())
+        .await
+        .unwrap_err();
+    let rejection = error.rejection().expect("a rejection");
+    assert!(rejection.is_degrade(), "{error}");
+    assert_eq!(rejection.reason, RejectReason::Degrade);
+
+    // Any other rejection is an error, and the fallback does not run: a
+    // retry meets the (empty) retry budget before it could degrade.
+    let error = client
+        .acquire("api")
+        .attempt(1)
+        .run_or_degrade(governed(), fallback)
+        .await
+        .unwrap_err();
+    match &error {
+        GovernedError::Acquire(_) => assert_eq!(
+            error.rejection().unwrap().reason,
+            RejectReason::RetryBudgetExhausted
+        ),
+        GovernedError::Inner(e) => panic!("expected a rejection, got {e}"),
+    }
+    assert_eq!(fallbacks.load(Ordering::SeqCst), 2);
+
+    // A free slot: the governed call runs under a permit, and it is given
+    // back.
+    held.release(rate_governor_client::Outcome::Success)
+        .await
+        .unwrap();
+    let answer = client
+        .run_or_degrade("api", governed(), fallback)
+        .await
+        .unwrap();
+    assert_eq!(answer, "fresh");
+    assert_eq!(
+        (
+            calls.load(Ordering::SeqCst),
+            fallbacks.load(Ordering::SeqCst)
+        ),
+        (1, 2)
+    );
+    // The fallback's own error is the call's error.
+    let held = client.acquire("api").await.unwrap();
+    let error = client
+        .run_or_degrade("api", governed(), |_| async {
+            Err::<&str, _>(std::io::Error::other("cache miss"))
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(error.into_inner().unwrap().to_string(), "cache miss");
+    drop(held);
+}
