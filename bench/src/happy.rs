@@ -184,6 +184,7 @@ async fn ledger_pair(ledger: &Ledger) -> Result<(), String> {
         attempt: 0,
         priority: Priority::Normal,
         max_wait: None,
+        degradable: false,
     };
     let decision = ledger.acquire(&request).await.map_err(|e| e.to_string())?;
     let grant = decision

@@ -68,6 +68,7 @@ fn request(name: &str) -> AcquireRequest<'_> {
         attempt: 0,
         priority: Priority::Normal,
         max_wait: None,
+        degradable: false,
     }
 }
 

@@ -38,6 +38,7 @@ impl Acquire {
             priority: gov.inner.priority as i32,
             tenant: gov.inner.tenant.clone().unwrap_or_default(),
             max_wait: None,
+            degradable: false,
         };
         Self { gov, request }
     }
@@ -66,6 +67,18 @@ impl Acquire {
     /// is then this plus [`ACQUIRE_DEADLINE_MARGIN`](crate::ACQUIRE_DEADLINE_MARGIN).
     pub fn max_wait(mut self, max_wait: Duration) -> Self {
         self.request.max_wait = Some(to_proto(max_wait));
+        self
+    }
+
+    /// Marks the request degradable: the caller can serve a cheaper answer
+    /// without this call (a partial result, a cached value). Rather than
+    /// wait in the queue it is then rejected at once with
+    /// [`RejectReason::Degrade`](crate::RejectReason::Degrade) (see
+    /// [`Rejection::is_degrade`]); with the dependency's `degrade_at =
+    /// "elevated"`, already from elevated pressure. [`run_or_degrade`](Self::run_or_degrade)
+    /// sets it and runs the fallback on DEGRADE.
+    pub fn degradable(mut self, degradable: bool) -> Self {
+        self.request.degradable = degradable;
         self
     }
 
@@ -105,6 +118,58 @@ impl Acquire {
         // caller wait for the sidecar's answer.
         guard.release(outcome, Some(started.elapsed()));
         result.map_err(GovernedError::Inner)
+    }
+
+    /// [`run`](Self::run) for a caller with a cheaper answer: the request is
+    /// made [`degradable`](Self::degradable), and when the sidecar answers
+    /// `DEGRADE` (the dependency is saturated, or past its `degrade_at`),
+    /// `fallback` runs instead of `fut`, at once, with the rejection (its
+    /// pressure and retry-after hint). Every other outcome is `run`'s: `fut`
+    /// under a permit, or [`GovernedError::Acquire`] for any other
+    /// rejection (a degradable retry still meets the retry budget first).
+    ///
+    /// ```no_run
+    /// # use rate_governor_client::Governor;
+    /// # async fn fetch_recommendations() -> Result<Vec<String>, std::io::Error> { Ok(vec![]) }
+    /// # async fn demo(gov: Governor) -> Result<(), Box<dyn std::error::Error>> {
+    /// let cached: Vec<String> = vec!["bestsellers".into()];
+    /// let shown = gov
+    ///     .acquire("recommendations")
+    ///     .run_or_degrade(fetch_recommendations(), |_rejection| async move {
+    ///         Ok(cached) // the cheaper answer, served now instead of queueing
+    ///     })
+    ///     .await?;
+    /// # let _ = shown; Ok(())
+    /// # }
+    /// ```
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`run`](Self::run); `fallback` is only called once the DEGRADE is in.
+    ///
+    /// # Errors
+    ///
+    /// [`GovernedError::Acquire`] without a permit for any reason but
+    /// `DEGRADE` (then neither future runs), [`GovernedError::Inner`] with
+    /// the error of `fut` or of `fallback`.
+    pub async fn run_or_degrade<F, T, E, D, G>(
+        self,
+        fut: F,
+        fallback: D,
+    ) -> Result<T, GovernedError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        D: FnOnce(Rejection) -> G,
+        G: Future<Output = Result<T, E>>,
+    {
+        match self.degradable(true).run(fut).await {
+            Err(GovernedError::Acquire(AcquireError::Rejected(rejection)))
+                if rejection.is_degrade() =>
+            {
+                fallback(rejection).await.map_err(GovernedError::Inner)
+            }
+            other => other,
+        }
     }
 
     async fn send(self) -> Result<Permit, AcquireError> {

@@ -5,7 +5,7 @@
 
 use std::{fmt, time::Duration};
 
-use rate_governor_proto::v1::{AcquireResponse, RejectReason};
+use rate_governor_proto::v1::{AcquireResponse, Pressure, RejectReason};
 use tonic::{Code, Status};
 
 use crate::duration::from_proto;
@@ -81,6 +81,18 @@ pub struct Rejection {
     pub in_flight: u32,
     /// Requests queued at the time of the decision.
     pub queued: u32,
+    /// The dependency's pressure right after the decision.
+    pub pressure: Pressure,
+}
+
+impl Rejection {
+    /// Whether this is a `DEGRADE`: the request was
+    /// [`degradable`](crate::Acquire::degradable) and would have had to
+    /// wait (or met the dependency's `degrade_at` pressure), so the caller
+    /// should serve its cheaper answer now.
+    pub fn is_degrade(&self) -> bool {
+        self.reason == RejectReason::Degrade
+    }
 }
 
 impl From<AcquireResponse> for Rejection {
@@ -91,6 +103,7 @@ impl From<AcquireResponse> for Rejection {
             limit: r.limit,
             in_flight: r.in_flight,
             queued: r.queued,
+            pressure: Pressure::try_from(r.pressure).unwrap_or(Pressure::Unspecified),
         }
     }
 }
@@ -104,6 +117,7 @@ impl fmt::Display for Rejection {
             RejectReason::RetryBudgetExhausted => "retry budget exhausted",
             RejectReason::Shed => "shed by a higher-priority request",
             RejectReason::ShuttingDown => "sidecar shutting down",
+            RejectReason::Degrade => "degrade: serve the fallback",
         };
         write!(
             f,
@@ -215,6 +229,7 @@ mod tests {
             limit: 1,
             in_flight: 1,
             queued: 0,
+            pressure: Pressure::Saturated,
         };
         let e = AcquireError::Rejected(r);
         assert_eq!(
@@ -231,6 +246,38 @@ mod tests {
             AcquireError::from_status(Status::invalid_argument("dependency")),
             AcquireError::Invalid(_)
         ));
+    }
+
+    #[test]
+    fn a_degrade_answer_reads_as_a_degrade_with_its_pressure() {
+        let response = AcquireResponse {
+            granted: false,
+            reason: RejectReason::Degrade as i32,
+            retry_after: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 40_000_000,
+            }),
+            limit: 4,
+            in_flight: 4,
+            queued: 2,
+            pressure: Pressure::Saturated as i32,
+            ..Default::default()
+        };
+        let rejection = Rejection::from(response);
+        assert!(rejection.is_degrade());
+        assert_eq!(rejection.pressure, Pressure::Saturated);
+        assert_eq!(rejection.retry_after, Duration::from_millis(40));
+        assert_eq!(
+            rejection.to_string(),
+            "degrade: serve the fallback, retry after 40ms (limit 4, in flight 4, queued 2)"
+        );
+        let full = Rejection::from(AcquireResponse {
+            reason: RejectReason::QueueFull as i32,
+            pressure: 99,
+            ..Default::default()
+        });
+        assert!(!full.is_degrade());
+        assert_eq!(full.pressure, Pressure::Unspecified, "an unknown level");
     }
 
     #[test]

@@ -292,6 +292,31 @@ impl Governor {
         self.acquire(dependency).run(fut).await
     }
 
+    /// Runs `fut` under a permit for `dependency`, or `fallback` at once if
+    /// the sidecar answers `DEGRADE`; shorthand for
+    /// `self.acquire(dependency).run_or_degrade(fut, fallback)`.
+    ///
+    /// # Cancel safety
+    ///
+    /// As [`Acquire::run_or_degrade`].
+    ///
+    /// # Errors
+    ///
+    /// As [`Acquire::run_or_degrade`].
+    pub async fn run_or_degrade<F, T, E, D, G>(
+        &self,
+        dependency: impl Into<String>,
+        fut: F,
+        fallback: D,
+    ) -> Result<T, crate::GovernedError<E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        D: FnOnce(crate::Rejection) -> G,
+        G: Future<Output = Result<T, E>>,
+    {
+        self.acquire(dependency).run_or_degrade(fut, fallback).await
+    }
+
     /// A snapshot of the counters.
     pub fn stats(&self) -> Stats {
         let c = &self.inner.counters;

@@ -29,6 +29,7 @@ pub struct GovernorLayer {
     dependency: String,
     priority: Option<Priority>,
     tenant: Option<String>,
+    degradable: bool,
 }
 
 impl GovernorLayer {
@@ -39,6 +40,7 @@ impl GovernorLayer {
             dependency: dependency.into(),
             priority: None,
             tenant: None,
+            degradable: false,
         }
     }
 
@@ -51,6 +53,16 @@ impl GovernorLayer {
     /// The tenant of every call (default: the [`Governor`]'s).
     pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
         self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// Makes every call [`degradable`](crate::Acquire::degradable): one that
+    /// would have to wait fails at once with [`GovernedError::Acquire`]
+    /// holding a `DEGRADE` rejection ([`GovernedError::rejection`] and
+    /// [`Rejection::is_degrade`](crate::Rejection::is_degrade)), for the
+    /// caller to serve its fallback.
+    pub fn degradable(mut self, degradable: bool) -> Self {
+        self.degradable = degradable;
         self
     }
 }
@@ -110,6 +122,7 @@ where
         if let Some(tenant) = &layer.tenant {
             acquire = acquire.tenant(tenant.clone());
         }
+        acquire = acquire.degradable(layer.degradable);
         ResponseFuture {
             inner: Box::pin(acquire.run(async move { inner.oneshot(request).await })),
         }

@@ -32,6 +32,46 @@
 //! Also: [`GovernorLayer`] governs any tower service (a tonic or HTTP
 //! client); [`Governor::retry`] retries under the sidecar's retry budget.
 //!
+//! # Pressure and degrade
+//!
+//! Every answer says how loaded the dependency is ([`Pressure`]:
+//! `None`, `Elevated` from the dependency's `elevated_at` share of its
+//! limit, `Saturated` with every permit in use or someone waiting,
+//! `Overloaded` for a second after it turned a request away): on a permit
+//! as [`Permit::pressure`], on a rejection as [`Rejection::pressure`]. A
+//! caller with a cheaper answer (a partial result, a cached value) marks
+//! its request [`degradable`](Acquire::degradable): rather than wait in the
+//! queue it is answered `DEGRADE` at once ([`Rejection::is_degrade`]), and
+//! with the dependency's `degrade_at = "elevated"` already from elevated
+//! pressure, leaving the headroom to callers without a fallback.
+//! [`Acquire::run_or_degrade`] does both: the call under a permit, or the
+//! fallback at once.
+//!
+//! ```no_run
+//! use rate_governor_client::{Governor, Pressure};
+//!
+//! # async fn search(q: &str) -> Result<Vec<String>, std::io::Error> { Ok(vec![q.into()]) }
+//! # async fn cached(q: &str) -> Result<Vec<String>, std::io::Error> { Ok(vec![q.into()]) }
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let gov = Governor::connect("http://127.0.0.1:50051")?;
+//! let hits = gov
+//!     .run_or_degrade("search", search("rust"), |rejection| async move {
+//!         // DEGRADE: served now from the cache; rejection.retry_after says
+//!         // when the dependency may have room again.
+//!         let _ = rejection.retry_after;
+//!         cached("rust").await
+//!     })
+//!     .await?;
+//!
+//! // Or explicitly: a permit tells the pressure it was granted at.
+//! let permit = gov.acquire("search").degradable(true).await?;
+//! if permit.pressure() >= Pressure::Elevated {
+//!     // skip the optional extras of this request
+//! }
+//! # let _ = hits; Ok(())
+//! # }
+//! ```
+//!
 //! # Failure handling
 //!
 //! When the sidecar gives no answer (`UNAVAILABLE`, `DEADLINE_EXCEEDED`,
@@ -101,6 +141,6 @@ pub use governor::{
 };
 pub use layer::{GovernorLayer, GovernorService, ResponseFuture};
 pub use permit::{LeaseHandle, Permit};
-pub use rate_governor_proto::v1::{Outcome, Priority, RejectReason};
+pub use rate_governor_proto::v1::{Outcome, Pressure, Priority, RejectReason};
 pub use retry::RetryPolicy;
 pub use transport::ConnectError;

@@ -5,7 +5,7 @@
 use std::{fmt, sync::atomic::Ordering, time::Duration};
 
 use opentelemetry::Context;
-use rate_governor_proto::v1::{AcquireResponse, Outcome};
+use rate_governor_proto::v1::{AcquireResponse, Outcome, Pressure};
 use tokio::task::AbortHandle;
 
 use std::sync::Arc;
@@ -33,6 +33,7 @@ const MIN_RENEW_PERIOD: Duration = Duration::from_millis(10);
 pub struct Permit {
     dependency: String,
     queue_wait: Duration,
+    pressure: Pressure,
     lease: Option<Lease>,
 }
 
@@ -74,6 +75,7 @@ impl Permit {
         Self {
             dependency,
             queue_wait: from_proto(response.queue_wait),
+            pressure: Pressure::try_from(response.pressure).unwrap_or(Pressure::Unspecified),
             lease: Some(Lease {
                 gov,
                 id,
@@ -89,6 +91,7 @@ impl Permit {
         Self {
             dependency,
             queue_wait: Duration::ZERO,
+            pressure: Pressure::Unspecified,
             lease: None,
         }
     }
@@ -124,6 +127,16 @@ impl Permit {
     /// How long the request waited in the sidecar's queue.
     pub fn queue_wait(&self) -> Duration {
         self.queue_wait
+    }
+
+    /// How loaded the dependency was right after the grant: `None` under
+    /// `elevated_at` of its limit, `Elevated` above, `Saturated` with every
+    /// permit in use or someone waiting, `Overloaded` when it turned a
+    /// request away within the last second. A caller may shed optional work
+    /// from `Elevated` on. `Unspecified` for a degraded (fail-open) permit,
+    /// or from a sidecar too old to say.
+    pub fn pressure(&self) -> Pressure {
+        self.pressure
     }
 
     /// Gives the permit back with the call's `outcome`. Returns whether the
@@ -275,6 +288,7 @@ impl fmt::Debug for Permit {
             .field("lease", &self.lease_handle())
             .field("lease_ttl", &self.lease_ttl())
             .field("queue_wait", &self.queue_wait)
+            .field("pressure", &self.pressure)
             .finish()
     }
 }

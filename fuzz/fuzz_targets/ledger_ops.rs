@@ -455,6 +455,7 @@ impl World {
                 attempt: u32::from(retry),
                 priority,
                 max_wait: wait,
+                degradable: false,
             };
             ledger.acquire(&request).await
         });
@@ -596,6 +597,7 @@ async fn run(ops: Vec<Op>) {
             attempt: 0,
             priority: Priority::Normal,
             max_wait: None,
+            degradable: false,
         })
         .await
         .expect("known")
@@ -773,6 +775,8 @@ async fn run(ops: Vec<Op>) {
                             ..Default::default()
                         },
                     }),
+                    elevated_at: None,
+                    degrade_at: None,
                 };
                 let current = world.deps[dep].clone();
                 let mut bad = Vec::new();

@@ -36,6 +36,7 @@ async fn pair(ledger: &Ledger, dependency: &str) {
         attempt: 0,
         priority: Priority::Normal,
         max_wait: None,
+        degradable: false,
     };
     let decision = ledger.acquire(&request).await.unwrap();
     let lease = decision.granted().expect("granted").lease;
@@ -136,6 +137,7 @@ fn wake_with_deep_queue(c: &mut Criterion) {
             attempt: 0,
             priority,
             max_wait: None,
+            degradable: false,
         };
         let mut held = runtime.block_on(async {
             let held = ledger.acquire(&request(Priority::Normal)).await.unwrap();

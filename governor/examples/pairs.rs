@@ -26,6 +26,7 @@ fn main() {
             attempt: 0,
             priority: Priority::Normal,
             max_wait: None,
+            degradable: false,
         };
         let t = std::time::Instant::now();
         for _ in 0..n {

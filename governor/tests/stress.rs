@@ -9,7 +9,8 @@ use std::time::Duration;
 use rand::Rng;
 use rate_governor::ledger::limit::{AdaptivePatch, Algorithm, AlgorithmChoice};
 use rate_governor::ledger::{
-    AcquireRequest, Decision, Ledger, LedgerConfig, Limits, LimitsPatch, Outcome, Priority, Report,
+    AcquireRequest, Decision, Ledger, LedgerConfig, Limits, LimitsPatch, Outcome, Priority,
+    RejectReason, Report,
 };
 
 const LIMIT: u32 = 4;
@@ -29,9 +30,11 @@ fn ledger() -> Arc<Ledger> {
     }))
 }
 
-async fn caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) {
+/// Returns how many of its requests were answered DEGRADE.
+async fn caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) -> u32 {
+    let mut degraded = 0;
     for _ in 0..rounds {
-        let (priority, attempt, cancel_after, hold) = {
+        let (priority, attempt, cancel_after, hold, degradable) = {
             let mut rng = rand::rng();
             let priority =
                 [Priority::Critical, Priority::Normal, Priority::Sheddable][rng.random_range(0..3)];
@@ -40,6 +43,8 @@ async fn caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) {
                 rng.random_range(0..2),
                 rng.random_range(0..3000u64),
                 rng.random_range(0..500u64),
+                // A quarter of the callers have a fallback.
+                rng.random_range(0..4) == 0,
             )
         };
         let request = AcquireRequest {
@@ -47,6 +52,7 @@ async fn caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) {
             attempt,
             priority,
             max_wait: None,
+            degradable,
         };
         let acquire = ledger.acquire(&request);
         // A third of the callers give up early: cancellation at any point.
@@ -58,6 +64,14 @@ async fn caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) {
         } else {
             acquire.await.unwrap()
         };
+        if degradable {
+            // Decided on arrival: a degradable request never waits.
+            assert_eq!(decision.queue_wait, Duration::ZERO, "{decision:?}");
+        }
+        if decision.rejected().map(|r| r.reason) == Some(RejectReason::Degrade) {
+            assert!(degradable, "DEGRADE for a caller without a fallback");
+            degraded += 1;
+        }
         if let Some(grant) = decision.granted() {
             assert!(
                 decision.snapshot.in_flight <= LIMIT,
@@ -71,6 +85,7 @@ async fn caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) {
             assert!(ledger.release(&grant.lease, Report::default()).is_some());
         }
     }
+    degraded
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -80,8 +95,9 @@ async fn invariants_hold_under_random_concurrent_load() {
     let callers: Vec<_> = (0..64)
         .map(|_| tokio::spawn(caller(ledger.clone(), holders.clone(), 200)))
         .collect();
+    let mut degraded = 0;
     for caller in callers {
-        caller.await.expect("no caller panicked");
+        degraded += caller.await.expect("no caller panicked");
     }
     let status = ledger.status("db").unwrap();
     assert_eq!((status.in_flight, status.queued), (0, 0), "{status:?}");
@@ -91,6 +107,7 @@ async fn invariants_hold_under_random_concurrent_load() {
         status.granted_total > 0 && status.rejected_total > 0,
         "{status:?}"
     );
+    assert!(degraded > 0, "no degradable caller met a busy dependency");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -126,6 +143,7 @@ async fn acquire_normal(ledger: &Ledger, give_up: Option<Duration>) -> Option<De
         attempt: 0,
         priority: Priority::Normal,
         max_wait: None,
+        degradable: false,
     };
     match give_up {
         Some(after) => tokio::time::timeout(after, ledger.acquire(&request))
@@ -288,6 +306,7 @@ async fn session_acquire(
         attempt: 0,
         priority,
         max_wait: Some(max_wait),
+        degradable: false,
     };
     let Ok(decision) = ledger.acquire_in(&session, &request).await else {
         // Closed under it, or the session's pending cap: nothing held.

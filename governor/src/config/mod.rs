@@ -22,7 +22,7 @@ pub use duration::{HumanDuration, parse as parse_duration};
 pub use telemetry::{OtlpProtocol, TelemetryConfig, TracingConfig};
 
 use crate::ledger::limit::{AdaptivePatch, AlgorithmChoice};
-use crate::ledger::{self, BudgetConfig, LedgerConfig, Limits, LimitsPatch};
+use crate::ledger::{self, BudgetConfig, DegradeAt, LedgerConfig, Limits, LimitsPatch};
 
 /// The configuration the binary runs on when given none.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -128,6 +128,26 @@ struct LimitsSection {
     lease_ttl: Option<HumanDuration>,
     retry_budget: Option<BudgetSection>,
     adaptive: Option<AdaptiveSection>,
+    elevated_at: Option<f64>,
+    degrade_at: Option<DegradeAtSection>,
+}
+
+/// `degrade_at`: from which pressure on a degradable request is answered
+/// DEGRADE.
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum DegradeAtSection {
+    Saturated,
+    Elevated,
+}
+
+impl From<DegradeAtSection> for DegradeAt {
+    fn from(section: DegradeAtSection) -> DegradeAt {
+        match section {
+            DegradeAtSection::Saturated => DegradeAt::Saturated,
+            DegradeAtSection::Elevated => DegradeAt::Elevated,
+        }
+    }
 }
 
 /// `[*.adaptive]`: every key optional, defaults in `AdaptiveConfig::DEFAULT`.
@@ -359,6 +379,8 @@ fn patch(
             min_per_second: budget.min_per_second.unwrap_or(inherited.min_per_second),
             ttl: budget.ttl.map_or(inherited.ttl, |d| d.0),
         }),
+        elevated_at: section.elevated_at,
+        degrade_at: section.degrade_at.map(DegradeAt::from),
     })
 }
 

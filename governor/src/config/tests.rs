@@ -371,3 +371,60 @@ fn connection_limits_are_read_and_bounded() {
     }
     assert!(error("[server]\nmax_calls = -1").contains("max_calls"));
 }
+
+#[test]
+fn pressure_settings_inherit_and_name_the_key_when_wrong() {
+    let config = Config::parse(
+        r#"
+        [defaults]
+        elevated_at = 0.8
+        [dependencies.api]
+        degrade_at = "elevated"
+        [dependencies.db]
+        elevated_at = 1.0
+        "#,
+    )
+    .unwrap();
+    assert_eq!(config.ledger.defaults.elevated_at(), 0.8);
+    assert_eq!(config.ledger.defaults.degrade_at(), DegradeAt::Saturated);
+    let limits = |name: &str| {
+        config
+            .ledger
+            .dependencies
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+            .clone()
+    };
+    assert_eq!(limits("api").elevated_at(), 0.8, "inherited");
+    assert_eq!(limits("api").degrade_at(), DegradeAt::Elevated);
+    assert_eq!(limits("db").elevated_at(), 1.0);
+    assert_eq!(limits("db").degrade_at(), DegradeAt::Saturated);
+    // The embedded defaults are the ledger's built-in ones.
+    let embedded = Config::embedded().ledger.defaults;
+    assert_eq!(embedded.elevated_at(), crate::ledger::ELEVATED_AT);
+    assert_eq!(embedded.degrade_at(), DegradeAt::Saturated);
+
+    for bad in ["0", "0.0", "-1", "1.5"] {
+        assert_eq!(
+            error(&format!("[dependencies.api]\nelevated_at = {bad}\n")),
+            format!(
+                "dependencies.api.elevated_at: must be in (0, 1], got {}",
+                bad.parse::<f64>().unwrap()
+            ),
+        );
+    }
+    assert!(
+        error("[defaults]\nelevated_at = nan\n")
+            .starts_with("defaults.elevated_at: must be in (0, 1]")
+    );
+    let wrong = error("[dependencies.api]\ndegrade_at = \"never\"\n");
+    assert!(
+        wrong.contains("degrade_at = \"never\"")
+            && wrong.contains("unknown variant `never`, expected `saturated` or `elevated`"),
+        "{wrong}"
+    );
+    let wrong = error("[defaults]\ndegrade_at = 1\n");
+    assert!(wrong.contains("degrade_at"), "{wrong}");
+}

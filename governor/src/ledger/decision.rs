@@ -16,6 +16,10 @@ pub struct AcquireRequest<'a> {
     /// The caller's cap on waiting (its own max wait, or its deadline less a
     /// margin); it can only shorten the dependency's `max_wait`.
     pub max_wait: Option<Duration>,
+    /// The caller has a cheaper answer of its own: rather than wait (or, with
+    /// `degrade_at = elevated`, rather than take a slot at elevated pressure)
+    /// it is answered [`RejectReason::Degrade`] at once.
+    pub degradable: bool,
 }
 
 impl AcquireRequest<'_> {
@@ -32,15 +36,19 @@ pub enum RejectReason {
     RetryBudgetExhausted,
     Shed,
     ShuttingDown,
+    /// A degradable request that would have had to wait (or met the
+    /// dependency's `degrade_at` pressure): the caller serves its fallback.
+    Degrade,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 5] = [
+    pub const ALL: [RejectReason; 6] = [
         RejectReason::QueueFull,
         RejectReason::QueueTimeout,
         RejectReason::RetryBudgetExhausted,
         RejectReason::Shed,
         RejectReason::ShuttingDown,
+        RejectReason::Degrade,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -50,6 +58,68 @@ impl RejectReason {
             RejectReason::RetryBudgetExhausted => "retry_budget_exhausted",
             RejectReason::Shed => "shed",
             RejectReason::ShuttingDown => "shutting_down",
+            RejectReason::Degrade => "degrade",
+        }
+    }
+
+    /// Whether this answer turned away a request the dependency could not
+    /// take (the queue was full, the wait ran out, a waiter was displaced):
+    /// what makes it [`Pressure::Overloaded`] for a second. A budget or
+    /// drain rejection is not the dependency's load, and a DEGRADE is the
+    /// fallback working (counting it would pin a dependency with degradable
+    /// traffic at overloaded).
+    pub fn is_overload(self) -> bool {
+        matches!(
+            self,
+            RejectReason::QueueFull | RejectReason::QueueTimeout | RejectReason::Shed
+        )
+    }
+}
+
+/// How loaded a dependency is, on every answer (`governor.v1.Pressure`).
+/// Ordered: each level is worse than the one before.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Pressure {
+    /// Under `elevated_at` of the enforced limit in use, nobody waiting.
+    #[default]
+    None,
+    /// At or above `elevated_at` of the enforced limit, a permit still free.
+    Elevated,
+    /// Every permit in use, or someone waits.
+    Saturated,
+    /// It turned a request away (queue full, queue timeout, shed) within the
+    /// last [`OVERLOAD_WINDOW`].
+    Overloaded,
+}
+
+/// How long one turned-away request keeps a dependency [`Pressure::Overloaded`].
+pub const OVERLOAD_WINDOW: Duration = Duration::from_secs(1);
+
+impl Pressure {
+    pub const ALL: [Pressure; 4] = [
+        Pressure::None,
+        Pressure::Elevated,
+        Pressure::Saturated,
+        Pressure::Overloaded,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pressure::None => "none",
+            Pressure::Elevated => "elevated",
+            Pressure::Saturated => "saturated",
+            Pressure::Overloaded => "overloaded",
+        }
+    }
+
+    /// As a gauge value and on the wire: 1 none, 2 elevated, 3 saturated,
+    /// 4 overloaded (the numbers of `governor.v1.Pressure`).
+    pub fn level(self) -> i64 {
+        match self {
+            Pressure::None => 1,
+            Pressure::Elevated => 2,
+            Pressure::Saturated => 3,
+            Pressure::Overloaded => 4,
         }
     }
 }
@@ -76,6 +146,9 @@ pub struct Snapshot {
     pub limit: u32,
     pub in_flight: u32,
     pub queued: u32,
+    /// Judged on the figures above and the last turn-away, under the same
+    /// lock as the decision.
+    pub pressure: Pressure,
 }
 
 /// The answer to an Acquire.

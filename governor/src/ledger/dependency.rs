@@ -20,13 +20,13 @@ use tokio::time::Instant;
 
 use super::budget::RetryBudget;
 use super::decision::{
-    AcquireRequest, Decision, EndedLease, Grant, LeaseEnd, Outcome, RejectReason, Rejection,
-    Report, Snapshot,
+    AcquireRequest, Decision, EndedLease, Grant, LeaseEnd, OVERLOAD_WINDOW, Outcome, Pressure,
+    RejectReason, Rejection, Report, Snapshot,
 };
 use super::expiry::Expiry;
 use super::lease::{LeaseId, LeaseKey};
 use super::limit::{LimitChange, LimitStatus, Limiter, Sample, SampleKind};
-use super::limits::{InvalidLimit, Limits, LimitsPatch};
+use super::limits::{DegradeAt, InvalidLimit, Limits, LimitsPatch};
 use super::reaper;
 use super::shared::{LeaseRecord, Shared};
 use super::waiters::{WaiterKey, WaiterQueue};
@@ -65,6 +65,9 @@ struct State {
     rejected_total: u64,
     expired_total: u64,
     limit_changes_total: u64,
+    /// When it last turned a request away (queue full, queue timeout, shed):
+    /// overloaded until [`OVERLOAD_WINDOW`] after.
+    turned_away_at: Option<Instant>,
     /// Named in the config file.
     configured: bool,
     /// Touched by the control plane; sticky.
@@ -200,6 +203,8 @@ pub struct DependencyStatus {
     pub expired_total: u64,
     /// Moves of the enforced or computed limit.
     pub limit_changes_total: u64,
+    /// The pressure at the instant of the status.
+    pub pressure: Pressure,
 }
 
 impl State {
@@ -208,12 +213,45 @@ impl State {
         !self.configured && !self.control_plane
     }
 
-    fn snapshot(&self) -> Snapshot {
+    fn snapshot(&self, now: Instant) -> Snapshot {
         Snapshot {
             limit: self.limiter.enforced(),
             in_flight: self.in_flight,
             queued: self.waiters.len() as u32,
+            pressure: self.pressure(now),
         }
+    }
+
+    /// The one function that decides the pressure: overloaded for a second
+    /// after a turn-away, else saturated when every permit is in use or
+    /// someone waits, else elevated from `elevated_at` of the enforced limit.
+    /// A compare and a multiply: no allocation, no clock reading.
+    fn pressure(&self, now: Instant) -> Pressure {
+        let limit = self.limiter.enforced();
+        if self
+            .turned_away_at
+            .is_some_and(|at| now.saturating_duration_since(at) < OVERLOAD_WINDOW)
+        {
+            Pressure::Overloaded
+        } else if self.in_flight >= limit || !self.waiters.is_empty() {
+            Pressure::Saturated
+        } else if f64::from(self.in_flight) >= self.limits.elevated_at() * f64::from(limit) {
+            Pressure::Elevated
+        } else {
+            Pressure::None
+        }
+    }
+
+    /// Whether a degradable request is answered DEGRADE: when it would have
+    /// to wait (no free slot, or waiters ahead), or, with `degrade_at =
+    /// elevated`, when the pressure before the decision is elevated or worse.
+    fn degrades(&self, now: Instant) -> bool {
+        let must_wait = self.in_flight >= self.limiter.enforced() || !self.waiters.is_empty();
+        must_wait
+            || match self.limits.degrade_at() {
+                DegradeAt::Saturated => false,
+                DegradeAt::Elevated => self.pressure(now) >= Pressure::Elevated,
+            }
     }
 
     /// Estimated time until a slot frees up for one more caller: permits free
@@ -228,8 +266,11 @@ impl State {
         estimate.clamp(Duration::from_millis(1), MAX_RETRY_AFTER)
     }
 
-    fn reject(&mut self, reason: RejectReason, retry_after: Duration) -> Rejection {
+    fn reject(&mut self, reason: RejectReason, retry_after: Duration, now: Instant) -> Rejection {
         self.rejected_total += 1;
+        if reason.is_overload() {
+            self.turned_away_at = Some(now);
+        }
         Rejection {
             reason,
             retry_after,
@@ -238,21 +279,27 @@ impl State {
 
     /// Answers a waiter that leaves the queue without a permit. Its receiver
     /// is alive: a waiter leaves the queue only under this lock.
-    fn turn_away(&mut self, waiter: Waiter, reason: RejectReason, retry_after: Duration) {
-        let rejection = self.reject(reason, retry_after);
+    fn turn_away(
+        &mut self,
+        waiter: Waiter,
+        reason: RejectReason,
+        retry_after: Duration,
+        now: Instant,
+    ) {
+        let rejection = self.reject(reason, retry_after, now);
         let _ = waiter.wake.send(Wake {
             outcome: Err(rejection),
-            snapshot: self.snapshot(),
+            snapshot: self.snapshot(now),
         });
     }
 
     /// `QUEUE_TIMEOUT` with the current estimate, for a waiter that ran out.
-    fn timed_out(&mut self) -> Wake {
+    fn timed_out(&mut self, now: Instant) -> Wake {
         let retry_after = self.queue_retry_after();
-        let rejection = self.reject(RejectReason::QueueTimeout, retry_after);
+        let rejection = self.reject(RejectReason::QueueTimeout, retry_after, now);
         Wake {
             outcome: Err(rejection),
-            snapshot: self.snapshot(),
+            snapshot: self.snapshot(now),
         }
     }
 
@@ -294,6 +341,7 @@ impl Dependency {
                 rejected_total: 0,
                 expired_total: 0,
                 limit_changes_total: 0,
+                turned_away_at: None,
                 configured,
                 control_plane: false,
                 evicted: false,
@@ -394,21 +442,29 @@ impl Dependency {
                 outcome,
                 queue_wait: Duration::ZERO,
                 queue_depth,
-                snapshot: state.snapshot(),
+                snapshot: state.snapshot(now),
             })
         };
 
         if self.shared.draining.load(Ordering::Acquire) {
-            let rejection = state.reject(RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER);
+            let rejection = state.reject(RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER, now);
             return decided(&mut state, Err(rejection));
         }
         if request.is_retry() {
             if let Err(retry_after) = state.budget.try_withdraw(now) {
-                let rejection = state.reject(RejectReason::RetryBudgetExhausted, retry_after);
+                let rejection = state.reject(RejectReason::RetryBudgetExhausted, retry_after, now);
                 return decided(&mut state, Err(rejection));
             }
         } else {
             state.budget.deposit(now);
+        }
+
+        // Never queued: it serves its fallback now, and leaves the queue (and,
+        // with degrade_at = elevated, the headroom) to callers without one.
+        if request.degradable && state.degrades(now) {
+            let retry_after = state.queue_retry_after();
+            let rejection = state.reject(RejectReason::Degrade, retry_after, now);
+            return decided(&mut state, Err(rejection));
         }
 
         // No barging: a free slot goes to a waiter before a newcomer.
@@ -422,7 +478,7 @@ impl Dependency {
         });
         if wait.is_zero() {
             let retry_after = state.queue_retry_after();
-            let rejection = state.reject(RejectReason::QueueTimeout, retry_after);
+            let rejection = state.reject(RejectReason::QueueTimeout, retry_after, now);
             return decided(&mut state, Err(rejection));
         }
 
@@ -438,11 +494,11 @@ impl Dependency {
                     // The displaced waiter's place in the global waiter count
                     // passes to the arrival.
                     let retry_after = state.queue_retry_after();
-                    state.turn_away(victim, RejectReason::Shed, retry_after);
+                    state.turn_away(victim, RejectReason::Shed, retry_after, now);
                 }
                 None => {
                     let retry_after = state.queue_retry_after();
-                    let rejection = state.reject(RejectReason::QueueFull, retry_after);
+                    let rejection = state.reject(RejectReason::QueueFull, retry_after, now);
                     return decided(&mut state, Err(rejection));
                 }
             }
@@ -463,14 +519,15 @@ impl Dependency {
     /// A waiter whose wait ran out: it leaves with QUEUE_TIMEOUT, unless it was
     /// answered (granted or shed) just before, in which case that answer wins.
     pub(crate) fn time_out(&self, key: WaiterKey, wake: &mut oneshot::Receiver<Wake>) -> Wake {
-        let mut state = self.lock();
+        let now = Instant::now();
+        let mut state = self.lock_at(now);
         if state.waiters.remove(key).is_some() {
             self.shared.release_waiter();
-            return state.timed_out();
+            return state.timed_out(now);
         }
         // An error is unreachable while waiters only leave under the lock
         // with an answer sent; answering timeout keeps the caller correct.
-        wake.try_recv().unwrap_or_else(|_| state.timed_out())
+        wake.try_recv().unwrap_or_else(|_| state.timed_out(now))
     }
 
     /// A waiter whose caller went away: it leaves the queue, and a grant that
@@ -520,7 +577,7 @@ impl Dependency {
             state.expiry.forget(record.deadline, lease.key);
             self.limit_moved(&mut state, change.as_ref(), now);
             self.compact_expiry(&mut state);
-            let snapshot = state.snapshot();
+            let snapshot = state.snapshot(now);
             let ended = EndedLease {
                 dependency: self.name.clone(),
                 lease,
@@ -599,7 +656,7 @@ impl Dependency {
         }
         if !ended.is_empty() {
             self.limit_moved(&mut state, changes.last(), now);
-            let snapshot = state.snapshot();
+            let snapshot = state.snapshot(now);
             for lease in &mut ended {
                 lease.snapshot = snapshot;
             }
@@ -614,7 +671,7 @@ impl Dependency {
             .map(|(deadline, _)| deadline)
             .or_else(|| now.checked_add(state.limits.lease_ttl()));
         state.reaper_alarm = next;
-        let load = state.snapshot();
+        let load = state.snapshot(now);
         drop(state);
         for lease in &ended {
             self.shared.observer.lease_expired(lease);
@@ -632,7 +689,7 @@ impl Dependency {
         let change = {
             let mut state = self.lock();
             let change = self.apply_limits(&mut state, limits, now, source);
-            change.map(|change| (change, state.snapshot()))
+            change.map(|change| (change, state.snapshot(now)))
         };
         self.report(change);
     }
@@ -649,7 +706,7 @@ impl Dependency {
             let mut state = self.lock();
             let limits = state.limits.patched(patch)?;
             let change = self.apply_limits(&mut state, limits, now, source);
-            change.map(|change| (change, state.snapshot()))
+            change.map(|change| (change, state.snapshot(now)))
         };
         self.report(change);
         Ok(())
@@ -674,6 +731,8 @@ impl Dependency {
                 lease_ttl_ms = limits.lease_ttl().as_millis() as u64,
                 budget_ratio = budget.ratio,
                 budget_min_per_second = budget.min_per_second,
+                elevated_at = limits.elevated_at(),
+                degrade_at = limits.degrade_at().as_str(),
                 adaptive = adaptive.map_or("off", |a| a.algorithm().as_str()),
                 adaptive_shadow = adaptive.is_some_and(|a| a.shadow()),
                 adaptive_min_limit = adaptive.map(|a| a.min_limit()),
@@ -697,7 +756,7 @@ impl Dependency {
             };
             self.shared.release_waiter();
             let retry_after = state.queue_retry_after();
-            state.turn_away(victim, RejectReason::Shed, retry_after);
+            state.turn_away(victim, RejectReason::Shed, retry_after, now);
         }
         self.limit_moved(state, change.as_ref(), now);
         change
@@ -705,10 +764,16 @@ impl Dependency {
 
     /// Answers every waiter SHUTTING_DOWN.
     pub(crate) fn drain_waiters(&self) {
-        let mut state = self.lock();
+        let now = Instant::now();
+        let mut state = self.lock_at(now);
         while let Some(waiter) = state.waiters.pop() {
             self.shared.release_waiter();
-            state.turn_away(waiter, RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER);
+            state.turn_away(
+                waiter,
+                RejectReason::ShuttingDown,
+                SHUTDOWN_RETRY_AFTER,
+                now,
+            );
         }
     }
 
@@ -750,6 +815,7 @@ impl Dependency {
             rejected_total: state.rejected_total,
             expired_total: state.expired_total,
             limit_changes_total: state.limit_changes_total,
+            pressure: state.pressure(now),
         }
     }
 
@@ -791,7 +857,7 @@ impl Dependency {
             };
             self.shared.release_waiter();
             let grant = self.grant(state, now);
-            let snapshot = state.snapshot();
+            let snapshot = state.snapshot(now);
             if waiter
                 .wake
                 .send(Wake {

@@ -15,6 +15,28 @@ pub struct Limits {
     lease_ttl: Duration,
     retry_budget: BudgetConfig,
     adaptive: Option<AdaptiveConfig>,
+    elevated_at: f64,
+    degrade_at: DegradeAt,
+}
+
+/// From which pressure on a degradable request is answered DEGRADE.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum DegradeAt {
+    /// Only when it would have to wait: no free slot, or waiters ahead.
+    #[default]
+    Saturated,
+    /// Also when a slot is free but the pressure before the decision is
+    /// elevated or worse: headroom for the callers without a fallback.
+    Elevated,
+}
+
+impl DegradeAt {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DegradeAt::Saturated => "saturated",
+            DegradeAt::Elevated => "elevated",
+        }
+    }
 }
 
 /// Finagle-style retry budget settings.
@@ -38,6 +60,8 @@ pub struct LimitsPatch {
     pub retry_budget: Option<BudgetConfig>,
     /// Merged over the current adaptive settings (see [`AdaptiveConfig::patched`]).
     pub adaptive: Option<AdaptivePatch>,
+    pub elevated_at: Option<f64>,
+    pub degrade_at: Option<DegradeAt>,
 }
 
 /// A limit outside its allowed range. `field` is the limit's config key.
@@ -57,6 +81,8 @@ pub const MIN_BUDGET_TTL: Duration = Duration::from_secs(1);
 pub const MAX_BUDGET_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_BUDGET_RATIO: f64 = 1000.0;
 pub const MAX_MIN_RETRIES_PER_SECOND: u32 = 1_000_000;
+/// The built-in share of the enforced limit from which pressure is elevated.
+pub const ELEVATED_AT: f64 = 0.7;
 
 impl Default for Limits {
     /// The sidecar's built-in defaults.
@@ -68,6 +94,8 @@ impl Default for Limits {
             lease_ttl: Duration::from_secs(30),
             retry_budget: BudgetConfig::default(),
             adaptive: None,
+            elevated_at: ELEVATED_AT,
+            degrade_at: DegradeAt::Saturated,
         }
     }
 }
@@ -102,6 +130,14 @@ impl Limits {
     pub fn adaptive(&self) -> Option<&AdaptiveConfig> {
         self.adaptive.as_ref()
     }
+    /// In (0, 1]: from this share of the enforced limit in use, pressure is
+    /// elevated.
+    pub fn elevated_at(&self) -> f64 {
+        self.elevated_at
+    }
+    pub fn degrade_at(&self) -> DegradeAt {
+        self.degrade_at
+    }
 
     /// These limits with `patch` applied, or the first field that is out of range.
     pub fn patched(&self, patch: &LimitsPatch) -> Result<Limits, InvalidLimit> {
@@ -115,6 +151,8 @@ impl Limits {
                 Some(adaptive) => AdaptiveConfig::patched(self.adaptive.as_ref(), adaptive)?,
                 None => self.adaptive,
             },
+            elevated_at: patch.elevated_at.unwrap_or(self.elevated_at),
+            degrade_at: patch.degrade_at.unwrap_or(self.degrade_at),
         };
         limits.validate()?;
         Ok(limits)
@@ -188,6 +226,12 @@ impl Limits {
                 ),
             );
         }
+        if !(self.elevated_at.is_finite() && self.elevated_at > 0.0 && self.elevated_at <= 1.0) {
+            return bad(
+                "elevated_at",
+                format!("must be in (0, 1], got {}", self.elevated_at),
+            );
+        }
         if let Some(adaptive) = &self.adaptive {
             adaptive.check_ceiling(self.max_concurrency)?;
         }
@@ -238,5 +282,26 @@ mod tests {
             })
             .unwrap_err();
         assert_eq!(err.field, "retry_budget.ratio");
+
+        for bad in [0.0, -0.5, 1.01, f64::NAN, f64::INFINITY] {
+            let err = base
+                .patched(&LimitsPatch {
+                    elevated_at: Some(bad),
+                    ..Default::default()
+                })
+                .unwrap_err();
+            assert_eq!(err.field, "elevated_at", "{bad}");
+            assert!(err.problem.starts_with("must be in (0, 1]"), "{err}");
+        }
+        let dimmed = base
+            .patched(&LimitsPatch {
+                elevated_at: Some(1.0),
+                degrade_at: Some(DegradeAt::Elevated),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(dimmed.elevated_at(), 1.0);
+        assert_eq!(dimmed.degrade_at(), DegradeAt::Elevated);
+        assert_eq!(dimmed.max_queue(), base.max_queue());
     }
 }

@@ -35,6 +35,7 @@
 //!     attempt: 0,
 //!     priority: Priority::Normal,
 //!     max_wait: None,
+//!     degradable: false,
 //! };
 //! let decision = ledger.acquire(&request).await.unwrap();
 //! let grant = decision.granted().expect("an idle dependency grants at once");
@@ -68,12 +69,14 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 pub use decision::{
-    AcquireRequest, Decision, EndedLease, Grant, LeaseEnd, Outcome, RejectReason, Rejection,
-    Report, Snapshot,
+    AcquireRequest, Decision, EndedLease, Grant, LeaseEnd, OVERLOAD_WINDOW, Outcome, Pressure,
+    RejectReason, Rejection, Report, Snapshot,
 };
 pub use dependency::{Dependency, DependencyStatus};
 pub use lease::{LEASE_ID_LEN, LeaseHandle, LeaseId};
-pub use limits::{BudgetConfig, InvalidLimit, Limits, LimitsPatch, MAX_WAIT};
+pub use limits::{
+    BudgetConfig, DegradeAt, ELEVATED_AT, InvalidLimit, Limits, LimitsPatch, MAX_WAIT,
+};
 pub use peers::Peer;
 pub use session::{Session, SessionAcquireError, SessionClosed};
 pub use shared::{LedgerObserver, NoopObserver};

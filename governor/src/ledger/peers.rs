@@ -127,6 +127,7 @@ mod tests {
                 attempt: 0,
                 priority: Priority::Normal,
                 max_wait: None,
+                degradable: false,
             };
             let decision = ledger.acquire_as(&request, peer).await?;
             Ok(decision.granted().expect("an idle dependency grants").lease)

@@ -18,6 +18,8 @@ fn limits(concurrency: u32, queue: u32, wait_ms: u64) -> Limits {
             lease_ttl: Some(Duration::from_secs(10)),
             retry_budget: None,
             adaptive: None,
+            elevated_at: None,
+            degrade_at: None,
         })
         .unwrap()
 }
@@ -59,6 +61,7 @@ fn request(priority: Priority, attempt: u32) -> AcquireRequest<'static> {
         attempt,
         priority,
         max_wait: None,
+        degradable: false,
     }
 }
 
@@ -104,7 +107,8 @@ async fn grants_up_to_the_limit_then_queues_without_barging() {
         Snapshot {
             limit: 2,
             in_flight: 2,
-            queued: 0
+            queued: 0,
+            pressure: Pressure::Saturated,
         }
     );
     assert_eq!(status(&ledger).in_flight, 2);
@@ -1162,4 +1166,316 @@ async fn a_session_has_at_most_max_session_pending_acquires() {
     tokio::task::yield_now().await;
     assert_eq!(session.pending(), 0);
     assert_eq!(ledger.waiters(), 0);
+}
+
+// Pressure and degradable requests.
+
+/// `limits` with pressure settings of its own.
+fn with_pressure(limits: Limits, elevated_at: f64, degrade_at: DegradeAt) -> Limits {
+    limits
+        .patched(&LimitsPatch {
+            elevated_at: Some(elevated_at),
+            degrade_at: Some(degrade_at),
+            ..Default::default()
+        })
+        .unwrap()
+}
+
+fn degradable(attempt: u32) -> AcquireRequest<'static> {
+    AcquireRequest {
+        degradable: true,
+        ..request(Priority::Normal, attempt)
+    }
+}
+
+fn pressure(ledger: &Ledger) -> Pressure {
+    status(ledger).pressure
+}
+
+#[tokio::test(start_paused = true)]
+async fn pressure_is_reached_and_left_at_each_threshold() {
+    // The default elevated_at, 0.7: elevated from 7 of 10.
+    let ledger = ledger_with("db", limits(10, 2, 5000));
+    assert_eq!(pressure(&ledger), Pressure::None);
+    let mut held = Vec::new();
+    for n in 1..=10u32 {
+        let decision = ledger.acquire(&request(Priority::Normal, 0)).await.unwrap();
+        held.push(decision.granted().expect("granted").lease);
+        let expected = match n {
+            1..=6 => Pressure::None,
+            7..=9 => Pressure::Elevated,
+            _ => Pressure::Saturated,
+        };
+        assert_eq!(decision.snapshot.pressure, expected, "after {n} grants");
+        assert_eq!(decision.snapshot.in_flight, n);
+    }
+    // Someone waits: saturated, the waiter's answer too.
+    let first = enqueue(&ledger, Priority::Normal, 0).await;
+    let second = enqueue(&ledger, Priority::Normal, 0).await;
+    assert_eq!(pressure(&ledger), Pressure::Saturated);
+
+    // The queue overflows: the rejection itself says overloaded, and so
+    // does every answer for the next second.
+    let full = ledger.acquire(&request(Priority::Normal, 0)).await.unwrap();
+    assert_eq!(full.rejected().unwrap().reason, RejectReason::QueueFull);
+    assert_eq!(full.snapshot.pressure, Pressure::Overloaded);
+    advance(Duration::from_millis(999)).await;
+    assert_eq!(pressure(&ledger), Pressure::Overloaded);
+    // One second without a turn-away: back to what the load says.
+    advance(Duration::from_millis(1)).await;
+    assert_eq!(pressure(&ledger), Pressure::Saturated);
+
+    // Waiters served, then permits back, level by level.
+    assert!(
+        ledger
+            .release(&held.pop().unwrap(), Report::default())
+            .is_some()
+    );
+    let woken = first.await.unwrap();
+    assert_eq!(
+        woken.snapshot.pressure,
+        Pressure::Saturated,
+        "one still waits"
+    );
+    held.push(woken.granted().unwrap().lease);
+    assert!(
+        ledger
+            .release(&held.pop().unwrap(), Report::default())
+            .is_some()
+    );
+    let woken = second.await.unwrap();
+    assert_eq!(
+        woken.snapshot.pressure,
+        Pressure::Saturated,
+        "10 of 10 held"
+    );
+    held.push(woken.granted().unwrap().lease);
+    let mut levels = Vec::new();
+    while let Some(lease) = held.pop() {
+        let ended = ledger.release(&lease, Report::default()).unwrap();
+        levels.push((ended.snapshot.in_flight, ended.snapshot.pressure));
+    }
+    assert_eq!(levels[0], (9, Pressure::Elevated));
+    assert_eq!(levels[2], (7, Pressure::Elevated));
+    assert_eq!(levels[3], (6, Pressure::None));
+    assert_eq!(levels[9], (0, Pressure::None));
+}
+
+#[tokio::test(start_paused = true)]
+async fn timeouts_and_sheds_overload_but_budget_drain_and_degrade_do_not() {
+    let ledger = ledger_with("db", with_budget(0.0, 0, 10));
+    ledger
+        .update(
+            "db",
+            &LimitsPatch {
+                max_concurrency: Some(1),
+                max_queue: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let held = grant(&ledger).await;
+
+    // A degradable request on a saturated dependency: DEGRADE, still only
+    // saturated.
+    let degraded = ledger.acquire(&degradable(0)).await.unwrap();
+    assert_eq!(degraded.rejected().unwrap().reason, RejectReason::Degrade);
+    assert_eq!(degraded.snapshot.pressure, Pressure::Saturated);
+    // A retry with an empty budget: not the dependency's load.
+    let retry = ledger.acquire(&request(Priority::Normal, 1)).await.unwrap();
+    assert_eq!(
+        retry.rejected().unwrap().reason,
+        RejectReason::RetryBudgetExhausted
+    );
+    assert_eq!(retry.snapshot.pressure, Pressure::Saturated);
+
+    // A queue timeout overloads it for one second.
+    let timed_out = ledger
+        .acquire(&AcquireRequest {
+            max_wait: Some(Duration::from_millis(50)),
+            ..request(Priority::Normal, 0)
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        timed_out.rejected().unwrap().reason,
+        RejectReason::QueueTimeout
+    );
+    assert_eq!(timed_out.snapshot.pressure, Pressure::Overloaded);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(pressure(&ledger), Pressure::Saturated);
+
+    // A displaced waiter overloads it too.
+    let sheddable = enqueue(&ledger, Priority::Sheddable, 0).await;
+    let critical = enqueue(&ledger, Priority::Critical, 0).await;
+    let shed = sheddable.await.unwrap();
+    assert_eq!(shed.rejected().unwrap().reason, RejectReason::Shed);
+    assert_eq!(shed.snapshot.pressure, Pressure::Overloaded);
+    advance(Duration::from_secs(1)).await;
+    assert_eq!(pressure(&ledger), Pressure::Saturated, "the critical waits");
+    assert!(ledger.release(&held, Report::default()).is_some());
+    let lease = critical.await.unwrap().granted().unwrap().lease;
+    assert!(ledger.release(&lease, Report::default()).is_some());
+    assert_eq!(pressure(&ledger), Pressure::None);
+
+    // Draining answers SHUTTING_DOWN: not overload either.
+    ledger.drain();
+    let drained = ledger.acquire(&request(Priority::Normal, 0)).await.unwrap();
+    assert_eq!(
+        drained.rejected().unwrap().reason,
+        RejectReason::ShuttingDown
+    );
+    assert_eq!(drained.snapshot.pressure, Pressure::None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_degradable_request_is_answered_at_once_and_never_queues_or_holds() {
+    let ledger = ledger_with("db", limits(2, 10, 5000));
+    // A free slot: a degradable request is granted like any other.
+    let first = ledger.acquire(&degradable(0)).await.unwrap();
+    let first = first.granted().expect("a free slot is granted").lease;
+    let second = grant(&ledger).await;
+
+    // Full: answered DEGRADE at once, with a queue-like hint, no waiter.
+    let rejected_before = status(&ledger).rejected_total;
+    let decision = ledger.acquire(&degradable(0)).await.unwrap();
+    let rejection = decision.rejected().expect("not granted");
+    assert_eq!(rejection.reason, RejectReason::Degrade);
+    assert!(rejection.retry_after > Duration::ZERO);
+    assert_eq!(decision.queue_wait, Duration::ZERO);
+    assert_eq!(
+        decision.snapshot,
+        Snapshot {
+            limit: 2,
+            in_flight: 2,
+            queued: 0,
+            pressure: Pressure::Saturated,
+        }
+    );
+    assert_eq!(ledger.waiters(), 0);
+    assert_eq!(status(&ledger).rejected_total, rejected_before + 1);
+
+    // Waiters ahead: still DEGRADE, and the waiter keeps its place.
+    let waiter = enqueue(&ledger, Priority::Normal, 0).await;
+    let decision = ledger.acquire(&degradable(0)).await.unwrap();
+    assert_eq!(decision.rejected().unwrap().reason, RejectReason::Degrade);
+    assert_eq!((status(&ledger).queued, ledger.waiters()), (1, 1));
+    // Even with a wait of zero (a try-acquire) it is DEGRADE, not a timeout.
+    let decision = ledger
+        .acquire(&AcquireRequest {
+            max_wait: Some(Duration::ZERO),
+            ..degradable(0)
+        })
+        .await
+        .unwrap();
+    assert_eq!(decision.rejected().unwrap().reason, RejectReason::Degrade);
+
+    // A slot frees: the waiter gets it, not a degradable newcomer, and no
+    // DEGRADE answer left a slot or a lease behind.
+    assert!(ledger.release(&first, Report::default()).is_some());
+    let waited = waiter.await.unwrap().granted().expect("granted").lease;
+    assert_eq!(status(&ledger).in_flight, 2);
+    assert_eq!(ledger.leases(), 2);
+    for lease in [second, waited] {
+        assert!(ledger.release(&lease, Report::default()).is_some());
+    }
+    assert_eq!((status(&ledger).in_flight, ledger.leases()), (0, 0));
+    assert_eq!(pressure(&ledger), Pressure::None);
+}
+
+#[tokio::test(start_paused = true)]
+async fn degrade_at_elevated_keeps_headroom_for_callers_without_a_fallback() {
+    // Elevated from 2 of 4.
+    let ledger = ledger_with(
+        "db",
+        with_pressure(limits(4, 10, 5000), 0.5, DegradeAt::Elevated),
+    );
+    let first = ledger.acquire(&degradable(0)).await.unwrap();
+    assert!(first.granted().is_some(), "pressure none before: granted");
+    assert_eq!(first.snapshot.pressure, Pressure::None);
+    let second = ledger.acquire(&degradable(0)).await.unwrap();
+    assert!(second.granted().is_some(), "1 of 4 before: granted");
+    assert_eq!(second.snapshot.pressure, Pressure::Elevated);
+
+    // Elevated before the decision: DEGRADE though two slots are free.
+    let dimmed = ledger.acquire(&degradable(0)).await.unwrap();
+    assert_eq!(dimmed.rejected().unwrap().reason, RejectReason::Degrade);
+    assert_eq!(dimmed.snapshot.in_flight, 2);
+    // A caller without a fallback takes the headroom.
+    for _ in 0..2 {
+        grant(&ledger).await;
+    }
+    assert_eq!(pressure(&ledger), Pressure::Saturated);
+
+    // The same load with degrade_at = saturated grants the degradable one.
+    let ledger = ledger_with(
+        "db",
+        with_pressure(limits(4, 10, 5000), 0.5, DegradeAt::Saturated),
+    );
+    for _ in 0..2 {
+        grant(&ledger).await;
+    }
+    assert_eq!(pressure(&ledger), Pressure::Elevated);
+    assert!(
+        ledger
+            .acquire(&degradable(0))
+            .await
+            .unwrap()
+            .granted()
+            .is_some()
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_degradable_retry_meets_the_retry_budget_first() {
+    let ledger = ledger_with("db", with_budget(0.0, 0, 10));
+    ledger
+        .update(
+            "db",
+            &LimitsPatch {
+                max_concurrency: Some(1),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let _held = grant(&ledger).await;
+    // Saturated, so a first attempt would be DEGRADE; the retry is refused
+    // by the budget before that.
+    assert_eq!(
+        ledger
+            .acquire(&degradable(0))
+            .await
+            .unwrap()
+            .rejected()
+            .unwrap()
+            .reason,
+        RejectReason::Degrade
+    );
+    let retry = ledger.acquire(&degradable(1)).await.unwrap();
+    assert_eq!(
+        retry.rejected().unwrap().reason,
+        RejectReason::RetryBudgetExhausted
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_applies_new_pressure_settings() {
+    let ledger = ledger_with("db", limits(10, 10, 5000));
+    for _ in 0..5 {
+        grant(&ledger).await;
+    }
+    assert_eq!(pressure(&ledger), Pressure::None);
+    ledger.reconfigure(LedgerConfig {
+        dependencies: vec![(
+            "db".to_owned(),
+            with_pressure(limits(10, 10, 5000), 0.5, DegradeAt::Elevated),
+        )],
+        ..LedgerConfig::default()
+    });
+    let status = status(&ledger);
+    assert_eq!(status.pressure, Pressure::Elevated);
+    assert_eq!(status.limits.elevated_at(), 0.5);
+    assert_eq!(status.limits.degrade_at(), DegradeAt::Elevated);
+    let decision = ledger.acquire(&degradable(0)).await.unwrap();
+    assert_eq!(decision.rejected().unwrap().reason, RejectReason::Degrade);
 }

@@ -139,6 +139,10 @@ pub fn limits_patch(limits: Option<&v1::DependencyLimits>) -> Result<LimitsPatch
         max_wait: optional("limits.max_wait", limits.max_wait.as_ref())?,
         lease_ttl: optional("limits.lease_ttl", limits.lease_ttl.as_ref())?,
         retry_budget,
+        // Not in DependencyLimits (the proto is shared with every client's
+        // stubs): set in the config file, applied by a reload.
+        elevated_at: None,
+        degrade_at: None,
     })
 }
 

@@ -12,7 +12,9 @@ use super::deadline;
 use super::delivery::Undelivered;
 use super::fields;
 use super::session;
-use crate::ledger::{AcquireRequest, Decision, Ledger, MAX_WAIT, Priority, RejectReason, Report};
+use crate::ledger::{
+    AcquireRequest, Decision, Ledger, MAX_WAIT, Pressure, Priority, RejectReason, Report,
+};
 use crate::telemetry::{AcquireFields, AcquireTrace, Telemetry};
 
 /// The data plane.
@@ -64,6 +66,16 @@ fn reject_reason(reason: RejectReason) -> v1::RejectReason {
         RejectReason::RetryBudgetExhausted => v1::RejectReason::RetryBudgetExhausted,
         RejectReason::Shed => v1::RejectReason::Shed,
         RejectReason::ShuttingDown => v1::RejectReason::ShuttingDown,
+        RejectReason::Degrade => v1::RejectReason::Degrade,
+    }
+}
+
+fn pressure(pressure: Pressure) -> v1::Pressure {
+    match pressure {
+        Pressure::None => v1::Pressure::None,
+        Pressure::Elevated => v1::Pressure::Elevated,
+        Pressure::Saturated => v1::Pressure::Saturated,
+        Pressure::Overloaded => v1::Pressure::Overloaded,
     }
 }
 
@@ -109,6 +121,7 @@ pub(super) fn acquire_response(decision: &Decision) -> v1::AcquireResponse {
         queued: decision.snapshot.queued,
         ..Default::default()
     };
+    response.set_pressure(pressure(decision.snapshot.pressure));
     match decision.outcome {
         Ok(grant) => {
             response.granted = true;
@@ -194,6 +207,7 @@ impl GovernorService {
             attempt: message.attempt,
             priority,
             max_wait,
+            degradable: message.degradable,
         };
         let decision = self.ledger.acquire_as(&request, peer).await;
         let trace = guard.take();

@@ -313,6 +313,7 @@ async fn acquire(
         attempt: message.attempt,
         priority,
         max_wait,
+        degradable: message.degradable,
     };
     let trace = telemetry.acquire_started(metadata, &acquire_fields(&message, priority));
     let mut guard = TraceGuard::new(telemetry, trace.map(Box::new));

@@ -185,6 +185,17 @@ fn log_in_full(ledger: &Ledger, dependency: &str, event: Event, load: Snapshot) 
             queued,
             "backpressure: retry budget exhausted, retry rejected"
         ),
+        // Not a backpressure event (the caller's fallback working); never
+        // recorded here, see `Telemetry::acquire_finished`, but named all the same.
+        Event::Rejected(RejectReason::Degrade) => tracing::debug!(
+            dependency,
+            reason = "degrade",
+            degrade_at = limits.degrade_at().as_str(),
+            limit,
+            in_flight,
+            queued,
+            "degradable request answered DEGRADE"
+        ),
         Event::Rejected(RejectReason::ShuttingDown) => tracing::info!(
             dependency,
             reason = "shutting_down",

@@ -259,7 +259,7 @@ impl Metrics {
         );
         r.register(
             "dependency_pressure",
-            "Pressure over the last second: 1 none, 2 elevated, 3 saturated, 4 overloaded (rejected)",
+            "Pressure the ledger decides on every Acquire answer: 1 none (under elevated_at of the limit in use), 2 elevated, 3 saturated (every permit in use or someone waits), 4 overloaded (queue full, queue timeout or shed within the last second)",
             metrics.pressure.clone(),
         );
         r.register(
@@ -394,22 +394,6 @@ impl Metrics {
         (handles, true)
     }
 
-    /// The pressure the status board sampled for `dependency`.
-    pub fn set_pressure(&self, dependency: &str, level: i64) {
-        let labels = DependencyLabels {
-            dependency: dependency.to_owned(),
-        };
-        self.pressure.get_or_create(&labels).set(level);
-    }
-
-    /// Drops the pressure series of a dependency that is gone.
-    pub fn forget_pressure(&self, dependency: &str) {
-        let labels = DependencyLabels {
-            dependency: dependency.to_owned(),
-        };
-        self.pressure.remove(&labels);
-    }
-
     /// A limit moved; counted by reason.
     pub fn limit_changed(&self, dependency: &str, change: &LimitChange) {
         let labels = ChangeLabels {
@@ -525,6 +509,9 @@ impl Metrics {
             self.in_flight
                 .get_or_create(&labels)
                 .set(i64::from(status.in_flight));
+            self.pressure
+                .get_or_create(&labels)
+                .set(status.pressure.level());
             self.queued
                 .get_or_create(&labels)
                 .set(i64::from(status.queued));

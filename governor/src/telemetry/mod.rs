@@ -37,7 +37,8 @@ pub use trace::{Tracing, sampler};
 use crate::config::TracingConfig;
 use crate::ledger::limit::LimitChange;
 use crate::ledger::{
-    Decision, EndedLease, LeaseEnd, LeaseId, Ledger, LedgerObserver, Outcome, Priority, Snapshot,
+    Decision, EndedLease, LeaseEnd, LeaseId, Ledger, LedgerObserver, Outcome, Priority,
+    RejectReason, Snapshot,
 };
 
 /// The request fields telemetry reports.
@@ -156,7 +157,22 @@ impl Telemetry {
             decision.queue_wait,
             exemplar,
         );
-        if let Err(rejection) = decision.outcome {
+        if let Err(rejection) = decision.outcome
+            && rejection.reason == RejectReason::Degrade
+        {
+            // The fallback working, not overload: at debug level, each one
+            // (a backpressure event would warn once a second per dependency
+            // for as long as degradable traffic meets a busy dependency).
+            tracing::debug!(
+                dependency = fields.dependency,
+                reason = "degrade",
+                pressure = decision.snapshot.pressure.as_str(),
+                limit = decision.snapshot.limit,
+                in_flight = decision.snapshot.in_flight,
+                queued = decision.snapshot.queued,
+                "degradable request answered DEGRADE"
+            );
+        } else if let Err(rejection) = decision.outcome {
             let name: Arc<str> = Arc::from(fields.dependency);
             self.events.record(
                 ledger,
@@ -184,6 +200,7 @@ impl Telemetry {
             KeyValue::new("governor.limit", i64::from(snapshot.limit)),
             KeyValue::new("governor.in_flight", i64::from(snapshot.in_flight)),
             KeyValue::new("governor.queued", i64::from(snapshot.queued)),
+            KeyValue::new("governor.pressure", snapshot.pressure.as_str()),
         ];
         match &decision.outcome {
             Ok(grant) => attributes.push(KeyValue::new(

@@ -5,7 +5,6 @@ use std::time::SystemTime;
 use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
-use tokio::time::Instant;
 
 use super::Shared;
 use crate::telemetry::Format;
@@ -42,12 +41,10 @@ pub(super) fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<
         "/readyz" if ledger.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/readyz" => text(StatusCode::OK, "ready\n"),
         "/status.json" => {
-            let body = shared.board.json(
-                &ledger.statuses(),
-                ledger.is_draining(),
-                Instant::now(),
-                SystemTime::now(),
-            );
+            let body =
+                shared
+                    .board
+                    .json(&ledger.statuses(), ledger.is_draining(), SystemTime::now());
             Response::builder()
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(header::CACHE_CONTROL, "no-store")

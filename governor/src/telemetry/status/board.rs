@@ -13,9 +13,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde::Serialize;
 use tokio::time::Instant;
 
-use super::load::{Load, Pressure, pressure};
+use super::load::Load;
 use super::quantile::{growth, quantile};
-use crate::ledger::DependencyStatus;
+use crate::ledger::{DependencyStatus, Pressure};
 use crate::telemetry::{Metrics, WAIT_BOUNDS};
 
 /// Samples kept per dependency: three minutes at one a second.
@@ -23,9 +23,6 @@ pub const HISTORY_SAMPLES: usize = 180;
 
 /// How often [`StatusBoard::sample`] is meant to run.
 pub const SAMPLE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// The window in which a rejection makes a dependency overloaded.
-const RECENT: Duration = Duration::from_secs(1);
 
 #[derive(Debug, Default)]
 pub struct StatusBoard {
@@ -79,13 +76,7 @@ impl StatusBoard {
         wall: SystemTime,
     ) {
         let mut tracks = self.tracks.lock().unwrap_or_else(|e| e.into_inner());
-        tracks.retain(|name, _| {
-            let known = statuses.iter().any(|s| &s.name == name);
-            if !known {
-                metrics.forget_pressure(name);
-            }
-            known
-        });
+        tracks.retain(|name, _| statuses.iter().any(|s| &s.name == name));
         for status in statuses {
             let track = tracks.entry(status.name.clone()).or_default();
             let counters = Counters {
@@ -111,9 +102,8 @@ impl StatusBoard {
                 queued: status.queued,
                 wait_p99_seconds: quantile(0.99, &WAIT_BOUNDS, &waits).map(|p| p as f32),
                 rejections_per_second: per_second(rejected, seconds),
-                pressure: pressure(Load::of(status), rejected > 0),
+                pressure: status.pressure,
             };
-            metrics.set_pressure(&status.name, sample.pressure.level());
             if track.samples.len() == HISTORY_SAMPLES {
                 track.samples.pop_front();
             }
@@ -123,28 +113,13 @@ impl StatusBoard {
     }
 
     /// `/status.json`: every dependency's figures now and its history.
-    pub fn json(
-        &self,
-        statuses: &[DependencyStatus],
-        draining: bool,
-        now: Instant,
-        wall: SystemTime,
-    ) -> String {
+    pub fn json(&self, statuses: &[DependencyStatus], draining: bool, wall: SystemTime) -> String {
         let tracks = self.tracks.lock().unwrap_or_else(|e| e.into_inner());
         let dependencies = statuses
             .iter()
             .map(|status| {
                 let track = tracks.get(&status.name);
                 let load = Load::of(status);
-                // Rejections since the newest sample at least RECENT old:
-                // so a rejection counts for one to two seconds.
-                let baseline = track.and_then(|t| {
-                    t.last
-                        .filter(|c| now.duration_since(c.at) >= RECENT)
-                        .or(t.previous)
-                });
-                let rejected_recently =
-                    status.rejected_total > baseline.map_or(0, |c| c.rejected_total);
                 let latest = track.and_then(|t| t.samples.back());
                 let samples = track.map(|t| t.samples.iter()).into_iter().flatten();
                 DependencyJson {
@@ -161,7 +136,7 @@ impl StatusBoard {
                     queued: status.queued,
                     max_queue: status.limits.max_queue(),
                     utilization: load.utilization(),
-                    pressure: pressure(load, rejected_recently).as_str(),
+                    pressure: status.pressure.as_str(),
                     wait_p99_seconds: latest.and_then(|s| s.wait_p99_seconds),
                     rejections_per_second: latest.map(|s| s.rejections_per_second),
                     granted_total: status.granted_total,
@@ -263,7 +238,13 @@ mod tests {
     use crate::ledger::Limits;
     use crate::ledger::limit::LimitStatus;
 
-    fn status(name: &str, in_flight: u32, queued: u32, rejected_total: u64) -> DependencyStatus {
+    fn status(
+        name: &str,
+        in_flight: u32,
+        queued: u32,
+        rejected_total: u64,
+        pressure: Pressure,
+    ) -> DependencyStatus {
         let limits = Limits::default();
         DependencyStatus {
             name: Arc::from(name),
@@ -280,6 +261,7 @@ mod tests {
             granted_total: 0,
             rejected_total,
             expired_total: 0,
+            pressure,
         }
     }
 
@@ -293,7 +275,12 @@ mod tests {
         let metrics = Metrics::new();
         let wall = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         let start = Instant::now();
-        board.sample(&[status("db", 0, 0, 0)], &metrics, start, wall);
+        board.sample(
+            &[status("db", 0, 0, 0, Pressure::None)],
+            &metrics,
+            start,
+            wall,
+        );
 
         // One second: 98 immediate grants, two waits of 0.4 s, 5 rejections.
         let db = metrics.dependency("db");
@@ -304,12 +291,12 @@ mod tests {
             db.decided(Ok(()), Duration::from_millis(400), None);
         }
         let limit = Limits::default().max_concurrency();
-        let busy = [status("db", limit, 3, 5)];
+        let overloaded = [status("db", limit, 3, 5, Pressure::Overloaded)];
         tokio::time::advance(SAMPLE_INTERVAL).await;
         let t1 = Instant::now();
-        board.sample(&busy, &metrics, t1, wall + SAMPLE_INTERVAL);
+        board.sample(&overloaded, &metrics, t1, wall + SAMPLE_INTERVAL);
 
-        let json = parse(&board.json(&busy, false, t1, wall + SAMPLE_INTERVAL));
+        let json = parse(&board.json(&overloaded, false, wall + SAMPLE_INTERVAL));
         let dep = &json["dependencies"][0];
         assert_eq!(dep["name"], "db");
         assert_eq!(dep["in_flight"], limit);
@@ -321,7 +308,7 @@ mod tests {
         // Rank 99 of 100 lies halfway through the two waits in (0.25, 0.5].
         let p99 = dep["wait_p99_seconds"].as_f64().unwrap();
         assert!((p99 - 0.375).abs() < 1e-6, "{p99}");
-        // Rejected within the last second (since the sample a second ago).
+        // The ledger's pressure, as it was when sampled.
         assert_eq!(dep["pressure"], "overloaded");
         let history = &dep["history"];
         assert_eq!(
@@ -337,28 +324,22 @@ mod tests {
 
         // A second later, with no new rejection: saturated, not overloaded,
         // and nothing decided means no p99.
+        let busy = [status("db", limit, 3, 5, Pressure::Saturated)];
         tokio::time::advance(SAMPLE_INTERVAL).await;
         let t2 = Instant::now();
         board.sample(&busy, &metrics, t2, wall + 2 * SAMPLE_INTERVAL);
-        let dep = &parse(&board.json(&busy, false, t2, wall))["dependencies"][0];
+        let dep = &parse(&board.json(&busy, false, wall))["dependencies"][0];
         assert_eq!(dep["pressure"], "saturated");
         assert_eq!(dep["rejections_per_second"], 0.0);
-        // The same figure as a gauge: 3 saturated.
-        let ledger = crate::ledger::Ledger::new(crate::ledger::LedgerConfig::default());
-        let text = metrics.render(&ledger, crate::telemetry::Format::Text);
-        assert!(
-            text.contains("governor_dependency_pressure{dependency=\"db\"} 3"),
-            "{text}"
-        );
-        // Gone from the ledger: its pressure series goes.
-        board.sample(&[], &metrics, t2, wall);
-        let text = metrics.render(&ledger, crate::telemetry::Format::Text);
-        assert!(!text.contains("governor_dependency_pressure{"), "{text}");
         assert_eq!(dep["wait_p99_seconds"], serde_json::Value::Null);
-        // A rejection since: overloaded at once, before the next sample.
-        let rejected = [status("db", limit, 3, 6)];
-        let dep = &parse(&board.json(&rejected, false, t2, wall))["dependencies"][0];
+        // Live figures between samples: the pressure of the status given.
+        let rejected = [status("db", limit, 3, 6, Pressure::Overloaded)];
+        let dep = &parse(&board.json(&rejected, false, wall))["dependencies"][0];
         assert_eq!(dep["pressure"], "overloaded");
+        assert_eq!(
+            parse(&board.json(&rejected, false, wall))["dependencies"][0]["history"]["pressure"],
+            serde_json::json!(["none", "overloaded", "saturated"])
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -367,8 +348,8 @@ mod tests {
         let metrics = Metrics::new();
         let wall = UNIX_EPOCH;
         // Not sampled yet: listed with its live figures, no rates.
-        let fresh = [status("new", 1, 0, 0)];
-        let json = parse(&board.json(&fresh, false, Instant::now(), wall));
+        let fresh = [status("new", 1, 0, 0, Pressure::None)];
+        let json = parse(&board.json(&fresh, false, wall));
         let dep = &json["dependencies"][0];
         assert_eq!(dep["name"], "new");
         assert_eq!(dep["in_flight"], 1);
@@ -385,7 +366,7 @@ mod tests {
             );
             tokio::time::advance(SAMPLE_INTERVAL).await;
         }
-        let json = parse(&board.json(&fresh, false, Instant::now(), wall));
+        let json = parse(&board.json(&fresh, false, wall));
         let times = json["dependencies"][0]["history"]["time"]
             .as_array()
             .unwrap()
@@ -394,7 +375,12 @@ mod tests {
         assert_eq!(times[0], 20.0, "the oldest samples were dropped");
 
         // A dependency that is gone is forgotten.
-        board.sample(&[status("other", 0, 0, 0)], &metrics, Instant::now(), wall);
+        board.sample(
+            &[status("other", 0, 0, 0, Pressure::None)],
+            &metrics,
+            Instant::now(),
+            wall,
+        );
         assert_eq!(board.tracks.lock().unwrap().len(), 1);
         assert!(board.tracks.lock().unwrap().contains_key("other"));
     }

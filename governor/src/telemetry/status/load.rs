@@ -4,9 +4,7 @@
 
 use crate::ledger::DependencyStatus;
 
-/// Below this share of the limit in use, with nobody waiting, pressure is
-/// [`Pressure::None`].
-pub const ELEVATED_AT: f64 = 0.7;
+pub use crate::ledger::{ELEVATED_AT, Pressure};
 
 /// The concurrency limit the ledger enforces right now: `max_concurrency`,
 /// or less while an adaptive limit holds it lower.
@@ -41,44 +39,12 @@ impl Load {
     }
 }
 
-/// How close a dependency is to refusing work (the levels of
-/// `governor.v1.Pressure`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Pressure {
-    /// Under [`ELEVATED_AT`] of the limit in use, nobody waiting.
-    None,
-    /// At or above [`ELEVATED_AT`] of the limit, a permit still free.
-    Elevated,
-    /// Every permit in use, or someone waits.
-    Saturated,
-    /// It rejected an Acquire recently (queue full, timeout, shed, budget).
-    Overloaded,
-}
-
-impl Pressure {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Pressure::None => "none",
-            Pressure::Elevated => "elevated",
-            Pressure::Saturated => "saturated",
-            Pressure::Overloaded => "overloaded",
-        }
-    }
-
-    /// As a gauge value: 1 none, 2 elevated, 3 saturated, 4 overloaded (the
-    /// numbers of the `Pressure` enum planned for the API).
-    pub fn level(self) -> i64 {
-        match self {
-            Pressure::None => 1,
-            Pressure::Elevated => 2,
-            Pressure::Saturated => 3,
-            Pressure::Overloaded => 4,
-        }
-    }
-}
-
-/// The pressure of a dependency under `load` that has (or has not)
-/// `rejected_recently`. The one function that decides it.
+/// An estimate of the pressure from the control plane's figures, for
+/// `governor status`: `GetDependency` carries no pressure, so the command
+/// judges it on the load it shows, the built-in [`ELEVATED_AT`] and whether
+/// the rejected count grew. The sidecar's own pressure (on every answer, in
+/// the metrics and on the status page) is decided in the ledger under the
+/// decision's lock ([`crate::ledger::DependencyStatus::pressure`]).
 pub fn pressure(load: Load, rejected_recently: bool) -> Pressure {
     if rejected_recently {
         Pressure::Overloaded

@@ -25,6 +25,15 @@ class RejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_REASON_RETRY_BUDGET_EXHAUSTED: _ClassVar[RejectReason]
     REJECT_REASON_SHED: _ClassVar[RejectReason]
     REJECT_REASON_SHUTTING_DOWN: _ClassVar[RejectReason]
+    REJECT_REASON_DEGRADE: _ClassVar[RejectReason]
+
+class Pressure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    PRESSURE_UNSPECIFIED: _ClassVar[Pressure]
+    PRESSURE_NONE: _ClassVar[Pressure]
+    PRESSURE_ELEVATED: _ClassVar[Pressure]
+    PRESSURE_SATURATED: _ClassVar[Pressure]
+    PRESSURE_OVERLOADED: _ClassVar[Pressure]
 
 class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -51,6 +60,12 @@ REJECT_REASON_QUEUE_TIMEOUT: RejectReason
 REJECT_REASON_RETRY_BUDGET_EXHAUSTED: RejectReason
 REJECT_REASON_SHED: RejectReason
 REJECT_REASON_SHUTTING_DOWN: RejectReason
+REJECT_REASON_DEGRADE: RejectReason
+PRESSURE_UNSPECIFIED: Pressure
+PRESSURE_NONE: Pressure
+PRESSURE_ELEVATED: Pressure
+PRESSURE_SATURATED: Pressure
+PRESSURE_OVERLOADED: Pressure
 OUTCOME_UNSPECIFIED: Outcome
 OUTCOME_SUCCESS: Outcome
 OUTCOME_FAILURE: Outcome
@@ -97,21 +112,23 @@ class SessionError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class AcquireRequest(_message.Message):
-    __slots__ = ("dependency", "attempt", "priority", "tenant", "max_wait")
+    __slots__ = ("dependency", "attempt", "priority", "tenant", "max_wait", "degradable")
     DEPENDENCY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_FIELD_NUMBER: _ClassVar[int]
+    DEGRADABLE_FIELD_NUMBER: _ClassVar[int]
     dependency: str
     attempt: int
     priority: Priority
     tenant: str
     max_wait: _duration_pb2.Duration
-    def __init__(self, dependency: _Optional[str] = ..., attempt: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
+    degradable: bool
+    def __init__(self, dependency: _Optional[str] = ..., attempt: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., degradable: _Optional[bool] = ...) -> None: ...
 
 class AcquireResponse(_message.Message):
-    __slots__ = ("granted", "lease_id", "lease_ttl", "reason", "queue_wait", "retry_after", "limit", "in_flight", "queued")
+    __slots__ = ("granted", "lease_id", "lease_ttl", "reason", "queue_wait", "retry_after", "limit", "in_flight", "queued", "pressure")
     GRANTED_FIELD_NUMBER: _ClassVar[int]
     LEASE_ID_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_FIELD_NUMBER: _ClassVar[int]
@@ -121,6 +138,7 @@ class AcquireResponse(_message.Message):
     LIMIT_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     QUEUED_FIELD_NUMBER: _ClassVar[int]
+    PRESSURE_FIELD_NUMBER: _ClassVar[int]
     granted: bool
     lease_id: str
     lease_ttl: _duration_pb2.Duration
@@ -130,7 +148,8 @@ class AcquireResponse(_message.Message):
     limit: int
     in_flight: int
     queued: int
-    def __init__(self, granted: _Optional[bool] = ..., lease_id: _Optional[str] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[_Union[RejectReason, str]] = ..., queue_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., limit: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ...) -> None: ...
+    pressure: Pressure
+    def __init__(self, granted: _Optional[bool] = ..., lease_id: _Optional[str] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., reason: _Optional[_Union[RejectReason, str]] = ..., queue_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_after: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., limit: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., pressure: _Optional[_Union[Pressure, str]] = ...) -> None: ...
 
 class ReleaseRequest(_message.Message):
     __slots__ = ("lease_id", "outcome", "latency")
