@@ -306,8 +306,8 @@ func TestRealSidecarDegradesASaturatedDependency(t *testing.T) {
 			if err != nil || rej == nil {
 				t.Fatalf("WithPermitOrFallback = %v (fallback ran: %v), want the fallback", err, rej != nil)
 			}
-			if rej.Reason != reasonDegrade || (rej.Pressure != pressureSaturated && rej.Pressure != pressureOverloaded) {
-				t.Errorf("rejection = %+v, want DEGRADE at SATURATED or OVERLOADED", rej)
+			if rej.Reason != reasonDegrade || rej.Pressure != pressureSaturated {
+				t.Errorf("rejection = %+v, want DEGRADE at SATURATED (a DEGRADE is not an overload)", rej)
 			}
 			if st := dependency(t, c, dep); st.GetInFlight() != 1 || st.GetQueued() != 0 {
 				t.Errorf("in_flight %d queued %d, want 1 and 0 (it never queued)", st.GetInFlight(), st.GetQueued())

@@ -258,7 +258,7 @@ def test_sync_real_sidecar_degrades_a_saturated_dependency(sidecar):
         assert held.pressure is Pressure.SATURATED  # max_concurrency = 1, this one permit in use
         got = gov.call_with_retries("degrade-sync", calls.fn, fallback=calls.fallback)
         assert got[:2] == ("cached", RejectReason.DEGRADE)
-        assert got[2] in (Pressure.SATURATED, Pressure.OVERLOADED)
+        assert got[2] is Pressure.SATURATED  # a DEGRADE is not an overload
         assert calls.ran == ["fallback"]
         status = sidecar.status("degrade-sync")
         assert status.in_flight == 1 and status.queued == 0  # it never queued
@@ -279,7 +279,7 @@ async def test_async_real_sidecar_degrades_a_saturated_dependency(sidecar):
         held = await holder.acquire("degrade-async")
         assert held.pressure is Pressure.SATURATED
         got = await gov.call_with_retries("degrade-async", calls.afn, fallback=calls.afallback)
-        assert got[:2] == ("cached", RejectReason.DEGRADE)
+        assert got[:3] == ("cached", RejectReason.DEGRADE, Pressure.SATURATED)
         assert calls.ran == ["fallback"]
         assert sidecar.status("degrade-async").queued == 0
         await held.release()
