@@ -41,8 +41,20 @@ export type RejectReason =
   | 'QUEUE_TIMEOUT'
   | 'RETRY_BUDGET_EXHAUSTED'
   | 'SHED'
-  | 'SHUTTING_DOWN';
+  | 'SHUTTING_DOWN'
+  /** A degradable acquire that would have had to wait: serve the cheaper answer (withPermit's fallback). */
+  | 'DEGRADE';
 export declare const RejectReason: { readonly [K in RejectReason]: K };
+
+/**
+ * How loaded the dependency was right after the decision, on every answer:
+ * NONE below elevated_at (default 0.7) of the limit with nobody waiting,
+ * ELEVATED at or above it, SATURATED when every permit is in use or someone
+ * waits, OVERLOADED when it turned a request away within the last second;
+ * UNSPECIFIED from a sidecar that predates it, and on a degraded permit.
+ */
+export type Pressure = 'UNSPECIFIED' | 'NONE' | 'ELEVATED' | 'SATURATED' | 'OVERLOADED';
+export declare const Pressure: { readonly [K in Pressure]: K };
 
 export type HealthStatus = 'SERVING' | 'NOT_SERVING' | 'UNKNOWN' | 'SERVICE_UNKNOWN';
 
@@ -103,9 +115,23 @@ export interface AcquireOptions {
   signal?: AbortSignal;
   /** Overrides the client's failOpen policy for this call. */
   failOpen?: boolean;
+  /**
+   * The caller can serve a cheaper answer without this call: rather than queue, the sidecar
+   * answers at once with a RejectedError of reason 'DEGRADE'. Default false (true in
+   * withPermit/callWithRetries when a fallback is given).
+   */
+  degradable?: boolean;
 }
 
-export interface RetryOptions extends Omit<AcquireOptions, 'attempt'> {
+export interface WithPermitOptions<F = never> extends AcquireOptions {
+  /**
+   * Runs instead of fn when the sidecar answers DEGRADE, and withPermit resolves to its result.
+   * Implies degradable: true unless degradable is set. Every other rejection still rejects.
+   */
+  fallback?: (rejection: RejectedError) => F | PromiseLike<F>;
+}
+
+export interface RetryOptions<F = never> extends Omit<WithPermitOptions<F>, 'attempt'> {
   /** Total tries, including the first. Default 3. */
   maxAttempts?: number;
   /** Base of the exponential backoff between tries. Default 100. */
@@ -155,6 +181,8 @@ export declare class Permit {
   readonly limit: number;
   readonly inFlight: number;
   readonly queued: number;
+  /** The dependency's pressure right after the grant ('UNSPECIFIED' when degraded). */
+  readonly pressure: Pressure;
   readonly attempt: number;
   /** performance.now() when the permit was granted. */
   readonly acquiredAt: number;
@@ -251,12 +279,16 @@ export declare class Governor {
   readonly stats: GovernorStats;
   readonly admin: GovernorAdminClient;
   acquire(dependency: string, options?: AcquireOptions): Promise<Permit>;
-  withPermit<T>(dependency: string, fn: (permit: Permit) => T | PromiseLike<T>, options?: AcquireOptions): Promise<T>;
-  callWithRetries<T>(
+  withPermit<T, F = never>(
+    dependency: string,
+    fn: (permit: Permit) => T | PromiseLike<T>,
+    options?: WithPermitOptions<F>,
+  ): Promise<T | F>;
+  callWithRetries<T, F = never>(
     dependency: string,
     fn: (permit: Permit, attempt: number) => T | PromiseLike<T>,
-    options?: RetryOptions,
-  ): Promise<T>;
+    options?: RetryOptions<F>,
+  ): Promise<T | F>;
   health(service?: string): Promise<HealthStatus>;
   /**
    * Releases every permit still held (outcome UNSPECIFIED), then closes the connection.
@@ -290,6 +322,8 @@ export declare class RejectedError extends GovernorError {
   readonly limit: number;
   readonly inFlight: number;
   readonly queued: number;
+  /** The dependency's pressure right after the decision. */
+  readonly pressure: Pressure;
 }
 
 export declare class GovernorUnavailableError extends GovernorError {}

@@ -97,7 +97,31 @@ export const RejectReason = Object.freeze({
   RETRY_BUDGET_EXHAUSTED: 'RETRY_BUDGET_EXHAUSTED',
   SHED: 'SHED',
   SHUTTING_DOWN: 'SHUTTING_DOWN',
+  /** A degradable acquire that would have had to wait: serve the cheaper answer (withPermit's fallback). */
+  DEGRADE: 'DEGRADE',
 });
+
+/**
+ * How loaded the dependency was right after the decision (permit.pressure,
+ * RejectedError.pressure); UNSPECIFIED from a sidecar that predates it.
+ */
+export const Pressure = Object.freeze({
+  UNSPECIFIED: 'UNSPECIFIED',
+  /** Below elevated_at (default 0.7) of the enforced limit, nobody waiting. */
+  NONE: 'NONE',
+  /** At or above elevated_at of the enforced limit, nobody waiting. */
+  ELEVATED: 'ELEVATED',
+  /** Every permit is in use, or someone waits. */
+  SATURATED: 'SATURATED',
+  /** It turned a request away (queue full, queue timeout, shed) within the last second. */
+  OVERLOADED: 'OVERLOADED',
+});
+
+/** The wire's Pressure enum as a Pressure value; a level newer than this client reads UNSPECIFIED. */
+function pressureFromWire(value) {
+  const name = stripPrefix(value, 'PRESSURE_');
+  return Object.hasOwn(Pressure, name) ? Pressure[name] : Pressure.UNSPECIFIED;
+}
 
 const STATUS_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
 
@@ -135,9 +159,11 @@ export class RejectedError extends GovernorError {
   constructor(dependency, response) {
     const reason = stripPrefix(response.reason, 'REJECT_REASON_');
     const retryAfterMs = durationToMs(response.retryAfter);
-    super(`governor rejected a permit for "${dependency}": ${reason} (retry after ${retryAfterMs} ms)`, {
-      code: 'REJECTED',
-    });
+    const pressure = pressureFromWire(response.pressure);
+    super(
+      `governor rejected a permit for "${dependency}": ${reason} (retry after ${retryAfterMs} ms, pressure ${pressure})`,
+      { code: 'REJECTED' },
+    );
     this.name = 'RejectedError';
     this.dependency = dependency;
     this.reason = reason;
@@ -146,6 +172,8 @@ export class RejectedError extends GovernorError {
     this.limit = response.limit;
     this.inFlight = response.inFlight;
     this.queued = response.queued;
+    /** The dependency's Pressure right after the decision. */
+    this.pressure = pressure;
   }
 }
 
@@ -216,6 +244,12 @@ function toEnum(value, prefix, allowed, field) {
     throw new TypeError(`${field} must be one of ${allowed.join(', ')}; got ${JSON.stringify(value)}`);
   }
   return prefix + bare;
+}
+
+function checkOptionalBoolean(value, field) {
+  if (value !== undefined && typeof value !== 'boolean') {
+    throw new TypeError(`${field} must be a boolean; got ${JSON.stringify(value)}`);
+  }
 }
 
 function checkNonNegative(value, field) {
@@ -356,6 +390,8 @@ export class Permit {
     this.limit = fields.limit ?? 0;
     this.inFlight = fields.inFlight ?? 0;
     this.queued = fields.queued ?? 0;
+    /** The dependency's Pressure right after the grant (UNSPECIFIED when degraded). */
+    this.pressure = fields.pressure ?? Pressure.UNSPECIFIED;
     this.attempt = fields.attempt ?? 0;
     this.acquiredAt = performance.now();
     this.renewals = 0;
@@ -402,6 +438,7 @@ export class Permit {
       limit: this.limit,
       inFlight: this.inFlight,
       queued: this.queued,
+      pressure: this.pressure,
       attempt: this.attempt,
       renewals: this.renewals,
     };
@@ -882,6 +919,7 @@ export class Governor {
       throw new TypeError(`attempt must be a non-negative integer; got ${JSON.stringify(options.attempt)}`);
     }
     checkNonNegative(options.maxWaitMs, 'maxWaitMs');
+    checkOptionalBoolean(options.degradable, 'degradable');
     const maxWaitMs = options.maxWaitMs ?? this.#maxWaitMs;
     const request = {
       dependency,
@@ -889,6 +927,7 @@ export class Governor {
       priority: toEnum(options.priority, 'PRIORITY_', Object.keys(Priority), 'priority'),
       tenant: options.tenant ?? this.#tenant,
       maxWait: maxWaitMs === undefined ? null : msToDuration(maxWaitMs),
+      degradable: options.degradable ?? false,
     };
     if (signal?.aborted) throw abortReason(signal);
     const deadlineMs = maxWaitMs === undefined ? this.#acquireTimeoutMs : maxWaitMs + this.#deadlineMarginMs;
@@ -945,6 +984,7 @@ export class Governor {
       limit: response.limit,
       inFlight: response.inFlight,
       queued: response.queued,
+      pressure: pressureFromWire(response.pressure),
       attempt,
       stream,
     });
@@ -967,10 +1007,30 @@ export class Governor {
    * SUCCESS when fn resolves, TIMEOUT when it throws an error named
    * TimeoutError, CANCELLED when options.signal aborted, FAILURE otherwise
    * (the error is rethrown), together with fn's measured latency.
+   *
+   * With options.fallback, a DEGRADE answer runs `fallback(rejectedError)`
+   * instead of fn and resolves to its result; the acquire is then sent
+   * degradable unless options.degradable says otherwise. Every other
+   * rejection still rejects, and fail-open/fail-closed is unchanged.
    */
   async withPermit(dependency, fn, options = {}) {
     if (typeof fn !== 'function') throw new TypeError('fn must be a function');
-    const permit = await this.acquire(dependency, options);
+    const { fallback } = options;
+    if (fallback !== undefined && typeof fallback !== 'function') {
+      throw new TypeError(`fallback must be a function; got ${typeof fallback}`);
+    }
+    let permit;
+    if (fallback === undefined) {
+      permit = await this.acquire(dependency, options);
+    } else {
+      checkOptionalBoolean(options.degradable, 'degradable');
+      try {
+        permit = await this.acquire(dependency, { ...options, degradable: options.degradable ?? true });
+      } catch (err) {
+        if (err instanceof RejectedError && err.reason === RejectReason.DEGRADE) return await fallback(err);
+        throw err;
+      }
+    }
     const started = performance.now();
     let threw = false;
     let error;
@@ -996,7 +1056,8 @@ export class Governor {
    * Calls `fn(permit, attempt)` under a permit up to maxAttempts times. Each
    * retry is sent with `attempt = n` so it draws on the governor's retry
    * budget; it waits max(retryAfterMs, exponential backoff) between tries and
-   * stops at once on RETRY_BUDGET_EXHAUSTED.
+   * stops at once on RETRY_BUDGET_EXHAUSTED. DEGRADE is never retried: it runs
+   * options.fallback (see withPermit), or rejects at once without one.
    */
   async callWithRetries(dependency, fn, options = {}) {
     if (typeof fn !== 'function') throw new TypeError('fn must be a function');
@@ -1017,6 +1078,8 @@ export class Governor {
       maxWaitMs: options.maxWaitMs,
       signal,
       failOpen: options.failOpen,
+      degradable: options.degradable,
+      fallback: options.fallback,
     };
     for (let attempt = 0; ; attempt += 1) {
       let error;
@@ -1028,7 +1091,7 @@ export class Governor {
       if (signal?.aborted) throw error;
       let retryAfterMs = 0;
       if (error instanceof RejectedError) {
-        if (error.reason === RejectReason.RETRY_BUDGET_EXHAUSTED) throw error;
+        if (error.reason === RejectReason.RETRY_BUDGET_EXHAUSTED || error.reason === RejectReason.DEGRADE) throw error;
         retryAfterMs = error.retryAfterMs;
       } else if (error instanceof GovernorError) {
         throw error; // bad input, closed client, or unavailable sidecar under fail-closed

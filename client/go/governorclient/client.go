@@ -17,6 +17,9 @@
 //		// Backpressure: try again after rej.RetryAfter with WithAttempt(n).
 //	}
 //
+// A caller with a cheaper answer (a cached value) uses WithPermitOrFallback:
+// rather than queue, the sidecar answers DEGRADE and the fallback runs.
+//
 // Acquire, Release and Renew are thin wrappers over the RPCs for callers that
 // manage leases themselves.
 package governorclient
@@ -217,6 +220,10 @@ type Lease struct {
 	QueueWait time.Duration
 	// GrantedAt is when the grant was received.
 	GrantedAt time.Time
+	// Pressure is the dependency's load right after the grant:
+	// PRESSURE_NONE, _ELEVATED, _SATURATED or _OVERLOADED, and
+	// PRESSURE_UNSPECIFIED from a sidecar that predates the field.
+	Pressure governorv1.Pressure
 
 	// The Session stream it was granted on; nil for the unary Acquire.
 	stream *stream
@@ -251,6 +258,15 @@ func WithMaxWait(d time.Duration) AcquireOption {
 	return func(r *governorv1.AcquireRequest) { r.MaxWait = durationpb.New(d) }
 }
 
+// WithDegradable marks the request degradable (true): the caller can serve a
+// cheaper answer without this call (a cached value, a partial result), so
+// rather than queue, the sidecar answers at once with a *RejectedError of
+// reason REJECT_REASON_DEGRADE (see ErrDegrade and WithPermitOrFallback,
+// where a fallback makes it the default; WithDegradable(false) overrides).
+func WithDegradable(degradable bool) AcquireOption {
+	return func(r *governorv1.AcquireRequest) { r.Degradable = degradable }
+}
+
 // Acquire asks for a permit for dependency. It returns the lease when
 // granted, a *RejectedError when the sidecar answered granted=false, and the
 // gRPC status error unchanged otherwise (INVALID_ARGUMENT for bad input,
@@ -260,13 +276,18 @@ func WithMaxWait(d time.Duration) AcquireOption {
 // Options.AcquireTimeout (default 1 h + 1 s) without it, or ctx's own if
 // earlier. Pass the lease to Release; Close releases it otherwise.
 func (c *Client) Acquire(ctx context.Context, dependency string, opts ...AcquireOption) (*Lease, error) {
+	return c.acquire(ctx, &governorv1.AcquireRequest{Dependency: dependency}, opts)
+}
+
+// acquire is Acquire from a request with its defaults set; opts override them.
+func (c *Client) acquire(ctx context.Context, req *governorv1.AcquireRequest, opts []AcquireOption) (*Lease, error) {
+	dependency := req.GetDependency()
 	c.mu.Lock()
 	closed := c.closed
 	c.mu.Unlock()
 	if closed {
 		return nil, ErrClosed
 	}
-	req := &governorv1.AcquireRequest{Dependency: dependency}
 	for _, o := range opts {
 		o(req)
 	}
@@ -299,6 +320,7 @@ func (c *Client) Acquire(ctx context.Context, dependency string, opts ...Acquire
 			Limit:      resp.GetLimit(),
 			InFlight:   resp.GetInFlight(),
 			Queued:     resp.GetQueued(),
+			Pressure:   resp.GetPressure(),
 		}
 	}
 	if resp.GetLeaseId() == "" {
@@ -310,6 +332,7 @@ func (c *Client) Acquire(ctx context.Context, dependency string, opts ...Acquire
 		TTL:        resp.GetLeaseTtl().AsDuration(),
 		QueueWait:  resp.GetQueueWait().AsDuration(),
 		GrantedAt:  time.Now(),
+		Pressure:   resp.GetPressure(),
 		stream:     st,
 	}
 	c.mu.Lock()

@@ -66,6 +66,11 @@ max_wait = "5s"
 
 [dependencies.go-close]
 max_concurrency = 4
+
+[dependencies.go-degrade]
+max_concurrency = 1
+max_queue = 4
+max_wait = "5s"
 `
 
 var gov *governorProc

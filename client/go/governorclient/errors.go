@@ -14,6 +14,11 @@ import (
 // ErrRejected matches every *RejectedError with errors.Is.
 var ErrRejected = errors.New("governor: permit rejected")
 
+// ErrDegrade matches, with errors.Is, a *RejectedError of reason
+// REJECT_REASON_DEGRADE: a degradable request (WithDegradable) that would
+// have had to wait. Serve the cheaper answer; WithPermitOrFallback does.
+var ErrDegrade = errors.New("governor: degrade")
+
 // RejectedError is returned when the sidecar answered granted=false. It is
 // backpressure, not a failure of the sidecar: do not call the dependency,
 // and retry (with WithAttempt(n)) no sooner than RetryAfter, or give up.
@@ -26,15 +31,21 @@ type RejectedError struct {
 	QueueWait time.Duration
 	// The dependency's state right after the decision.
 	Limit, InFlight, Queued uint32
+	// Pressure is the dependency's load right after the decision
+	// (PRESSURE_UNSPECIFIED from a sidecar that predates the field).
+	Pressure governorv1.Pressure
 }
 
 func (e *RejectedError) Error() string {
-	return fmt.Sprintf("governor: permit for %q rejected: %s (retry after %s, in_flight %d/%d, queued %d)",
-		e.Dependency, e.Reason, e.RetryAfter, e.InFlight, e.Limit, e.Queued)
+	return fmt.Sprintf("governor: permit for %q rejected: %s (retry after %s, in_flight %d/%d, queued %d, %s)",
+		e.Dependency, e.Reason, e.RetryAfter, e.InFlight, e.Limit, e.Queued, e.Pressure)
 }
 
-// Is makes errors.Is(err, ErrRejected) true for any rejection.
-func (e *RejectedError) Is(target error) bool { return target == ErrRejected }
+// Is makes errors.Is(err, ErrRejected) true for any rejection, and
+// errors.Is(err, ErrDegrade) true for a DEGRADE one.
+func (e *RejectedError) Is(target error) bool {
+	return target == ErrRejected || (target == ErrDegrade && e.Reason == governorv1.RejectReason_REJECT_REASON_DEGRADE)
+}
 
 // AsRejected reports whether err is (or wraps) a *RejectedError.
 func AsRejected(err error) (*RejectedError, bool) {

@@ -41,9 +41,37 @@ const minRenewInterval = 10 * time.Millisecond
 // Release and Renew run on a context that is not cancelled with ctx but keeps
 // its values (outgoing gRPC metadata such as W3C trace context, OpenTelemetry
 // spans), so a cancelled caller still gives its permit back, in its trace.
-func (c *Client) WithPermit(ctx context.Context, dependency string, fn func(ctx context.Context) error, opts ...AcquireOption) (err error) {
-	lease, err := c.Acquire(ctx, dependency, opts...)
+func (c *Client) WithPermit(ctx context.Context, dependency string, fn func(ctx context.Context) error, opts ...AcquireOption) error {
+	return c.withPermit(ctx, &governorv1.AcquireRequest{Dependency: dependency}, fn, nil, opts)
+}
+
+// Fallback serves the cheaper answer when the sidecar answered DEGRADE; rej
+// (reason REJECT_REASON_DEGRADE) carries its RetryAfter and Pressure.
+type Fallback func(ctx context.Context, rej *RejectedError) error
+
+// ErrNoFallback is returned by WithPermitOrFallback given a nil fallback.
+var ErrNoFallback = errors.New("governor: WithPermitOrFallback needs a fallback")
+
+// WithPermitOrFallback is WithPermit for a caller with a cheaper answer (a
+// cached value, a partial result): the request is degradable (unless opts
+// hold WithDegradable(false)), and when the sidecar answers DEGRADE rather
+// than let it queue, fallback runs instead of fn and its error is returned.
+// Everything else is as in WithPermit: every other rejection is returned as
+// a *RejectedError without running either, and a sidecar that gives no
+// answer runs fn without a permit unless Options.FailClosed is set.
+func (c *Client) WithPermitOrFallback(ctx context.Context, dependency string, fn func(ctx context.Context) error, fallback Fallback, opts ...AcquireOption) error {
+	if fallback == nil {
+		return ErrNoFallback
+	}
+	return c.withPermit(ctx, &governorv1.AcquireRequest{Dependency: dependency, Degradable: true}, fn, fallback, opts)
+}
+
+func (c *Client) withPermit(ctx context.Context, req *governorv1.AcquireRequest, fn func(ctx context.Context) error, fallback Fallback, opts []AcquireOption) (err error) {
+	lease, err := c.acquire(ctx, req, opts)
 	if err != nil {
+		if rej, ok := AsRejected(err); ok && fallback != nil && errors.Is(rej, ErrDegrade) {
+			return fallback(ctx, rej)
+		}
 		if ctxErr := ctx.Err(); ctxErr != nil && IsUnavailable(err) {
 			// The caller's own deadline or cancellation: it no longer wants the call.
 			return ctxErr

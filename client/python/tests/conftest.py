@@ -56,6 +56,8 @@ DEPENDENCIES: Dict[str, Dict[str, object]] = {
     "sess-free-async": {},
     "sess-lost-sync": {},
     "sess-lost-async": {},
+    "degrade-sync": {"max_concurrency": 1, "max_queue": 4, "max_wait": "5s"},
+    "degrade-async": {"max_concurrency": 1, "max_queue": 4, "max_wait": "5s"},
 }
 
 

@@ -72,17 +72,21 @@ class FakeGovernor(pb_grpc.GovernorServicer):
 
     # -- governor.v1.Governor ---------------------------------------------------
 
-    def Acquire(self, request: pb.AcquireRequest, context: grpc.ServicerContext) -> pb.AcquireResponse:
-        self._record("Acquire", request, context)
+    def _next_acquire(self) -> object:
         with self._cv:
             scripted = self.acquire_script.pop(0) if self.acquire_script else None
-        if isinstance(scripted, grpc.StatusCode):
-            context.abort(scripted, "dependency: forced by the fake")
         if scripted is not None:
             return scripted
         return pb.AcquireResponse(
             granted=True, lease_id=uuid.uuid4().hex, lease_ttl=dur(self.lease_ttl), limit=8, in_flight=1
         )
+
+    def Acquire(self, request: pb.AcquireRequest, context: grpc.ServicerContext) -> pb.AcquireResponse:
+        self._record("Acquire", request, context)
+        answer = self._next_acquire()
+        if isinstance(answer, grpc.StatusCode):
+            context.abort(answer, "dependency: forced by the fake")
+        return answer  # type: ignore[return-value]
 
     def Release(self, request: pb.ReleaseRequest, context: grpc.ServicerContext) -> pb.ReleaseResponse:
         self._record("Release", request, context)
@@ -93,3 +97,30 @@ class FakeGovernor(pb_grpc.GovernorServicer):
         if not self.renew_answer:
             return pb.RenewResponse(renewed=False)
         return pb.RenewResponse(renewed=True, lease_ttl=dur(self.lease_ttl))
+
+
+@dataclass
+class SessionFakeGovernor(FakeGovernor):
+    """:class:`FakeGovernor` with the Session stream too: each message is
+    answered in order from the same script (a StatusCode: a SessionError of
+    that code) and recorded as "Session.Acquire", "Session.Release" or
+    "Session.Renew"."""
+
+    def Session(self, request_iterator, context: grpc.ServicerContext):  # noqa: N802 - the gRPC method name
+        for msg in request_iterator:
+            op = msg.WhichOneof("op")
+            self._record(f"Session.{op.capitalize()}", getattr(msg, op), context)
+            if op == "acquire":
+                answer = self._next_acquire()
+                if isinstance(answer, grpc.StatusCode):
+                    err = pb.SessionError(code=answer.value[0], message="dependency: forced by the fake")
+                    yield pb.SessionResponse(id=msg.id, error=err)
+                else:
+                    yield pb.SessionResponse(id=msg.id, acquire=answer)
+            elif op == "release":
+                if msg.id:
+                    yield pb.SessionResponse(id=msg.id, release=pb.ReleaseResponse(released=True))
+            elif op == "renew":
+                yield pb.SessionResponse(
+                    id=msg.id, renew=pb.RenewResponse(renewed=self.renew_answer, lease_ttl=dur(self.lease_ttl))
+                )

@@ -6,6 +6,7 @@ import Governor, {
   GovernorUnavailableError,
   Outcome,
   Permit,
+  Pressure,
   RejectedError,
   type DependencyStatus,
   type GovernorStats,
@@ -63,6 +64,19 @@ async function main(): Promise<void> {
       void code;
     }
   }
+
+  const quote: number | string = await gov.withPermit('pricing', async () => 42, {
+    fallback: async (rej: RejectedError) => `cached (${rej.reason}, ${rej.pressure})`,
+  });
+  const onlyNumbers: number = await gov.withPermit('pricing', () => 1, { degradable: true, fallback: () => 0 });
+  const level: Pressure = (await gov.acquire('pricing', { degradable: false })).pressure;
+  const saturated: boolean = level === Pressure.SATURATED;
+  // @ts-expect-error: pressures are a closed set
+  const badLevel: Pressure = 'HIGH';
+  // @ts-expect-error: degradable is a boolean
+  await gov.acquire('pricing', { degradable: 'yes' });
+  const retried: string = await gov.callWithRetries('pricing', async () => 'fresh', { fallback: () => 'stale' });
+  void [quote, onlyNumbers, saturated, badLevel, retried];
 
   const health: HealthStatus = await gov.health('governor.v1.Governor');
   const status: DependencyStatus = await gov.admin.getDependency('payments');

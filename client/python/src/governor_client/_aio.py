@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import time
 import weakref
 from types import TracebackType
-from typing import Any, Awaitable, Callable, Optional, Sequence, Set, Tuple, Type, TypeVar, cast
+from typing import Any, Awaitable, Callable, Optional, Sequence, Set, Tuple, Type, TypeVar, Union, cast
 
 import grpc
 import grpc.aio
@@ -22,6 +23,7 @@ from ._common import (
     GovernorUnavailable,
     Outcome,
     OutcomeLike,
+    Pressure,
     Priority,
     PriorityLike,
     RejectReason,
@@ -81,6 +83,7 @@ class AsyncPermit:
             self.lease_ttl = 0.0
             self.queue_wait = 0.0
             self.limit = self.in_flight = self.queued = 0
+            self.pressure = Pressure.UNSPECIFIED
             return
         self.lease_id = resp.lease_id
         self.lease_ttl = c.from_duration(resp.lease_ttl)
@@ -88,6 +91,7 @@ class AsyncPermit:
         self.limit = resp.limit
         self.in_flight = resp.in_flight
         self.queued = resp.queued
+        self.pressure = Pressure.from_wire(resp.pressure)
         self._finalizer = weakref.finalize(
             self, _release_orphan, asyncio.get_running_loop(), client, dependency, self.lease_id, otel_ctx, stream
         )
@@ -437,6 +441,7 @@ class AsyncGovernor:
         attempt: int = 0,
         max_wait: Optional[float] = None,
         timeout: Optional[float] = None,
+        degradable: bool = False,
     ) -> AsyncPermit:
         """Ask for a permit and return it held; the caller must release it.
 
@@ -445,7 +450,7 @@ class AsyncGovernor:
         if self._closed:
             raise GovernorError("the AsyncGovernor client is closed")
         mw = max_wait if max_wait is not None else self._max_wait
-        req = c.build_acquire_request(dependency, priority, tenant, attempt, mw)
+        req = c.build_acquire_request(dependency, priority, tenant, attempt, mw, degradable)
         deadline = c.acquire_timeout(timeout, mw, self._timeout_margin, self._acquire_timeout)
         otel_ctx = c.capture_context()
         trace_md = c.trace_metadata(otel_ctx)
@@ -501,12 +506,17 @@ class AsyncGovernor:
         attempt: int = 0,
         max_wait: Optional[float] = None,
         timeout: Optional[float] = None,
+        degradable: bool = False,
     ) -> _AsyncPermitContext:
         """``async with gov.permit("payments") as permit: ...`` — acquire, run, release.
 
-        Takes the same arguments as :meth:`acquire`.
+        Takes the same arguments as :meth:`acquire` (``degradable=True``: the
+        ``async with`` raises :class:`Rejected` with reason DEGRADE instead of
+        queueing).
         """
-        kwargs = dict(priority=priority, tenant=tenant, attempt=attempt, max_wait=max_wait, timeout=timeout)
+        kwargs = dict(
+            priority=priority, tenant=tenant, attempt=attempt, max_wait=max_wait, timeout=timeout, degradable=degradable
+        )
         return _AsyncPermitContext(self, dependency, kwargs)
 
     async def call_with_retries(
@@ -521,17 +531,39 @@ class AsyncGovernor:
         tenant: str = "",
         max_wait: Optional[float] = None,
         timeout: Optional[float] = None,
+        degradable: Optional[bool] = None,
+        fallback: Optional[Callable[[Rejected], Union[T, Awaitable[T]]]] = None,
     ) -> T:
-        """``await fn()`` under a permit, retrying; see :meth:`governor_client.Governor.call_with_retries`."""
+        """``await fn()`` under a permit, retrying; see :meth:`governor_client.Governor.call_with_retries`.
+
+        ``fallback(rejection)`` runs instead of ``fn`` on a DEGRADE answer (it
+        may return a value or an awaitable, which is awaited).
+        """
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if fallback is not None and not callable(fallback):
+            raise TypeError("fallback must be callable")
+        degradable = c.fallback_degradable(degradable, fallback)
         last_error: Optional[BaseException] = None
         for attempt in range(max_attempts):
             try:
                 permit = await self.acquire(
-                    dependency, priority=priority, tenant=tenant, attempt=attempt, max_wait=max_wait, timeout=timeout
+                    dependency,
+                    priority=priority,
+                    tenant=tenant,
+                    attempt=attempt,
+                    max_wait=max_wait,
+                    timeout=timeout,
+                    degradable=degradable,
                 )
             except Rejected as rej:
+                if rej.reason == RejectReason.DEGRADE:
+                    if fallback is None:
+                        raise rej from last_error
+                    result = fallback(rej)
+                    if inspect.isawaitable(result):
+                        return await result
+                    return cast(T, result)
                 if rej.reason == RejectReason.RETRY_BUDGET_EXHAUSTED or attempt + 1 >= max_attempts:
                     raise rej from last_error
                 last_error = rej

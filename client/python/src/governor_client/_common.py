@@ -65,12 +65,40 @@ class RejectReason(enum.IntEnum):
     RETRY_BUDGET_EXHAUSTED = pb.REJECT_REASON_RETRY_BUDGET_EXHAUSTED
     SHED = pb.REJECT_REASON_SHED
     SHUTTING_DOWN = pb.REJECT_REASON_SHUTTING_DOWN
+    #: The request was ``degradable`` and would have had to wait (or the
+    #: dependency was at its ``degrade_at`` pressure): serve the cheaper answer.
+    DEGRADE = pb.REJECT_REASON_DEGRADE
 
     @classmethod
     def from_wire(cls, value: int) -> "RejectReason":
         try:
             return cls(value)
         except ValueError:  # a reason newer than this client
+            return cls.UNSPECIFIED
+
+
+class Pressure(enum.IntEnum):
+    """How loaded the dependency was right after the decision (``governor.v1.Pressure``).
+
+    On every answer, grant or rejection. UNSPECIFIED: a sidecar that predates
+    the field (or a permit handed out fail-open, without an answer).
+    """
+
+    UNSPECIFIED = pb.PRESSURE_UNSPECIFIED
+    #: Below ``elevated_at`` (default 0.7) of the enforced limit, nobody waiting.
+    NONE = pb.PRESSURE_NONE
+    #: At or above ``elevated_at`` of the enforced limit, nobody waiting.
+    ELEVATED = pb.PRESSURE_ELEVATED
+    #: Every permit is in use, or someone waits.
+    SATURATED = pb.PRESSURE_SATURATED
+    #: It turned a request away (queue full, queue timeout, shed) within the last second.
+    OVERLOADED = pb.PRESSURE_OVERLOADED
+
+    @classmethod
+    def from_wire(cls, value: int) -> "Pressure":
+        try:
+            return cls(value)
+        except ValueError:  # a level newer than this client
             return cls.UNSPECIFIED
 
 
@@ -101,6 +129,8 @@ class Rejected(GovernorError):
         retry_after: the sidecar's estimate, in seconds, of when a retry could succeed.
         queue_wait: seconds the request spent queued before the rejection.
         limit, in_flight, queued: the dependency's state right after the decision.
+        pressure: the dependency's :class:`Pressure` right after the decision
+            (UNSPECIFIED from a sidecar that predates it).
     """
 
     def __init__(
@@ -112,6 +142,7 @@ class Rejected(GovernorError):
         limit: int,
         in_flight: int,
         queued: int,
+        pressure: "Pressure" = Pressure.UNSPECIFIED,
     ) -> None:
         self.dependency = dependency
         self.reason = reason
@@ -120,9 +151,11 @@ class Rejected(GovernorError):
         self.limit = limit
         self.in_flight = in_flight
         self.queued = queued
+        self.pressure = pressure
         super().__init__(
             f"permit for {dependency!r} rejected: {reason.name} "
-            f"(retry_after={retry_after:.3f}s, limit={limit}, in_flight={in_flight}, queued={queued})"
+            f"(retry_after={retry_after:.3f}s, limit={limit}, in_flight={in_flight}, queued={queued}, "
+            f"pressure={pressure.name})"
         )
 
 
@@ -220,6 +253,7 @@ def build_acquire_request(
     tenant: str,
     attempt: int,
     max_wait: Optional[float],
+    degradable: bool = False,
 ) -> pb.AcquireRequest:
     if not isinstance(dependency, str) or not dependency:
         raise ValueError("dependency must be a non-empty string")
@@ -230,6 +264,7 @@ def build_acquire_request(
         attempt=int(attempt),
         priority=cast(Any, int(coerce_priority(priority))),
         tenant=tenant or "",
+        degradable=bool(degradable),
     )
     if max_wait is not None:
         if max_wait < 0:
@@ -261,7 +296,20 @@ def rejection_from_response(dependency: str, resp: pb.AcquireResponse) -> Reject
         limit=resp.limit,
         in_flight=resp.in_flight,
         queued=resp.queued,
+        pressure=Pressure.from_wire(resp.pressure),
     )
+
+
+def is_degrade(exc: BaseException) -> bool:
+    """Whether ``exc`` is a :class:`Rejected` with reason DEGRADE."""
+    return isinstance(exc, Rejected) and exc.reason == RejectReason.DEGRADE
+
+
+def fallback_degradable(degradable: Optional[bool], fallback: Optional[Callable[..., Any]]) -> bool:
+    """A fallback implies ``degradable=True`` unless the caller chose explicitly."""
+    if degradable is not None:
+        return bool(degradable)
+    return fallback is not None
 
 
 def outcome_for_exception(exc: Optional[BaseException]) -> Outcome:

@@ -23,6 +23,7 @@ from ._common import (
     GovernorUnavailable,
     Outcome,
     OutcomeLike,
+    Pressure,
     Priority,
     PriorityLike,
     RejectReason,
@@ -55,6 +56,9 @@ class Permit:
         lease_ttl: the lease's current time to live, in seconds.
         queue_wait: seconds spent queued before the grant.
         limit, in_flight, queued: the dependency's state right after the grant.
+        pressure: the dependency's :class:`~governor_client.Pressure` right
+            after the grant (UNSPECIFIED from a sidecar that predates it, and
+            for a degraded permit).
         degraded: True when the sidecar was unreachable and the client is
             ``fail_open``: the call proceeds without a permit.
         degraded_error: the :class:`GovernorUnavailable` behind a degraded permit.
@@ -98,6 +102,7 @@ class Permit:
             self.lease_ttl = 0.0
             self.queue_wait = 0.0
             self.limit = self.in_flight = self.queued = 0
+            self.pressure = Pressure.UNSPECIFIED
             return
         self.lease_id = resp.lease_id
         self.lease_ttl = c.from_duration(resp.lease_ttl)
@@ -105,6 +110,7 @@ class Permit:
         self.limit = resp.limit
         self.in_flight = resp.in_flight
         self.queued = resp.queued
+        self.pressure = Pressure.from_wire(resp.pressure)
         self._finalizer = weakref.finalize(
             self,
             _release_orphan,
@@ -503,6 +509,7 @@ class Governor:
         attempt: int = 0,
         max_wait: Optional[float] = None,
         timeout: Optional[float] = None,
+        degradable: bool = False,
     ) -> Permit:
         """Ask for a permit and return it held; the caller must release it.
 
@@ -515,16 +522,21 @@ class Governor:
                 to the client's ``max_wait``, else the sidecar's configuration.
             timeout: the gRPC deadline of the Acquire call; defaults to
                 ``max_wait + timeout_margin``, else ``acquire_timeout``.
+            degradable: the caller can serve a cheaper answer without this
+                call (a cached value, a partial result): rather than queue, the
+                sidecar answers at once with a :class:`Rejected` of reason
+                DEGRADE (see :meth:`call_with_retries`'s ``fallback``).
 
         Raises:
-            Rejected: the sidecar refused the permit.
+            Rejected: the sidecar refused the permit (reason DEGRADE: a
+                ``degradable`` request that would have had to wait).
             GovernorUnavailable: the sidecar is unreachable and ``fail_open`` is False.
             InvalidRequest: the sidecar refused the request as malformed.
         """
         if self._closed:
             raise GovernorError("the Governor client is closed")
         mw = max_wait if max_wait is not None else self._max_wait
-        req = c.build_acquire_request(dependency, priority, tenant, attempt, mw)
+        req = c.build_acquire_request(dependency, priority, tenant, attempt, mw, degradable)
         deadline = c.acquire_timeout(timeout, mw, self._timeout_margin, self._acquire_timeout)
         otel_ctx = c.capture_context()
         trace_md = c.trace_metadata(otel_ctx)
@@ -582,14 +594,20 @@ class Governor:
         attempt: int = 0,
         max_wait: Optional[float] = None,
         timeout: Optional[float] = None,
+        degradable: bool = False,
     ) -> _PermitContext:
         """``with gov.permit("payments") as permit: ...`` — acquire, run the block, release.
 
         Takes the same arguments as :meth:`acquire`. The block's outcome
         (SUCCESS; FAILURE if it raised; TIMEOUT for ``TimeoutError``; CANCELLED
-        for ``KeyboardInterrupt``) and duration are reported on release.
+        for ``KeyboardInterrupt``) and duration are reported on release. With
+        ``degradable=True`` the ``with`` statement raises :class:`Rejected`
+        (reason DEGRADE) instead of queueing; :meth:`call_with_retries` with a
+        ``fallback`` runs the fallback instead.
         """
-        kwargs = dict(priority=priority, tenant=tenant, attempt=attempt, max_wait=max_wait, timeout=timeout)
+        kwargs = dict(
+            priority=priority, tenant=tenant, attempt=attempt, max_wait=max_wait, timeout=timeout, degradable=degradable
+        )
         return _PermitContext(self, dependency, kwargs)
 
     def call_with_retries(
@@ -604,6 +622,8 @@ class Governor:
         tenant: str = "",
         max_wait: Optional[float] = None,
         timeout: Optional[float] = None,
+        degradable: Optional[bool] = None,
+        fallback: Optional[Callable[[Rejected], T]] = None,
     ) -> T:
         """Call ``fn()`` under a permit, retrying up to ``max_attempts`` times in all.
 
@@ -613,6 +633,14 @@ class Governor:
         ``retry_after`` after a rejection. An exception from ``fn`` is retried
         if ``retry_on`` (a tuple of exception types or a predicate) says so.
 
+        ``degradable`` is sent with every Acquire (see :meth:`acquire`); it
+        defaults to True when a ``fallback`` is given, else False. A DEGRADE
+        answer is never retried: ``fallback(rejection)`` runs instead of ``fn``
+        and its result is returned, or, without a fallback, the
+        :class:`Rejected` is raised at once. Every other rejection behaves as
+        without a fallback, and a sidecar that gives no answer still fails
+        open (``fn`` runs without a permit) or raises, as the client says.
+
         Raises:
             Rejected: with RETRY_BUDGET_EXHAUSTED as soon as the budget says
                 stop (chained from ``fn``'s last error), or the last rejection
@@ -621,13 +649,26 @@ class Governor:
         """
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        if fallback is not None and not callable(fallback):
+            raise TypeError("fallback must be callable")
+        degradable = c.fallback_degradable(degradable, fallback)
         last_error: Optional[BaseException] = None
         for attempt in range(max_attempts):
             try:
                 permit = self.acquire(
-                    dependency, priority=priority, tenant=tenant, attempt=attempt, max_wait=max_wait, timeout=timeout
+                    dependency,
+                    priority=priority,
+                    tenant=tenant,
+                    attempt=attempt,
+                    max_wait=max_wait,
+                    timeout=timeout,
+                    degradable=degradable,
                 )
             except Rejected as rej:
+                if rej.reason == RejectReason.DEGRADE:
+                    if fallback is None:
+                        raise rej from last_error
+                    return fallback(rej)
                 if rej.reason == RejectReason.RETRY_BUDGET_EXHAUSTED or attempt + 1 >= max_attempts:
                     raise rej from last_error
                 last_error = rej
