@@ -464,3 +464,101 @@ async fn the_rust_clients_fallback_runs_on_degrade_over_both_paths() {
     assert_eq!(error.into_inner().unwrap().to_string(), "cache miss");
     drop(held);
 }
+
+#[tokio::test]
+async fn the_control_plane_shows_the_pressure_and_changes_both_settings() {
+    use rate_governor_proto::v1::{DegradeAt, DependencyLimits, UpdateDependencyRequest};
+    let gov = GovernorProcess::start(CONFIG).await;
+    let mut client = gov.governor_client().await;
+    let mut admin = gov.admin_client().await;
+    let status = |admin: &mut GovernorAdminClient<Channel>| {
+        let mut admin = admin.clone();
+        async move {
+            admin
+                .get_dependency(GetDependencyRequest { name: "dim".into() })
+                .await
+                .expect("GetDependency answers")
+                .into_inner()
+        }
+    };
+    let idle = status(&mut admin).await;
+    assert_eq!(idle.pressure(), Pressure::None);
+    assert_eq!(
+        (idle.elevated_at, idle.degrade_at()),
+        (0.5, DegradeAt::Elevated)
+    );
+
+    // 2 of 4 in use: elevated at 0.5, so a degradable request degrades.
+    let first = acquire(&mut client, "dim", false).await;
+    let second = acquire(&mut client, "dim", false).await;
+    assert_eq!(status(&mut admin).await.pressure(), Pressure::Elevated);
+    assert_eq!(
+        acquire(&mut client, "dim", true).await.reason(),
+        RejectReason::Degrade
+    );
+
+    // Raised to 0.9 and back to "saturated": the same request is granted.
+    let update = |limits: DependencyLimits| UpdateDependencyRequest {
+        name: "dim".into(),
+        limits: Some(limits),
+    };
+    let changed = admin
+        .update_dependency(update(DependencyLimits {
+            elevated_at: Some(0.9),
+            degrade_at: DegradeAt::Saturated.into(),
+            ..Default::default()
+        }))
+        .await
+        .expect("UpdateDependency answers")
+        .into_inner();
+    assert_eq!(
+        (changed.elevated_at, changed.degrade_at()),
+        (0.9, DegradeAt::Saturated)
+    );
+    assert_eq!(changed.pressure(), Pressure::None);
+    let third = acquire(&mut client, "dim", true).await;
+    assert!(third.granted, "{third:?}");
+
+    // Unset fields keep what is in force; a bad value names its field and
+    // changes nothing.
+    let kept = admin
+        .update_dependency(update(DependencyLimits {
+            max_queue: Some(3),
+            ..Default::default()
+        }))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (kept.elevated_at, kept.degrade_at()),
+        (0.9, DegradeAt::Saturated)
+    );
+    for (limits, field) in [
+        (
+            DependencyLimits {
+                elevated_at: Some(1.5),
+                ..Default::default()
+            },
+            "limits.elevated_at:",
+        ),
+        (
+            DependencyLimits {
+                degrade_at: 9,
+                ..Default::default()
+            },
+            "limits.degrade_at:",
+        ),
+    ] {
+        let refused = admin.update_dependency(update(limits)).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+        assert!(refused.message().starts_with(field), "{refused:?}");
+    }
+    let after = status(&mut admin).await;
+    assert_eq!(
+        (after.elevated_at, after.degrade_at()),
+        (0.9, DegradeAt::Saturated)
+    );
+    for lease in [first, second, third] {
+        release(&mut client, &lease.lease_id).await;
+    }
+}

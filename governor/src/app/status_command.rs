@@ -10,7 +10,7 @@ use std::time::{Duration, SystemTime};
 
 use hyper_util::rt::TokioIo;
 use rate_governor_proto::v1::governor_admin_client::GovernorAdminClient;
-use rate_governor_proto::v1::{DependencyStatus, ListDependenciesRequest};
+use rate_governor_proto::v1::{self, DependencyStatus, ListDependenciesRequest};
 use tokio::net::UnixStream;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -18,7 +18,7 @@ use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::EXIT_UNAVAILABLE;
 use crate::config::AdminToken;
-use crate::telemetry::status::{Load, pressure};
+use crate::telemetry::status::{Load, Pressure, pressure};
 
 /// Where the sidecar's control plane is.
 #[derive(Clone, Debug)]
@@ -216,6 +216,18 @@ fn algorithm_of(status: &DependencyStatus) -> String {
     }
 }
 
+/// The sidecar's own pressure, from `GetDependency`; `None` from a sidecar
+/// that predates the field, whose pressure the table then estimates.
+fn reported_pressure(status: &DependencyStatus) -> Option<Pressure> {
+    match v1::Pressure::try_from(status.pressure).ok()? {
+        v1::Pressure::Unspecified => None,
+        v1::Pressure::None => Some(Pressure::None),
+        v1::Pressure::Elevated => Some(Pressure::Elevated),
+        v1::Pressure::Saturated => Some(Pressure::Saturated),
+        v1::Pressure::Overloaded => Some(Pressure::Overloaded),
+    }
+}
+
 /// The table. With `watch`, two more columns, rejections per second and
 /// pressure, from the growth since the previous reading (`None` for the
 /// first: shown as "-").
@@ -274,7 +286,9 @@ fn table(
                 Some((rejected, elapsed)) => {
                     let per_second = rejected as f64 / elapsed.as_secs_f64().max(1e-3);
                     row.push(format!("{per_second:.1}"));
-                    row.push(pressure(load, rejected > 0).as_str().to_owned());
+                    let told = reported_pressure(d);
+                    let shown = told.unwrap_or_else(|| pressure(load, rejected > 0));
+                    row.push(shown.as_str().to_owned());
                 }
                 None => row.extend(["-".to_owned(), "-".to_owned()]),
             }
@@ -374,6 +388,20 @@ mod tests {
         assert_eq!(&db[12..], ["5.0", "overloaded"]);
         let new: Vec<&str> = text.lines().nth(2).unwrap().split_whitespace().collect();
         assert_eq!(&new[12..], ["0.0", "none"]);
+    }
+
+    #[test]
+    fn watch_shows_the_sidecars_own_pressure_when_it_reports_one() {
+        let before = [dependency("db", 8, 2, 0, 3)];
+        // Rejections grew, which the estimate reads as overloaded; the
+        // sidecar says saturated (say, retry budget rejections only).
+        let now = [DependencyStatus {
+            pressure: v1::Pressure::Saturated.into(),
+            ..dependency("db", 8, 8, 1, 13)
+        }];
+        let text = table(&now, Some(Some((&before, Duration::from_secs(2)))));
+        let db: Vec<&str> = text.lines().nth(1).unwrap().split_whitespace().collect();
+        assert_eq!(&db[12..], ["5.0", "saturated"]);
     }
 
     #[test]

@@ -7,7 +7,9 @@ use rate_governor_proto::v1;
 use tonic::Status;
 
 use crate::ledger::limit::{AdaptivePatch, Algorithm, AlgorithmChoice};
-use crate::ledger::{self, BudgetConfig, LeaseId, LimitsPatch, Outcome, Priority};
+use crate::ledger::{
+    self, BudgetConfig, DegradeAt, LeaseId, LimitsPatch, Outcome, Pressure, Priority,
+};
 
 /// Longest tenant, in bytes.
 pub const MAX_TENANT_LEN: usize = 128;
@@ -139,11 +141,37 @@ pub fn limits_patch(limits: Option<&v1::DependencyLimits>) -> Result<LimitsPatch
         max_wait: optional("limits.max_wait", limits.max_wait.as_ref())?,
         lease_ttl: optional("limits.lease_ttl", limits.lease_ttl.as_ref())?,
         retry_budget,
-        // Not in DependencyLimits (the proto is shared with every client's
-        // stubs): set in the config file, applied by a reload.
-        elevated_at: None,
-        degrade_at: None,
+        elevated_at: limits.elevated_at,
+        degrade_at: degrade_at(limits.degrade_at)?,
     })
+}
+
+fn degrade_at(value: i32) -> Result<Option<DegradeAt>, Status> {
+    match v1::DegradeAt::try_from(value) {
+        Ok(v1::DegradeAt::Unspecified) => Ok(None),
+        Ok(v1::DegradeAt::Saturated) => Ok(Some(DegradeAt::Saturated)),
+        Ok(v1::DegradeAt::Elevated) => Ok(Some(DegradeAt::Elevated)),
+        Err(_) => Err(invalid(
+            "limits.degrade_at",
+            format!("unknown value {value}"),
+        )),
+    }
+}
+
+pub fn degrade_at_to_proto(value: DegradeAt) -> v1::DegradeAt {
+    match value {
+        DegradeAt::Saturated => v1::DegradeAt::Saturated,
+        DegradeAt::Elevated => v1::DegradeAt::Elevated,
+    }
+}
+
+pub fn pressure_to_proto(value: Pressure) -> v1::Pressure {
+    match value {
+        Pressure::None => v1::Pressure::None,
+        Pressure::Elevated => v1::Pressure::Elevated,
+        Pressure::Saturated => v1::Pressure::Saturated,
+        Pressure::Overloaded => v1::Pressure::Overloaded,
+    }
 }
 
 fn adaptive_patch(adaptive: &v1::AdaptiveLimit, any: Duration) -> Result<AdaptivePatch, Status> {

@@ -12,9 +12,7 @@ use super::deadline;
 use super::delivery::Undelivered;
 use super::fields;
 use super::session;
-use crate::ledger::{
-    AcquireRequest, Decision, Ledger, MAX_WAIT, Pressure, Priority, RejectReason, Report,
-};
+use crate::ledger::{AcquireRequest, Decision, Ledger, MAX_WAIT, Priority, RejectReason, Report};
 use crate::telemetry::{AcquireFields, AcquireTrace, Telemetry};
 
 /// The data plane.
@@ -70,15 +68,6 @@ fn reject_reason(reason: RejectReason) -> v1::RejectReason {
     }
 }
 
-fn pressure(pressure: Pressure) -> v1::Pressure {
-    match pressure {
-        Pressure::None => v1::Pressure::None,
-        Pressure::Elevated => v1::Pressure::Elevated,
-        Pressure::Saturated => v1::Pressure::Saturated,
-        Pressure::Overloaded => v1::Pressure::Overloaded,
-    }
-}
-
 /// An Acquire's fields, checked; `caller_wait` is what the caller's
 /// deadline leaves (none on a stream).
 pub(super) fn acquire_params(
@@ -121,7 +110,7 @@ pub(super) fn acquire_response(decision: &Decision) -> v1::AcquireResponse {
         queued: decision.snapshot.queued,
         ..Default::default()
     };
-    response.set_pressure(pressure(decision.snapshot.pressure));
+    response.set_pressure(fields::pressure_to_proto(decision.snapshot.pressure));
     match decision.outcome {
         Ok(grant) => {
             response.granted = true;

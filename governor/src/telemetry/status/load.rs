@@ -40,11 +40,12 @@ impl Load {
 }
 
 /// An estimate of the pressure from the control plane's figures, for
-/// `governor status`: `GetDependency` carries no pressure, so the command
-/// judges it on the load it shows, the built-in [`ELEVATED_AT`] and whether
-/// the rejected count grew. The sidecar's own pressure (on every answer, in
-/// the metrics and on the status page) is decided in the ledger under the
-/// decision's lock ([`crate::ledger::DependencyStatus::pressure`]).
+/// `governor status` against a sidecar too old to report its own in
+/// `GetDependency`: judged on the load it shows, the built-in
+/// [`ELEVATED_AT`] and whether the rejected count grew. The sidecar's own
+/// pressure (on every answer, in `GetDependency`, the metrics and the status
+/// page) is decided in the ledger under the decision's lock
+/// ([`crate::ledger::DependencyStatus::pressure`]).
 pub fn pressure(load: Load, rejected_recently: bool) -> Pressure {
     if rejected_recently {
         Pressure::Overloaded

@@ -43,6 +43,12 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_TIMEOUT: _ClassVar[Outcome]
     OUTCOME_CANCELLED: _ClassVar[Outcome]
 
+class DegradeAt(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEGRADE_AT_UNSPECIFIED: _ClassVar[DegradeAt]
+    DEGRADE_AT_SATURATED: _ClassVar[DegradeAt]
+    DEGRADE_AT_ELEVATED: _ClassVar[DegradeAt]
+
 class LimitAlgorithm(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     LIMIT_ALGORITHM_UNSPECIFIED: _ClassVar[LimitAlgorithm]
@@ -71,6 +77,9 @@ OUTCOME_SUCCESS: Outcome
 OUTCOME_FAILURE: Outcome
 OUTCOME_TIMEOUT: Outcome
 OUTCOME_CANCELLED: Outcome
+DEGRADE_AT_UNSPECIFIED: DegradeAt
+DEGRADE_AT_SATURATED: DegradeAt
+DEGRADE_AT_ELEVATED: DegradeAt
 LIMIT_ALGORITHM_UNSPECIFIED: LimitAlgorithm
 LIMIT_ALGORITHM_STATIC: LimitAlgorithm
 LIMIT_ALGORITHM_GRADIENT: LimitAlgorithm
@@ -206,20 +215,24 @@ class UpdateDependencyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., limits: _Optional[_Union[DependencyLimits, _Mapping]] = ...) -> None: ...
 
 class DependencyLimits(_message.Message):
-    __slots__ = ("max_concurrency", "max_queue", "max_wait", "lease_ttl", "retry_budget", "adaptive")
+    __slots__ = ("max_concurrency", "max_queue", "max_wait", "lease_ttl", "retry_budget", "adaptive", "elevated_at", "degrade_at")
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_FIELD_NUMBER: _ClassVar[int]
     LEASE_TTL_FIELD_NUMBER: _ClassVar[int]
     RETRY_BUDGET_FIELD_NUMBER: _ClassVar[int]
     ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
+    ELEVATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEGRADE_AT_FIELD_NUMBER: _ClassVar[int]
     max_concurrency: int
     max_queue: int
     max_wait: _duration_pb2.Duration
     lease_ttl: _duration_pb2.Duration
     retry_budget: RetryBudget
     adaptive: AdaptiveLimit
-    def __init__(self, max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ...) -> None: ...
+    elevated_at: float
+    degrade_at: DegradeAt
+    def __init__(self, max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ...) -> None: ...
 
 class AdaptiveLimit(_message.Message):
     __slots__ = ("algorithm", "min_limit", "initial_limit", "shadow", "window", "min_samples", "baseline_windows", "drop_threshold", "backoff", "tolerance", "alpha", "beta")
@@ -260,7 +273,7 @@ class RetryBudget(_message.Message):
     def __init__(self, ratio: _Optional[float] = ..., min_per_second: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DependencyStatus(_message.Message):
-    __slots__ = ("name", "max_concurrency", "in_flight", "queued", "max_queue", "max_wait", "lease_ttl", "retry_budget_available", "granted_total", "rejected_total", "expired_total", "retry_budget", "limit", "adaptive_limit", "limit_algorithm", "adaptive", "latency_baseline", "latency_recent", "limit_changes_total")
+    __slots__ = ("name", "max_concurrency", "in_flight", "queued", "max_queue", "max_wait", "lease_ttl", "retry_budget_available", "granted_total", "rejected_total", "expired_total", "retry_budget", "limit", "adaptive_limit", "limit_algorithm", "adaptive", "latency_baseline", "latency_recent", "limit_changes_total", "pressure", "elevated_at", "degrade_at")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -280,6 +293,9 @@ class DependencyStatus(_message.Message):
     LATENCY_BASELINE_FIELD_NUMBER: _ClassVar[int]
     LATENCY_RECENT_FIELD_NUMBER: _ClassVar[int]
     LIMIT_CHANGES_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    PRESSURE_FIELD_NUMBER: _ClassVar[int]
+    ELEVATED_AT_FIELD_NUMBER: _ClassVar[int]
+    DEGRADE_AT_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_concurrency: int
     in_flight: int
@@ -299,4 +315,7 @@ class DependencyStatus(_message.Message):
     latency_baseline: _duration_pb2.Duration
     latency_recent: _duration_pb2.Duration
     limit_changes_total: int
-    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget_available: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., limit: _Optional[int] = ..., adaptive_limit: _Optional[int] = ..., limit_algorithm: _Optional[_Union[LimitAlgorithm, str]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., latency_baseline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_recent: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., limit_changes_total: _Optional[int] = ...) -> None: ...
+    pressure: Pressure
+    elevated_at: float
+    degrade_at: DegradeAt
+    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget_available: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., limit: _Optional[int] = ..., adaptive_limit: _Optional[int] = ..., limit_algorithm: _Optional[_Union[LimitAlgorithm, str]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., latency_baseline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_recent: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., limit_changes_total: _Optional[int] = ..., pressure: _Optional[_Union[Pressure, str]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ...) -> None: ...
