@@ -530,7 +530,7 @@ impl World {
             .release(&lease, Report::new(outcome, latency))
             .expect("a live lease is released");
         let holder = self.end(index);
-        assert_eq!(&*ended.dependency, NAMES[holder.dep]);
+        assert_eq!(&**ended.dependency(), NAMES[holder.dep]);
         assert_eq!(ended.end, LeaseEnd::Released(outcome));
         assert!(
             self.ledger.release(&lease, Report::default()).is_none(),

@@ -241,9 +241,17 @@ pub enum LeaseEnd {
 /// A lease that has ended, for whoever reports on it.
 #[derive(Clone, Debug)]
 pub struct EndedLease {
-    pub dependency: std::sync::Arc<str>,
+    /// Its dependency: the lease record's reference, moved.
+    pub(crate) dependency: std::sync::Arc<super::Dependency>,
     pub lease: LeaseId,
     pub held: Duration,
     pub end: LeaseEnd,
     pub snapshot: Snapshot,
+}
+
+impl EndedLease {
+    /// Its dependency's name.
+    pub fn dependency(&self) -> &std::sync::Arc<str> {
+        self.dependency.name()
+    }
 }

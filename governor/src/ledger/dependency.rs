@@ -65,9 +65,10 @@ struct State {
     rejected_total: u64,
     expired_total: u64,
     limit_changes_total: u64,
-    /// When it last turned a request away (queue full, queue timeout, shed):
-    /// overloaded until [`OVERLOAD_WINDOW`] after.
-    turned_away_at: Option<Instant>,
+    /// [`OVERLOAD_WINDOW`] after it last turned a request away (queue full,
+    /// queue timeout, shed): overloaded until then. The end, not the start,
+    /// so that judging the pressure on every answer is one comparison.
+    overloaded_until: Option<Instant>,
     /// Named in the config file.
     configured: bool,
     /// Touched by the control plane; sticky.
@@ -228,10 +229,7 @@ impl State {
     /// A compare and a multiply: no allocation, no clock reading.
     fn pressure(&self, now: Instant) -> Pressure {
         let limit = self.limiter.enforced();
-        if self
-            .turned_away_at
-            .is_some_and(|at| now.saturating_duration_since(at) < OVERLOAD_WINDOW)
-        {
+        if self.overloaded_until.is_some_and(|until| now < until) {
             Pressure::Overloaded
         } else if self.in_flight >= limit || !self.waiters.is_empty() {
             Pressure::Saturated
@@ -269,7 +267,7 @@ impl State {
     fn reject(&mut self, reason: RejectReason, retry_after: Duration, now: Instant) -> Rejection {
         self.rejected_total += 1;
         if reason.is_overload() {
-            self.turned_away_at = Some(now);
+            self.overloaded_until = Some(now + OVERLOAD_WINDOW);
         }
         Rejection {
             reason,
@@ -341,7 +339,7 @@ impl Dependency {
                 rejected_total: 0,
                 expired_total: 0,
                 limit_changes_total: 0,
-                turned_away_at: None,
+                overloaded_until: None,
                 configured,
                 control_plane: false,
                 evicted: false,
@@ -550,16 +548,26 @@ impl Dependency {
 
     /// Ends a lease that was taken out of the lease index by release; what
     /// the caller reports feeds the limiter before the slot is handed on.
+    ///
+    /// Takes the record whole: its reference to the dependency moves into
+    /// the ended lease, so a release counts no reference up or down.
     pub(crate) fn finish(
-        self: &Arc<Self>,
+        record: LeaseRecord,
         lease: LeaseId,
-        record: &LeaseRecord,
         report: Report,
         now: Instant,
     ) -> EndedLease {
-        let (ended, change) = {
-            let mut state = self.lock_at(now);
-            let held = now.saturating_duration_since(record.granted_at);
+        let LeaseRecord {
+            dependency,
+            deadline,
+            granted_at,
+            in_flight,
+            owner: _,
+        } = record;
+        let this = &*dependency;
+        let (snapshot, held, change) = {
+            let mut state = this.lock_at(now);
+            let held = now.saturating_duration_since(granted_at);
             state.record_hold(held);
             let kind = match report.outcome {
                 Outcome::Success => Some(SampleKind::Latency(report.latency.unwrap_or(held))),
@@ -569,26 +577,25 @@ impl Dependency {
             let change = kind.and_then(|kind| {
                 state.limiter.sample(&Sample {
                     kind,
-                    in_flight: record.in_flight,
+                    in_flight,
                     at: now,
                 })
             });
             state.in_flight -= 1;
-            state.expiry.forget(record.deadline, lease.key);
-            self.limit_moved(&mut state, change.as_ref(), now);
-            self.compact_expiry(&mut state);
+            state.expiry.forget(deadline, lease.key);
+            dependency.limit_moved(&mut state, change.as_ref(), now);
+            this.compact_expiry(&mut state);
             let snapshot = state.snapshot(now);
-            let ended = EndedLease {
-                dependency: self.name.clone(),
-                lease,
-                held,
-                end: LeaseEnd::Released(report.outcome),
-                snapshot,
-            };
-            (ended, change.map(|change| (change, snapshot)))
+            (snapshot, held, change.map(|change| (change, snapshot)))
         };
-        self.report(change);
-        ended
+        this.report(change);
+        EndedLease {
+            dependency,
+            lease,
+            held,
+            end: LeaseEnd::Released(report.outcome),
+            snapshot,
+        }
     }
 
     /// Pushes a live lease's deadline back by the lease TTL. `None` if the
@@ -643,7 +650,7 @@ impl Dependency {
                 };
                 changes.extend(state.limiter.sample(&sample));
                 ended.push(EndedLease {
-                    dependency: self.name.clone(),
+                    dependency: record.dependency,
                     lease: LeaseId {
                         epoch: self.shared.epoch,
                         key,

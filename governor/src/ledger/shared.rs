@@ -123,7 +123,7 @@ impl Shared {
             owner.forget(lease.key);
         }
         let now = tokio::time::Instant::now();
-        Some(record.dependency.finish(*lease, &record, report, now))
+        Some(Dependency::finish(record, *lease, report, now))
     }
 
     pub(crate) fn max_session_pending(&self) -> usize {

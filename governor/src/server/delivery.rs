@@ -58,7 +58,7 @@ impl Drop for Guard {
         let report = Report::new(Outcome::Cancelled, None);
         if let Some(ended) = self.ledger.release(&self.lease, report) {
             tracing::debug!(
-                dependency = %ended.dependency,
+                dependency = %ended.dependency(),
                 "lease released: its Acquire response was not delivered"
             );
             self.telemetry.released(&ended, None);

@@ -274,8 +274,8 @@ impl Telemetry {
         };
         let ledger = self.ledger();
         let metrics = match &ledger {
-            Some(ledger) => self.dependency_metrics(ledger, &ended.dependency),
-            None => self.metrics.dependency(&ended.dependency),
+            Some(ledger) => self.dependency_metrics(ledger, ended.dependency()),
+            None => self.metrics.dependency(ended.dependency()),
         };
         metrics.lease_ended(outcome, ended.held, self.permit_exemplar(ended.lease.key));
         if self.tracing.is_some() {
@@ -397,7 +397,7 @@ impl Telemetry {
 
 impl LedgerObserver for Telemetry {
     fn lease_expired(&self, lease: &EndedLease) {
-        self.metrics.dependency(&lease.dependency).lease_ended(
+        self.metrics.dependency(lease.dependency()).lease_ended(
             None,
             lease.held,
             self.permit_exemplar(lease.lease.key),
@@ -405,11 +405,11 @@ impl LedgerObserver for Telemetry {
         if let Some(ledger) = self.ledger() {
             self.events.record(
                 &ledger,
-                &lease.dependency,
+                lease.dependency(),
                 Event::LeaseExpired,
                 lease.snapshot,
             );
-            self.forget_if_gone(&ledger, &lease.dependency);
+            self.forget_if_gone(&ledger, lease.dependency());
         }
         if self.tracing.is_some() {
             self.end_permit(lease.lease.key, None, Duration::ZERO);
