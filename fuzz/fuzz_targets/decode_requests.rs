@@ -41,6 +41,8 @@ const UPDATE_FIELDS: &[&str] = &[
     "limits.retry_budget.min_per_second",
     "limits.retry_budget.ttl",
     "limits.adaptive.",
+    "limits.elevated_at",
+    "limits.degrade_at",
 ];
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -217,6 +219,13 @@ async fn run(data: &[u8]) {
             }
             if let Some(ttl) = limits.and_then(|l| l.lease_ttl) {
                 assert_eq!(status.lease_ttl, Some(ttl), "lease_ttl as asked");
+            }
+            if let Some(share) = limits.and_then(|l| l.elevated_at) {
+                assert_eq!(status.elevated_at, share, "elevated_at as asked");
+            }
+            match limits.map(|l| l.degrade_at()) {
+                None | Some(v1::DegradeAt::Unspecified) => {}
+                Some(asked) => assert_eq!(status.degrade_at(), asked, "degrade_at as asked"),
             }
             assert!(ledger.contains(&message.name));
         } else {
