@@ -231,7 +231,7 @@ impl State {
         let limit = self.limiter.enforced();
         if self.overloaded_until.is_some_and(|until| now < until) {
             Pressure::Overloaded
-        } else if self.in_flight >= limit || !self.waiters.is_empty() {
+        } else if self.must_wait() {
             Pressure::Saturated
         } else if f64::from(self.in_flight) >= self.limits.elevated_at() * f64::from(limit) {
             Pressure::Elevated
@@ -240,12 +240,17 @@ impl State {
         }
     }
 
+    /// Whether an arrival would have to wait: no free slot, or waiters
+    /// ahead of it (no barging). Saturated pressure is the same test.
+    fn must_wait(&self) -> bool {
+        self.in_flight >= self.limiter.enforced() || !self.waiters.is_empty()
+    }
+
     /// Whether a degradable request is answered DEGRADE: when it would have
     /// to wait (no free slot, or waiters ahead), or, with `degrade_at =
     /// elevated`, when the pressure before the decision is elevated or worse.
     fn degrades(&self, now: Instant) -> bool {
-        let must_wait = self.in_flight >= self.limiter.enforced() || !self.waiters.is_empty();
-        must_wait
+        self.must_wait()
             || match self.limits.degrade_at() {
                 DegradeAt::Saturated => false,
                 DegradeAt::Elevated => self.pressure(now) >= Pressure::Elevated,
@@ -466,7 +471,7 @@ impl Dependency {
         }
 
         // No barging: a free slot goes to a waiter before a newcomer.
-        if state.in_flight < state.limiter.enforced() && state.waiters.is_empty() {
+        if !state.must_wait() {
             let grant = self.grant(&mut state, now);
             return decided(&mut state, Ok(grant));
         }

@@ -9,7 +9,7 @@ import random
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple, Union, cast
+from typing import Any, Callable, List, Optional, Sequence, Tuple, Type, TypeVar, Union, cast
 
 import grpc
 from google.protobuf import duration_pb2
@@ -56,7 +56,22 @@ class Priority(enum.IntEnum):
     SHEDDABLE = pb.PRIORITY_SHEDDABLE
 
 
-class RejectReason(enum.IntEnum):
+_E = TypeVar("_E", bound="_WireEnum")
+
+
+class _WireEnum(enum.IntEnum):
+    """A proto enum read from the wire: a value newer than this client reads
+    as its UNSPECIFIED member."""
+
+    @classmethod
+    def from_wire(cls: Type[_E], value: int) -> _E:
+        try:
+            return cls(value)
+        except ValueError:  # a value newer than this client
+            return cls["UNSPECIFIED"]
+
+
+class RejectReason(_WireEnum):
     """Why the sidecar refused a permit (``governor.v1.RejectReason``)."""
 
     UNSPECIFIED = pb.REJECT_REASON_UNSPECIFIED
@@ -69,15 +84,8 @@ class RejectReason(enum.IntEnum):
     #: dependency was at its ``degrade_at`` pressure): serve the cheaper answer.
     DEGRADE = pb.REJECT_REASON_DEGRADE
 
-    @classmethod
-    def from_wire(cls, value: int) -> "RejectReason":
-        try:
-            return cls(value)
-        except ValueError:  # a reason newer than this client
-            return cls.UNSPECIFIED
 
-
-class Pressure(enum.IntEnum):
+class Pressure(_WireEnum):
     """How loaded the dependency was right after the decision (``governor.v1.Pressure``).
 
     On every answer, grant or rejection. UNSPECIFIED: a sidecar that predates
@@ -93,13 +101,6 @@ class Pressure(enum.IntEnum):
     SATURATED = pb.PRESSURE_SATURATED
     #: It turned a request away (queue full, queue timeout, shed) within the last second.
     OVERLOADED = pb.PRESSURE_OVERLOADED
-
-    @classmethod
-    def from_wire(cls, value: int) -> "Pressure":
-        try:
-            return cls(value)
-        except ValueError:  # a level newer than this client
-            return cls.UNSPECIFIED
 
 
 class Outcome(enum.IntEnum):
