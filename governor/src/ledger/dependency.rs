@@ -10,6 +10,7 @@
 //! lowered one never revokes a lease. Changes are reported to the observer
 //! after the lock is released.
 
+use std::collections::HashMap;
 use std::ops::{Deref, DerefMut};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -24,10 +25,12 @@ use super::decision::{
     RejectReason, Rejection, Report, Snapshot,
 };
 use super::expiry::Expiry;
-use super::lease::{LeaseId, LeaseKey};
+use super::lease::{LeaseId, LeaseKey, LeaseKeyHash};
 use super::limit::{LimitChange, LimitStatus, Limiter, Sample, SampleKind};
 use super::limits::{DegradeAt, InvalidLimit, Limits, LimitsPatch};
+use super::queued::Queued;
 use super::reaper;
+use super::session::Owner;
 use super::shared::{LeaseRecord, Shared};
 use super::waiters::{WaiterKey, WaiterQueue};
 
@@ -45,6 +48,8 @@ pub struct Dependency {
     reaper: Arc<Notify>,
     /// Itself, for the idle inbox.
     me: Weak<Dependency>,
+    /// Its slot in the ledger, named by its lease ids.
+    slot: u32,
 }
 
 struct State {
@@ -52,6 +57,10 @@ struct State {
     /// The enforced limit and what moves it.
     limiter: Limiter,
     in_flight: u32,
+    /// Its live leases, by key: one for each permit in flight. Whoever
+    /// removes a lease from here (release, expiry, a grant that found its
+    /// waiter gone) frees its slot, so it is freed once.
+    leases: HashMap<LeaseKey, LeaseRecord, LeaseKeyHash>,
     waiters: WaiterQueue<Waiter>,
     budget: RetryBudget,
     /// (deadline, lease), earliest first. Renewals and releases leave stale
@@ -93,6 +102,7 @@ impl std::fmt::Debug for State {
             .field("limits", &self.limits)
             .field("limiter", &self.limiter)
             .field("in_flight", &self.in_flight)
+            .field("leases", &self.leases.len())
             .field("queued", &self.waiters.len())
             .field("expiry_entries", &self.expiry.len())
             .field("configured", &self.configured)
@@ -181,8 +191,8 @@ pub(crate) enum Admission {
     /// The dependency was evicted after the caller looked it up: look again.
     Evicted,
     Queued {
-        key: WaiterKey,
-        wake: oneshot::Receiver<Wake>,
+        /// Takes the request out of the queue if the caller goes first.
+        queued: Queued,
         deadline: Instant,
         queue_depth: u32,
     },
@@ -330,6 +340,7 @@ impl Dependency {
         let now = Instant::now();
         let dependency = Arc::new_cyclic(|me| Dependency {
             me: me.clone(),
+            slot: shared.slots.take(me.clone()),
             name,
             shared,
             state: Mutex::new(State {
@@ -337,6 +348,7 @@ impl Dependency {
                 limiter: Limiter::new(limits.max_concurrency(), limits.adaptive(), now),
                 limits,
                 in_flight: 0,
+                leases: HashMap::default(),
                 waiters: WaiterQueue::default(),
                 expiry: Expiry::default(),
                 mean_hold_ns: None,
@@ -512,8 +524,7 @@ impl Dependency {
             .waiters
             .push(request.priority, request.is_retry(), Waiter { wake: tx });
         Admission::Queued {
-            key,
-            wake: rx,
+            queued: Queued::new(self.clone(), key, rx),
             deadline: now + wait,
             queue_depth,
         }
@@ -545,33 +556,35 @@ impl Dependency {
             outcome: Ok(grant), ..
         }) = wake.try_recv()
         {
-            if self.shared.leases.remove(&grant.lease.key).is_some() {
+            if state.leases.remove(&grant.lease.key).is_some() {
                 self.free_slot(&mut state, Instant::now());
             }
         }
     }
 
-    /// Ends a lease that was taken out of the lease index by release; what
-    /// the caller reports feeds the limiter before the slot is handed on.
+    /// Ends a live lease (on a caller's or a closing session's behalf):
+    /// what the caller reports feeds the limiter before the slot is handed
+    /// on. `None` if the lease is not one of its live ones.
     ///
-    /// Takes the record whole: its reference to the dependency moves into
-    /// the ended lease, so a release counts no reference up or down.
-    pub(crate) fn finish(
-        record: LeaseRecord,
+    /// Takes the caller's reference to the dependency, which moves into the
+    /// ended lease: a release counts no reference up or down.
+    pub(crate) fn release(
+        self: Arc<Self>,
         lease: LeaseId,
         report: Report,
         now: Instant,
-    ) -> EndedLease {
-        let LeaseRecord {
-            dependency,
-            deadline,
-            granted_at,
-            in_flight,
-            owner: _,
-        } = record;
-        let this = &*dependency;
+    ) -> Option<EndedLease> {
         let (snapshot, held, change) = {
-            let mut state = this.lock_at(now);
+            let mut state = self.lock_at(now);
+            let LeaseRecord {
+                deadline,
+                granted_at,
+                in_flight,
+                owner,
+            } = state.leases.remove(&lease.key)?;
+            if let Some(owner) = owner {
+                owner.forget(lease.key);
+            }
             let held = now.saturating_duration_since(granted_at);
             state.record_hold(held);
             let kind = match report.outcome {
@@ -588,19 +601,45 @@ impl Dependency {
             });
             state.in_flight -= 1;
             state.expiry.forget(deadline, lease.key);
-            dependency.limit_moved(&mut state, change.as_ref(), now);
-            this.compact_expiry(&mut state);
+            self.limit_moved(&mut state, change.as_ref(), now);
+            self.compact_expiry(&mut state);
             let snapshot = state.snapshot(now);
             (snapshot, held, change.map(|change| (change, snapshot)))
         };
-        this.report(change);
-        EndedLease {
-            dependency,
+        self.report(change);
+        Some(EndedLease {
+            dependency: self,
             lease,
             held,
             end: LeaseEnd::Released(report.outcome),
             snapshot,
+        })
+    }
+
+    /// Makes `owner` the owner of the live lease `key`; false if the owner
+    /// closed first (the caller then releases the lease). A lease already
+    /// gone (released or expired on its way here) has nothing to adopt.
+    pub(crate) fn adopt(&self, key: LeaseKey, owner: &Arc<Owner>) -> bool {
+        let mut state = self.lock();
+        let record = state.leases.get_mut(&key);
+        // Lock order: the dependency's lock, then the session's.
+        if !owner.take(key, record.is_some()) {
+            return false;
         }
+        if let Some(record) = record {
+            record.owner = Some(owner.clone());
+        }
+        true
+    }
+
+    /// Whether `key` is one of its live leases.
+    pub(crate) fn holds(&self, key: LeaseKey) -> bool {
+        self.lock().leases.contains_key(&key)
+    }
+
+    /// Leases it holds.
+    pub(crate) fn lease_count(&self) -> usize {
+        self.lock().leases.len()
     }
 
     /// Pushes a live lease's deadline back by the lease TTL. `None` if the
@@ -610,7 +649,7 @@ impl Dependency {
         let ttl = state.limits.lease_ttl();
         let deadline = now + ttl;
         {
-            let mut record = self.shared.leases.get_mut(&key)?;
+            let record = state.leases.get_mut(&key)?;
             if record.deadline <= now {
                 return None;
             }
@@ -637,12 +676,12 @@ impl Dependency {
                 break;
             }
             state.expiry.pop();
-            // Renewed leases have a later deadline in the index and stay.
-            let expired = self
-                .shared
-                .leases
-                .remove_if(&key, |_, record| record.deadline <= now);
-            if let Some((_, record)) = expired {
+            // Renewed leases have a later deadline in their record and stay.
+            let expired = match state.leases.get(&key) {
+                Some(record) if record.deadline <= now => state.leases.remove(&key),
+                _ => None,
+            };
+            if let Some(record) = expired {
                 if let Some(owner) = &record.owner {
                     owner.forget(key);
                 }
@@ -655,7 +694,7 @@ impl Dependency {
                 };
                 changes.extend(state.limiter.sample(&sample));
                 ended.push(EndedLease {
-                    dependency: record.dependency,
+                    dependency: self.clone(),
                     lease: LeaseId {
                         epoch: self.shared.epoch,
                         key,
@@ -838,12 +877,11 @@ impl Dependency {
 
     fn grant(self: &Arc<Self>, state: &mut State, now: Instant) -> Grant {
         let ttl = state.limits.lease_ttl();
-        let lease = LeaseId::random(self.shared.epoch);
+        let lease = LeaseId::random(self.shared.epoch, self.slot);
         let deadline = now + ttl;
-        self.shared.leases.insert(
+        state.leases.insert(
             lease.key,
             LeaseRecord {
-                dependency: self.clone(),
                 deadline,
                 granted_at: now,
                 in_flight: state.in_flight + 1,
@@ -880,7 +918,7 @@ impl Dependency {
             {
                 // The waiter is gone (it cannot be while queued, see `abandon`):
                 // take the slot straight back.
-                self.shared.leases.remove(&grant.lease.key);
+                state.leases.remove(&grant.lease.key);
                 state.in_flight -= 1;
             }
         }
@@ -903,10 +941,8 @@ impl Dependency {
         if state.expiry.len() <= 2 * state.in_flight as usize + 64 {
             return;
         }
-        let leases = &self.shared.leases;
-        state
-            .expiry
-            .retain(|(deadline, key)| leases.get(key).is_some_and(|r| r.deadline == *deadline));
+        let State { expiry, leases, .. } = state;
+        expiry.retain(|(deadline, key)| leases.get(key).is_some_and(|r| r.deadline == *deadline));
     }
 }
 
@@ -914,5 +950,6 @@ impl Drop for Dependency {
     fn drop(&mut self) {
         // Lets the reaper notice that its dependency is gone.
         self.reaper.notify_one();
+        self.shared.slots.give_back(self.slot);
     }
 }

@@ -1,9 +1,13 @@
 //! Lease identifiers: unguessable, and never valid in another process.
 //!
-//! An id is the process epoch (64 random bits drawn at start) followed by 128
-//! random bits from a CSPRNG, as 48 lowercase hex digits. The epoch makes an id
-//! from before a restart fail to parse as one of ours, so a stale id can never
-//! free a slot that a new process handed to someone else.
+//! An id is the process epoch (64 random bits drawn at start) followed by a
+//! 128-bit key, as 48 lowercase hex digits. The key's top 32 bits name the
+//! dependency's slot in the ledger (see [`Slots`](super::slots)), so a
+//! release goes straight to its dependency; its other 96 bits come from a
+//! CSPRNG. The epoch makes an id from before a restart fail to parse as one
+//! of ours, so a stale id can never free a slot that a new process handed to
+//! someone else, and the 96 random bits make a stale id of a slot that a new
+//! dependency took over find nothing there.
 //!
 //! An id is a bearer credential: whoever has it can release or renew the
 //! lease. Logs, spans, metrics and `Debug` output carry only its
@@ -17,14 +21,18 @@ use std::sync::OnceLock;
 
 use rand::Rng;
 
-/// The random part of a lease id; the key of the lease index.
+/// The part of a lease id after the epoch: the dependency's slot in its top
+/// 32 bits, 96 random ones below. The key of a dependency's lease map.
 pub(crate) type LeaseKey = u128;
 
-/// Hashes the lease index's keys by folding their 128 bits into 64. The keys
-/// come from a CSPRNG, so their bits are already uniform, and callers cannot
-/// choose keys that enter the index (only ones that are looked up, which
-/// costs them a probe, never a collision chain): SipHash here would spend a
-/// fifth of an acquire + release on hashing for nothing.
+/// Bits of a key below its slot.
+const SLOT_SHIFT: u32 = 96;
+
+/// Hashes lease keys by folding their 128 bits into 64. The random bits come
+/// from a CSPRNG, so they are already uniform, and callers cannot choose keys
+/// that enter a map (only ones that are looked up, which costs them a probe,
+/// never a collision chain): SipHash here would spend a fifth of an acquire +
+/// release on hashing for nothing.
 #[derive(Clone, Copy, Debug, Default)]
 pub(crate) struct LeaseKeyHasher(u64);
 
@@ -62,11 +70,19 @@ pub struct LeaseId {
 }
 
 impl LeaseId {
-    pub(crate) fn random(epoch: u64) -> LeaseId {
+    /// A fresh id of a lease of the dependency in `slot`.
+    pub(crate) fn random(epoch: u64, slot: u32) -> LeaseId {
+        let random: u128 = rand::rng().random();
         LeaseId {
             epoch,
-            key: rand::rng().random(),
+            key: (u128::from(slot) << SLOT_SHIFT) | (random >> (128 - SLOT_SHIFT)),
         }
+    }
+
+    /// The slot of the dependency it was granted by (an id from a caller may
+    /// name any slot: whatever is there must still find the key).
+    pub(crate) fn slot(&self) -> u32 {
+        (self.key >> SLOT_SHIFT) as u32
     }
 
     /// Parses an id; `None` for anything that is not 48 hex digits (either
@@ -158,15 +174,17 @@ mod tests {
 
     #[test]
     fn round_trips_and_rejects_malformed_ids() {
-        let id = LeaseId::random(new_epoch());
+        let id = LeaseId::random(new_epoch(), 7);
         let text = id.to_string();
         assert_eq!(text.len(), LEASE_ID_LEN);
+        assert_eq!(id.slot(), 7);
+        assert_eq!(LeaseId::random(id.epoch, u32::MAX).slot(), u32::MAX);
         assert_eq!(LeaseId::parse(&text), Some(id));
         assert_eq!(LeaseId::parse(""), None);
         assert_eq!(LeaseId::parse(&text[1..]), None);
         assert_eq!(LeaseId::parse(&format!("{}g", &text[1..])), None);
         assert_eq!(LeaseId::parse(&format!("+{}", &text[1..])), None);
-        assert_ne!(LeaseId::random(id.epoch), id);
+        assert_ne!(LeaseId::random(id.epoch, 7), id);
         assert_eq!(LeaseId::parse(&text.to_uppercase()), Some(id));
         assert_eq!(LeaseId::parse(&format!("{}é", &text[2..])), None);
     }
@@ -188,13 +206,13 @@ mod tests {
 
     #[test]
     fn debug_and_handle_show_no_part_of_the_id() {
-        let id = LeaseId::random(new_epoch());
+        let id = LeaseId::random(new_epoch(), 0);
         let text = id.to_string();
         let handle = id.handle().to_string();
         assert_eq!(handle.len(), 8);
         assert!(handle.bytes().all(|b| b.is_ascii_hexdigit()));
         assert_eq!(id.handle(), LeaseId::parse(&text).unwrap().handle());
-        assert_ne!(id.handle(), LeaseId::random(id.epoch).handle());
+        assert_ne!(id.handle(), LeaseId::random(id.epoch, 0).handle());
         let debug = format!("{id:?}");
         assert_eq!(debug, format!("LeaseId({handle})"));
         // No 8-digit window of the id appears in what is shown.

@@ -8,7 +8,9 @@
 //! # Invariants
 //! - A slot is taken only by a grant and freed exactly once: by release, by
 //!   expiry, or by a cancelled waiter whose grant raced the cancellation. The
-//!   lease index decides who frees it: whoever removes the lease.
+//!   dependency's lease map decides who frees it: whoever removes the lease,
+//!   under the dependency's lock. A lease id names its dependency's slot
+//!   (see [`slots`]), so nothing indexes every lease.
 //! - `in_flight <= enforced limit` at every grant (a lowered limit may leave
 //!   more leases held; none is granted until they drop below it). The
 //!   enforced limit is `max_concurrency`, or less when an adaptive limit is
@@ -57,6 +59,7 @@ mod queued;
 mod reaper;
 mod session;
 mod shared;
+mod slots;
 mod waiters;
 
 use std::collections::{HashMap, HashSet};
@@ -252,19 +255,18 @@ impl Ledger {
     ) -> Result<Decision, LedgerError> {
         let arrived = Instant::now();
         for _ in 0..MAX_LOOKUPS {
-            let dependency = self.dependency_as(request.dependency, peer)?;
-            match dependency.admit(request, arrived) {
+            let admission = self.with_dependency(request.dependency, peer, |dependency| {
+                dependency.admit(request, arrived)
+            })?;
+            match admission {
                 Admission::Evicted => continue,
                 Admission::Decided(decision) => return Ok(decision),
                 Admission::Queued {
-                    key,
-                    wake,
+                    queued,
                     deadline,
                     queue_depth,
                 } => {
-                    let wake = queued::Queued::new(dependency, key, wake)
-                        .wait(deadline)
-                        .await;
+                    let wake = queued.wait(deadline).await;
                     return Ok(Decision {
                         outcome: wake.outcome,
                         queue_wait: arrived.elapsed(),
@@ -289,10 +291,7 @@ impl Ledger {
 
     /// Extends a live lease by its dependency's lease TTL; returns the TTL.
     pub fn renew(&self, lease: &LeaseId) -> Option<(Arc<str>, Duration)> {
-        if lease.epoch != self.shared.epoch {
-            return None;
-        }
-        let dependency = self.shared.leases.get(&lease.key)?.dependency.clone();
+        let dependency = self.shared.dependency_of(lease)?;
         let ttl = dependency.renew(lease.key, Instant::now())?;
         Some((dependency.name().clone(), ttl))
     }
@@ -465,12 +464,16 @@ impl Ledger {
 
     /// Whether `lease` is live in this ledger.
     pub fn holds(&self, lease: &LeaseId) -> bool {
-        lease.epoch == self.shared.epoch && self.shared.leases.contains_key(&lease.key)
+        self.shared
+            .dependency_of(lease)
+            .is_some_and(|dependency| dependency.holds(lease.key))
     }
 
-    /// Leases held, across all dependencies.
+    /// Leases held, across all dependencies (each counted under its own
+    /// lock: exact when nothing is granted or released meanwhile).
     pub fn leases(&self) -> usize {
-        self.shared.leases.len()
+        let all = self.shared.slots.all();
+        all.iter().map(|dependency| dependency.lease_count()).sum()
     }
 
     /// Requests waiting, across all dependencies.
@@ -490,6 +493,24 @@ impl Ledger {
     #[cfg(test)]
     fn dependency(&self, name: &str) -> Result<Arc<Dependency>, LedgerError> {
         self.dependency_as(name, None)
+    }
+
+    /// Runs `f` on the dependency `name` (created if need be) while the name
+    /// map still holds it: the common case, a name that exists, costs no
+    /// reference count up or down. `f` may take the dependency's lock (the
+    /// lock order is a map shard, then a dependency), and must not touch the
+    /// name map.
+    fn with_dependency<R>(
+        &self,
+        name: &str,
+        peer: Option<Peer>,
+        f: impl FnOnce(&Arc<Dependency>) -> R,
+    ) -> Result<R, LedgerError> {
+        if let Some(dependency) = self.dependencies.get(name) {
+            return Ok(f(&dependency));
+        }
+        let dependency = self.dependency_as(name, peer)?;
+        Ok(f(&dependency))
     }
 
     fn dependency_as(

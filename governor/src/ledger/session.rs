@@ -5,19 +5,19 @@
 //! still holds, with the outcome [`Outcome::SessionClosed`], and withdraws
 //! every acquire it has waiting. A session lease is an ordinary lease
 //! otherwise: it keeps its TTL, and [`Ledger::release`] or [`Ledger::renew`]
-//! work on it from anywhere; the lease index stays the one arbiter of who
-//! frees a slot, so a lease released by a caller and by the closing session
-//! at once is freed once.
+//! work on it from anywhere; its dependency's lease map stays the one arbiter
+//! of who frees a slot, so a lease released by a caller and by the closing
+//! session at once is freed once.
 //!
 //! # Why ownership is taken after the grant
 //! The grant goes through the same path as any acquire; the session adopts
-//! the lease once the acquire returns. Between the two the lease is in the
-//! index but not in the session. If the session closed in that gap, adoption
-//! sees it (both happen under the session's lock) and releases the lease at
-//! once, so no interleaving leaks one.
+//! the lease once the acquire returns. Between the two the lease is in its
+//! dependency's map but not in the session. If the session closed in that
+//! gap, adoption sees it (both happen under the session's lock) and releases
+//! the lease at once, so no interleaving leaks one.
 //!
-//! Lock order: a dependency's lock, then a session's, then a lease-index
-//! shard. Closing takes the session's lock only to take its leases out.
+//! Lock order: a dependency's lock, then a session's. Closing takes the
+//! session's lock only to take its leases out.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,7 +26,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use tokio_util::sync::CancellationToken;
 
 use super::decision::{AcquireRequest, Decision, Outcome, Report};
-use super::lease::{LeaseId, LeaseKey};
+use super::lease::{LeaseId, LeaseKey, LeaseKeyHash};
 use super::shared::Shared;
 use super::{Ledger, LedgerError, Peer};
 
@@ -43,7 +43,7 @@ pub(crate) struct Owner {
 #[derive(Default)]
 struct OwnerState {
     closed: bool,
-    leases: HashSet<LeaseKey>,
+    leases: HashSet<LeaseKey, LeaseKeyHash>,
 }
 
 impl std::fmt::Debug for OwnerState {
@@ -61,9 +61,22 @@ impl Owner {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// The lease left the index (released, expired): it is no longer ours.
+    /// The lease ended (released, expired): it is no longer ours.
     pub(crate) fn forget(&self, key: LeaseKey) {
         self.lock().leases.remove(&key);
+    }
+
+    /// Takes the lease `key` (if it is still `live`) unless the session
+    /// closed; false if it did. Called under the lease's dependency's lock.
+    pub(crate) fn take(&self, key: LeaseKey, live: bool) -> bool {
+        let mut state = self.lock();
+        if state.closed {
+            return false;
+        }
+        if live {
+            state.leases.insert(key);
+        }
+        true
     }
 }
 
@@ -161,18 +174,15 @@ impl Session {
     /// Takes a fresh grant into the session; if the session closed since the
     /// grant, releases it instead and returns false.
     fn adopt(&self, lease: LeaseId) -> bool {
-        {
-            let mut state = self.owner.lock();
-            if !state.closed {
-                if let Some(mut record) = self.shared.leases.get_mut(&lease.key) {
-                    record.owner = Some(self.owner.clone());
-                    state.leases.insert(lease.key);
-                }
-                // (Gone already: released or expired before it got here.)
-                return true;
-            }
+        let adopted = match self.shared.dependency_of(&lease) {
+            Some(dependency) => dependency.adopt(lease.key, &self.owner),
+            // Gone with its dependency: nothing to take.
+            None => self.owner.take(lease.key, false),
+        };
+        if adopted {
+            return true;
         }
-        // Outside the session's lock: releasing takes a dependency's.
+        // Outside both locks: releasing takes the dependency's.
         if let Some(ended) = self
             .shared
             .release(&lease, Report::new(Outcome::SessionClosed, None))

@@ -3,15 +3,15 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
-use dashmap::DashMap;
 use tokio::time::Instant;
 
 use super::decision::{EndedLease, Report, Snapshot};
 use super::dependency::Dependency;
 use super::idle::IdleInbox;
-use super::lease::{LeaseId, LeaseKey, LeaseKeyHash};
+use super::lease::LeaseId;
 use super::limit::LimitChange;
 use super::session::Owner;
+use super::slots::Slots;
 
 /// Hears about what the ledger does on its own, off any caller's path.
 pub trait LedgerObserver: Send + Sync + std::fmt::Debug + 'static {
@@ -49,9 +49,9 @@ pub struct NoopObserver;
 
 impl LedgerObserver for NoopObserver {}
 
+/// A live lease, in its dependency's lease map (keyed by its lease key).
 #[derive(Debug)]
 pub(crate) struct LeaseRecord {
-    pub dependency: Arc<Dependency>,
     pub deadline: Instant,
     pub granted_at: Instant,
     /// Permits held right after this grant, itself included: the load the
@@ -62,9 +62,8 @@ pub(crate) struct LeaseRecord {
 }
 
 pub(crate) struct Shared {
-    /// Every live lease, by its random key. Sharded, so that releases of
-    /// different dependencies do not contend.
-    pub leases: DashMap<LeaseKey, LeaseRecord, LeaseKeyHash>,
+    /// The dependency of each slot, which lease ids name.
+    pub slots: Slots,
     pub epoch: u64,
     pub draining: AtomicBool,
     /// Cancelled when draining starts, for whoever waits on it (sessions).
@@ -78,11 +77,10 @@ pub(crate) struct Shared {
 }
 
 impl std::fmt::Debug for Shared {
-    /// By hand: the lease index is keyed by lease key, a part of each lease
-    /// id, which must never be shown.
+    /// By hand: the epoch is a part of every lease id, which must never be
+    /// shown.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Shared")
-            .field("leases", &self.leases.len())
             .field("draining", &self.draining)
             .field("waiters", &self.waiters)
             .field("max_waiters", &self.max_waiters)
@@ -98,7 +96,7 @@ impl Shared {
         observer: Arc<dyn LedgerObserver>,
     ) -> Self {
         Shared {
-            leases: DashMap::with_hasher(LeaseKeyHash::default()),
+            slots: Slots::default(),
             epoch,
             draining: AtomicBool::new(false),
             drain_started: tokio_util::sync::CancellationToken::new(),
@@ -110,20 +108,22 @@ impl Shared {
         }
     }
 
-    /// Ends a live lease on a caller's (or a closing session's) behalf; the
-    /// one removal from the index on the release path, so a lease is freed
-    /// once whoever asks. `None` if it is unknown, gone or from another
-    /// process.
-    pub(crate) fn release(&self, lease: &LeaseId, report: Report) -> Option<EndedLease> {
+    /// The dependency that granted `lease`, if it is of this process and
+    /// its dependency still exists (the lease itself may be gone).
+    pub(crate) fn dependency_of(&self, lease: &LeaseId) -> Option<Arc<Dependency>> {
         if lease.epoch != self.epoch {
             return None;
         }
-        let (_, record) = self.leases.remove(&lease.key)?;
-        if let Some(owner) = &record.owner {
-            owner.forget(lease.key);
-        }
-        let now = tokio::time::Instant::now();
-        Some(Dependency::finish(record, *lease, report, now))
+        self.slots.get(lease.slot())
+    }
+
+    /// Ends a live lease on a caller's (or a closing session's) behalf; the
+    /// lease leaves its dependency's map under that dependency's lock, so a
+    /// lease is freed once whoever asks. `None` if it is unknown, gone or
+    /// from another process.
+    pub(crate) fn release(&self, lease: &LeaseId, report: Report) -> Option<EndedLease> {
+        let dependency = self.dependency_of(lease)?;
+        dependency.release(*lease, report, Instant::now())
     }
 
     pub(crate) fn max_session_pending(&self) -> usize {

@@ -329,6 +329,40 @@ async fn release_is_idempotent_and_rejects_foreign_ids() {
 }
 
 #[tokio::test(start_paused = true)]
+async fn a_lease_id_finds_only_its_own_dependency_even_when_its_slot_is_reused() {
+    let (ledger, evictions) = evicting_ledger(4, Duration::from_secs(1));
+    let old = grant_of(&ledger, "junk").await;
+    ledger.release(&old, Report::default()).unwrap();
+    advance(Duration::from_secs(1)).await;
+    ledger.evict_idle(Instant::now());
+    assert_eq!(evictions.take(), ["junk"]);
+    // The next dependency takes the freed slot; the old id names it still.
+    let new = grant_of(&ledger, "other").await;
+    assert_eq!(new.slot(), old.slot(), "the slot is reused");
+    assert!(!ledger.holds(&old));
+    assert!(ledger.release(&old, Report::default()).is_none());
+    assert!(ledger.renew(&old).is_none());
+    assert_eq!(ledger.status("other").unwrap().in_flight, 1);
+    // The new lease's key under another slot (a forged id) finds nothing
+    // either: only the dependency that granted a key holds it.
+    for slot in [new.slot() + 1, u32::MAX] {
+        let forged = LeaseId {
+            key: (u128::from(slot) << 96) | (new.key & ((1u128 << 96) - 1)),
+            ..new
+        };
+        assert_eq!(forged.slot(), slot);
+        assert!(!ledger.holds(&forged));
+        assert!(ledger.release(&forged, Report::default()).is_none());
+    }
+    assert_eq!(
+        (ledger.status("other").unwrap().in_flight, ledger.leases()),
+        (1, 1)
+    );
+    assert!(ledger.release(&new, Report::default()).is_some());
+    assert_eq!(ledger.leases(), 0);
+}
+
+#[tokio::test(start_paused = true)]
 async fn retries_draw_on_the_budget_and_get_a_hint() {
     let limits = with_budget(0.5, 0, 10);
     let ledger = ledger_with("db", limits);
