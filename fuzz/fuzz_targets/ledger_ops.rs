@@ -637,19 +637,32 @@ async fn run(ops: Vec<Op>) {
                 }
             }
             Op::ReleaseStale { pick, kind } => {
-                let lease = match kind % 3 {
+                let lease = match kind % 4 {
                     0 if !world.dead.is_empty() => {
                         Some(world.dead[pick as usize % world.dead.len()])
                     }
                     1 => world.foreign,
+                    2 => {
+                        // A live id's random part under the slot (hex digits
+                        // 16..24) of another live lease, maybe of another
+                        // dependency: only the one that granted it holds it.
+                        let live: Vec<LeaseId> =
+                            world.holders.iter().filter_map(|h| h.lease).collect();
+                        (live.len() >= 2).then(|| {
+                            let (a, b) = (live[0].to_string(), live[pick as usize % live.len()].to_string());
+                            let text = format!("{}{}{}", &a[..16], &b[16..24], &a[24..]);
+                            LeaseId::parse(&text).expect("48 hex digits")
+                        })
+                    }
                     _ => world
                         .holders
                         .first()
                         .and_then(|h| h.lease)
                         .and_then(|live| {
-                            // The live id with one hex digit of its key changed.
+                            // The live id with one hex digit of its key (its
+                            // slot included) changed.
                             let text = live.to_string();
-                            let at = text.len() - 1 - (pick as usize % 16);
+                            let at = text.len() - 1 - (pick as usize % 32);
                             let mut bytes = text.into_bytes();
                             bytes[at] = if bytes[at] == b'0' { b'1' } else { b'0' };
                             LeaseId::parse(std::str::from_utf8(&bytes).ok()?)

@@ -47,6 +47,7 @@
 //! ```
 
 mod budget;
+mod clock;
 mod decision;
 mod dependency;
 mod expiry;
@@ -209,6 +210,7 @@ impl Ledger {
     }
 
     pub fn with_observer(config: LedgerConfig, observer: Arc<dyn LedgerObserver>) -> Ledger {
+        clock::init();
         let ledger = Ledger {
             shared: Arc::new(Shared::new(
                 lease::new_epoch(),
@@ -253,12 +255,14 @@ impl Ledger {
         request: &AcquireRequest<'_>,
         peer: Option<Peer>,
     ) -> Result<Decision, LedgerError> {
-        let arrived = Instant::now();
+        let arrived = clock::now();
         for _ in 0..MAX_LOOKUPS {
-            let admission = self.with_dependency(request.dependency, peer, |dependency| {
-                dependency.admit(request, arrived)
-            })?;
-            match admission {
+            // A clone, not the map's guard held through `admit`: a shard
+            // read-locked for the length of a dependency's critical section
+            // (waiting on its mutex included) would starve the writers that
+            // create and evict names in that shard.
+            let dependency = self.dependency_as(request.dependency, peer)?;
+            match dependency.admit(request, arrived) {
                 Admission::Evicted => continue,
                 Admission::Decided(decision) => return Ok(decision),
                 Admission::Queued {
@@ -493,24 +497,6 @@ impl Ledger {
     #[cfg(test)]
     fn dependency(&self, name: &str) -> Result<Arc<Dependency>, LedgerError> {
         self.dependency_as(name, None)
-    }
-
-    /// Runs `f` on the dependency `name` (created if need be) while the name
-    /// map still holds it: the common case, a name that exists, costs no
-    /// reference count up or down. `f` may take the dependency's lock (the
-    /// lock order is a map shard, then a dependency), and must not touch the
-    /// name map.
-    fn with_dependency<R>(
-        &self,
-        name: &str,
-        peer: Option<Peer>,
-        f: impl FnOnce(&Arc<Dependency>) -> R,
-    ) -> Result<R, LedgerError> {
-        if let Some(dependency) = self.dependencies.get(name) {
-            return Ok(f(&dependency));
-        }
-        let dependency = self.dependency_as(name, peer)?;
-        Ok(f(&dependency))
     }
 
     fn dependency_as(

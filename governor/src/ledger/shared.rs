@@ -123,7 +123,7 @@ impl Shared {
     /// from another process.
     pub(crate) fn release(&self, lease: &LeaseId, report: Report) -> Option<EndedLease> {
         let dependency = self.dependency_of(lease)?;
-        dependency.release(*lease, report, Instant::now())
+        dependency.release(*lease, report, super::clock::now())
     }
 
     pub(crate) fn max_session_pending(&self) -> usize {

@@ -9,7 +9,11 @@
 //!
 //! A slot may be reused by a later dependency. An old id that names it then
 //! looks for its random key in the new dependency's leases and finds nothing,
-//! as it would have anyway.
+//! as it would have anyway. A forged id that names a live slot costs that
+//! dependency one short hold of its lock, as a real release does: no more
+//! than a caller that acquires and releases in a loop, which the connection
+//! and call caps bound. A slot is not secret (it counts dependencies, it
+//! guesses nothing), but as a part of every id it is not shown either.
 //!
 //! The table's lock is a leaf: nothing else is locked while it is held, and
 //! no `Arc<Dependency>` is dropped under it (dropping the last one frees the

@@ -345,7 +345,9 @@ async fn a_lease_id_finds_only_its_own_dependency_even_when_its_slot_is_reused()
     assert_eq!(ledger.status("other").unwrap().in_flight, 1);
     // The new lease's key under another slot (a forged id) finds nothing
     // either: only the dependency that granted a key holds it.
-    for slot in [new.slot() + 1, u32::MAX] {
+    let configured = grant_of(&ledger, "configured").await;
+    assert_ne!(configured.slot(), new.slot());
+    for slot in [configured.slot(), new.slot() + 1, u32::MAX] {
         let forged = LeaseId {
             key: (u128::from(slot) << 96) | (new.key & ((1u128 << 96) - 1)),
             ..new
@@ -356,9 +358,10 @@ async fn a_lease_id_finds_only_its_own_dependency_even_when_its_slot_is_reused()
     }
     assert_eq!(
         (ledger.status("other").unwrap().in_flight, ledger.leases()),
-        (1, 1)
+        (1, 2)
     );
     assert!(ledger.release(&new, Report::default()).is_some());
+    assert!(ledger.release(&configured, Report::default()).is_some());
     assert_eq!(ledger.leases(), 0);
 }
 
