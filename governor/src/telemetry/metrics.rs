@@ -121,7 +121,10 @@ pub struct Metrics {
     pub(crate) uds_peers_refused: Counter,
     /// The gRPC listeners' connections (`app::connections`).
     pub connections: ConnectionMetrics,
-    handles: DashMap<Arc<str>, Arc<DependencyMetrics>>,
+    /// By dependency name, looked up on every acquire and release: foldhash
+    /// with a per-process random seed, as the ledger's name map (SipHash was
+    /// a visible share of a Session pair).
+    handles: DashMap<Arc<str>, Arc<DependencyMetrics>, foldhash::fast::RandomState>,
 }
 
 /// One dependency's request-path metrics, resolved once.
@@ -188,7 +191,7 @@ impl Metrics {
             admin_denied: Family::default(),
             uds_peers_refused: Counter::default(),
             connections: ConnectionMetrics::default(),
-            handles: DashMap::new(),
+            handles: DashMap::with_hasher(foldhash::fast::RandomState::default()),
         };
         metrics
             .registry
