@@ -649,7 +649,10 @@ async fn run(ops: Vec<Op>) {
                         let live: Vec<LeaseId> =
                             world.holders.iter().filter_map(|h| h.lease).collect();
                         (live.len() >= 2).then(|| {
-                            let (a, b) = (live[0].to_string(), live[pick as usize % live.len()].to_string());
+                            let (a, b) = (
+                                live[0].to_string(),
+                                live[pick as usize % live.len()].to_string(),
+                            );
                             let text = format!("{}{}{}", &a[..16], &b[16..24], &a[24..]);
                             LeaseId::parse(&text).expect("48 hex digits")
                         })
