@@ -42,6 +42,8 @@ export type RejectReason =
   | 'RETRY_BUDGET_EXHAUSTED'
   | 'SHED'
   | 'SHUTTING_DOWN'
+  /** The dependency's rate limit had no token within the wait: retryAfterMs is the exact time until the next one. */
+  | 'RATE_LIMITED'
   /** A degradable acquire that would have had to wait: serve the cheaper answer (withPermit's fallback). */
   | 'DEGRADE';
 export declare const RejectReason: { readonly [K in RejectReason]: K };

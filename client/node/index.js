@@ -97,6 +97,8 @@ export const RejectReason = Object.freeze({
   RETRY_BUDGET_EXHAUSTED: 'RETRY_BUDGET_EXHAUSTED',
   SHED: 'SHED',
   SHUTTING_DOWN: 'SHUTTING_DOWN',
+  /** The dependency's rate limit had no token within the wait: retryAfterMs is the exact time until the next one. */
+  RATE_LIMITED: 'RATE_LIMITED',
   /** A degradable acquire that would have had to wait: serve the cheaper answer (withPermit's fallback). */
   DEGRADE: 'DEGRADE',
 });

@@ -73,7 +73,8 @@ pub(crate) fn is_unavailable(status: &Status) -> bool {
 pub struct Rejection {
     /// Why the permit was refused.
     pub reason: RejectReason,
-    /// The sidecar's estimate of when a retry could succeed.
+    /// The sidecar's estimate of when a retry could succeed (for
+    /// `RateLimited`, the exact time until the next token).
     pub retry_after: Duration,
     /// The dependency's concurrency limit at the time of the decision.
     pub limit: u32,
@@ -117,6 +118,7 @@ impl fmt::Display for Rejection {
             RejectReason::RetryBudgetExhausted => "retry budget exhausted",
             RejectReason::Shed => "shed by a higher-priority request",
             RejectReason::ShuttingDown => "sidecar shutting down",
+            RejectReason::RateLimited => "rate limited",
             RejectReason::Degrade => "degrade: serve the fallback",
         };
         write!(
@@ -278,6 +280,26 @@ mod tests {
         });
         assert!(!full.is_degrade());
         assert_eq!(full.pressure, Pressure::Unspecified, "an unknown level");
+    }
+
+    #[test]
+    fn a_rate_limited_answer_is_named_and_not_a_degrade() {
+        let rejection = Rejection::from(AcquireResponse {
+            reason: RejectReason::RateLimited as i32,
+            retry_after: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 5_000_000,
+            }),
+            limit: 4,
+            in_flight: 1,
+            ..Default::default()
+        });
+        assert_eq!(rejection.reason, RejectReason::RateLimited);
+        assert!(!rejection.is_degrade());
+        assert_eq!(
+            rejection.to_string(),
+            "rate limited, retry after 5ms (limit 4, in flight 1, queued 0)"
+        );
     }
 
     #[test]

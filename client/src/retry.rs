@@ -102,8 +102,9 @@ impl Governor {
     /// outcome and latency of each attempt) and retries while `retryable`
     /// says the error is transient and attempts remain. Attempt `n` asks for
     /// its permit with `attempt = n`, drawing on the retry budget; a
-    /// rejection for a full queue, a queue timeout or shedding is retried
-    /// after `retry_after` (with jitter) like a failure.
+    /// rejection for a full queue, a queue timeout, shedding or the
+    /// dependency's rate limit is retried after `retry_after` (with jitter)
+    /// like a failure.
     ///
     /// # Cancel safety
     ///
@@ -151,6 +152,7 @@ impl Governor {
                                 RejectReason::QueueFull
                                     | RejectReason::QueueTimeout
                                     | RejectReason::Shed
+                                    | RejectReason::RateLimited
                             ) && attempt + 1 < policy.max_attempts =>
                         {
                             Some(r.retry_after)

@@ -39,6 +39,7 @@ var reasons = []governorv1.RejectReason{
 	governorv1.RejectReason_REJECT_REASON_RETRY_BUDGET_EXHAUSTED,
 	governorv1.RejectReason_REJECT_REASON_SHED,
 	governorv1.RejectReason_REJECT_REASON_SHUTTING_DOWN,
+	governorv1.RejectReason_REJECT_REASON_RATE_LIMITED,
 }
 
 // seen is one call the scripted fake received: its request and how much

@@ -159,7 +159,8 @@ describe('degrade and pressure against a recording fake', () => {
     const gov = new Governor(target, { failOpen: true, useSession: false });
     const ran = [];
     try {
-      for (const reason of ['QUEUE_FULL', 'QUEUE_TIMEOUT', 'SHED', 'RETRY_BUDGET_EXHAUSTED', 'SHUTTING_DOWN']) {
+      const reasons = ['QUEUE_FULL', 'QUEUE_TIMEOUT', 'SHED', 'RETRY_BUDGET_EXHAUSTED', 'SHUTTING_DOWN', 'RATE_LIMITED'];
+      for (const reason of reasons) {
         script = [reject(`REJECT_REASON_${reason}`)];
         await assert.rejects(
           gov.withPermit('payments', () => ran.push('fn'), { fallback: () => ran.push('fallback') }),

@@ -18,6 +18,7 @@ import {
   GovernorError,
   GovernorUnavailableError,
   PROTO_PATH,
+  RejectReason,
   RejectedError,
 } from '../index.js';
 import { recordingLogger, waitFor } from './helpers.mjs';
@@ -288,7 +289,7 @@ const ANSWERS = [
   'ALREADY_EXISTS',
   'ABORTED',
 ];
-const REASONS = ['QUEUE_FULL', 'QUEUE_TIMEOUT', 'RETRY_BUDGET_EXHAUSTED', 'SHED', 'SHUTTING_DOWN'];
+const REASONS = ['QUEUE_FULL', 'QUEUE_TIMEOUT', 'RETRY_BUDGET_EXHAUSTED', 'SHED', 'SHUTTING_DOWN', 'RATE_LIMITED'];
 
 describe('the behaviour table', () => {
   test('codes without an answer fail open (or throw GovernorUnavailableError), every other code throws', async () => {
@@ -333,6 +334,7 @@ describe('the behaviour table', () => {
         await assert.rejects(gov.acquire('payments'), (err) => {
           assert.ok(err instanceof RejectedError, `${reason}: ${err}`);
           assert.equal(err.reason, reason);
+          assert.equal(RejectReason[reason], reason);
           assert.equal(err.retryAfterMs, 1000);
           return true;
         });
@@ -409,40 +411,48 @@ describe('the behaviour table', () => {
 });
 
 describe('retries and leases', () => {
-  test('callWithRetries honours retryAfterMs and numbers the attempts', async () => {
-    acquireScript = [
-      GRANT,
-      { granted: false, reason: 'REJECT_REASON_QUEUE_FULL', retryAfter: { seconds: 0, nanos: 250e6 }, limit: 4, inFlight: 4 },
-      GRANT,
-    ];
-    const gov = new Governor(target, { failOpen: false });
-    try {
-      let tries = 0;
-      const result = await gov.callWithRetries(
-        'payments',
-        () => {
-          tries += 1;
-          if (tries === 1) throw new Error('first try fails downstream');
-          return 'second try worked';
+  for (const reason of ['QUEUE_FULL', 'RATE_LIMITED']) {
+    test(`callWithRetries honours retryAfterMs of ${reason} and numbers the attempts`, async () => {
+      acquireScript = [
+        GRANT,
+        {
+          granted: false,
+          reason: `REJECT_REASON_${reason}`,
+          retryAfter: { seconds: 0, nanos: 250e6 },
+          limit: 4,
+          inFlight: 4,
         },
-        { maxAttempts: 3, backoffMs: 1 },
+        GRANT,
+      ];
+      const gov = new Governor(target, { failOpen: false });
+      try {
+        let tries = 0;
+        const result = await gov.callWithRetries(
+          'payments',
+          () => {
+            tries += 1;
+            if (tries === 1) throw new Error('first try fails downstream');
+            return 'second try worked';
+          },
+          { maxAttempts: 3, backoffMs: 1 },
+        );
+        assert.equal(result, 'second try worked');
+      } finally {
+        gov.close();
+      }
+      const acquires = only('Acquire');
+      assert.deepEqual(
+        acquires.map((c) => c.request.attempt),
+        [0, 1, 2],
       );
-      assert.equal(result, 'second try worked');
-    } finally {
-      gov.close();
-    }
-    const acquires = only('Acquire');
-    assert.deepEqual(
-      acquires.map((c) => c.request.attempt),
-      [0, 1, 2],
-    );
-    const gap = acquires[2].receivedAt - acquires[1].receivedAt;
-    assert.ok(gap >= 240, `waited ${gap} ms after a rejection with retry_after 250ms`);
-    assert.deepEqual(
-      only('Release').map((c) => c.request.outcome),
-      ['OUTCOME_FAILURE', 'OUTCOME_SUCCESS'],
-    );
-  });
+      const gap = acquires[2].receivedAt - acquires[1].receivedAt;
+      assert.ok(gap >= 240, `waited ${gap} ms after a rejection with retry_after 250ms`);
+      assert.deepEqual(
+        only('Release').map((c) => c.request.outcome),
+        ['OUTCOME_FAILURE', 'OUTCOME_SUCCESS'],
+      );
+    });
+  }
 
   test('callWithRetries gives up after maxAttempts with the last error', async () => {
     const rejection = { granted: false, reason: 'REJECT_REASON_SHED', retryAfter: { seconds: 0, nanos: 1e6 } };

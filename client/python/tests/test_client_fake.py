@@ -276,11 +276,10 @@ def test_lost_lease_is_flagged_and_renewal_stops(fake, sgov):
 # -- retry helper ------------------------------------------------------------------------
 
 
-def test_retry_helper_sets_attempt_and_honours_retry_after(fake, sgov):
+@pytest.mark.parametrize("reason", [pb.REJECT_REASON_QUEUE_FULL, pb.REJECT_REASON_RATE_LIMITED])
+def test_retry_helper_sets_attempt_and_honours_retry_after(fake, sgov, reason):
     fake.acquire_script.append(
-        pb.AcquireResponse(
-            granted=False, reason=pb.REJECT_REASON_QUEUE_FULL, retry_after=dur(0.3), limit=1, in_flight=1
-        )
+        pb.AcquireResponse(granted=False, reason=reason, retry_after=dur(0.3), limit=1, in_flight=1)
     )
     calls = []
 
@@ -332,6 +331,7 @@ def test_exponential_backoff_bounds():
 def test_outcome_enum_matches_wire():
     assert int(Outcome.CANCELLED) == pb.OUTCOME_CANCELLED
     assert int(RejectReason.RETRY_BUDGET_EXHAUSTED) == pb.REJECT_REASON_RETRY_BUDGET_EXHAUSTED
+    assert int(RejectReason.RATE_LIMITED) == pb.REJECT_REASON_RATE_LIMITED
 
 
 # -- the table of docs/any-language.md ("What every client does") -------------------
@@ -370,6 +370,7 @@ REASONS = [
     pb.REJECT_REASON_RETRY_BUDGET_EXHAUSTED,
     pb.REJECT_REASON_SHED,
     pb.REJECT_REASON_SHUTTING_DOWN,
+    pb.REJECT_REASON_RATE_LIMITED,
 ]
 
 

@@ -156,7 +156,12 @@ def test_sync_other_rejections_still_raise_with_a_fallback(fake):
     gov = Governor(fake.target, fail_open=False, use_session=False)
     calls = Calls()
     try:
-        for reason in (pb.REJECT_REASON_QUEUE_FULL, pb.REJECT_REASON_SHED, pb.REJECT_REASON_RETRY_BUDGET_EXHAUSTED):
+        for reason in (
+            pb.REJECT_REASON_QUEUE_FULL,
+            pb.REJECT_REASON_SHED,
+            pb.REJECT_REASON_RETRY_BUDGET_EXHAUSTED,
+            pb.REJECT_REASON_RATE_LIMITED,
+        ):
             fake.acquire_script.append(
                 pb.AcquireResponse(granted=False, reason=reason, pressure=pb.PRESSURE_OVERLOADED)
             )

@@ -291,6 +291,7 @@ async fn every_rejection_is_an_error_even_failing_open() {
         RejectReason::RetryBudgetExhausted,
         RejectReason::Shed,
         RejectReason::ShuttingDown,
+        RejectReason::RateLimited,
     ] {
         fake.update(|s| {
             s.script
@@ -583,12 +584,18 @@ async fn retry_stops_when_the_budget_is_exhausted() {
 
 #[tokio::test]
 async fn retry_waits_out_retry_after_on_a_full_queue() {
+    retry_waits_out_retry_after(RejectReason::QueueFull).await;
+}
+
+#[tokio::test]
+async fn retry_waits_out_retry_after_when_rate_limited() {
+    retry_waits_out_retry_after(RejectReason::RateLimited).await;
+}
+
+async fn retry_waits_out_retry_after(reason: RejectReason) {
     let (fake, gov) = fake_and_client().await;
     let retry_after = Duration::from_millis(80);
-    fake.update(|s| {
-        s.script
-            .push_back(Ok(rejection(RejectReason::QueueFull, retry_after)))
-    });
+    fake.update(|s| s.script.push_back(Ok(rejection(reason, retry_after))));
     let policy = RetryPolicy::default()
         .max_attempts(3)
         .initial_backoff(Duration::from_millis(1));

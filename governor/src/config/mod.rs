@@ -22,7 +22,7 @@ pub use duration::{HumanDuration, parse as parse_duration};
 pub use telemetry::{OtlpProtocol, TelemetryConfig, TracingConfig};
 
 use crate::ledger::limit::{AdaptivePatch, AlgorithmChoice};
-use crate::ledger::{self, BudgetConfig, DegradeAt, LedgerConfig, Limits, LimitsPatch};
+use crate::ledger::{self, BudgetConfig, DegradeAt, LedgerConfig, Limits, LimitsPatch, RatePatch};
 
 /// The configuration the binary runs on when given none.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -130,6 +130,17 @@ struct LimitsSection {
     adaptive: Option<AdaptiveSection>,
     elevated_at: Option<f64>,
     degrade_at: Option<DegradeAtSection>,
+    rate: Option<RateSection>,
+}
+
+/// `rate = { per_second = 50, burst = 10 }`: a token bucket; `burst`
+/// defaults to 1 (strictly paced), `per_second = 0` means no rate limit
+/// (to turn off one that `[defaults]` sets).
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateSection {
+    per_second: f64,
+    burst: Option<u32>,
 }
 
 /// `degrade_at`: from which pressure on a degradable request is answered
@@ -381,6 +392,12 @@ fn patch(
         }),
         elevated_at: section.elevated_at,
         degrade_at: section.degrade_at.map(DegradeAt::from),
+        rate: section.rate.map(|rate| {
+            (rate.per_second != 0.0).then(|| RatePatch {
+                per_second: rate.per_second,
+                burst: rate.burst.unwrap_or(1),
+            })
+        }),
     })
 }
 

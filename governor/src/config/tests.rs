@@ -428,3 +428,51 @@ fn pressure_settings_inherit_and_name_the_key_when_wrong() {
     let wrong = error("[defaults]\ndegrade_at = 1\n");
     assert!(wrong.contains("degrade_at"), "{wrong}");
 }
+
+#[test]
+fn rate_limits_parse_inherit_turn_off_and_name_the_key_when_wrong() {
+    let config = Config::parse(
+        r#"
+        [defaults]
+        rate = { per_second = 100, burst = 20 }
+        [dependencies.api]
+        rate = { per_second = 50, burst = 10 }
+        [dependencies.paced]
+        rate = { per_second = 2.5 }
+        [dependencies.free]
+        rate = { per_second = 0 }
+        [dependencies.db]
+        max_concurrency = 8
+        "#,
+    )
+    .unwrap();
+    let rate = |name: &str| {
+        config
+            .ledger
+            .dependencies
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+            .rate()
+            .map(|r| (r.per_second(), r.burst()))
+    };
+    assert_eq!(rate("api"), Some((50.0, 10)));
+    assert_eq!(rate("paced"), Some((2.5, 1)), "burst defaults to 1");
+    assert_eq!(rate("free"), None, "per_second = 0 turns it off");
+    assert_eq!(rate("db"), Some((100.0, 20)), "inherited from [defaults]");
+    assert_eq!(Config::embedded().ledger.defaults.rate(), None);
+
+    assert_eq!(
+        error("[dependencies.api]\nrate = { per_second = -1 }\n"),
+        "dependencies.api.rate.per_second: must be a number in (0, 1000000], got -1"
+    );
+    assert_eq!(
+        error("[dependencies.api]\nrate = { per_second = 10, burst = 0 }\n"),
+        "dependencies.api.rate.burst: must be between 1 and 1000000, got 0"
+    );
+    let wrong = error("[dependencies.api]\nrate = { per_second = 10, bust = 3 }\n");
+    assert!(wrong.contains("unknown field `bust`"), "{wrong}");
+    let wrong = error("[dependencies.api]\nrate = { burst = 3 }\n");
+    assert!(wrong.contains("missing field `per_second`"), "{wrong}");
+}

@@ -36,18 +36,21 @@ pub enum RejectReason {
     RetryBudgetExhausted,
     Shed,
     ShuttingDown,
+    /// The rate limit has no token for it within its wait.
+    RateLimited,
     /// A degradable request that would have had to wait (or met the
     /// dependency's `degrade_at` pressure): the caller serves its fallback.
     Degrade,
 }
 
 impl RejectReason {
-    pub const ALL: [RejectReason; 6] = [
+    pub const ALL: [RejectReason; 7] = [
         RejectReason::QueueFull,
         RejectReason::QueueTimeout,
         RejectReason::RetryBudgetExhausted,
         RejectReason::Shed,
         RejectReason::ShuttingDown,
+        RejectReason::RateLimited,
         RejectReason::Degrade,
     ];
 
@@ -58,12 +61,14 @@ impl RejectReason {
             RejectReason::RetryBudgetExhausted => "retry_budget_exhausted",
             RejectReason::Shed => "shed",
             RejectReason::ShuttingDown => "shutting_down",
+            RejectReason::RateLimited => "rate_limited",
             RejectReason::Degrade => "degrade",
         }
     }
 
     /// Whether this answer turned away a request the dependency could not
-    /// take (the queue was full, the wait ran out, a waiter was displaced):
+    /// take (the queue was full, the wait ran out, a waiter was displaced,
+    /// the rate limit had no token in time):
     /// what makes it [`Pressure::Overloaded`] for a second. A budget or
     /// drain rejection is not the dependency's load, and a DEGRADE is the
     /// fallback working (counting it would pin a dependency with degradable
@@ -71,7 +76,10 @@ impl RejectReason {
     pub fn is_overload(self) -> bool {
         matches!(
             self,
-            RejectReason::QueueFull | RejectReason::QueueTimeout | RejectReason::Shed
+            RejectReason::QueueFull
+                | RejectReason::QueueTimeout
+                | RejectReason::Shed
+                | RejectReason::RateLimited
         )
     }
 }

@@ -29,6 +29,7 @@ use super::lease::{LeaseId, LeaseKey, LeaseKeyHash};
 use super::limit::{LimitChange, LimitStatus, Limiter, Sample, SampleKind};
 use super::limits::{DegradeAt, InvalidLimit, Limits, LimitsPatch};
 use super::queued::Queued;
+use super::rate::Gcra;
 use super::reaper;
 use super::session::Owner;
 use super::shared::{LeaseRecord, Shared};
@@ -62,6 +63,9 @@ struct State {
     leases: HashMap<LeaseKey, LeaseRecord, LeaseKeyHash>,
     waiters: WaiterQueue<Waiter>,
     budget: RetryBudget,
+    /// The rate limit's bucket; `None` without one. A grant spends a token,
+    /// so a grant needs both a token and a slot.
+    rate: Option<Gcra>,
     /// (deadline, lease), earliest first. Renewals and releases leave stale
     /// entries behind, skipped when reached and compacted when they outnumber
     /// the live ones.
@@ -89,7 +93,8 @@ struct State {
     /// Whether the idle queue (or its inbox) has an entry for it.
     in_idle_queue: bool,
     /// When the reaper will wake up next (`None`: only when woken). A grant
-    /// wakes it only if its lease expires before that.
+    /// wakes it only if its lease expires before that; a waiter that has a
+    /// slot but no token, only if the token comes before that.
     reaper_alarm: Option<Instant>,
 }
 
@@ -250,7 +255,7 @@ impl State {
         let limit = self.limiter.enforced();
         if self.overloaded_until.is_some_and(|until| now < until) {
             Pressure::Overloaded
-        } else if self.must_wait() {
+        } else if self.must_wait(now) {
             Pressure::Saturated
         } else if f64::from(self.in_flight) >= self.limits.elevated_at() * f64::from(limit) {
             Pressure::Elevated
@@ -259,17 +264,32 @@ impl State {
         }
     }
 
-    /// Whether an arrival would have to wait: no free slot, or waiters
-    /// ahead of it (no barging). Saturated pressure is the same test.
-    fn must_wait(&self) -> bool {
-        self.in_flight >= self.limiter.enforced() || !self.waiters.is_empty()
+    /// Whether an arrival would have to wait: no free slot, no token, or
+    /// waiters ahead of it (no barging). Saturated pressure is the same test.
+    fn must_wait(&self, now: Instant) -> bool {
+        self.in_flight >= self.limiter.enforced()
+            || !self.waiters.is_empty()
+            || !self.has_token(now)
+    }
+
+    /// Whether the rate limit (if any) has a token now.
+    fn has_token(&self, now: Instant) -> bool {
+        self.rate.as_ref().is_none_or(|bucket| bucket.conforms(now))
+    }
+
+    /// When the head waiter's token comes, if that is all it waits for (a
+    /// slot is free): the instant to run the hand-over again.
+    fn token_alarm(&self, now: Instant) -> Option<Instant> {
+        let bucket = self.rate.as_ref()?;
+        let waiting = !self.waiters.is_empty() && self.in_flight < self.limiter.enforced();
+        (waiting && !bucket.conforms(now)).then(|| bucket.ready_at(now, 0))
     }
 
     /// Whether a degradable request is answered DEGRADE: when it would have
     /// to wait (no free slot, or waiters ahead), or, with `degrade_at =
     /// elevated`, when the pressure before the decision is elevated or worse.
     fn degrades(&self, now: Instant) -> bool {
-        self.must_wait()
+        self.must_wait(now)
             || match self.limits.degrade_at() {
                 DegradeAt::Saturated => false,
                 DegradeAt::Elevated => self.pressure(now) >= Pressure::Elevated,
@@ -354,6 +374,7 @@ impl Dependency {
             shared,
             state: Mutex::new(State {
                 budget: RetryBudget::new(limits.retry_budget(), now),
+                rate: limits.rate().map(Gcra::new),
                 limiter: Limiter::new(limits.max_concurrency(), limits.adaptive(), now),
                 limits,
                 in_flight: 0,
@@ -491,8 +512,9 @@ impl Dependency {
             return decided(&mut state, Err(rejection));
         }
 
-        // No barging: a free slot goes to a waiter before a newcomer.
-        if !state.must_wait() {
+        // No barging: a free slot (and token) goes to a waiter before a
+        // newcomer.
+        if !state.must_wait(now) {
             let grant = self.grant(&mut state, now);
             return decided(&mut state, Ok(grant));
         }
@@ -500,6 +522,17 @@ impl Dependency {
         let wait = request.max_wait.map_or(state.limits.max_wait(), |cap| {
             cap.min(state.limits.max_wait())
         });
+        // Deadline-predictive: each waiter served before it takes a token
+        // first, so its own comes no sooner than this. Beyond its wait it
+        // is refused now, not after waiting for nothing.
+        let ahead = state.waiters.ahead_of(request.priority) as u32;
+        if let Some(token) = state.rate.as_ref().map(|b| b.ready_at(now, ahead)) {
+            if token > now + wait {
+                let retry_after = (token - now).min(MAX_RETRY_AFTER);
+                let rejection = state.reject(RejectReason::RateLimited, retry_after, now);
+                return decided(&mut state, Err(rejection));
+            }
+        }
         if wait.is_zero() {
             let retry_after = state.queue_retry_after();
             let rejection = state.reject(RejectReason::QueueTimeout, retry_after, now);
@@ -532,6 +565,8 @@ impl Dependency {
         let key = state
             .waiters
             .push(request.priority, request.is_retry(), Waiter { wake: tx });
+        // With a slot free, it waits only for its token.
+        self.arm_token_alarm(&mut state, now);
         Admission::Queued {
             queued: Queued::new(self.clone(), key, rx),
             deadline: now + wait,
@@ -566,7 +601,11 @@ impl Dependency {
         }) = wake.try_recv()
         {
             if state.leases.remove(&grant.lease.key).is_some() {
-                self.free_slot(&mut state, Instant::now());
+                let now = Instant::now();
+                if let Some(bucket) = &mut state.rate {
+                    bucket.refund(now);
+                }
+                self.free_slot(&mut state, now);
             }
         }
     }
@@ -720,6 +759,9 @@ impl Dependency {
             for lease in &mut ended {
                 lease.snapshot = snapshot;
             }
+        } else {
+            // A token a waiter waited for may have come.
+            self.grant_waiters(&mut state, now);
         }
         // With nothing to expire, no lease granted from now on can expire
         // before now + TTL (unless the TTL is lowered, which wakes it): the
@@ -730,6 +772,10 @@ impl Dependency {
             .peek()
             .map(|(deadline, _)| deadline)
             .or_else(|| now.checked_add(state.limits.lease_ttl()));
+        let next = match (next, state.token_alarm(now)) {
+            (Some(next), Some(token)) => Some(next.min(token)),
+            (next, token) => next.or(token),
+        };
         state.reaper_alarm = next;
         let load = state.snapshot(now);
         drop(state);
@@ -796,12 +842,24 @@ impl Dependency {
                 adaptive = adaptive.map_or("off", |a| a.algorithm().as_str()),
                 adaptive_shadow = adaptive.is_some_and(|a| a.shadow()),
                 adaptive_min_limit = adaptive.map(|a| a.min_limit()),
+                rate_per_second = limits.rate().map(|r| r.per_second()),
+                rate_burst = limits.rate().map(|r| r.burst()),
                 in_flight = state.in_flight,
                 queued = state.waiters.len(),
                 "limits changed"
             );
         }
         state.budget.reconfigure(limits.retry_budget(), now);
+        state.rate = match (state.rate.take(), limits.rate()) {
+            (_, None) => None,
+            (Some(mut bucket), Some(rate)) => {
+                if bucket.rate() != rate {
+                    bucket.set_rate(rate, now);
+                }
+                Some(bucket)
+            }
+            (None, Some(rate)) => Some(Gcra::new(rate)),
+        };
         let change = state
             .limiter
             .reconfigure(limits.max_concurrency(), limits.adaptive(), now);
@@ -899,6 +957,9 @@ impl Dependency {
         );
         state.in_flight += 1;
         state.granted_total += 1;
+        if let Some(bucket) = &mut state.rate {
+            bucket.spend(now);
+        }
         self.push_expiry(state, deadline, lease.key);
         Grant { lease, ttl }
     }
@@ -908,9 +969,15 @@ impl Dependency {
         self.grant_waiters(state, now);
     }
 
-    /// Hands free slots to waiters, best first.
+    /// Hands free slots (each with a token, under a rate limit) to waiters,
+    /// best first; when only a token is missing, the reaper runs it again
+    /// when the token comes.
     fn grant_waiters(self: &Arc<Self>, state: &mut State, now: Instant) {
-        while state.in_flight < state.limiter.enforced() {
+        while state.in_flight < state.limiter.enforced() && !state.waiters.is_empty() {
+            if !state.has_token(now) {
+                self.arm_token_alarm(state, now);
+                break;
+            }
             let Some(waiter) = state.waiters.pop() else {
                 break;
             };
@@ -926,9 +993,23 @@ impl Dependency {
                 .is_err()
             {
                 // The waiter is gone (it cannot be while queued, see `abandon`):
-                // take the slot straight back.
+                // take the slot (and the token) straight back.
                 state.leases.remove(&grant.lease.key);
                 state.in_flight -= 1;
+                if let Some(bucket) = &mut state.rate {
+                    bucket.refund(now);
+                }
+            }
+        }
+    }
+
+    /// Wakes the reaper for the head waiter's token, if that is what it
+    /// waits for and the reaper would sleep past it.
+    fn arm_token_alarm(&self, state: &mut State, now: Instant) {
+        if let Some(at) = state.token_alarm(now) {
+            if state.reaper_alarm.is_none_or(|alarm| at < alarm) {
+                state.reaper_alarm = Some(at);
+                self.reaper.notify_one();
             }
         }
     }

@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use super::limit::{AdaptiveConfig, AdaptivePatch};
+use super::rate::Rate;
 
 /// The limits of one dependency. Built only through [`Limits::patched`], which
 /// validates every field, so a `Limits` in hand is always usable.
@@ -17,6 +18,8 @@ pub struct Limits {
     adaptive: Option<AdaptiveConfig>,
     elevated_at: f64,
     degrade_at: DegradeAt,
+    /// `None`: no rate limit.
+    rate: Option<Rate>,
 }
 
 /// From which pressure on a degradable request is answered DEGRADE.
@@ -62,6 +65,15 @@ pub struct LimitsPatch {
     pub adaptive: Option<AdaptivePatch>,
     pub elevated_at: Option<f64>,
     pub degrade_at: Option<DegradeAt>,
+    /// `Some(None)` removes the rate limit.
+    pub rate: Option<Option<RatePatch>>,
+}
+
+/// A rate limit as it comes in, checked by [`Limits::patched`].
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RatePatch {
+    pub per_second: f64,
+    pub burst: u32,
 }
 
 /// A limit outside its allowed range. `field` is the limit's config key.
@@ -96,6 +108,7 @@ impl Default for Limits {
             adaptive: None,
             elevated_at: ELEVATED_AT,
             degrade_at: DegradeAt::Saturated,
+            rate: None,
         }
     }
 }
@@ -138,6 +151,10 @@ impl Limits {
     pub fn degrade_at(&self) -> DegradeAt {
         self.degrade_at
     }
+    /// `None`: no rate limit.
+    pub fn rate(&self) -> Option<Rate> {
+        self.rate
+    }
 
     /// These limits with `patch` applied, or the first field that is out of range.
     pub fn patched(&self, patch: &LimitsPatch) -> Result<Limits, InvalidLimit> {
@@ -153,6 +170,16 @@ impl Limits {
             },
             elevated_at: patch.elevated_at.unwrap_or(self.elevated_at),
             degrade_at: patch.degrade_at.unwrap_or(self.degrade_at),
+            rate: match patch.rate {
+                None => self.rate,
+                Some(None) => None,
+                Some(Some(rate)) => Some(Rate::new(rate.per_second, rate.burst).map_err(
+                    |error| InvalidLimit {
+                        field: error.field(),
+                        problem: error.to_string(),
+                    },
+                )?),
+            },
         };
         limits.validate()?;
         Ok(limits)
@@ -303,5 +330,43 @@ mod tests {
         assert_eq!(dimmed.elevated_at(), 1.0);
         assert_eq!(dimmed.degrade_at(), DegradeAt::Elevated);
         assert_eq!(dimmed.max_queue(), base.max_queue());
+
+        let rated = base
+            .patched(&LimitsPatch {
+                rate: Some(Some(RatePatch {
+                    per_second: 50.0,
+                    burst: 10,
+                })),
+                ..Default::default()
+            })
+            .unwrap();
+        let rate = rated.rate().unwrap();
+        assert_eq!((rate.per_second(), rate.burst()), (50.0, 10));
+        assert_eq!(
+            rated.patched(&LimitsPatch::default()).unwrap().rate(),
+            Some(rate)
+        );
+        let unrated = rated
+            .patched(&LimitsPatch {
+                rate: Some(None),
+                ..Default::default()
+            })
+            .unwrap();
+        assert_eq!(unrated.rate(), None);
+        for (per_second, burst, field) in [
+            (0.0, 1, "rate.per_second"),
+            (f64::NAN, 1, "rate.per_second"),
+            (2e6, 1, "rate.per_second"),
+            (10.0, 0, "rate.burst"),
+        ] {
+            let err = base
+                .patched(&LimitsPatch {
+                    rate: Some(Some(RatePatch { per_second, burst })),
+                    ..Default::default()
+                })
+                .unwrap_err();
+            assert_eq!(err.field, field, "{per_second} {burst}");
+            assert!(err.problem.starts_with("must be"), "{err}");
+        }
     }
 }

@@ -57,6 +57,7 @@ pub mod limit;
 mod limits;
 mod peers;
 mod queued;
+mod rate;
 mod reaper;
 mod session;
 mod shared;
@@ -79,9 +80,10 @@ pub use decision::{
 pub use dependency::{Dependency, DependencyStatus};
 pub use lease::{LEASE_ID_LEN, LeaseHandle, LeaseId};
 pub use limits::{
-    BudgetConfig, DegradeAt, ELEVATED_AT, InvalidLimit, Limits, LimitsPatch, MAX_WAIT,
+    BudgetConfig, DegradeAt, ELEVATED_AT, InvalidLimit, Limits, LimitsPatch, MAX_WAIT, RatePatch,
 };
 pub use peers::Peer;
+pub use rate::Rate;
 pub use session::{Session, SessionAcquireError, SessionClosed};
 pub use shared::{LedgerObserver, NoopObserver};
 pub use waiters::Priority;

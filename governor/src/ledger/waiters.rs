@@ -58,6 +58,7 @@ struct Node<T> {
 struct List {
     head: Option<usize>,
     tail: Option<usize>,
+    len: usize,
 }
 
 #[derive(Debug)]
@@ -104,6 +105,7 @@ impl<T> WaiterQueue<T> {
             None => self.lists[class].head = Some(index),
         }
         self.lists[class].tail = Some(index);
+        self.lists[class].len += 1;
         WaiterKey { index, seq }
     }
 
@@ -113,6 +115,17 @@ impl<T> WaiterQueue<T> {
             Some(node) if node.seq == key.seq => Some(self.unlink(key.index)),
             _ => None,
         }
+    }
+
+    /// How many waiters are served before an arrival of `priority`: every
+    /// one of the same or a higher priority (first tries and retries of one
+    /// priority are served oldest first, so both are ahead). O(classes).
+    pub(crate) fn ahead_of(&self, priority: Priority) -> usize {
+        Priority::ALL
+            .iter()
+            .take_while(|&&p| p <= priority)
+            .map(|&p| self.lists[class(p, false)].len + self.lists[class(p, true)].len)
+            .sum()
     }
 
     /// The next waiter to serve: highest priority, then oldest.
@@ -184,6 +197,7 @@ impl<T> WaiterQueue<T> {
 
     fn unlink(&mut self, index: usize) -> T {
         let node = self.nodes.remove(index);
+        self.lists[node.class].len -= 1;
         match node.prev {
             Some(prev) => self.nodes[prev].next = node.next,
             None => self.lists[node.class].head = node.next,
@@ -203,6 +217,24 @@ mod tests {
 
     fn order(queue: &mut WaiterQueue<&'static str>) -> Vec<&'static str> {
         std::iter::from_fn(|| queue.pop()).collect()
+    }
+
+    #[test]
+    fn counts_the_waiters_ahead_of_each_priority() {
+        let mut q = WaiterQueue::default();
+        assert_eq!(q.ahead_of(Sheddable), 0);
+        q.push(Normal, false, "n1");
+        let retry = q.push(Normal, true, "n2");
+        q.push(Critical, false, "c1");
+        q.push(Sheddable, false, "s1");
+        assert_eq!(q.ahead_of(Critical), 1);
+        assert_eq!(q.ahead_of(Normal), 3);
+        assert_eq!(q.ahead_of(Sheddable), 4);
+        q.remove(retry);
+        assert_eq!(q.ahead_of(Normal), 2);
+        assert_eq!(q.pop(), Some("c1"));
+        assert_eq!(q.ahead_of(Critical), 0);
+        assert_eq!(q.ahead_of(Sheddable), 2);
     }
 
     #[test]

@@ -48,6 +48,7 @@ fn to_proto(status: DependencyStatus) -> v1::DependencyStatus {
         pressure: fields::pressure_to_proto(status.pressure).into(),
         elevated_at: limits.elevated_at(),
         degrade_at: fields::degrade_at_to_proto(limits.degrade_at()).into(),
+        rate: limits.rate().map(fields::rate_to_proto),
         name: status.name.to_string(),
         max_concurrency: limits.max_concurrency(),
         in_flight: status.in_flight,

@@ -8,7 +8,8 @@ use tonic::Status;
 
 use crate::ledger::limit::{AdaptivePatch, Algorithm, AlgorithmChoice};
 use crate::ledger::{
-    self, BudgetConfig, DegradeAt, LeaseId, LimitsPatch, Outcome, Pressure, Priority,
+    self, BudgetConfig, DegradeAt, LeaseId, LimitsPatch, Outcome, Pressure, Priority, Rate,
+    RatePatch,
 };
 
 /// Longest tenant, in bytes.
@@ -143,7 +144,24 @@ pub fn limits_patch(limits: Option<&v1::DependencyLimits>) -> Result<LimitsPatch
         retry_budget,
         elevated_at: limits.elevated_at,
         degrade_at: degrade_at(limits.degrade_at)?,
+        rate: limits.rate.as_ref().map(rate_patch),
     })
+}
+
+/// `per_second = 0` removes the rate limit; `burst = 0` means 1. The
+/// ranges are checked with the other limits (`limits.rate.per_second`).
+fn rate_patch(rate: &v1::RateLimit) -> Option<RatePatch> {
+    (rate.per_second != 0.0).then(|| RatePatch {
+        per_second: rate.per_second,
+        burst: rate.burst.max(1),
+    })
+}
+
+pub fn rate_to_proto(rate: Rate) -> v1::RateLimit {
+    v1::RateLimit {
+        per_second: rate.per_second(),
+        burst: rate.burst(),
+    }
 }
 
 fn degrade_at(value: i32) -> Result<Option<DegradeAt>, Status> {

@@ -64,6 +64,7 @@ fn reject_reason(reason: RejectReason) -> v1::RejectReason {
         RejectReason::RetryBudgetExhausted => v1::RejectReason::RetryBudgetExhausted,
         RejectReason::Shed => v1::RejectReason::Shed,
         RejectReason::ShuttingDown => v1::RejectReason::ShuttingDown,
+        RejectReason::RateLimited => v1::RejectReason::RateLimited,
         RejectReason::Degrade => v1::RejectReason::Degrade,
     }
 }

@@ -185,6 +185,16 @@ fn log_in_full(ledger: &Ledger, dependency: &str, event: Event, load: Snapshot) 
             queued,
             "backpressure: retry budget exhausted, retry rejected"
         ),
+        Event::Rejected(RejectReason::RateLimited) => tracing::warn!(
+            dependency,
+            reason = "rate_limited",
+            rate_per_second = limits.rate().map(|r| r.per_second()),
+            rate_burst = limits.rate().map(|r| r.burst()),
+            limit,
+            in_flight,
+            queued,
+            "backpressure: no rate token within the wait, request rejected"
+        ),
         // Not a backpressure event (the caller's fallback working); never
         // recorded here, see `Telemetry::acquire_finished`, but named all the same.
         Event::Rejected(RejectReason::Degrade) => tracing::debug!(

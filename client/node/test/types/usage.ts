@@ -54,7 +54,8 @@ async function main(): Promise<void> {
       const reason: RejectReason = err.reason;
       const retryAfterMs: number = err.retryAfterMs;
       const counts: number[] = [err.limit, err.inFlight, err.queued];
-      void [reason, retryAfterMs, counts];
+      const rateLimited: boolean = reason === 'RATE_LIMITED';
+      void [reason, retryAfterMs, counts, rateLimited];
       // @ts-expect-error: reasons are a closed set
       const bogus: typeof err.reason = 'FULL';
       void bogus;

@@ -80,6 +80,9 @@ class RejectReason(_WireEnum):
     RETRY_BUDGET_EXHAUSTED = pb.REJECT_REASON_RETRY_BUDGET_EXHAUSTED
     SHED = pb.REJECT_REASON_SHED
     SHUTTING_DOWN = pb.REJECT_REASON_SHUTTING_DOWN
+    #: The dependency's rate limit had no token for the request within its
+    #: wait: ``retry_after`` is the exact time until the next token.
+    RATE_LIMITED = pb.REJECT_REASON_RATE_LIMITED
     #: The request was ``degradable`` and would have had to wait (or the
     #: dependency was at its ``degrade_at`` pressure): serve the cheaper answer.
     DEGRADE = pb.REJECT_REASON_DEGRADE
@@ -127,7 +130,8 @@ class Rejected(GovernorError):
     Attributes:
         dependency: the dependency asked for.
         reason: why (:class:`RejectReason`).
-        retry_after: the sidecar's estimate, in seconds, of when a retry could succeed.
+        retry_after: the sidecar's estimate, in seconds, of when a retry could
+            succeed (for RATE_LIMITED, the exact time until the next token).
         queue_wait: seconds the request spent queued before the rejection.
         limit, in_flight, queued: the dependency's state right after the decision.
         pressure: the dependency's :class:`Pressure` right after the decision

@@ -630,8 +630,10 @@ class Governor:
         Each try acquires a permit with ``attempt`` = 0, 1, 2, ... so retries
         draw on the dependency's retry budget. Between tries it sleeps
         ``backoff(retry_number)`` seconds, and at least the sidecar's
-        ``retry_after`` after a rejection. An exception from ``fn`` is retried
-        if ``retry_on`` (a tuple of exception types or a predicate) says so.
+        ``retry_after`` after a rejection (RATE_LIMITED included: its
+        ``retry_after`` is the time until the next token). An exception from
+        ``fn`` is retried if ``retry_on`` (a tuple of exception types or a
+        predicate) says so.
 
         ``degradable`` is sent with every Acquire (see :meth:`acquire`); it
         defaults to True when a ``fallback`` is given, else False. A DEGRADE

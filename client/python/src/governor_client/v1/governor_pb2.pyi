@@ -25,6 +25,7 @@ class RejectReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     REJECT_REASON_RETRY_BUDGET_EXHAUSTED: _ClassVar[RejectReason]
     REJECT_REASON_SHED: _ClassVar[RejectReason]
     REJECT_REASON_SHUTTING_DOWN: _ClassVar[RejectReason]
+    REJECT_REASON_RATE_LIMITED: _ClassVar[RejectReason]
     REJECT_REASON_DEGRADE: _ClassVar[RejectReason]
 
 class Pressure(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
@@ -66,6 +67,7 @@ REJECT_REASON_QUEUE_TIMEOUT: RejectReason
 REJECT_REASON_RETRY_BUDGET_EXHAUSTED: RejectReason
 REJECT_REASON_SHED: RejectReason
 REJECT_REASON_SHUTTING_DOWN: RejectReason
+REJECT_REASON_RATE_LIMITED: RejectReason
 REJECT_REASON_DEGRADE: RejectReason
 PRESSURE_UNSPECIFIED: Pressure
 PRESSURE_NONE: Pressure
@@ -215,7 +217,7 @@ class UpdateDependencyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., limits: _Optional[_Union[DependencyLimits, _Mapping]] = ...) -> None: ...
 
 class DependencyLimits(_message.Message):
-    __slots__ = ("max_concurrency", "max_queue", "max_wait", "lease_ttl", "retry_budget", "adaptive", "elevated_at", "degrade_at")
+    __slots__ = ("max_concurrency", "max_queue", "max_wait", "lease_ttl", "retry_budget", "adaptive", "elevated_at", "degrade_at", "rate")
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_FIELD_NUMBER: _ClassVar[int]
@@ -224,6 +226,7 @@ class DependencyLimits(_message.Message):
     ADAPTIVE_FIELD_NUMBER: _ClassVar[int]
     ELEVATED_AT_FIELD_NUMBER: _ClassVar[int]
     DEGRADE_AT_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
     max_concurrency: int
     max_queue: int
     max_wait: _duration_pb2.Duration
@@ -232,7 +235,16 @@ class DependencyLimits(_message.Message):
     adaptive: AdaptiveLimit
     elevated_at: float
     degrade_at: DegradeAt
-    def __init__(self, max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ...) -> None: ...
+    rate: RateLimit
+    def __init__(self, max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ...) -> None: ...
+
+class RateLimit(_message.Message):
+    __slots__ = ("per_second", "burst")
+    PER_SECOND_FIELD_NUMBER: _ClassVar[int]
+    BURST_FIELD_NUMBER: _ClassVar[int]
+    per_second: float
+    burst: int
+    def __init__(self, per_second: _Optional[float] = ..., burst: _Optional[int] = ...) -> None: ...
 
 class AdaptiveLimit(_message.Message):
     __slots__ = ("algorithm", "min_limit", "initial_limit", "shadow", "window", "min_samples", "baseline_windows", "drop_threshold", "backoff", "tolerance", "alpha", "beta")
@@ -273,7 +285,7 @@ class RetryBudget(_message.Message):
     def __init__(self, ratio: _Optional[float] = ..., min_per_second: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DependencyStatus(_message.Message):
-    __slots__ = ("name", "max_concurrency", "in_flight", "queued", "max_queue", "max_wait", "lease_ttl", "retry_budget_available", "granted_total", "rejected_total", "expired_total", "retry_budget", "limit", "adaptive_limit", "limit_algorithm", "adaptive", "latency_baseline", "latency_recent", "limit_changes_total", "pressure", "elevated_at", "degrade_at")
+    __slots__ = ("name", "max_concurrency", "in_flight", "queued", "max_queue", "max_wait", "lease_ttl", "retry_budget_available", "granted_total", "rejected_total", "expired_total", "retry_budget", "limit", "adaptive_limit", "limit_algorithm", "adaptive", "latency_baseline", "latency_recent", "limit_changes_total", "pressure", "elevated_at", "degrade_at", "rate")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -296,6 +308,7 @@ class DependencyStatus(_message.Message):
     PRESSURE_FIELD_NUMBER: _ClassVar[int]
     ELEVATED_AT_FIELD_NUMBER: _ClassVar[int]
     DEGRADE_AT_FIELD_NUMBER: _ClassVar[int]
+    RATE_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_concurrency: int
     in_flight: int
@@ -318,4 +331,5 @@ class DependencyStatus(_message.Message):
     pressure: Pressure
     elevated_at: float
     degrade_at: DegradeAt
-    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget_available: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., limit: _Optional[int] = ..., adaptive_limit: _Optional[int] = ..., limit_algorithm: _Optional[_Union[LimitAlgorithm, str]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., latency_baseline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_recent: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., limit_changes_total: _Optional[int] = ..., pressure: _Optional[_Union[Pressure, str]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ...) -> None: ...
+    rate: RateLimit
+    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget_available: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., limit: _Optional[int] = ..., adaptive_limit: _Optional[int] = ..., limit_algorithm: _Optional[_Union[LimitAlgorithm, str]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., latency_baseline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_recent: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., limit_changes_total: _Optional[int] = ..., pressure: _Optional[_Union[Pressure, str]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ...) -> None: ...
