@@ -181,6 +181,7 @@ async fn leak_check(
 async fn ledger_pair(ledger: &Ledger) -> Result<(), String> {
     let request = AcquireRequest {
         dependency: DEPENDENCY,
+        tenant: None,
         attempt: 0,
         priority: Priority::Normal,
         max_wait: None,

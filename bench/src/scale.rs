@@ -65,6 +65,7 @@ pub struct ScaleResults {
 fn request(name: &str) -> AcquireRequest<'_> {
     AcquireRequest {
         dependency: name,
+        tenant: None,
         attempt: 0,
         priority: Priority::Normal,
         max_wait: None,

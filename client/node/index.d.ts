@@ -58,6 +58,14 @@ export declare const RejectReason: { readonly [K in RejectReason]: K };
 export type Pressure = 'UNSPECIFIED' | 'NONE' | 'ELEVATED' | 'SATURATED' | 'OVERLOADED';
 export declare const Pressure: { readonly [K in Pressure]: K };
 
+/**
+ * From which pressure a degradable acquire is answered DEGRADE: SATURATED (the default) only when
+ * it would have to wait; ELEVATED also when a slot is free but the pressure is ELEVATED or worse.
+ * UNSPECIFIED only when read from a sidecar that predates it.
+ */
+export type DegradeAt = 'UNSPECIFIED' | 'SATURATED' | 'ELEVATED';
+export declare const DegradeAt: { readonly [K in DegradeAt]: K };
+
 export type HealthStatus = 'SERVING' | 'NOT_SERVING' | 'UNKNOWN' | 'SERVICE_UNKNOWN';
 
 /** Anything with a `warn` method, such as `console` or a pino/winston logger. */
@@ -235,6 +243,28 @@ export interface DependencyStatus {
   /** Typical latency of the adaptive limit's last window, once measured. */
   latencyRecentMs: number | null;
   limitChangesTotal: number;
+  /** The dependency's pressure at the instant of the status ('UNSPECIFIED' from a sidecar that predates it). */
+  pressure: Pressure;
+  /** Share of the enforced limit in use from which the pressure is ELEVATED, in (0, 1] (default 0.7; 0 from a sidecar that predates it). */
+  elevatedAt: number;
+  /** From which pressure a degradable acquire is answered DEGRADE. */
+  degradeAt: DegradeAt;
+  /** The rate limit in force; null when there is none. */
+  rate: RateLimit | null;
+  /** Each tenant's own rate limit in force; null when there is none. */
+  tenantRate: RateLimit | null;
+  /** Tenants whose tenantRate bucket is still refilling (at most 1024 are kept). */
+  ratedTenants: number;
+  /** Acquires waiting, outside the queue, for their tenant's token. */
+  delayed: number;
+}
+
+/** A token bucket (GCRA): perSecond tokens a second, at most burst at once; a grant needs a token and a slot. */
+export interface RateLimit {
+  /** In (0, 1 000 000]. */
+  perSecond: number;
+  /** In [1, 1 000 000]. */
+  burst: number;
 }
 
 /** Adaptive limit settings; unset fields keep their value (see the README for defaults). */
@@ -263,6 +293,17 @@ export interface DependencyLimits {
   retryBudget?: RetryBudget;
   /** Turns an adaptive limit on, changes it, switches its algorithm, or ('static') turns it off. */
   adaptive?: AdaptiveLimit;
+  /** Share of the enforced limit in use from which the pressure is ELEVATED, in (0, 1]. */
+  elevatedAt?: number;
+  /** From which pressure a degradable acquire is answered DEGRADE; left out keeps the setting. */
+  degradeAt?: Exclude<DegradeAt, 'UNSPECIFIED'>;
+  /**
+   * Sets the rate limit (burst left out is 1); null removes it; left out keeps the current one.
+   * A perSecond that is not a positive number, or a burst that is not a positive integer, is a TypeError.
+   */
+  rate?: { perSecond: number; burst?: number } | null;
+  /** The same for each tenant's own rate limit (acquires that name a tenant). */
+  tenantRate?: { perSecond: number; burst?: number } | null;
 }
 
 export declare class GovernorAdminClient {

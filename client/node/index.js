@@ -125,6 +125,24 @@ function pressureFromWire(value) {
   return Object.hasOwn(Pressure, name) ? Pressure[name] : Pressure.UNSPECIFIED;
 }
 
+/**
+ * From which pressure a degradable acquire is answered DEGRADE (the admin
+ * API's degradeAt); UNSPECIFIED only when read from a sidecar that predates it.
+ */
+export const DegradeAt = Object.freeze({
+  UNSPECIFIED: 'UNSPECIFIED',
+  /** Only when it would have to wait: no free slot (or token), or waiters ahead. The default. */
+  SATURATED: 'SATURATED',
+  /** Also when a slot is free but the pressure is ELEVATED or worse. */
+  ELEVATED: 'ELEVATED',
+});
+
+/** The wire's DegradeAt enum as a DegradeAt value; a setting newer than this client reads UNSPECIFIED. */
+function degradeAtFromWire(value) {
+  const name = stripPrefix(value, 'DEGRADE_AT_');
+  return Object.hasOwn(DegradeAt, name) ? DegradeAt[name] : DegradeAt.UNSPECIFIED;
+}
+
 const STATUS_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
 
 // gRPC status codes that mean "the sidecar gave no answer" (down, frozen, a
@@ -337,7 +355,37 @@ function normalizeStatus(s) {
     latencyBaselineMs: s.latencyBaseline ? durationToMs(s.latencyBaseline) : null,
     latencyRecentMs: s.latencyRecent ? durationToMs(s.latencyRecent) : null,
     limitChangesTotal: s.limitChangesTotal,
+    // Issue 10: an older sidecar sends none of these (UNSPECIFIED, 0, null).
+    pressure: pressureFromWire(s.pressure),
+    elevatedAt: s.elevatedAt,
+    degradeAt: degradeAtFromWire(s.degradeAt),
+    rate: s.rate ? { perSecond: s.rate.perSecond, burst: s.rate.burst } : null,
+    tenantRate: s.tenantRate ? { perSecond: s.tenantRate.perSecond, burst: s.tenantRate.burst } : null,
+    ratedTenants: s.ratedTenants ?? 0,
+    delayed: s.delayed ?? 0,
   };
+}
+
+/**
+ * The admin API's rate option as the wire's RateLimit: null removes the rate
+ * limit (per_second = 0); burst left out is 0 on the wire, which the sidecar
+ * reads as 1. The upper bounds (1 000 000) are the sidecar's to check.
+ */
+function rateToWire(rate, key = 'rate') {
+  if (rate === null) return { perSecond: 0, burst: 0 };
+  if (typeof rate !== 'object') {
+    throw new TypeError(`${key} must be { perSecond, burst } or null; got ${JSON.stringify(rate)}`);
+  }
+  const { perSecond, burst } = rate;
+  if (typeof perSecond !== 'number' || !(perSecond > 0)) {
+    throw new TypeError(
+      `${key}.perSecond must be a positive number (${key}: null removes the rate limit); got ${JSON.stringify(perSecond)}`,
+    );
+  }
+  if (burst !== undefined && !(Number.isInteger(burst) && burst >= 1 && burst <= 0xffffffff)) {
+    throw new TypeError(`${key}.burst must be a positive integer; got ${JSON.stringify(burst)}`);
+  }
+  return { perSecond, burst: burst ?? 0 };
 }
 
 const ADAPTIVE_KEYS = [
@@ -595,6 +643,23 @@ export class GovernorAdminClient {
       wire.retryBudget = { ratio, minPerSecond, ttl: msToDuration(ttlMs) };
     }
     if (limits.adaptive !== undefined) wire.adaptive = adaptiveToWire(limits.adaptive);
+    if (limits.elevatedAt !== undefined) {
+      // The range, (0, 1], is the sidecar's to check (INVALID_ARGUMENT limits.elevated_at).
+      if (typeof limits.elevatedAt !== 'number') {
+        throw new TypeError(`elevatedAt must be a number in (0, 1]; got ${JSON.stringify(limits.elevatedAt)}`);
+      }
+      wire.elevatedAt = limits.elevatedAt;
+    }
+    if (limits.degradeAt !== undefined) {
+      // UNSPECIFIED on the wire keeps the setting: leave degradeAt out for that.
+      const allowed = [DegradeAt.SATURATED, DegradeAt.ELEVATED];
+      if (typeof limits.degradeAt !== 'string') {
+        throw new TypeError(`degradeAt must be one of ${allowed.join(', ')}; got ${JSON.stringify(limits.degradeAt)}`);
+      }
+      wire.degradeAt = toEnum(limits.degradeAt, 'DEGRADE_AT_', allowed, 'degradeAt');
+    }
+    if (limits.rate !== undefined) wire.rate = rateToWire(limits.rate);
+    if (limits.tenantRate !== undefined) wire.tenantRate = rateToWire(limits.tenantRate, 'tenantRate');
     const res = await this.#gov._adminCall('UpdateDependency', { name, limits: wire });
     return normalizeStatus(res);
   }

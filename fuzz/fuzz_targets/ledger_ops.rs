@@ -452,6 +452,7 @@ impl World {
         let handle = tokio::spawn(async move {
             let request = AcquireRequest {
                 dependency: NAMES[dep],
+                tenant: None,
                 attempt: u32::from(retry),
                 priority,
                 max_wait: wait,
@@ -594,6 +595,7 @@ async fn run(ops: Vec<Op>) {
     let foreign = other
         .acquire(&AcquireRequest {
             dependency: "alpha",
+            tenant: None,
             attempt: 0,
             priority: Priority::Normal,
             max_wait: None,

@@ -33,6 +33,7 @@ fn ledger(concurrency: u32, max_dependencies: usize) -> Arc<Ledger> {
 async fn pair(ledger: &Ledger, dependency: &str) {
     let request = AcquireRequest {
         dependency,
+        tenant: None,
         attempt: 0,
         priority: Priority::Normal,
         max_wait: None,
@@ -134,6 +135,7 @@ fn wake_with_deep_queue(c: &mut Criterion) {
         let ledger = ledger(1, 16);
         let request = |priority| AcquireRequest {
             dependency: "db",
+            tenant: None,
             attempt: 0,
             priority,
             max_wait: None,

@@ -23,6 +23,7 @@ fn main() {
         let ledger = Ledger::new(LedgerConfig::default());
         let request = AcquireRequest {
             dependency: "payments",
+            tenant: None,
             attempt: 0,
             priority: Priority::Normal,
             max_wait: None,

@@ -10,7 +10,7 @@ use rand::Rng;
 use rate_governor::ledger::limit::{AdaptivePatch, Algorithm, AlgorithmChoice};
 use rate_governor::ledger::{
     AcquireRequest, Decision, Ledger, LedgerConfig, Limits, LimitsPatch, Outcome, Priority,
-    RejectReason, Report,
+    RatePatch, RejectReason, Report,
 };
 
 const LIMIT: u32 = 4;
@@ -49,6 +49,7 @@ async fn caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) -> 
         };
         let request = AcquireRequest {
             dependency: "db",
+            tenant: None,
             attempt,
             priority,
             max_wait: None,
@@ -140,6 +141,7 @@ async fn limit_changes_under_load_leak_nothing() {
 async fn acquire_normal(ledger: &Ledger, give_up: Option<Duration>) -> Option<Decision> {
     let request = AcquireRequest {
         dependency: "db",
+        tenant: None,
         attempt: 0,
         priority: Priority::Normal,
         max_wait: None,
@@ -303,6 +305,7 @@ async fn session_acquire(
     };
     let request = AcquireRequest {
         dependency: "db",
+        tenant: None,
         attempt: 0,
         priority,
         max_wait: Some(max_wait),
@@ -414,4 +417,117 @@ async fn sessions_closing_at_random_leak_nothing_and_never_exceed_the_limit() {
     // that found their session closed were released so too.
     assert!(counter.0.load(Ordering::SeqCst) >= by_close);
     assert!(by_close > 0, "some sessions closed with leases held");
+}
+
+const TENANTS: [&str; 4] = ["a", "b", "c", "d"];
+const RATE: (f64, u32) = (4000.0, 20);
+const TENANT_RATE: (f64, u32) = (800.0, 4);
+
+/// Callers of four tenants (and some of none) under a dependency rate and a
+/// per-tenant rate, with random waits, cancellations and fallbacks. Returns
+/// the grants per tenant (the last slot: no tenant).
+async fn rated_caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) -> [u64; 5] {
+    let mut grants = [0u64; 5];
+    for _ in 0..rounds {
+        let (tenant, max_wait, cancel_after, hold, degradable) = {
+            let mut rng = rand::rng();
+            (
+                rng.random_range(0..5usize),
+                rng.random_range(0..4000u64),
+                rng.random_range(0..4000u64),
+                rng.random_range(0..300u64),
+                rng.random_range(0..4) == 0,
+            )
+        };
+        let request = AcquireRequest {
+            dependency: "db",
+            tenant: TENANTS.get(tenant).copied(),
+            attempt: 0,
+            priority: Priority::Normal,
+            max_wait: Some(Duration::from_micros(max_wait)),
+            degradable,
+        };
+        let acquire = ledger.acquire(&request);
+        let decision = if cancel_after < 1500 {
+            match tokio::time::timeout(Duration::from_micros(cancel_after), acquire).await {
+                Ok(decision) => decision.unwrap(),
+                Err(_) => continue,
+            }
+        } else {
+            acquire.await.unwrap()
+        };
+        if let Some(rejection) = decision.rejected() {
+            if rejection.reason == RejectReason::RateLimited {
+                assert!(rejection.retry_after > Duration::ZERO, "{rejection:?}");
+            }
+        }
+        if let Some(grant) = decision.granted() {
+            grants[tenant] += 1;
+            let held = holders.fetch_add(1, Ordering::SeqCst) + 1;
+            assert!(held <= LIMIT, "{held} callers hold a permit of {LIMIT}");
+            tokio::time::sleep(Duration::from_micros(hold)).await;
+            holders.fetch_sub(1, Ordering::SeqCst);
+            assert!(ledger.release(&grant.lease, Report::default()).is_some());
+        }
+    }
+    grants
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rates_and_tenants_under_load_leak_nothing_and_exceed_nothing() {
+    let rate = |(per_second, burst): (f64, u32)| Some(Some(RatePatch { per_second, burst }));
+    let limits = Limits::default()
+        .patched(&LimitsPatch {
+            max_concurrency: Some(LIMIT),
+            max_queue: Some(8),
+            max_wait: Some(Duration::from_millis(5)),
+            rate: rate(RATE),
+            tenant_rate: rate(TENANT_RATE),
+            ..Default::default()
+        })
+        .unwrap();
+    let ledger = Arc::new(Ledger::new(LedgerConfig {
+        dependencies: vec![("db".into(), limits)],
+        ..LedgerConfig::default()
+    }));
+    let started = std::time::Instant::now();
+    let holders = Arc::new(AtomicU32::new(0));
+    let callers: Vec<_> = (0..48)
+        .map(|_| tokio::spawn(rated_caller(ledger.clone(), holders.clone(), 150)))
+        .collect();
+    let mut grants = [0u64; 5];
+    for caller in callers {
+        let theirs = caller.await.expect("no caller panicked");
+        for (total, n) in grants.iter_mut().zip(theirs) {
+            *total += n;
+        }
+    }
+    // Every grant happened within this span, so no bucket gave more than
+    // its rate over it plus its burst.
+    let span = started.elapsed().as_secs_f64();
+    let total: u64 = grants.iter().sum();
+    let bound =
+        |(per_second, burst): (f64, u32)| (per_second * span).ceil() as u64 + u64::from(burst);
+    assert!(total <= bound(RATE), "{total} grants in {span:.3} s");
+    for (tenant, n) in TENANTS.iter().zip(grants) {
+        assert!(
+            n <= bound(TENANT_RATE),
+            "{tenant}: {n} grants in {span:.3} s"
+        );
+    }
+    let status = ledger.status("db").unwrap();
+    assert_eq!(
+        (status.in_flight, status.queued, status.delayed),
+        (0, 0, 0),
+        "{status:?}"
+    );
+    assert_eq!(ledger.leases(), 0);
+    assert_eq!(ledger.waiters(), 0);
+    // A grant that raced its caller's cancellation counts there too (and
+    // went straight back).
+    assert!(status.granted_total >= total, "{status:?}");
+    assert!(
+        status.rejected_total > 0 && grants[4] > 0,
+        "{status:?} {grants:?}"
+    );
 }

@@ -301,3 +301,102 @@ async fn bad_rate_settings_exit_64_naming_the_key() {
         assert!(stderr.contains(message), "{message:?} not in {stderr}");
     }
 }
+
+#[tokio::test]
+async fn each_tenant_is_held_to_its_own_rate() {
+    let gov = GovernorProcess::start(
+        r#"
+[dependencies.shared]
+max_concurrency = 100
+tenant_rate = { per_second = 10, burst = 2 }
+"#,
+    )
+    .await;
+    let mut client = gov.governor_client().await;
+    let mut admin = gov.admin_client().await;
+    let ask = |tenant: &str, max_wait: Duration| AcquireRequest {
+        dependency: "shared".into(),
+        tenant: tenant.into(),
+        max_wait: Some(max_wait.try_into().unwrap()),
+        ..Default::default()
+    };
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let granted = client
+            .acquire(ask("noisy", Duration::ZERO))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(granted.granted, "{granted:?}");
+        held.push(granted.lease_id);
+    }
+    let refused = client
+        .acquire(ask("noisy", Duration::ZERO))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(refused.reason(), RejectReason::RateLimited, "{refused:?}");
+    assert!(duration(&refused.retry_after) <= Duration::from_millis(100));
+    // Another tenant, and a caller that names none, are not held back.
+    for tenant in ["quiet", ""] {
+        let granted = client
+            .acquire(ask(tenant, Duration::ZERO))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(granted.granted, "{tenant:?}: {granted:?}");
+        held.push(granted.lease_id);
+    }
+    // Within its wait, the noisy tenant's next request waits for its token.
+    let delayed = client
+        .acquire(ask("noisy", Duration::from_secs(2)))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(delayed.granted, "{delayed:?}");
+    assert!(
+        duration(&delayed.queue_wait) > Duration::ZERO,
+        "{delayed:?}"
+    );
+    held.push(delayed.lease_id);
+
+    let status = admin
+        .get_dependency(GetDependencyRequest {
+            name: "shared".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rate = status.tenant_rate.expect("the tenant rate is shown");
+    assert_eq!((rate.per_second, rate.burst), (10.0, 2));
+    assert_eq!(status.rate, None);
+    assert!(status.rated_tenants >= 1, "{status:?}");
+    assert_eq!(status.delayed, 0);
+    for lease in &held {
+        release(&mut client, lease).await;
+    }
+
+    // Turned off at runtime: the noisy tenant is through at once.
+    admin
+        .update_dependency(UpdateDependencyRequest {
+            name: "shared".into(),
+            limits: Some(DependencyLimits {
+                tenant_rate: Some(RateLimit {
+                    per_second: 0.0,
+                    burst: 0,
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    for _ in 0..5 {
+        let granted = client
+            .acquire(ask("noisy", Duration::ZERO))
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(granted.granted, "{granted:?}");
+        release(&mut client, &granted.lease_id).await;
+    }
+}

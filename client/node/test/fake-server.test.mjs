@@ -1,7 +1,8 @@
 // Client behaviour that the real sidecar cannot show from the outside — what
 // exactly goes on the wire (trace metadata, outcomes, latencies, deadlines,
-// attempt numbers) — checked with a tiny in-test grpc-js server that
-// implements governor.v1.Governor from the packaged proto and records calls.
+// attempt numbers, admin fields) — checked with a tiny in-test grpc-js server that
+// implements governor.v1.Governor and GovernorAdmin from the packaged proto and
+// records calls.
 import assert from 'node:assert/strict';
 import { after, before, beforeEach, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
@@ -14,10 +15,12 @@ import { setFlagsFromString } from 'node:v8';
 import { runInNewContext } from 'node:vm';
 import {
   DEFAULT_CHANNEL_OPTIONS,
+  DegradeAt,
   Governor,
   GovernorError,
   GovernorUnavailableError,
   PROTO_PATH,
+  Pressure,
   RejectReason,
   RejectedError,
 } from '../index.js';
@@ -35,6 +38,7 @@ let target;
 let calls = [];
 let acquireScript = [];
 let renewReply = null;
+let adminReply = null;
 
 function deadlineToMs(deadline) {
   return deadline instanceof Date ? deadline.getTime() : Number(deadline);
@@ -76,6 +80,21 @@ before(async () => {
       callback(null, renewReply ?? { renewed: true, leaseTtl: { seconds: 0, nanos: 150e6 } });
     },
   });
+  const status = (name) => ({ name, ...(adminReply ?? {}) });
+  server.addService(pkg.governor.v1.GovernorAdmin.service, {
+    GetDependency(call, callback) {
+      record('GetDependency', call);
+      callback(null, status(call.request.name));
+    },
+    ListDependencies(call, callback) {
+      record('ListDependencies', call);
+      callback(null, { dependencies: [status('a'), status('b')] });
+    },
+    UpdateDependency(call, callback) {
+      record('UpdateDependency', call);
+      callback(null, status(call.request.name));
+    },
+  });
   const port = await new Promise((resolve, reject) =>
     server.bindAsync('127.0.0.1:0', grpc.ServerCredentials.createInsecure(), (err, p) => (err ? reject(err) : resolve(p))),
   );
@@ -94,6 +113,7 @@ beforeEach(() => {
   calls = [];
   acquireScript = [];
   renewReply = null;
+  adminReply = null;
 });
 
 const only = (method) => calls.filter((c) => c.method === method);
@@ -486,6 +506,143 @@ describe('retries and leases', () => {
       assert.equal(await permit.release(), true);
     } finally {
       gov.close();
+    }
+  });
+});
+
+describe('admin: pressure, elevatedAt, degradeAt and rate', () => {
+  const STATUS = {
+    maxConcurrency: 8,
+    limit: 8,
+    inFlight: 5,
+    pressure: 'PRESSURE_ELEVATED',
+    elevatedAt: 0.6,
+    degradeAt: 'DEGRADE_AT_ELEVATED',
+    rate: { perSecond: 12.5, burst: 3 },
+    tenantRate: { perSecond: 2, burst: 1 },
+    ratedTenants: 4,
+    delayed: 1,
+  };
+
+  test('getDependency and listDependencies read them in the client names', async () => {
+    adminReply = STATUS;
+    const gov = new Governor(target, { failOpen: false });
+    try {
+      const s = await gov.admin.getDependency('payments');
+      assert.deepEqual(
+        { pressure: s.pressure, elevatedAt: s.elevatedAt, degradeAt: s.degradeAt, rate: s.rate },
+        { pressure: Pressure.ELEVATED, elevatedAt: 0.6, degradeAt: DegradeAt.ELEVATED, rate: { perSecond: 12.5, burst: 3 } },
+      );
+      assert.deepEqual(
+        { tenantRate: s.tenantRate, ratedTenants: s.ratedTenants, delayed: s.delayed },
+        { tenantRate: { perSecond: 2, burst: 1 }, ratedTenants: 4, delayed: 1 },
+      );
+      const all = await gov.admin.listDependencies();
+      assert.deepEqual(
+        all.map((d) => [d.name, d.pressure, d.degradeAt, d.rate]),
+        [
+          ['a', 'ELEVATED', 'ELEVATED', { perSecond: 12.5, burst: 3 }],
+          ['b', 'ELEVATED', 'ELEVATED', { perSecond: 12.5, burst: 3 }],
+        ],
+      );
+      // No rate limit: the field is absent on the wire, null here.
+      adminReply = { ...STATUS, rate: null, pressure: 'PRESSURE_SATURATED', degradeAt: 'DEGRADE_AT_SATURATED' };
+      const none = await gov.admin.getDependency('payments');
+      assert.deepEqual([none.rate, none.pressure, none.degradeAt], [null, 'SATURATED', 'SATURATED']);
+    } finally {
+      await gov.close();
+    }
+  });
+
+  test('a sidecar that predates them reads UNSPECIFIED, 0 and null; a newer enum value reads UNSPECIFIED', async () => {
+    adminReply = { maxConcurrency: 4 };
+    const gov = new Governor(target, { failOpen: false });
+    try {
+      const old = await gov.admin.getDependency('payments');
+      assert.deepEqual(
+        [old.pressure, old.elevatedAt, old.degradeAt, old.rate, old.tenantRate, old.ratedTenants, old.delayed],
+        [Pressure.UNSPECIFIED, 0, DegradeAt.UNSPECIFIED, null, null, 0, 0],
+      );
+      adminReply = { ...STATUS, pressure: 9, degradeAt: 9 }; // numbers this client has no name for
+      const newer = await gov.admin.getDependency('payments');
+      assert.deepEqual([newer.pressure, newer.degradeAt], [Pressure.UNSPECIFIED, DegradeAt.UNSPECIFIED]);
+    } finally {
+      await gov.close();
+    }
+  });
+
+  test('updateDependency sends elevatedAt, degradeAt and rate, and leaves out what is not given', async () => {
+    adminReply = STATUS;
+    const gov = new Governor(target, { failOpen: false });
+    const sent = () => only('UpdateDependency').at(-1).request.limits;
+    try {
+      const updated = await gov.admin.updateDependency('payments', {
+        elevatedAt: 0.6,
+        degradeAt: DegradeAt.ELEVATED,
+        rate: { perSecond: 12.5, burst: 3 },
+      });
+      assert.deepEqual(updated.rate, { perSecond: 12.5, burst: 3 }, 'the answer is read like getDependency');
+      assert.equal(sent().elevatedAt, 0.6);
+      assert.equal(sent().degradeAt, 'DEGRADE_AT_ELEVATED');
+      assert.deepEqual(sent().rate, { perSecond: 12.5, burst: 3 });
+
+      // Unset: elevated_at absent (optional), degrade_at UNSPECIFIED and rate absent (both keep).
+      await gov.admin.updateDependency('payments', { maxConcurrency: 8 });
+      assert.equal(Object.hasOwn(sent(), 'elevatedAt'), false);
+      assert.equal(sent().degradeAt, 'DEGRADE_AT_UNSPECIFIED');
+      assert.equal(sent().rate, null);
+
+      // rate: null removes the rate limit (per_second = 0); a burst left out is 0 (the sidecar's 1).
+      await gov.admin.updateDependency('payments', { rate: null });
+      assert.deepEqual(sent().rate, { perSecond: 0, burst: 0 });
+      await gov.admin.updateDependency('payments', { rate: { perSecond: 50 }, degradeAt: 'saturated' });
+      assert.deepEqual(sent().rate, { perSecond: 50, burst: 0 });
+      assert.equal(sent().degradeAt, 'DEGRADE_AT_SATURATED');
+      // Out of the sidecar's range, yet well-typed: sent for the sidecar to refuse with the field's name.
+      await gov.admin.updateDependency('payments', { elevatedAt: 1.5, rate: { perSecond: 2e6, burst: 1 } });
+      assert.equal(sent().elevatedAt, 1.5);
+      // tenantRate goes the same way as rate.
+      await gov.admin.updateDependency('payments', { tenantRate: { perSecond: 5, burst: 2 } });
+      assert.deepEqual(sent().tenantRate, { perSecond: 5, burst: 2 });
+      assert.equal(sent().rate, null, 'rate left out keeps it');
+      await gov.admin.updateDependency('payments', { tenantRate: null });
+      assert.deepEqual(sent().tenantRate, { perSecond: 0, burst: 0 });
+      await assert.rejects(
+        gov.admin.updateDependency('payments', { tenantRate: { perSecond: -1 } }),
+        (e) => e instanceof TypeError && /tenantRate\.perSecond/.test(e.message),
+      );
+    } finally {
+      await gov.close();
+    }
+  });
+
+  test('bad elevatedAt, degradeAt and rate options are TypeErrors naming them, and send nothing', async () => {
+    const gov = new Governor(target, { failOpen: false });
+    try {
+      const bad = [
+        [{ elevatedAt: '0.5' }, /elevatedAt/],
+        [{ elevatedAt: null }, /elevatedAt/],
+        [{ degradeAt: 'OVERLOADED' }, /degradeAt must be one of SATURATED, ELEVATED/],
+        [{ degradeAt: 'UNSPECIFIED' }, /degradeAt/],
+        [{ degradeAt: null }, /degradeAt/],
+        [{ rate: 5 }, /rate must be/],
+        [{ rate: { burst: 5 } }, /rate\.perSecond/],
+        [{ rate: { perSecond: 0 } }, /rate: null removes/],
+        [{ rate: { perSecond: -1, burst: 1 } }, /rate\.perSecond/],
+        [{ rate: { perSecond: Number.NaN } }, /rate\.perSecond/],
+        [{ rate: { perSecond: 10, burst: 0 } }, /rate\.burst/],
+        [{ rate: { perSecond: 10, burst: 1.5 } }, /rate\.burst/],
+      ];
+      for (const [limits, message] of bad) {
+        await assert.rejects(gov.admin.updateDependency('payments', limits), (err) => {
+          assert.ok(err instanceof TypeError, `${JSON.stringify(limits)}: got ${err}`);
+          assert.match(err.message, message);
+          return true;
+        });
+      }
+      assert.equal(only('UpdateDependency').length, 0);
+    } finally {
+      await gov.close();
     }
   });
 });

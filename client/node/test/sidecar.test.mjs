@@ -7,10 +7,13 @@ import { after, before, describe, test } from 'node:test';
 import { setTimeout as delay } from 'node:timers/promises';
 import { format, inspect } from 'node:util';
 import {
+  DegradeAt,
   Governor,
   GovernorError,
   GovernorUnavailableError,
   Outcome,
+  Pressure,
+  RejectReason,
   RejectedError,
 } from '../index.js';
 import { PKG_DIR, recordingLogger, startGovernor, waitFor } from './helpers.mjs';
@@ -471,6 +474,81 @@ describe('permits against the real sidecar', () => {
     await assert.rejects(gov.admin.updateDependency('adaptive', { adaptive: { algorithm: 'bbr' } }), TypeError);
     const off = await gov.admin.updateDependency('adaptive', { adaptive: { algorithm: 'static' } });
     assert.deepEqual([off.limitAlgorithm, off.adaptive, off.adaptiveLimit, off.limit], ['static', null, null, 40]);
+  });
+
+  test('admin sets a rate limit, reads it back and removes it; the sidecar enforces it', async () => {
+    // 0.5 a second: the next token is 2 s after the burst, well clear of the test's own pace.
+    const set = await gov.admin.updateDependency('rated', { maxConcurrency: 8, rate: { perSecond: 0.5, burst: 2 } });
+    assert.deepEqual(set.rate, { perSecond: 0.5, burst: 2 });
+    assert.equal(set.pressure, Pressure.NONE);
+    assert.deepEqual((await status('rated')).rate, { perSecond: 0.5, burst: 2 });
+    assert.equal((await status('basic')).rate, null, 'no rate limit unless one is set');
+
+    // The burst: two grants with maxWait 0, each spending a token; the slots are given back at once.
+    for (let i = 0; i < 2; i += 1) await (await gov.acquire('rated', { maxWaitMs: 0 })).release();
+    const drained = await status('rated');
+    assert.equal(drained.inFlight, 0);
+    assert.equal(drained.pressure, Pressure.SATURATED, 'no token: an arrival would have to wait');
+    // A free slot, no token, no wait allowed: refused at once with the exact time until the token.
+    const started = performance.now();
+    await assert.rejects(gov.acquire('rated', { maxWaitMs: 0 }), (err) => {
+      assert.ok(err instanceof RejectedError, `got ${err}`);
+      assert.equal(err.reason, RejectReason.RATE_LIMITED);
+      assert.ok(err.retryAfterMs > 0 && err.retryAfterMs <= 2000, `retryAfterMs ${err.retryAfterMs}`);
+      assert.equal(err.pressure, Pressure.OVERLOADED, 'a refusal is an overload');
+      return true;
+    });
+    assert.ok(performance.now() - started < 1000, 'refused without waiting');
+    assert.equal((await status('rated')).pressure, Pressure.OVERLOADED);
+
+    // null removes it (unset limits keep their value); the next acquire is granted.
+    const removed = await gov.admin.updateDependency('rated', { rate: null });
+    assert.deepEqual([removed.rate, removed.maxConcurrency], [null, 8]);
+    assert.equal((await status('rated')).rate, null);
+    await (await gov.acquire('rated', { maxWaitMs: 0 })).release();
+
+    // A burst left out is 1; out of range is the sidecar's INVALID_ARGUMENT, naming the field.
+    assert.deepEqual((await gov.admin.updateDependency('rated', { rate: { perSecond: 100 } })).rate, {
+      perSecond: 100,
+      burst: 1,
+    });
+    await assert.rejects(
+      gov.admin.updateDependency('rated', { rate: { perSecond: 2e6 } }),
+      (err) => err.code === 'INVALID_ARGUMENT' && err.message.includes('rate.per_second'),
+    );
+    await assert.rejects(
+      gov.admin.updateDependency('rated', { rate: { perSecond: 10, burst: 2e6 } }),
+      (err) => err.code === 'INVALID_ARGUMENT' && err.message.includes('rate.burst'),
+    );
+    assert.deepEqual((await status('rated')).rate, { perSecond: 100, burst: 1 }, 'a refused update changes nothing');
+  });
+
+  test('admin sets elevatedAt and degradeAt; the pressure and DEGRADE answers follow them', async () => {
+    const defaults = await status('basic');
+    assert.deepEqual([defaults.elevatedAt, defaults.degradeAt], [0.7, DegradeAt.SATURATED]);
+    const set = await gov.admin.updateDependency('elevated', {
+      maxConcurrency: 4,
+      elevatedAt: 0.5,
+      degradeAt: DegradeAt.ELEVATED,
+    });
+    assert.deepEqual([set.elevatedAt, set.degradeAt, set.pressure], [0.5, 'ELEVATED', 'NONE']);
+    const held = [await gov.acquire('elevated'), await gov.acquire('elevated')];
+    try {
+      assert.equal(held[1].pressure, Pressure.ELEVATED, '2 of 4 in use is at elevatedAt 0.5');
+      assert.equal((await status('elevated')).pressure, Pressure.ELEVATED);
+      // degradeAt ELEVATED: a degradable acquire is answered DEGRADE though a slot is free.
+      await assert.rejects(gov.acquire('elevated', { degradable: true }), { reason: RejectReason.DEGRADE });
+      // Back to SATURATED (elevatedAt kept): the free slot is granted.
+      const back = await gov.admin.updateDependency('elevated', { degradeAt: 'saturated' });
+      assert.deepEqual([back.degradeAt, back.elevatedAt], ['SATURATED', 0.5]);
+      await (await gov.acquire('elevated', { degradable: true })).release();
+    } finally {
+      for (const permit of held) await permit.release();
+    }
+    await assert.rejects(
+      gov.admin.updateDependency('elevated', { elevatedAt: 1.5 }),
+      (err) => err.code === 'INVALID_ARGUMENT' && err.message.includes('elevated_at'),
+    );
   });
 });
 

@@ -131,6 +131,7 @@ struct LimitsSection {
     elevated_at: Option<f64>,
     degrade_at: Option<DegradeAtSection>,
     rate: Option<RateSection>,
+    tenant_rate: Option<RateSection>,
 }
 
 /// `rate = { per_second = 50, burst = 10 }`: a token bucket; `burst`
@@ -141,6 +142,15 @@ struct LimitsSection {
 struct RateSection {
     per_second: f64,
     burst: Option<u32>,
+}
+
+impl RateSection {
+    fn patch(self) -> Option<RatePatch> {
+        (self.per_second != 0.0).then(|| RatePatch {
+            per_second: self.per_second,
+            burst: self.burst.unwrap_or(1),
+        })
+    }
 }
 
 /// `degrade_at`: from which pressure on a degradable request is answered
@@ -392,12 +402,8 @@ fn patch(
         }),
         elevated_at: section.elevated_at,
         degrade_at: section.degrade_at.map(DegradeAt::from),
-        rate: section.rate.map(|rate| {
-            (rate.per_second != 0.0).then(|| RatePatch {
-                per_second: rate.per_second,
-                burst: rate.burst.unwrap_or(1),
-            })
-        }),
+        rate: section.rate.map(RateSection::patch),
+        tenant_rate: section.tenant_rate.map(RateSection::patch),
     })
 }
 

@@ -475,4 +475,18 @@ fn rate_limits_parse_inherit_turn_off_and_name_the_key_when_wrong() {
     assert!(wrong.contains("unknown field `bust`"), "{wrong}");
     let wrong = error("[dependencies.api]\nrate = { burst = 3 }\n");
     assert!(wrong.contains("missing field `per_second`"), "{wrong}");
+
+    let tenants =
+        Config::parse("[dependencies.api]\ntenant_rate = { per_second = 10, burst = 2 }\n")
+            .unwrap();
+    let limits = &tenants.ledger.dependencies[0].1;
+    assert_eq!(
+        limits.tenant_rate().map(|r| (r.per_second(), r.burst())),
+        Some((10.0, 2))
+    );
+    assert_eq!(limits.rate(), None, "the two are independent");
+    assert_eq!(
+        error("[dependencies.api]\ntenant_rate = { per_second = 1e9 }\n"),
+        "dependencies.api.tenant_rate.per_second: must be a number in (0, 1000000], got 1000000000"
+    );
 }

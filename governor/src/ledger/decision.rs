@@ -10,6 +10,9 @@ use super::waiters::Priority;
 #[derive(Clone, Copy, Debug)]
 pub struct AcquireRequest<'a> {
     pub dependency: &'a str,
+    /// Who asks, for the dependency's `tenant_rate` (validated by the
+    /// shell); `None`: no tenant, no per-tenant limit.
+    pub tenant: Option<&'a str>,
     /// 0 for a first try; n >= 1 for the n-th retry.
     pub attempt: u32,
     pub priority: Priority,

@@ -33,6 +33,7 @@ use super::rate::Gcra;
 use super::reaper;
 use super::session::Owner;
 use super::shared::{LeaseRecord, Shared};
+use super::tenants::{TenantBuckets, TenantKey};
 use super::waiters::{WaiterKey, WaiterQueue};
 
 /// Upper bound of any retry-after hint.
@@ -66,6 +67,11 @@ struct State {
     /// The rate limit's bucket; `None` without one. A grant spends a token,
     /// so a grant needs both a token and a slot.
     rate: Option<Gcra>,
+    /// Each tenant's bucket under `tenant_rate`; `None` without one.
+    tenants: Option<TenantBuckets>,
+    /// Requests waiting outside the queue for their tenant's token: it is
+    /// busy (not evictable) while there are any.
+    delayed: u32,
     /// (deadline, lease), earliest first. Renewals and releases leave stale
     /// entries behind, skipped when reached and compacted when they outnumber
     /// the live ones.
@@ -156,7 +162,7 @@ impl Drop for Locked<'_> {
         if state.evicted {
             return;
         }
-        if state.in_flight > 0 || !state.waiters.is_empty() {
+        if state.in_flight > 0 || !state.waiters.is_empty() || state.delayed > 0 {
             state.idle_since = None;
             return;
         }
@@ -189,6 +195,9 @@ pub(crate) enum IdleCheck {
 #[derive(Debug)]
 struct Waiter {
     wake: oneshot::Sender<Wake>,
+    /// The tenant whose token it holds, given back if it leaves without a
+    /// grant.
+    tenant: Option<TenantKey>,
 }
 
 /// What a queued request is woken with.
@@ -210,6 +219,42 @@ pub(crate) enum Admission {
         deadline: Instant,
         queue_depth: u32,
     },
+    /// Its tenant's token comes at `until`, within its wait: the caller
+    /// sleeps until then and resumes it.
+    Delayed(Delayed),
+}
+
+/// A request waiting outside the queue for its tenant's token (reserved for
+/// it). Dropped before it is resumed, it gives the token back.
+#[derive(Debug)]
+pub(crate) struct Delayed {
+    /// `None` once resumed.
+    dependency: Option<Arc<Dependency>>,
+    tenant: TenantKey,
+    pub(crate) until: Instant,
+    deadline: Instant,
+    queue_depth: u32,
+}
+
+impl Delayed {
+    /// Its token has come: on to the slot and the queue.
+    pub(crate) fn resume(mut self, request: &AcquireRequest<'_>, now: Instant) -> Admission {
+        match self.dependency.take() {
+            Some(dependency) => dependency.admit_delayed(request, &self, now),
+            None => Admission::Evicted,
+        }
+    }
+}
+
+impl Drop for Delayed {
+    fn drop(&mut self) {
+        if let Some(dependency) = self.dependency.take() {
+            let now = Instant::now();
+            let mut state = dependency.lock_at(now);
+            state.delayed -= 1;
+            state.unreserve(Some(self.tenant), now);
+        }
+    }
 }
 
 /// A point-in-time view of a dependency, for the control plane.
@@ -223,6 +268,10 @@ pub struct DependencyStatus {
     pub in_flight: u32,
     pub queued: u32,
     pub retry_budget_available: f64,
+    /// Tenants whose `tenant_rate` bucket is still refilling.
+    pub rated_tenants: u32,
+    /// Requests waiting (outside the queue) for their tenant's token.
+    pub delayed: u32,
     pub granted_total: u64,
     pub rejected_total: u64,
     pub expired_total: u64,
@@ -308,6 +357,28 @@ impl State {
         estimate.clamp(Duration::from_millis(1), MAX_RETRY_AFTER)
     }
 
+    /// The answer to a request decided without waiting.
+    fn decided(
+        &self,
+        outcome: Result<Grant, Rejection>,
+        queue_depth: u32,
+        now: Instant,
+    ) -> Admission {
+        Admission::Decided(Decision {
+            outcome,
+            queue_wait: Duration::ZERO,
+            queue_depth,
+            snapshot: self.snapshot(now),
+        })
+    }
+
+    /// Gives back the tenant token of a request that ends without a grant.
+    fn unreserve(&mut self, tenant: Option<TenantKey>, now: Instant) {
+        if let (Some(buckets), Some(key)) = (self.tenants.as_mut(), tenant) {
+            buckets.refund(key, now);
+        }
+    }
+
     fn reject(&mut self, reason: RejectReason, retry_after: Duration, now: Instant) -> Rejection {
         self.rejected_total += 1;
         if reason.is_overload() {
@@ -328,6 +399,7 @@ impl State {
         retry_after: Duration,
         now: Instant,
     ) {
+        self.unreserve(waiter.tenant, now);
         let rejection = self.reject(reason, retry_after, now);
         let _ = waiter.wake.send(Wake {
             outcome: Err(rejection),
@@ -375,6 +447,8 @@ impl Dependency {
             state: Mutex::new(State {
                 budget: RetryBudget::new(limits.retry_budget(), now),
                 rate: limits.rate().map(Gcra::new),
+                tenants: limits.tenant_rate().map(TenantBuckets::new),
+                delayed: 0,
                 limiter: Limiter::new(limits.max_concurrency(), limits.adaptive(), now),
                 limits,
                 in_flight: 0,
@@ -472,7 +546,8 @@ impl Dependency {
         }
     }
 
-    /// Decides on arrival, or queues the request.
+    /// Decides on arrival, queues the request, or (its tenant's token still
+    /// to come) has it come back then.
     pub(crate) fn admit(self: &Arc<Self>, request: &AcquireRequest<'_>, now: Instant) -> Admission {
         let mut state = self.lock_at(now);
         if state.evicted {
@@ -482,61 +557,131 @@ impl Dependency {
         // now, if this request leaves it without a lease or a waiter).
         state.idle_since = None;
         let queue_depth = state.waiters.len() as u32;
-        let decided = |state: &mut State, outcome| {
-            Admission::Decided(Decision {
-                outcome,
-                queue_wait: Duration::ZERO,
-                queue_depth,
-                snapshot: state.snapshot(now),
-            })
-        };
 
         if self.shared.draining.load(Ordering::Acquire) {
             let rejection = state.reject(RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER, now);
-            return decided(&mut state, Err(rejection));
+            return state.decided(Err(rejection), queue_depth, now);
         }
         if request.is_retry() {
             if let Err(retry_after) = state.budget.try_withdraw(now) {
                 let rejection = state.reject(RejectReason::RetryBudgetExhausted, retry_after, now);
-                return decided(&mut state, Err(rejection));
+                return state.decided(Err(rejection), queue_depth, now);
             }
         } else {
             state.budget.deposit(now);
         }
+        let wait = request.max_wait.map_or(state.limits.max_wait(), |cap| {
+            cap.min(state.limits.max_wait())
+        });
 
+        // The tenant's own token first: reserved now, or at the instant it
+        // comes if that is within the wait (the request then comes back
+        // then, holding up nobody in the queue), or refused at once.
+        let mut tenant = None;
+        if let (Some(buckets), Some(name)) = (state.tenants.as_mut(), request.tenant) {
+            let key = buckets.key(name);
+            let at = buckets.ready_at(key, now);
+            if at > now {
+                let reason = if request.degradable {
+                    RejectReason::Degrade
+                } else if at > now + wait {
+                    RejectReason::RateLimited
+                } else {
+                    buckets.reserve(key, at);
+                    state.delayed += 1;
+                    return Admission::Delayed(Delayed {
+                        dependency: Some(self.clone()),
+                        tenant: key,
+                        until: at,
+                        deadline: now + wait,
+                        queue_depth,
+                    });
+                };
+                let retry_after = (at - now).min(MAX_RETRY_AFTER);
+                let rejection = state.reject(reason, retry_after, now);
+                return state.decided(Err(rejection), queue_depth, now);
+            }
+            buckets.reserve(key, now);
+            tenant = Some(key);
+        }
+        self.admit_slot(state, request, now, now + wait, tenant, queue_depth)
+    }
+
+    /// A delayed request whose tenant token has come: on to the slot, the
+    /// dependency's token and the queue, for what is left of its wait.
+    fn admit_delayed(
+        self: &Arc<Self>,
+        request: &AcquireRequest<'_>,
+        delayed: &Delayed,
+        now: Instant,
+    ) -> Admission {
+        let mut state = self.lock_at(now);
+        state.delayed -= 1;
+        if state.evicted {
+            // Never while it counted as busy; the caller looks it up again.
+            return Admission::Evicted;
+        }
+        if self.shared.draining.load(Ordering::Acquire) {
+            state.unreserve(Some(delayed.tenant), now);
+            let rejection = state.reject(RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER, now);
+            return state.decided(Err(rejection), delayed.queue_depth, now);
+        }
+        self.admit_slot(
+            state,
+            request,
+            now,
+            delayed.deadline,
+            Some(delayed.tenant),
+            delayed.queue_depth,
+        )
+    }
+
+    /// Grants, queues or refuses a request that has its tenant's token (if
+    /// it needs one: `tenant`, given back on a refusal).
+    fn admit_slot(
+        self: &Arc<Self>,
+        mut state: Locked<'_>,
+        request: &AcquireRequest<'_>,
+        now: Instant,
+        deadline: Instant,
+        tenant: Option<TenantKey>,
+        queue_depth: u32,
+    ) -> Admission {
+        let refuse = |mut state: Locked<'_>, reason, retry_after| {
+            state.unreserve(tenant, now);
+            let rejection = state.reject(reason, retry_after, now);
+            state.decided(Err(rejection), queue_depth, now)
+        };
         // Never queued: it serves its fallback now, and leaves the queue (and,
         // with degrade_at = elevated, the headroom) to callers without one.
         if request.degradable && state.degrades(now) {
             let retry_after = state.queue_retry_after();
-            let rejection = state.reject(RejectReason::Degrade, retry_after, now);
-            return decided(&mut state, Err(rejection));
+            return refuse(state, RejectReason::Degrade, retry_after);
         }
 
         // No barging: a free slot (and token) goes to a waiter before a
         // newcomer.
         if !state.must_wait(now) {
             let grant = self.grant(&mut state, now);
-            return decided(&mut state, Ok(grant));
+            return state.decided(Ok(grant), queue_depth, now);
         }
 
-        let wait = request.max_wait.map_or(state.limits.max_wait(), |cap| {
-            cap.min(state.limits.max_wait())
-        });
+        let wait = deadline.saturating_duration_since(now);
         // Deadline-predictive: each waiter served before it takes a token
         // first, so its own comes no sooner than this. Beyond its wait it
         // is refused now, not after waiting for nothing.
         let ahead = state.waiters.ahead_of(request.priority) as u32;
         if let Some(token) = state.rate.as_ref().map(|b| b.ready_at(now, ahead)) {
-            if token > now + wait {
+            // (A token that is there now is no reason to refuse, even past
+            // the deadline: a resumed request may arrive after it.)
+            if token > now && token > deadline {
                 let retry_after = (token - now).min(MAX_RETRY_AFTER);
-                let rejection = state.reject(RejectReason::RateLimited, retry_after, now);
-                return decided(&mut state, Err(rejection));
+                return refuse(state, RejectReason::RateLimited, retry_after);
             }
         }
         if wait.is_zero() {
             let retry_after = state.queue_retry_after();
-            let rejection = state.reject(RejectReason::QueueTimeout, retry_after, now);
-            return decided(&mut state, Err(rejection));
+            return refuse(state, RejectReason::QueueTimeout, retry_after);
         }
 
         let has_room =
@@ -555,21 +700,22 @@ impl Dependency {
                 }
                 None => {
                     let retry_after = state.queue_retry_after();
-                    let rejection = state.reject(RejectReason::QueueFull, retry_after, now);
-                    return decided(&mut state, Err(rejection));
+                    return refuse(state, RejectReason::QueueFull, retry_after);
                 }
             }
         }
 
         let (tx, rx) = oneshot::channel();
-        let key = state
-            .waiters
-            .push(request.priority, request.is_retry(), Waiter { wake: tx });
+        let key = state.waiters.push(
+            request.priority,
+            request.is_retry(),
+            Waiter { wake: tx, tenant },
+        );
         // With a slot free, it waits only for its token.
         self.arm_token_alarm(&mut state, now);
         Admission::Queued {
             queued: Queued::new(self.clone(), key, rx),
-            deadline: now + wait,
+            deadline,
             queue_depth,
         }
     }
@@ -579,8 +725,9 @@ impl Dependency {
     pub(crate) fn time_out(&self, key: WaiterKey, wake: &mut oneshot::Receiver<Wake>) -> Wake {
         let now = Instant::now();
         let mut state = self.lock_at(now);
-        if state.waiters.remove(key).is_some() {
+        if let Some(waiter) = state.waiters.remove(key) {
             self.shared.release_waiter();
+            state.unreserve(waiter.tenant, now);
             return state.timed_out(now);
         }
         // An error is unreachable while waiters only leave under the lock
@@ -592,8 +739,9 @@ impl Dependency {
     /// raced with the cancellation goes back at once.
     pub(crate) fn abandon(self: &Arc<Self>, key: WaiterKey, mut wake: oneshot::Receiver<Wake>) {
         let mut state = self.lock();
-        if state.waiters.remove(key).is_some() {
+        if let Some(waiter) = state.waiters.remove(key) {
             self.shared.release_waiter();
+            state.unreserve(waiter.tenant, Instant::now());
             return;
         }
         if let Ok(Wake {
@@ -844,6 +992,8 @@ impl Dependency {
                 adaptive_min_limit = adaptive.map(|a| a.min_limit()),
                 rate_per_second = limits.rate().map(|r| r.per_second()),
                 rate_burst = limits.rate().map(|r| r.burst()),
+                tenant_rate_per_second = limits.tenant_rate().map(|r| r.per_second()),
+                tenant_rate_burst = limits.tenant_rate().map(|r| r.burst()),
                 in_flight = state.in_flight,
                 queued = state.waiters.len(),
                 "limits changed"
@@ -859,6 +1009,16 @@ impl Dependency {
                 Some(bucket)
             }
             (None, Some(rate)) => Some(Gcra::new(rate)),
+        };
+        state.tenants = match (state.tenants.take(), limits.tenant_rate()) {
+            (_, None) => None,
+            (Some(mut buckets), Some(rate)) => {
+                if buckets.rate() != rate {
+                    buckets.set_rate(rate, now);
+                }
+                Some(buckets)
+            }
+            (None, Some(rate)) => Some(TenantBuckets::new(rate)),
         };
         let change = state
             .limiter
@@ -929,6 +1089,8 @@ impl Dependency {
             in_flight: state.in_flight,
             queued: state.waiters.len() as u32,
             retry_budget_available: state.budget.available(now),
+            rated_tenants: state.tenants.as_ref().map_or(0, |t| t.len() as u32),
+            delayed: state.delayed,
             granted_total: state.granted_total,
             rejected_total: state.rejected_total,
             expired_total: state.expired_total,
@@ -984,8 +1146,8 @@ impl Dependency {
             self.shared.release_waiter();
             let grant = self.grant(state, now);
             let snapshot = state.snapshot(now);
-            if waiter
-                .wake
+            let Waiter { wake, tenant } = waiter;
+            if wake
                 .send(Wake {
                     outcome: Ok(grant),
                     snapshot,
@@ -999,6 +1161,7 @@ impl Dependency {
                 if let Some(bucket) = &mut state.rate {
                     bucket.refund(now);
                 }
+                state.unreserve(tenant, now);
             }
         }
     }

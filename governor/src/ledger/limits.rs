@@ -20,6 +20,8 @@ pub struct Limits {
     degrade_at: DegradeAt,
     /// `None`: no rate limit.
     rate: Option<Rate>,
+    /// `None`: no per-tenant rate limit.
+    tenant_rate: Option<Rate>,
 }
 
 /// From which pressure on a degradable request is answered DEGRADE.
@@ -67,6 +69,8 @@ pub struct LimitsPatch {
     pub degrade_at: Option<DegradeAt>,
     /// `Some(None)` removes the rate limit.
     pub rate: Option<Option<RatePatch>>,
+    /// The same for the per-tenant rate limit.
+    pub tenant_rate: Option<Option<RatePatch>>,
 }
 
 /// A rate limit as it comes in, checked by [`Limits::patched`].
@@ -109,6 +113,7 @@ impl Default for Limits {
             elevated_at: ELEVATED_AT,
             degrade_at: DegradeAt::Saturated,
             rate: None,
+            tenant_rate: None,
         }
     }
 }
@@ -155,6 +160,10 @@ impl Limits {
     pub fn rate(&self) -> Option<Rate> {
         self.rate
     }
+    /// Each tenant's own rate limit; `None`: none.
+    pub fn tenant_rate(&self) -> Option<Rate> {
+        self.tenant_rate
+    }
 
     /// These limits with `patch` applied, or the first field that is out of range.
     pub fn patched(&self, patch: &LimitsPatch) -> Result<Limits, InvalidLimit> {
@@ -170,16 +179,8 @@ impl Limits {
             },
             elevated_at: patch.elevated_at.unwrap_or(self.elevated_at),
             degrade_at: patch.degrade_at.unwrap_or(self.degrade_at),
-            rate: match patch.rate {
-                None => self.rate,
-                Some(None) => None,
-                Some(Some(rate)) => Some(Rate::new(rate.per_second, rate.burst).map_err(
-                    |error| InvalidLimit {
-                        field: error.field(),
-                        problem: error.to_string(),
-                    },
-                )?),
-            },
+            rate: patched_rate(self.rate, patch.rate, false)?,
+            tenant_rate: patched_rate(self.tenant_rate, patch.tenant_rate, true)?,
         };
         limits.validate()?;
         Ok(limits)
@@ -263,6 +264,23 @@ impl Limits {
             adaptive.check_ceiling(self.max_concurrency)?;
         }
         Ok(())
+    }
+}
+
+fn patched_rate(
+    current: Option<Rate>,
+    patch: Option<Option<RatePatch>>,
+    tenant: bool,
+) -> Result<Option<Rate>, InvalidLimit> {
+    match patch {
+        None => Ok(current),
+        Some(None) => Ok(None),
+        Some(Some(rate)) => Rate::new(rate.per_second, rate.burst)
+            .map(Some)
+            .map_err(|error| InvalidLimit {
+                field: error.field(tenant),
+                problem: error.to_string(),
+            }),
     }
 }
 
@@ -353,6 +371,16 @@ mod tests {
             })
             .unwrap();
         assert_eq!(unrated.rate(), None);
+        let per_tenant = base
+            .patched(&LimitsPatch {
+                tenant_rate: Some(Some(RatePatch {
+                    per_second: 5.0,
+                    burst: 0,
+                })),
+                ..Default::default()
+            })
+            .unwrap_err();
+        assert_eq!(per_tenant.field, "tenant_rate.burst");
         for (per_second, burst, field) in [
             (0.0, 1, "rate.per_second"),
             (f64::NAN, 1, "rate.per_second"),

@@ -34,6 +34,7 @@
 //! let ledger = Ledger::new(LedgerConfig::default());
 //! let request = AcquireRequest {
 //!     dependency: "payments",
+//!     tenant: Some("checkout"),
 //!     attempt: 0,
 //!     priority: Priority::Normal,
 //!     max_wait: None,
@@ -62,6 +63,7 @@ mod reaper;
 mod session;
 mod shared;
 mod slots;
+mod tenants;
 mod waiters;
 
 use std::collections::{HashMap, HashSet};
@@ -86,6 +88,7 @@ pub use peers::Peer;
 pub use rate::Rate;
 pub use session::{Session, SessionAcquireError, SessionClosed};
 pub use shared::{LedgerObserver, NoopObserver};
+pub use tenants::MAX_RATED_TENANTS;
 pub use waiters::Priority;
 
 use dependency::{Admission, IdleCheck};
@@ -264,21 +267,37 @@ impl Ledger {
             // (waiting on its mutex included) would starve the writers that
             // create and evict names in that shard.
             let dependency = self.dependency_as(request.dependency, peer)?;
-            match dependency.admit(request, arrived) {
-                Admission::Evicted => continue,
-                Admission::Decided(decision) => return Ok(decision),
-                Admission::Queued {
-                    queued,
-                    deadline,
-                    queue_depth,
-                } => {
-                    let wake = queued.wait(deadline).await;
-                    return Ok(Decision {
-                        outcome: wake.outcome,
-                        queue_wait: arrived.elapsed(),
+            let mut admission = dependency.admit(request, arrived);
+            // Set once it has waited for its tenant's token.
+            let mut delayed = false;
+            loop {
+                match admission {
+                    Admission::Evicted => break,
+                    Admission::Decided(decision) if !delayed => return Ok(decision),
+                    Admission::Decided(decision) => {
+                        return Ok(Decision {
+                            queue_wait: arrived.elapsed(),
+                            ..decision
+                        });
+                    }
+                    Admission::Delayed(wait) => {
+                        tokio::time::sleep_until(wait.until).await;
+                        delayed = true;
+                        admission = wait.resume(request, clock::now());
+                    }
+                    Admission::Queued {
+                        queued,
+                        deadline,
                         queue_depth,
-                        snapshot: wake.snapshot,
-                    });
+                    } => {
+                        let wake = queued.wait(deadline).await;
+                        return Ok(Decision {
+                            outcome: wake.outcome,
+                            queue_wait: arrived.elapsed(),
+                            queue_depth,
+                            snapshot: wake.snapshot,
+                        });
+                    }
                 }
             }
         }

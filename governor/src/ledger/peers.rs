@@ -124,6 +124,7 @@ mod tests {
         ) -> Result<LeaseId, LedgerError> {
             let request = AcquireRequest {
                 dependency: name,
+                tenant: None,
                 attempt: 0,
                 priority: Priority::Normal,
                 max_wait: None,

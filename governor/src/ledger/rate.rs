@@ -38,11 +38,14 @@ pub enum InvalidRate {
 }
 
 impl InvalidRate {
-    /// The config key at fault, under the dependency's.
-    pub fn field(&self) -> &'static str {
-        match self {
-            InvalidRate::PerSecond(_) => "rate.per_second",
-            InvalidRate::Burst(_) => "rate.burst",
+    /// The config key at fault, under the dependency's: `rate.*`, or
+    /// `tenant_rate.*` for the per-tenant one.
+    pub fn field(&self, tenant: bool) -> &'static str {
+        match (self, tenant) {
+            (InvalidRate::PerSecond(_), false) => "rate.per_second",
+            (InvalidRate::Burst(_), false) => "rate.burst",
+            (InvalidRate::PerSecond(_), true) => "tenant_rate.per_second",
+            (InvalidRate::Burst(_), true) => "tenant_rate.burst",
         }
     }
 }
@@ -112,6 +115,11 @@ impl Gcra {
             self.tat = Some(now + Duration::from_nanos(scaled));
         }
         self.rate = rate;
+    }
+
+    /// When the bucket is full again; `None` if never spent.
+    pub(crate) fn tat(&self) -> Option<Instant> {
+        self.tat
     }
 
     /// The TAT as it counts now: never in the past.

@@ -21,6 +21,7 @@ fn limits(concurrency: u32, queue: u32, wait_ms: u64) -> Limits {
             elevated_at: None,
             degrade_at: None,
             rate: None,
+            tenant_rate: None,
         })
         .unwrap()
 }
@@ -59,6 +60,7 @@ fn ledger_with(name: &str, limits: Limits) -> Arc<Ledger> {
 fn request(priority: Priority, attempt: u32) -> AcquireRequest<'static> {
     AcquireRequest {
         dependency: "db",
+        tenant: None,
         attempt,
         priority,
         max_wait: None,
@@ -1715,4 +1717,121 @@ async fn no_second_grants_more_than_rate_plus_burst() {
         grants.len()
     );
     assert_eq!(status(&ledger).in_flight, 0);
+}
+
+// Per-tenant rate limits.
+
+fn with_tenant_rate(limits: Limits, per_second: f64, burst: u32) -> Limits {
+    limits
+        .patched(&LimitsPatch {
+            tenant_rate: Some(Some(RatePatch { per_second, burst })),
+            ..Default::default()
+        })
+        .unwrap()
+}
+
+fn as_tenant(tenant: &'static str, max_wait_ms: u64) -> AcquireRequest<'static> {
+    AcquireRequest {
+        tenant: Some(tenant),
+        ..waiting_at_most(Priority::Normal, max_wait_ms)
+    }
+}
+
+#[tokio::test(start_paused = true)]
+async fn each_tenant_has_its_own_rate_and_waits_for_its_token_outside_the_queue() {
+    let ledger = ledger_with("db", with_tenant_rate(limits(100, 10, 1000), 10.0, 2));
+    let start = Instant::now();
+    for _ in 0..2 {
+        let granted = ledger.acquire(&as_tenant("noisy", 0)).await.unwrap();
+        assert!(granted.granted().is_some());
+    }
+    let refused = ledger.acquire(&as_tenant("noisy", 50)).await.unwrap();
+    let rejection = refused.outcome.unwrap_err();
+    assert_eq!(rejection.reason, RejectReason::RateLimited);
+    assert_eq!(rejection.retry_after, Duration::from_millis(100));
+    assert_eq!(Instant::now(), start, "refused without waiting");
+
+    // Within its wait it is delayed, and not in the queue: another tenant
+    // (and a request without one) goes straight through meanwhile.
+    let delayed = enqueue_request(&ledger, as_tenant("noisy", 500)).await;
+    let during = status(&ledger);
+    assert_eq!((during.queued, during.delayed), (0, 1));
+    assert_eq!(during.rated_tenants, 1);
+    assert!(
+        ledger
+            .acquire(&as_tenant("quiet", 0))
+            .await
+            .unwrap()
+            .granted()
+            .is_some()
+    );
+    assert!(
+        ledger
+            .acquire(&waiting_at_most(Priority::Normal, 0))
+            .await
+            .unwrap()
+            .granted()
+            .is_some()
+    );
+    advance(Duration::from_millis(99)).await;
+    tokio::task::yield_now().await;
+    assert!(!delayed.is_finished());
+    advance(Duration::from_millis(1)).await;
+    let decision = delayed.await.unwrap();
+    assert!(decision.granted().is_some(), "{decision:?}");
+    assert_eq!(decision.queue_wait, Duration::from_millis(100));
+    assert_eq!(status(&ledger).delayed, 0);
+    assert_eq!(status(&ledger).in_flight, 5);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_tenant_token_is_given_back_when_its_request_gets_no_permit() {
+    let ledger = ledger_with("db", with_tenant_rate(limits(1, 10, 1000), 1.0, 1));
+    let held = ledger.acquire(&as_tenant("other", 0)).await.unwrap();
+    let held = held.granted().unwrap().lease;
+    // Queued for the slot with its token, then out of time: token back.
+    let waiter = enqueue_request(&ledger, as_tenant("a", 200)).await;
+    assert_eq!(status(&ledger).queued, 1);
+    advance(Duration::from_millis(200)).await;
+    assert_eq!(
+        waiter.await.unwrap().outcome.unwrap_err().reason,
+        RejectReason::QueueTimeout
+    );
+    ledger.release(&held, Report::default()).unwrap();
+    let again = ledger.acquire(&as_tenant("a", 0)).await.unwrap();
+    let lease = again.granted().expect("its token was given back").lease;
+    ledger.release(&lease, Report::default()).unwrap();
+
+    // Cancelled while delayed for its token: the token goes back too.
+    let delayed = enqueue_request(&ledger, as_tenant("a", 5000)).await;
+    assert_eq!(status(&ledger).delayed, 1);
+    delayed.abort();
+    assert!(delayed.await.unwrap_err().is_cancelled());
+    assert_eq!(status(&ledger).delayed, 0);
+    // So the next one waits one interval, not two.
+    let next = enqueue_request(&ledger, as_tenant("a", 5000)).await;
+    advance(Duration::from_secs(1)).await;
+    let decision = next.await.unwrap();
+    assert!(decision.granted().is_some(), "{decision:?}");
+    assert_eq!(decision.queue_wait, Duration::from_secs(1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_degradable_request_does_not_wait_for_its_tenant_token() {
+    let ledger = ledger_with("db", with_tenant_rate(limits(100, 10, 1000), 1.0, 1));
+    assert!(
+        ledger
+            .acquire(&as_tenant("a", 0))
+            .await
+            .unwrap()
+            .granted()
+            .is_some()
+    );
+    let request = AcquireRequest {
+        degradable: true,
+        ..as_tenant("a", 5000)
+    };
+    let decision = ledger.acquire(&request).await.unwrap();
+    assert_eq!(decision.outcome.unwrap_err().reason, RejectReason::Degrade);
+    assert_eq!(status(&ledger).delayed, 0);
 }

@@ -145,6 +145,7 @@ pub fn limits_patch(limits: Option<&v1::DependencyLimits>) -> Result<LimitsPatch
         elevated_at: limits.elevated_at,
         degrade_at: degrade_at(limits.degrade_at)?,
         rate: limits.rate.as_ref().map(rate_patch),
+        tenant_rate: limits.tenant_rate.as_ref().map(rate_patch),
     })
 }
 

@@ -194,6 +194,7 @@ impl GovernorService {
     ) -> Result<Response<v1::AcquireResponse>, Status> {
         let request = AcquireRequest {
             dependency: &message.dependency,
+            tenant: (!message.tenant.is_empty()).then_some(message.tenant.as_str()),
             attempt: message.attempt,
             priority,
             max_wait,

@@ -310,6 +310,7 @@ async fn acquire(
     let ledger = service.ledger();
     let request = AcquireRequest {
         dependency: &message.dependency,
+        tenant: (!message.tenant.is_empty()).then_some(message.tenant.as_str()),
         attempt: message.attempt,
         priority,
         max_wait,

@@ -4,6 +4,7 @@ import Governor, {
   Governor as NamedGovernor,
   GovernorError,
   GovernorUnavailableError,
+  DegradeAt,
   Outcome,
   Permit,
   Pressure,
@@ -82,6 +83,23 @@ async function main(): Promise<void> {
   const health: HealthStatus = await gov.health('governor.v1.Governor');
   const status: DependencyStatus = await gov.admin.getDependency('payments');
   const updated = await gov.admin.updateDependency('payments', { maxConcurrency: 16, maxWaitMs: 250 });
+  const rated = await gov.admin.updateDependency('payments', {
+    elevatedAt: 0.6,
+    degradeAt: DegradeAt.ELEVATED,
+    rate: { perSecond: 50, burst: 10 },
+  });
+  await gov.admin.updateDependency('payments', { rate: { perSecond: 5 }, degradeAt: 'SATURATED' });
+  await gov.admin.updateDependency('payments', { rate: null });
+  const perSecond: number | undefined = rated.rate?.perSecond;
+  const loaded: boolean = status.pressure === Pressure.OVERLOADED || status.degradeAt === 'ELEVATED';
+  const share: number = status.elevatedAt;
+  // @ts-expect-error: UNSPECIFIED is only read, never set (leave degradeAt out to keep it)
+  await gov.admin.updateDependency('payments', { degradeAt: 'UNSPECIFIED' });
+  // @ts-expect-error: a rate needs perSecond
+  await gov.admin.updateDependency('payments', { rate: { burst: 3 } });
+  // @ts-expect-error: the status's rate may be null
+  const burst: number = status.rate.burst;
+  void [perSecond, loaded, share, burst];
   const stats: GovernorStats = gov.stats;
   // @ts-expect-error: stats are a read-only snapshot
   stats.degraded = 0;

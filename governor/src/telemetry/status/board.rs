@@ -258,6 +258,8 @@ mod tests {
             in_flight,
             queued,
             retry_budget_available: 10.0,
+            rated_tenants: 0,
+            delayed: 0,
             granted_total: 0,
             rejected_total,
             expired_total: 0,

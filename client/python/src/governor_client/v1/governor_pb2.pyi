@@ -217,7 +217,7 @@ class UpdateDependencyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., limits: _Optional[_Union[DependencyLimits, _Mapping]] = ...) -> None: ...
 
 class DependencyLimits(_message.Message):
-    __slots__ = ("max_concurrency", "max_queue", "max_wait", "lease_ttl", "retry_budget", "adaptive", "elevated_at", "degrade_at", "rate")
+    __slots__ = ("max_concurrency", "max_queue", "max_wait", "lease_ttl", "retry_budget", "adaptive", "elevated_at", "degrade_at", "rate", "tenant_rate")
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_FIELD_NUMBER: _ClassVar[int]
@@ -227,6 +227,7 @@ class DependencyLimits(_message.Message):
     ELEVATED_AT_FIELD_NUMBER: _ClassVar[int]
     DEGRADE_AT_FIELD_NUMBER: _ClassVar[int]
     RATE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_RATE_FIELD_NUMBER: _ClassVar[int]
     max_concurrency: int
     max_queue: int
     max_wait: _duration_pb2.Duration
@@ -236,7 +237,8 @@ class DependencyLimits(_message.Message):
     elevated_at: float
     degrade_at: DegradeAt
     rate: RateLimit
-    def __init__(self, max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ...) -> None: ...
+    tenant_rate: RateLimit
+    def __init__(self, max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., tenant_rate: _Optional[_Union[RateLimit, _Mapping]] = ...) -> None: ...
 
 class RateLimit(_message.Message):
     __slots__ = ("per_second", "burst")
@@ -285,7 +287,7 @@ class RetryBudget(_message.Message):
     def __init__(self, ratio: _Optional[float] = ..., min_per_second: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DependencyStatus(_message.Message):
-    __slots__ = ("name", "max_concurrency", "in_flight", "queued", "max_queue", "max_wait", "lease_ttl", "retry_budget_available", "granted_total", "rejected_total", "expired_total", "retry_budget", "limit", "adaptive_limit", "limit_algorithm", "adaptive", "latency_baseline", "latency_recent", "limit_changes_total", "pressure", "elevated_at", "degrade_at", "rate")
+    __slots__ = ("name", "max_concurrency", "in_flight", "queued", "max_queue", "max_wait", "lease_ttl", "retry_budget_available", "granted_total", "rejected_total", "expired_total", "retry_budget", "limit", "adaptive_limit", "limit_algorithm", "adaptive", "latency_baseline", "latency_recent", "limit_changes_total", "pressure", "elevated_at", "degrade_at", "rate", "tenant_rate", "rated_tenants", "delayed")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -309,6 +311,9 @@ class DependencyStatus(_message.Message):
     ELEVATED_AT_FIELD_NUMBER: _ClassVar[int]
     DEGRADE_AT_FIELD_NUMBER: _ClassVar[int]
     RATE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_RATE_FIELD_NUMBER: _ClassVar[int]
+    RATED_TENANTS_FIELD_NUMBER: _ClassVar[int]
+    DELAYED_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_concurrency: int
     in_flight: int
@@ -332,4 +337,7 @@ class DependencyStatus(_message.Message):
     elevated_at: float
     degrade_at: DegradeAt
     rate: RateLimit
-    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget_available: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., limit: _Optional[int] = ..., adaptive_limit: _Optional[int] = ..., limit_algorithm: _Optional[_Union[LimitAlgorithm, str]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., latency_baseline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_recent: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., limit_changes_total: _Optional[int] = ..., pressure: _Optional[_Union[Pressure, str]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ...) -> None: ...
+    tenant_rate: RateLimit
+    rated_tenants: int
+    delayed: int
+    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget_available: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., limit: _Optional[int] = ..., adaptive_limit: _Optional[int] = ..., limit_algorithm: _Optional[_Union[LimitAlgorithm, str]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., latency_baseline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_recent: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., limit_changes_total: _Optional[int] = ..., pressure: _Optional[_Union[Pressure, str]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., tenant_rate: _Optional[_Union[RateLimit, _Mapping]] = ..., rated_tenants: _Optional[int] = ..., delayed: _Optional[int] = ...) -> None: ...
