@@ -261,7 +261,7 @@ export interface DependencyStatus {
 
 /** A token bucket (GCRA): perSecond tokens a second, at most burst at once; a grant needs a token and a slot. */
 export interface RateLimit {
-  /** In (0, 1 000 000]. */
+  /** In [0.001, 1 000 000]. */
   perSecond: number;
   /** In [1, 1 000 000]. */
   burst: number;

@@ -23,7 +23,7 @@ const CONFIG: &str = r#"
 max_concurrency = 100
 max_queue = 64
 max_wait = "5s"
-rate = { per_second = 20, burst = 5 }
+rate = { per_second = 4, burst = 5 }
 "#;
 
 fn request(max_wait: Duration) -> AcquireRequest {
@@ -93,7 +93,7 @@ async fn a_burst_then_the_rate_delayed_within_the_wait_refused_beyond_it() {
     let mut client = gov.governor_client().await;
     let mut admin = gov.admin_client().await;
     let configured = status(&mut admin).await.rate.expect("the rate is shown");
-    assert_eq!((configured.per_second, configured.burst), (20.0, 5));
+    assert_eq!((configured.per_second, configured.burst), (4.0, 5));
 
     // The burst: five at once, without waiting. (Released as they come:
     // only the rate binds here.)
@@ -103,26 +103,31 @@ async fn a_burst_then_the_rate_delayed_within_the_wait_refused_beyond_it() {
         release(&mut client, &granted.lease_id).await;
     }
     // The bucket is empty: a caller that will not wait is told when the
-    // next token comes (one every 50 ms).
+    // next token comes (one every 250 ms: slow enough that a loaded CI
+    // machine's scheduling cannot blur the steps below).
     let refused = acquire(&mut client, Duration::ZERO).await;
     assert!(!refused.granted);
     assert_eq!(refused.reason(), RejectReason::RateLimited, "{refused:?}");
     let retry_after = duration(&refused.retry_after);
     assert!(
-        retry_after > Duration::ZERO && retry_after <= Duration::from_millis(50),
+        retry_after > Duration::ZERO && retry_after <= Duration::from_millis(250),
         "{retry_after:?}"
     );
     // A token beyond the wait: refused at once, with the time until it.
-    // Ten waiters take the next ten tokens first (500 ms of them).
+    // Three waiters take the next three tokens first (750 ms of them).
     let mut waiters = Vec::new();
-    for _ in 0..10 {
+    for _ in 0..3 {
         let mut client = client.clone();
         waiters.push(tokio::spawn(async move {
             acquire(&mut client, Duration::from_secs(5)).await
         }));
     }
     let deadline = Instant::now() + Duration::from_secs(10);
-    while status(&mut admin).await.queued + status(&mut admin).await.in_flight < 10 {
+    loop {
+        let now = status(&mut admin).await;
+        if now.queued + now.in_flight >= 3 {
+            break;
+        }
         assert!(Instant::now() < deadline, "the waiters did not queue");
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -162,9 +167,9 @@ async fn a_burst_then_the_rate_delayed_within_the_wait_refused_beyond_it() {
         }
     }
     let span = started.elapsed().as_secs_f64();
-    let bound = (20.0 * span).ceil() as u32 + 5;
+    let bound = (4.0 * span).ceil() as u32 + 5;
     assert!(granted <= bound, "{granted} grants in {span:.2} s");
-    assert!(granted >= 20, "{granted} grants in {span:.2} s");
+    assert!(granted >= 3, "{granted} grants in {span:.2} s");
 
     let metrics = get(gov.admin_addr().unwrap(), "/metrics").await;
     let rejected = series(
@@ -260,7 +265,7 @@ async fn the_control_plane_and_a_reload_change_the_rate() {
     assert_eq!(removed.rate, None);
 
     // A reload of the config file sets it again, as the file says.
-    let reloaded = CONFIG.replace("per_second = 20, burst = 5", "per_second = 7, burst = 3");
+    let reloaded = CONFIG.replace("per_second = 4, burst = 5", "per_second = 7, burst = 3");
     std::fs::write(gov.config_path(), reloaded).unwrap();
     gov.signal(Signal::SIGHUP);
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -279,7 +284,7 @@ async fn bad_rate_settings_exit_64_naming_the_key() {
     for (toml, message) in [
         (
             "[dependencies.api]\nrate = { per_second = -5 }",
-            "dependencies.api.rate.per_second: must be a number in (0, 1000000], got -5",
+            "dependencies.api.rate.per_second: must be a number in [0.001, 1000000], got -5",
         ),
         (
             "[defaults]\nrate = { per_second = 5, burst = 0 }",
@@ -308,7 +313,7 @@ async fn each_tenant_is_held_to_its_own_rate() {
         r#"
 [dependencies.shared]
 max_concurrency = 100
-tenant_rate = { per_second = 10, burst = 2 }
+tenant_rate = { per_second = 2, burst = 2 }
 "#,
     )
     .await;
@@ -336,7 +341,7 @@ tenant_rate = { per_second = 10, burst = 2 }
         .unwrap()
         .into_inner();
     assert_eq!(refused.reason(), RejectReason::RateLimited, "{refused:?}");
-    assert!(duration(&refused.retry_after) <= Duration::from_millis(100));
+    assert!(duration(&refused.retry_after) <= Duration::from_millis(500));
     // Another tenant, and a caller that names none, are not held back.
     for tenant in ["quiet", ""] {
         let granted = client
@@ -368,7 +373,7 @@ tenant_rate = { per_second = 10, burst = 2 }
         .unwrap()
         .into_inner();
     let rate = status.tenant_rate.expect("the tenant rate is shown");
-    assert_eq!((rate.per_second, rate.burst), (10.0, 2));
+    assert_eq!((rate.per_second, rate.burst), (2.0, 2));
     assert_eq!(status.rate, None);
     assert!(status.rated_tenants >= 1, "{status:?}");
     assert_eq!(status.delayed, 0);

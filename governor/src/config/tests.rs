@@ -465,7 +465,7 @@ fn rate_limits_parse_inherit_turn_off_and_name_the_key_when_wrong() {
 
     assert_eq!(
         error("[dependencies.api]\nrate = { per_second = -1 }\n"),
-        "dependencies.api.rate.per_second: must be a number in (0, 1000000], got -1"
+        "dependencies.api.rate.per_second: must be a number in [0.001, 1000000], got -1"
     );
     assert_eq!(
         error("[dependencies.api]\nrate = { per_second = 10, burst = 0 }\n"),
@@ -487,6 +487,6 @@ fn rate_limits_parse_inherit_turn_off_and_name_the_key_when_wrong() {
     assert_eq!(limits.rate(), None, "the two are independent");
     assert_eq!(
         error("[dependencies.api]\ntenant_rate = { per_second = 1e9 }\n"),
-        "dependencies.api.tenant_rate.per_second: must be a number in (0, 1000000], got 1000000000"
+        "dependencies.api.tenant_rate.per_second: must be a number in [0.001, 1000000], got 1000000000"
     );
 }

@@ -33,7 +33,7 @@ use super::rate::Gcra;
 use super::reaper;
 use super::session::Owner;
 use super::shared::{LeaseRecord, Shared};
-use super::tenants::{TenantBuckets, TenantKey};
+use super::tenants::{Reservation, TenantBuckets};
 use super::waiters::{WaiterKey, WaiterQueue};
 
 /// Upper bound of any retry-after hint.
@@ -69,8 +69,9 @@ struct State {
     rate: Option<Gcra>,
     /// Each tenant's bucket under `tenant_rate`; `None` without one.
     tenants: Option<TenantBuckets>,
-    /// Requests waiting outside the queue for their tenant's token: it is
-    /// busy (not evictable) while there are any.
+    /// Requests waiting outside the queue for their tenant's token (each
+    /// holding a place in the ledger's `max_waiters`): it is busy (not
+    /// evictable) while there are any.
     delayed: u32,
     /// (deadline, lease), earliest first. Renewals and releases leave stale
     /// entries behind, skipped when reached and compacted when they outnumber
@@ -195,9 +196,8 @@ pub(crate) enum IdleCheck {
 #[derive(Debug)]
 struct Waiter {
     wake: oneshot::Sender<Wake>,
-    /// The tenant whose token it holds, given back if it leaves without a
-    /// grant.
-    tenant: Option<TenantKey>,
+    /// The tenant token it holds, given back if it leaves without a grant.
+    tenant: Option<Reservation>,
 }
 
 /// What a queued request is woken with.
@@ -230,7 +230,7 @@ pub(crate) enum Admission {
 pub(crate) struct Delayed {
     /// `None` once resumed.
     dependency: Option<Arc<Dependency>>,
-    tenant: TenantKey,
+    tenant: Reservation,
     pub(crate) until: Instant,
     deadline: Instant,
     queue_depth: u32,
@@ -252,6 +252,7 @@ impl Drop for Delayed {
             let now = Instant::now();
             let mut state = dependency.lock_at(now);
             state.delayed -= 1;
+            dependency.shared.release_waiter();
             state.unreserve(Some(self.tenant), now);
         }
     }
@@ -372,18 +373,35 @@ impl State {
         })
     }
 
+    /// The retry budget's say: a retry takes a token (or learns how long
+    /// until one is back), a first try deposits.
+    fn charge_budget(&mut self, retry: bool, now: Instant) -> Result<(), Duration> {
+        if retry {
+            self.budget.try_withdraw(now)
+        } else {
+            self.budget.deposit(now);
+            Ok(())
+        }
+    }
+
     /// Gives back the tenant token of a request that ends without a grant.
-    fn unreserve(&mut self, tenant: Option<TenantKey>, now: Instant) {
-        if let (Some(buckets), Some(key)) = (self.tenants.as_mut(), tenant) {
-            buckets.refund(key, now);
+    fn unreserve(&mut self, tenant: Option<Reservation>, now: Instant) {
+        if let (Some(buckets), Some(reservation)) = (self.tenants.as_mut(), tenant) {
+            buckets.refund(reservation, now);
         }
     }
 
     fn reject(&mut self, reason: RejectReason, retry_after: Duration, now: Instant) -> Rejection {
-        self.rejected_total += 1;
         if reason.is_overload() {
             self.overloaded_until = Some(now + OVERLOAD_WINDOW);
         }
+        self.reject_quietly(reason, retry_after)
+    }
+
+    /// A rejection that says nothing of the dependency's load (one tenant
+    /// over its own rate): counted, but the pressure others see is left.
+    fn reject_quietly(&mut self, reason: RejectReason, retry_after: Duration) -> Rejection {
+        self.rejected_total += 1;
         Rejection {
             reason,
             retry_after,
@@ -514,7 +532,7 @@ impl Dependency {
     pub(crate) fn idle_check(&self, since: Instant) -> IdleCheck {
         let mut locked = self.lock();
         let state = &mut *locked;
-        let idle = state.in_flight == 0 && state.waiters.is_empty();
+        let idle = state.in_flight == 0 && state.waiters.is_empty() && state.delayed == 0;
         match state.idle_since {
             Some(at) if idle && state.evictable() && !state.evicted => {
                 if at == since {
@@ -534,7 +552,7 @@ impl Dependency {
     /// nothing, and a caller that still holds it looks it up again.
     pub(crate) fn evict_if_idle(&self, since: Instant) -> bool {
         let mut state = self.lock();
-        let idle = state.in_flight == 0 && state.waiters.is_empty();
+        let idle = state.in_flight == 0 && state.waiters.is_empty() && state.delayed == 0;
         if idle && state.evictable() && !state.evicted && state.idle_since == Some(since) {
             state.evicted = true;
             true
@@ -562,47 +580,49 @@ impl Dependency {
             let rejection = state.reject(RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER, now);
             return state.decided(Err(rejection), queue_depth, now);
         }
-        if request.is_retry() {
-            if let Err(retry_after) = state.budget.try_withdraw(now) {
-                let rejection = state.reject(RejectReason::RetryBudgetExhausted, retry_after, now);
-                return state.decided(Err(rejection), queue_depth, now);
-            }
-        } else {
-            state.budget.deposit(now);
-        }
         let wait = request.max_wait.map_or(state.limits.max_wait(), |cap| {
             cap.min(state.limits.max_wait())
         });
 
-        // The tenant's own token first: reserved now, or at the instant it
-        // comes if that is within the wait (the request then comes back
-        // then, holding up nobody in the queue), or refused at once.
+        // The tenant's own token first (before the retry budget, which one
+        // tenant's refused retries must not drain for the others): reserved
+        // now, or at the instant it comes if that is within the wait (the
+        // request then comes back then, holding up nobody in the queue), or
+        // refused at once.
         let mut tenant = None;
         if let (Some(buckets), Some(name)) = (state.tenants.as_mut(), request.tenant) {
-            let key = buckets.key(name);
-            let at = buckets.ready_at(key, now);
+            let (key, at) = buckets.ready_at(buckets.key(name), now);
             if at > now {
+                let retry_after = (at - now).min(MAX_RETRY_AFTER);
                 let reason = if request.degradable {
                     RejectReason::Degrade
                 } else if at > now + wait {
                     RejectReason::RateLimited
+                } else if !self.shared.reserve_waiter() {
+                    let retry_after = state.queue_retry_after();
+                    let rejection = state.reject(RejectReason::QueueFull, retry_after, now);
+                    return state.decided(Err(rejection), queue_depth, now);
                 } else {
-                    buckets.reserve(key, at);
+                    let reservation = buckets.reserve(key, at);
                     state.delayed += 1;
                     return Admission::Delayed(Delayed {
                         dependency: Some(self.clone()),
-                        tenant: key,
+                        tenant: reservation,
                         until: at,
                         deadline: now + wait,
                         queue_depth,
                     });
                 };
-                let retry_after = (at - now).min(MAX_RETRY_AFTER);
-                let rejection = state.reject(reason, retry_after, now);
+                // One tenant over its own rate: not the dependency's load.
+                let rejection = state.reject_quietly(reason, retry_after);
                 return state.decided(Err(rejection), queue_depth, now);
             }
-            buckets.reserve(key, now);
-            tenant = Some(key);
+            tenant = Some(buckets.reserve(key, now));
+        }
+        if let Err(retry_after) = state.charge_budget(request.is_retry(), now) {
+            state.unreserve(tenant, now);
+            let rejection = state.reject(RejectReason::RetryBudgetExhausted, retry_after, now);
+            return state.decided(Err(rejection), queue_depth, now);
         }
         self.admit_slot(state, request, now, now + wait, tenant, queue_depth)
     }
@@ -617,13 +637,22 @@ impl Dependency {
     ) -> Admission {
         let mut state = self.lock_at(now);
         state.delayed -= 1;
+        self.shared.release_waiter();
         if state.evicted {
             // Never while it counted as busy; the caller looks it up again.
             return Admission::Evicted;
         }
-        if self.shared.draining.load(Ordering::Acquire) {
+        let refused = if self.shared.draining.load(Ordering::Acquire) {
+            Some((RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER))
+        } else {
+            state
+                .charge_budget(request.is_retry(), now)
+                .err()
+                .map(|retry_after| (RejectReason::RetryBudgetExhausted, retry_after))
+        };
+        if let Some((reason, retry_after)) = refused {
             state.unreserve(Some(delayed.tenant), now);
-            let rejection = state.reject(RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER, now);
+            let rejection = state.reject(reason, retry_after, now);
             return state.decided(Err(rejection), delayed.queue_depth, now);
         }
         self.admit_slot(
@@ -644,7 +673,7 @@ impl Dependency {
         request: &AcquireRequest<'_>,
         now: Instant,
         deadline: Instant,
-        tenant: Option<TenantKey>,
+        tenant: Option<Reservation>,
         queue_depth: u32,
     ) -> Admission {
         let refuse = |mut state: Locked<'_>, reason, retry_after| {
@@ -1089,7 +1118,10 @@ impl Dependency {
             in_flight: state.in_flight,
             queued: state.waiters.len() as u32,
             retry_budget_available: state.budget.available(now),
-            rated_tenants: state.tenants.as_ref().map_or(0, |t| t.len() as u32),
+            rated_tenants: state.tenants.as_mut().map_or(0, |t| {
+                t.forget_full(now);
+                t.len() as u32
+            }),
             delayed: state.delayed,
             granted_total: state.granted_total,
             rejected_total: state.rejected_total,

@@ -281,7 +281,12 @@ impl Ledger {
                         });
                     }
                     Admission::Delayed(wait) => {
-                        tokio::time::sleep_until(wait.until).await;
+                        // A drain cuts the wait short: resumed, it is
+                        // answered SHUTTING_DOWN, so it holds up no shutdown.
+                        tokio::select! {
+                            () = tokio::time::sleep_until(wait.until) => {}
+                            () = self.shared.drain_started.cancelled() => {}
+                        }
                         delayed = true;
                         admission = wait.resume(request, clock::now());
                     }

@@ -31,7 +31,7 @@ pub struct Rate {
 /// Why a rate cannot be used.
 #[derive(Clone, Debug, PartialEq, thiserror::Error)]
 pub enum InvalidRate {
-    #[error("must be a number in (0, {MAX_PER_SECOND}], got {0}")]
+    #[error("must be a number in [{MIN_PER_SECOND}, {MAX_PER_SECOND}], got {0}")]
     PerSecond(f64),
     #[error("must be between 1 and {MAX_BURST}, got {0}")]
     Burst(u32),
@@ -53,12 +53,15 @@ impl InvalidRate {
 /// Faster than this, a concurrency limit is the better tool: one token a
 /// microsecond.
 pub const MAX_PER_SECOND: f64 = 1_000_000.0;
+/// One token in about 17 minutes: with [`MAX_BURST`], the tolerance
+/// (interval x burst, 1e12 x 1e6 ns) still fits in a u64.
+pub const MIN_PER_SECOND: f64 = 0.001;
 /// Bounds the tolerance so that `burst * T` cannot overflow.
 pub const MAX_BURST: u32 = 1_000_000;
 
 impl Rate {
     pub fn new(per_second: f64, burst: u32) -> Result<Rate, InvalidRate> {
-        if !(per_second > 0.0 && per_second <= MAX_PER_SECOND) {
+        if !(MIN_PER_SECOND..=MAX_PER_SECOND).contains(&per_second) {
             return Err(InvalidRate::PerSecond(per_second));
         }
         if !(1..=MAX_BURST).contains(&burst) {
@@ -187,7 +190,13 @@ mod tests {
             Rate::new(10.0, MAX_BURST + 1),
             Err(InvalidRate::Burst(MAX_BURST + 1))
         );
-        assert!(Rate::new(0.001, 1).is_ok());
+        assert!(Rate::new(MIN_PER_SECOND, MAX_BURST).is_ok());
+        assert!(matches!(
+            Rate::new(0.0009, 1),
+            Err(InvalidRate::PerSecond(_))
+        ));
+        let slowest = Rate::new(MIN_PER_SECOND, MAX_BURST).unwrap();
+        assert!(slowest.tolerance_nanos() > 0, "no overflow");
     }
 
     #[test]

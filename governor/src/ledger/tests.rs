@@ -1835,3 +1835,91 @@ async fn a_degradable_request_does_not_wait_for_its_tenant_token() {
     assert_eq!(decision.outcome.unwrap_err().reason, RejectReason::Degrade);
     assert_eq!(status(&ledger).delayed, 0);
 }
+
+#[tokio::test(start_paused = true)]
+async fn one_tenant_over_its_rate_costs_the_others_nothing() {
+    let limits = with_budget(0.0, 0, 10);
+    let ledger = ledger_with("db", with_tenant_rate(limits, 1.0, 1));
+    assert!(
+        ledger
+            .acquire(&as_tenant("noisy", 0))
+            .await
+            .unwrap()
+            .granted()
+            .is_some()
+    );
+    // Its refused first tries and retries: the dependency is not
+    // overloaded for the others, and the (empty) retry budget is untouched:
+    // the rate refuses before the budget is asked.
+    for attempt in [0, 1, 1] {
+        let request = AcquireRequest {
+            attempt,
+            ..as_tenant("noisy", 0)
+        };
+        let refused = ledger.acquire(&request).await.unwrap();
+        assert_eq!(
+            refused.outcome.unwrap_err().reason,
+            RejectReason::RateLimited
+        );
+        assert_ne!(refused.snapshot.pressure, Pressure::Overloaded);
+    }
+    let other = ledger.acquire(&as_tenant("quiet", 0)).await.unwrap();
+    assert!(other.granted().is_some());
+    assert_eq!(other.snapshot.pressure, Pressure::None);
+    // Another tenant's retry meets the (empty) budget as it would have
+    // anyway, and its token is given back with the refusal.
+    let retry = AcquireRequest {
+        attempt: 1,
+        ..as_tenant("calm", 0)
+    };
+    let refused = ledger.acquire(&retry).await.unwrap();
+    assert_eq!(
+        refused.outcome.unwrap_err().reason,
+        RejectReason::RetryBudgetExhausted
+    );
+    let first = ledger.acquire(&as_tenant("calm", 0)).await.unwrap();
+    assert!(first.granted().is_some(), "{first:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_request_waiting_for_its_tenant_token_holds_a_waiter_place_and_a_drain_ends_it() {
+    let ledger = Arc::new(Ledger::new(LedgerConfig {
+        dependencies: vec![(
+            "db".to_owned(),
+            with_tenant_rate(limits(100, 10, 60_000), 0.1, 1),
+        )],
+        max_waiters: 1,
+        ..LedgerConfig::default()
+    }));
+    assert!(
+        ledger
+            .acquire(&as_tenant("a", 0))
+            .await
+            .unwrap()
+            .granted()
+            .is_some()
+    );
+    // Its token is 10 s away: it waits outside the queue, in the one place.
+    let delayed = enqueue_request(&ledger, as_tenant("a", 60_000)).await;
+    assert_eq!((status(&ledger).delayed, ledger.waiters()), (1, 1));
+    let full = ledger.acquire(&as_tenant("b", 60_000)).await.unwrap();
+    assert!(
+        full.granted().is_some(),
+        "b has its token and a slot: no wait"
+    );
+    let c = ledger.acquire(&as_tenant("c", 0)).await.unwrap();
+    assert!(c.granted().is_some());
+    // Another tenant that would wait for its token finds no place.
+    let waits = ledger.acquire(&as_tenant("c", 60_000)).await.unwrap();
+    assert_eq!(waits.outcome.unwrap_err().reason, RejectReason::QueueFull);
+    // The drain answers the delayed one now, not in 10 s.
+    let before = Instant::now();
+    ledger.drain();
+    let drained = delayed.await.unwrap();
+    assert_eq!(
+        drained.outcome.unwrap_err().reason,
+        RejectReason::ShuttingDown
+    );
+    assert_eq!(Instant::now(), before);
+    assert_eq!((status(&ledger).delayed, ledger.waiters()), (0, 0));
+}

@@ -190,6 +190,8 @@ fn log_in_full(ledger: &Ledger, dependency: &str, event: Event, load: Snapshot) 
             reason = "rate_limited",
             rate_per_second = limits.rate().map(|r| r.per_second()),
             rate_burst = limits.rate().map(|r| r.burst()),
+            tenant_rate_per_second = limits.tenant_rate().map(|r| r.per_second()),
+            tenant_rate_burst = limits.tenant_rate().map(|r| r.burst()),
             limit,
             in_flight,
             queued,

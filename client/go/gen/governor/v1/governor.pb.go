@@ -97,9 +97,10 @@ const (
 	RejectReason_REJECT_REASON_SHED RejectReason = 4
 	// The sidecar is draining before exit.
 	RejectReason_REJECT_REASON_SHUTTING_DOWN RejectReason = 5
-	// The dependency's rate limit (DependencyLimits.rate) has no token for the
-	// request within its wait: retry_after is the exact time until the next
-	// token. A request whose wait reaches its token waits for it instead.
+	// The dependency's rate limit (DependencyLimits.rate), or its tenant's
+	// (tenant_rate), has no token for the request within its wait: retry_after
+	// is the time until that token (exact, at most 60 s). A request whose wait
+	// reaches its token waits for it instead.
 	RejectReason_REJECT_REASON_RATE_LIMITED RejectReason = 6
 	// A degradable request (AcquireRequest.degradable) that would have had to
 	// wait, or arrived at or above the dependency's degrade_at pressure: serve
@@ -670,7 +671,8 @@ type AcquireRequest struct {
 	// 0 for a first try; n >= 1 for the n-th retry, which draws on the retry budget.
 	Attempt  uint32   `protobuf:"varint,2,opt,name=attempt,proto3" json:"attempt,omitempty"`
 	Priority Priority `protobuf:"varint,3,opt,name=priority,proto3,enum=governor.v1.Priority" json:"priority,omitempty"`
-	// Optional caller tenant, at most 128 bytes; used for attribution.
+	// Optional caller tenant, at most 128 bytes: on spans and logs, and held
+	// to the dependency's tenant_rate if it has one.
 	Tenant string `protobuf:"bytes,4,opt,name=tenant,proto3" json:"tenant,omitempty"`
 	// Optional; may only shorten the dependency's configured max wait.
 	// Zero means try-acquire: never queue.
@@ -1427,7 +1429,7 @@ type RateLimit struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	// In (0, 1000000].
+	// In [0.001, 1000000].
 	PerSecond float64 `protobuf:"fixed64,1,opt,name=per_second,json=perSecond,proto3" json:"per_second,omitempty"`
 	// In [1, 1000000]; 0 on an update means 1.
 	Burst uint32 `protobuf:"varint,2,opt,name=burst,proto3" json:"burst,omitempty"`
@@ -1725,8 +1727,8 @@ type DependencyStatus struct {
 	Rate *RateLimit `protobuf:"bytes,23,opt,name=rate,proto3" json:"rate,omitempty"`
 	// Each tenant's rate limit in force; absent when there is none.
 	TenantRate *RateLimit `protobuf:"bytes,24,opt,name=tenant_rate,json=tenantRate,proto3" json:"tenant_rate,omitempty"`
-	// Tenants whose tenant_rate bucket is still refilling (at most 1024 are
-	// kept; beyond, the one closest to full is forgotten).
+	// Tenants whose tenant_rate bucket is still refilling (at most 1024 have
+	// their own; tenants beyond share one overflow bucket).
 	RatedTenants uint32 `protobuf:"varint,25,opt,name=rated_tenants,json=ratedTenants,proto3" json:"rated_tenants,omitempty"`
 	// Acquires waiting, outside the queue, for their tenant's token.
 	Delayed uint32 `protobuf:"varint,26,opt,name=delayed,proto3" json:"delayed,omitempty"`
