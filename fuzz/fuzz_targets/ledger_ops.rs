@@ -1,28 +1,51 @@
 //! Random sequences of ledger operations (acquire, release, renew, cancel,
-//! time steps, limit patches with adaptive limits on and off) on the real
-//! ledger under tokio's paused clock, checked after every step against a
-//! reference model of the semantics.
+//! time steps, limit patches with adaptive limits and rate limits on and off)
+//! on the real ledger under tokio's paused clock, checked after every step,
+//! and every event within a time step, against a reference model of the
+//! semantics.
 //!
 //! The model predicts, per dependency, which request is granted, queued,
 //! shed or refused, which waiter a freed slot goes to (strict priority,
 //! FIFO within a priority), when leases expire and waiters time out, and the
 //! counters. After every step it checks: every task's answer, `in_flight`
 //! and `queued` per dependency, `in_flight <= enforced` after any grant,
-//! no waiter while a slot is free, `queued <= max_queue`, the global waiter
-//! cap, no leak (`in_flight` and `leases()` equal the live leases),
-//! release/renew of an unknown, released, expired or foreign lease is
-//! refused, a cancelled waiter never holds a lease, and granted, rejected
-//! and expired totals.
+//! no waiter while a slot (and, under a rate, a token) is free, `queued <=
+//! max_queue`, the global waiter cap, no leak (`in_flight` and `leases()`
+//! equal the live leases), release/renew of an unknown, released, expired or
+//! foreign lease is refused, a cancelled waiter never holds a lease, and
+//! granted, rejected and expired totals.
 //!
 //! What the model does not predict, it reads and bounds: an adaptive
 //! limit's value (read from the ledger after each step, then checked to lie
 //! within 1..=max_concurrency, and to equal it when static), and the retry
 //! budget (a retry refused RETRY_BUDGET_EXHAUSTED on arrival is accepted).
 //!
+//! Rate limits: the input gives some dependencies a rate from the start
+//! (configured up front), and a limit patch sets, changes or removes one.
+//! The model keeps its own GCRA bucket ([`Bucket`], integer nanoseconds,
+//! written from the rules, not the ledger's code) and predicts that a grant
+//! needs a slot, no waiter ahead and a token; that an arrival whose token
+//! (counting the waiters of its priority or higher, served first) comes after
+//! its wait is refused RATE_LIMITED with `retry_after = min(token - now, 60
+//! s)`, exactly; that a waiter with a slot but no token is served when its
+//! token comes; that a timed-out waiter spends nothing and a grant taken back
+//! (its waiter cancelled) gives its token back. It also checks every grant's
+//! queue_wait (so the instant of each hand-over), the pressure (no token:
+//! saturated; a turn-away, RATE_LIMITED included: overloaded for a second),
+//! and that no one-second window since the rate last changed holds
+//! `per_second + burst` grants or more (GCRA's bound; the documented one is
+//! `<=`).
+//!
 //! Time: operations happen at even milliseconds and lease TTLs are even, while
-//! every queue wait is odd, so a lease never expires in the same instant as a
-//! waiter times out (that tie is a true race, either answer is right). Time
-//! steps advance from event to event, so the order of events is the model's.
+//! every queue wait is odd, so without a rate a lease never expires in the
+//! same instant as a waiter times out. Time steps advance from event to event,
+//! so the order of events is the model's. The clock only moves by whole
+//! milliseconds, tokio's timer tick: a token due at `t` is handed over at the
+//! first tick at or after `t` (the reaper's sleep fires no sooner). Grants at
+//! token instants make odd instants possible, so a hand-over can meet a
+//! waiter's own deadline in one tick: two timers of one tick, a true race in
+//! which either answer is right. The model then follows the ledger's answer
+//! for that waiter (granted, or timed out and the next one served).
 #![no_main]
 
 use std::sync::Arc;
@@ -33,8 +56,9 @@ use futures::FutureExt;
 use libfuzzer_sys::fuzz_target;
 use rate_governor::ledger::limit::{AdaptivePatch, Algorithm, AlgorithmChoice};
 use rate_governor::ledger::{
-    AcquireRequest, Decision, LeaseEnd, LeaseId, Ledger, LedgerConfig, LedgerError, Limits,
-    LimitsPatch, Outcome, Priority, RejectReason, Report,
+    AcquireRequest, Decision, ELEVATED_AT, LeaseEnd, LeaseId, Ledger, LedgerConfig, LedgerError,
+    Limits, LimitsPatch, OVERLOAD_WINDOW, Outcome, Pressure, Priority, RatePatch, RejectReason,
+    Report,
 };
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -48,6 +72,57 @@ const MAX_OPS: usize = 64;
 /// for margin: each yield polls the time driver, and 16 made the target 2.5x
 /// slower. `LEDGER_OPS_SETTLE=N` overrides it, to repeat that experiment.
 const SETTLE_YIELDS: usize = 4;
+/// The cap of a RATE_LIMITED refusal's retry_after.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
+/// tokio's timer tick.
+const TICK_NANOS: u64 = 1_000_000;
+
+#[derive(Arbitrary, Debug)]
+struct Input {
+    /// A rate for each dependency, configured up front (an invalid one:
+    /// none).
+    rates: [Option<RateOp>; 3],
+    ops: Vec<Op>,
+}
+
+/// A rate: mostly 1..=50 a second with a burst of 1..=5, so that tokens run
+/// out within the model's time steps.
+#[derive(Arbitrary, Clone, Copy, Debug)]
+struct RateOp {
+    per_second: u8,
+    burst: u8,
+}
+
+impl RateOp {
+    /// 1..=50 a second, a few fractional rates (0.01: a refusal's
+    /// retry_after reaches its cap), and zero, which a patch must refuse.
+    fn per_second(self) -> f64 {
+        match self.per_second {
+            250 => 0.01,
+            251 => 0.3,
+            252 => 2.5,
+            253 => 7.7,
+            254 => 33.3,
+            255 => 0.0,
+            n => f64::from(n % 50 + 1),
+        }
+    }
+
+    /// 1..=5, and zero, which a patch must refuse.
+    fn burst(self) -> u32 {
+        u32::from(self.burst % 6)
+    }
+
+    fn valid(self) -> Option<(f64, u32)> {
+        (self.per_second() > 0.0 && self.burst() > 0).then(|| (self.per_second(), self.burst()))
+    }
+}
+
+#[derive(Arbitrary, Debug)]
+enum RateChange {
+    Remove,
+    Set(RateOp),
+}
 
 #[derive(Arbitrary, Debug)]
 enum Op {
@@ -89,6 +164,7 @@ enum Op {
         max_wait: Option<u16>,
         lease_ttl: Option<u16>,
         adaptive: Option<AdaptiveOp>,
+        rate: Option<RateChange>,
     },
 }
 
@@ -106,9 +182,15 @@ enum AdaptiveOp {
 
 #[derive(Clone, Debug, PartialEq)]
 enum State {
-    Waiting { seq: u64, deadline: Instant },
-    Granted,
-    Rejected(RejectReason),
+    Waiting {
+        seq: u64,
+        deadline: Instant,
+    },
+    Granted {
+        at: Instant,
+    },
+    /// With the exact retry_after, where the model predicts it.
+    Rejected(RejectReason, Option<Duration>),
     Cancelled,
 }
 
@@ -116,8 +198,10 @@ enum State {
 #[derive(Clone, Debug, PartialEq)]
 enum Real {
     Running,
-    Granted(LeaseId, Duration),
-    Rejected(RejectReason),
+    /// The lease, its TTL and the time spent queued.
+    Granted(LeaseId, Duration, Duration),
+    /// The reason and retry_after.
+    Rejected(RejectReason, Duration),
     Cancelled,
 }
 
@@ -125,6 +209,7 @@ struct Task {
     dep: usize,
     priority: Priority,
     retry: bool,
+    arrived: Instant,
     handle: Option<JoinHandle<Result<Decision, LedgerError>>>,
     real: Real,
     model: State,
@@ -151,10 +236,102 @@ struct Dep {
     granted: u64,
     rejected: u64,
     expired: u64,
+    rate: Option<Bucket>,
+    /// Until when a turn-away makes it overloaded.
+    overloaded_until: Option<Instant>,
+    /// Its grants (instant, task) since its rate last changed, under a rate.
+    window: Vec<(Instant, usize)>,
+}
+
+/// The model's rate bucket: GCRA in integer nanoseconds since the run's
+/// start, from the rules: interval `T = ceil(1e9 / per_second)`, tolerance
+/// `T * (burst - 1)`; a token is there when `now >= max(tat, now) -
+/// tolerance`; spending one makes `tat = max(tat, now) + T`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Bucket {
+    per_second: f64,
+    burst: u32,
+    /// The theoretical arrival time; `None`: full.
+    tat: Option<u64>,
+}
+
+impl Bucket {
+    fn new((per_second, burst): (f64, u32)) -> Bucket {
+        Bucket {
+            per_second,
+            burst,
+            tat: None,
+        }
+    }
+
+    fn rate(&self) -> (f64, u32) {
+        (self.per_second, self.burst)
+    }
+
+    fn interval(per_second: f64) -> u64 {
+        (1e9 / per_second).ceil() as u64
+    }
+
+    fn tolerance(&self) -> u64 {
+        Bucket::interval(self.per_second) * u64::from(self.burst - 1)
+    }
+
+    fn tat_at(&self, now: u64) -> u64 {
+        self.tat.map_or(now, |tat| tat.max(now))
+    }
+
+    /// When the `n`-th next token (0 = the next) can be spent, if the ones
+    /// before it are spent as soon as they can be.
+    fn ready_at(&self, now: u64, n: u64) -> u64 {
+        (self.tat_at(now) + Bucket::interval(self.per_second) * n)
+            .saturating_sub(self.tolerance())
+            .max(now)
+    }
+
+    fn conforms(&self, now: u64) -> bool {
+        self.ready_at(now, 0) <= now
+    }
+
+    fn spend(&mut self, now: u64) {
+        assert!(self.conforms(now), "the model spends a token it has not");
+        self.tat = Some(self.tat_at(now) + Bucket::interval(self.per_second));
+    }
+
+    /// A grant taken back straight away: as if it had not been spent.
+    fn refund(&mut self, now: u64) {
+        let interval = Bucket::interval(self.per_second);
+        self.tat = self
+            .tat
+            .and_then(|tat| tat.checked_sub(interval))
+            .filter(|&tat| tat > now);
+    }
+
+    /// A new rate keeps the TAT's lead over now in intervals (rounded down).
+    fn set_rate(&mut self, (per_second, burst): (f64, u32), now: u64) {
+        if let Some(tat) = self.tat.filter(|&tat| tat > now) {
+            let lead = u128::from(tat - now);
+            let scaled = lead * u128::from(Bucket::interval(per_second))
+                / u128::from(Bucket::interval(self.per_second));
+            self.tat = Some(now + u64::try_from(scaled).expect("a small lead"));
+        }
+        self.per_second = per_second;
+        self.burst = burst;
+    }
+}
+
+/// Formats a check's label only when an assertion fails.
+struct At<'a>(&'a dyn Fn() -> String);
+
+impl std::fmt::Display for At<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&(self.0)())
+    }
 }
 
 struct World {
     ledger: Arc<Ledger>,
+    /// The run's start: on a tick (every step moves whole milliseconds).
+    start: Instant,
     now: Instant,
     tasks: Vec<Task>,
     holders: Vec<Holder>,
@@ -210,10 +387,15 @@ impl World {
             granted: 0,
             rejected: 0,
             expired: 0,
+            rate: None,
+            overloaded_until: None,
+            window: Vec::new(),
         };
+        let now = Instant::now();
         World {
             ledger,
-            now: Instant::now(),
+            start: now,
+            now,
             tasks: Vec::new(),
             holders: Vec::new(),
             deps: [dep.clone(), dep.clone(), dep],
@@ -222,6 +404,20 @@ impl World {
             foreign: None,
             granted_now: [false; 3],
         }
+    }
+
+    /// Model time: nanoseconds since the start.
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from((at - self.start).as_nanos()).expect("a short run")
+    }
+
+    fn instant(&self, nanos: u64) -> Instant {
+        self.start + Duration::from_nanos(nanos)
+    }
+
+    fn has_token(&self, dep: usize) -> bool {
+        let now = self.nanos(self.now);
+        self.deps[dep].rate.is_none_or(|b| b.conforms(now))
     }
 
     fn enforced(&self, dep: usize) -> u32 {
@@ -255,13 +451,6 @@ impl World {
             State::Waiting { seq, .. } => seq,
             _ => unreachable!("only waiting tasks have a place"),
         }
-    }
-
-    /// The next waiter to serve: highest priority, then oldest.
-    fn next_waiter(&self, dep: usize) -> Option<usize> {
-        self.waiting(dep)
-            .into_iter()
-            .min_by_key(|&i| (self.tasks[i].priority, self.seq_of(i)))
     }
 
     /// The newest waiter of the lowest priority present.
@@ -300,7 +489,12 @@ impl World {
 
     fn grant(&mut self, task: usize) {
         let dep = self.tasks[task].dep;
-        self.tasks[task].model = State::Granted;
+        let now = self.nanos(self.now);
+        if let Some(bucket) = &mut self.deps[dep].rate {
+            bucket.spend(now);
+            self.deps[dep].window.push((self.now, task));
+        }
+        self.tasks[task].model = State::Granted { at: self.now };
         self.deps[dep].in_flight += 1;
         self.deps[dep].granted += 1;
         self.granted_now[dep] = true;
@@ -313,20 +507,84 @@ impl World {
     }
 
     fn reject(&mut self, task: usize, reason: RejectReason) {
-        let dep = self.tasks[task].dep;
-        self.tasks[task].model = State::Rejected(reason);
-        self.deps[dep].rejected += 1;
+        self.reject_after(task, reason, None);
     }
 
-    /// Free slots go to waiters, best first, under the enforced limit.
-    fn grant_waiters(&mut self, dep: usize) {
+    fn reject_after(&mut self, task: usize, reason: RejectReason, after: Option<Duration>) {
+        let dep = self.tasks[task].dep;
+        self.tasks[task].model = State::Rejected(reason, after);
+        self.deps[dep].rejected += 1;
+        if reason.is_overload() {
+            self.deps[dep].overloaded_until = Some(self.now + OVERLOAD_WINDOW);
+        }
+    }
+
+    /// Whom the hand-over serves now, in order: free slots go to waiters,
+    /// best first, under the enforced limit, each with a token under a rate.
+    fn hand_over(&self, dep: usize) -> Vec<usize> {
         let enforced = self.enforced(dep);
-        while self.deps[dep].in_flight < enforced {
-            let Some(task) = self.next_waiter(dep) else {
-                break;
-            };
+        let now = self.nanos(self.now);
+        let free = enforced.saturating_sub(self.deps[dep].in_flight) as usize;
+        let mut bucket = self.deps[dep].rate;
+        let mut waiting = self.waiting(dep);
+        waiting.sort_by_key(|&i| (self.tasks[i].priority, self.seq_of(i)));
+        let mut served = Vec::new();
+        for task in waiting.into_iter().take(free) {
+            if let Some(bucket) = &mut bucket {
+                if !bucket.conforms(now) {
+                    break;
+                }
+                bucket.spend(now);
+            }
+            served.push(task);
+        }
+        served
+    }
+
+    fn grant_waiters(&mut self, dep: usize) {
+        for task in self.hand_over(dep) {
             self.grant(task);
         }
+    }
+
+    /// The hand-over at an event instant, where a waiter it serves may time
+    /// out in the same tick: either answer is right, and the ledger's is
+    /// followed (timed out first: the next one is served instead).
+    fn grant_waiters_racing(&mut self, dep: usize) {
+        loop {
+            let served = self.hand_over(dep);
+            let lost = served.iter().copied().find(|&t| {
+                matches!(self.tasks[t].model, State::Waiting { deadline, .. } if deadline == self.now)
+                    && matches!(
+                        self.tasks[t].real,
+                        Real::Rejected(RejectReason::QueueTimeout, _)
+                    )
+            });
+            match lost {
+                Some(task) => self.reject(task, RejectReason::QueueTimeout),
+                None => {
+                    for task in served {
+                        self.grant(task);
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// When the next token comes for a waiter that waits only for it (a
+    /// slot is free), rounded up to the tick the reaper wakes in.
+    fn token_event(&self, dep: usize) -> Option<Instant> {
+        let bucket = self.deps[dep].rate?;
+        let now = self.nanos(self.now);
+        if self.waiting(dep).is_empty()
+            || self.deps[dep].in_flight >= self.enforced(dep)
+            || bucket.conforms(now)
+        {
+            return None;
+        }
+        let at = bucket.ready_at(now, 0).div_ceil(TICK_NANOS) * TICK_NANOS;
+        Some(self.instant(at))
     }
 
     /// Reads what finished tasks came back with.
@@ -345,17 +603,17 @@ impl World {
                 Err(error) => panic!("an acquire task panicked: {error}"),
                 Ok(Err(error)) => panic!("the ledger refused a known dependency: {error}"),
                 Ok(Ok(decision)) => match decision.outcome {
-                    Ok(grant) => Real::Granted(grant.lease, grant.ttl),
+                    Ok(grant) => Real::Granted(grant.lease, grant.ttl, decision.queue_wait),
                     Err(rejection) => {
                         assert!(rejection.retry_after > Duration::ZERO);
-                        Real::Rejected(rejection.reason)
+                        Real::Rejected(rejection.reason, rejection.retry_after)
                     }
                 },
             };
         }
         for holder in &mut self.holders {
             if holder.lease.is_none() {
-                if let Real::Granted(lease, ttl) = self.tasks[holder.task].real {
+                if let Real::Granted(lease, ttl, _) = self.tasks[holder.task].real {
                     assert_eq!(ttl, self.deps[holder.dep].lease_ttl, "the grant's TTL");
                     holder.lease = Some(lease);
                 }
@@ -364,15 +622,21 @@ impl World {
     }
 
     /// The model against the ledger, after a step.
-    fn check(&mut self, step: usize, op: &Op) {
+    fn check(&mut self, label: &dyn Fn() -> String) {
         self.collect();
-        let at = format!("step {step} ({op:?})");
+        let at = At(label);
         assert_eq!(Instant::now(), self.now, "{at}: the clock moved on its own");
+        let now = self.nanos(self.now);
         for (i, task) in self.tasks.iter().enumerate() {
             let ok = match (&task.model, &task.real) {
                 (State::Waiting { .. }, Real::Running) => true,
-                (State::Granted, Real::Granted(..)) => true,
-                (State::Rejected(a), Real::Rejected(b)) => a == b,
+                // Granted at the instant the model says.
+                (State::Granted { at }, Real::Granted(_, _, waited)) => {
+                    *waited == *at - task.arrived
+                }
+                (State::Rejected(a, after), Real::Rejected(b, real_after)) => {
+                    a == b && after.is_none_or(|after| after == *real_after)
+                }
                 (State::Cancelled, Real::Cancelled) => true,
                 _ => false,
             };
@@ -412,11 +676,48 @@ impl World {
                     model.in_flight
                 );
             }
+            let has_token = model.rate.is_none_or(|b| b.conforms(now));
             if queued > 0 {
                 assert!(
-                    model.in_flight >= enforced,
-                    "{at}: {name} has waiters and a free slot"
+                    model.in_flight >= enforced || !has_token,
+                    "{at}: {name} has waiters, a free slot and a token"
                 );
+            }
+            assert_eq!(
+                status.limits.rate().map(|r| (r.per_second(), r.burst())),
+                model.rate.map(|b| b.rate()),
+                "{at}: {name} rate"
+            );
+            let pressure = if model.overloaded_until.is_some_and(|until| self.now < until) {
+                Pressure::Overloaded
+            } else if model.in_flight >= enforced || queued > 0 || !has_token {
+                Pressure::Saturated
+            } else if f64::from(model.in_flight) >= ELEVATED_AT * f64::from(enforced) {
+                Pressure::Elevated
+            } else {
+                Pressure::None
+            };
+            assert_eq!(status.pressure, pressure, "{at}: {name} pressure");
+            if let Some(bucket) = model.rate {
+                // Any one second since the rate last changed (a grant taken
+                // straight back is not in it).
+                let bound = bucket.per_second + f64::from(bucket.burst);
+                let mut first = 0;
+                for (last, &(granted, _)) in model.window.iter().enumerate() {
+                    while granted - model.window[first].0 >= Duration::from_secs(1) {
+                        first += 1;
+                    }
+                    let count = (last - first + 1) as f64;
+                    assert!(
+                        count <= bound,
+                        "{at}: {name} granted {count} in one second at {bucket:?}"
+                    );
+                    assert!(
+                        count < bound,
+                        "{at}: {name} granted {count} in one second at {bucket:?}: \
+                         within per_second + burst, not within GCRA's bound"
+                    );
+                }
             }
             assert_eq!(
                 status.granted_total, model.granted,
@@ -464,6 +765,7 @@ impl World {
             dep,
             priority,
             retry,
+            arrived: self.now,
             handle: Some(handle),
             real: Real::Running,
             model: State::Cancelled,
@@ -478,16 +780,35 @@ impl World {
             (t.dep, t.priority, t.retry)
         };
         self.deps[dep].exists = true;
-        if retry && self.tasks[task].real == Real::Rejected(RejectReason::RetryBudgetExhausted) {
+        if retry
+            && matches!(
+                self.tasks[task].real,
+                Real::Rejected(RejectReason::RetryBudgetExhausted, _)
+            )
+        {
             self.reject(task, RejectReason::RetryBudgetExhausted);
             return;
         }
         let queue = self.waiting(dep);
-        if self.deps[dep].in_flight < enforced && queue.is_empty() {
+        if self.deps[dep].in_flight < enforced && queue.is_empty() && self.has_token(dep) {
             self.grant(task);
             return;
         }
         let wait = wait.map_or(self.deps[dep].max_wait, |w| w.min(self.deps[dep].max_wait));
+        if let Some(bucket) = self.deps[dep].rate {
+            // Every waiter of its priority or higher takes a token first.
+            let ahead = queue
+                .iter()
+                .filter(|&&i| self.tasks[i].priority <= priority)
+                .count() as u64;
+            let now = self.nanos(self.now);
+            let token = bucket.ready_at(now, ahead);
+            if token > self.nanos(self.now + wait) {
+                let after = Duration::from_nanos(token - now).min(MAX_RETRY_AFTER);
+                self.reject_after(task, RejectReason::RateLimited, Some(after));
+                return;
+            }
+        }
         if wait.is_zero() {
             self.reject(task, RejectReason::QueueTimeout);
             return;
@@ -541,9 +862,11 @@ impl World {
     }
 
     /// Moves the clock to `target`, event by event: leases expire (and their
-    /// slots go to waiters), waiters time out.
-    async fn advance_to(&mut self, target: Instant) {
+    /// slots go to waiters), tokens come to waiters that have a slot, waiters
+    /// time out. Checks everything after each event.
+    async fn advance_to(&mut self, target: Instant, label: &dyn Fn() -> String) {
         loop {
+            let tokens: Vec<Instant> = (0..3).filter_map(|d| self.token_event(d)).collect();
             let next = self
                 .holders
                 .iter()
@@ -552,6 +875,7 @@ impl World {
                     State::Waiting { deadline, .. } => Some(deadline),
                     _ => None,
                 }))
+                .chain(tokens)
                 .filter(|&at| at <= target)
                 .min();
             let at = next.unwrap_or(target);
@@ -561,11 +885,14 @@ impl World {
             if next.is_none() {
                 return;
             }
-            let mut freed = [false; 3];
+            // The answers of the waiters that time out now, for a race.
+            self.collect();
             while let Some(h) = self.holders.iter().position(|h| h.deadline == at) {
                 let holder = self.end(h);
                 self.deps[holder.dep].expired += 1;
-                freed[holder.dep] = true;
+            }
+            for dep in 0..3 {
+                self.grant_waiters_racing(dep);
             }
             for task in 0..self.tasks.len() {
                 if matches!(self.tasks[task].model, State::Waiting { deadline, .. } if deadline == at)
@@ -573,23 +900,39 @@ impl World {
                     self.reject(task, RejectReason::QueueTimeout);
                 }
             }
-            for (dep, freed) in freed.iter().enumerate() {
-                if *freed {
-                    self.grant_waiters(dep);
-                }
-            }
-            self.collect();
+            let start = self.start;
+            self.check(&|| format!("{} at +{:?}", label(), at - start));
         }
     }
 }
 
-async fn run(ops: Vec<Op>) {
+async fn run(Input { rates, ops }: Input) {
+    let rates = rates.map(|r| r.and_then(RateOp::valid));
+    let dependencies = (0..3)
+        .filter_map(|d| {
+            let (per_second, burst) = rates[d]?;
+            let limits = defaults()
+                .patched(&LimitsPatch {
+                    rate: Some(Some(RatePatch { per_second, burst })),
+                    ..Default::default()
+                })
+                .expect("a valid rate");
+            Some((NAMES[d].to_owned(), limits))
+        })
+        .collect();
     let ledger = Arc::new(Ledger::new(LedgerConfig {
         defaults: defaults(),
         max_waiters: MAX_WAITERS,
+        dependencies,
         ..LedgerConfig::default()
     }));
     let mut world = World::new(ledger.clone());
+    for (dep, rate) in rates.into_iter().enumerate() {
+        if let Some(rate) = rate {
+            world.deps[dep].exists = true;
+            world.deps[dep].rate = Some(Bucket::new(rate));
+        }
+    }
     // A lease of another process (another ledger, another epoch).
     let other = Ledger::new(LedgerConfig::default());
     let foreign = other
@@ -729,9 +1072,10 @@ async fn run(ops: Vec<Op>) {
                         .expect("not yet read")
                         .abort();
                     match world.tasks[task].model {
-                        State::Granted => {
-                            // The grant races the cancellation: it goes back,
-                            // and the slot on to the next waiter.
+                        State::Granted { .. } => {
+                            // The grant races the cancellation: it goes back
+                            // (its token too), and the slot on to the next
+                            // waiter.
                             let h = world
                                 .holders
                                 .iter()
@@ -739,6 +1083,11 @@ async fn run(ops: Vec<Op>) {
                                 .expect("granted");
                             world.holders.remove(h);
                             world.deps[dep].in_flight -= 1;
+                            let now = world.nanos(world.now);
+                            if let Some(bucket) = &mut world.deps[dep].rate {
+                                bucket.refund(now);
+                            }
+                            world.deps[dep].window.retain(|&(_, t)| t != task);
                             world.grant_waiters(dep);
                         }
                         State::Waiting { .. } => {}
@@ -749,9 +1098,11 @@ async fn run(ops: Vec<Op>) {
                 settle().await;
             }
             Op::Advance { ms } => {
-                let step = Duration::from_millis((u64::from(ms % 2000) + 1) * 2);
-                let target = world.now + step;
-                world.advance_to(target).await;
+                let by = Duration::from_millis((u64::from(ms % 2000) + 1) * 2);
+                let target = world.now + by;
+                world
+                    .advance_to(target, &|| format!("step {step} ({op:?})"))
+                    .await;
             }
             Op::Patch {
                 dep,
@@ -760,6 +1111,7 @@ async fn run(ops: Vec<Op>) {
                 max_wait,
                 lease_ttl,
                 ref adaptive,
+                ref rate,
             } => {
                 let dep = dep as usize % 3;
                 let patch = LimitsPatch {
@@ -795,6 +1147,13 @@ async fn run(ops: Vec<Op>) {
                     }),
                     elevated_at: None,
                     degrade_at: None,
+                    rate: rate.as_ref().map(|r| match *r {
+                        RateChange::Remove => None,
+                        RateChange::Set(r) => Some(RatePatch {
+                            per_second: r.per_second(),
+                            burst: r.burst(),
+                        }),
+                    }),
                 };
                 let current = world.deps[dep].clone();
                 let mut bad = Vec::new();
@@ -819,6 +1178,15 @@ async fn run(ops: Vec<Op>) {
                 if ceiling > 0 && min_limit.is_some_and(|m| m > ceiling) {
                     bad.push("adaptive.min_limit");
                 }
+                if let Some(Some(rate)) = patch.rate {
+                    if rate.per_second <= 0.0 {
+                        bad.push("rate.per_second");
+                    }
+                    if rate.burst == 0 {
+                        bad.push("rate.burst");
+                    }
+                }
+                let now = world.nanos(world.now);
                 let result = ledger.update(NAMES[dep], &patch);
                 world.deps[dep].exists = true;
                 match result {
@@ -842,6 +1210,21 @@ async fn run(ops: Vec<Op>) {
                         model.max_wait = patch.max_wait.unwrap_or(model.max_wait);
                         model.lease_ttl = patch.lease_ttl.unwrap_or(model.lease_ttl);
                         model.adaptive = min_limit;
+                        let old = model.rate.map(|b| b.rate());
+                        model.rate = match (model.rate, patch.rate) {
+                            (rate, None) => rate,
+                            (_, Some(None)) => None,
+                            (Some(mut bucket), Some(Some(r))) => {
+                                if bucket.rate() != (r.per_second, r.burst) {
+                                    bucket.set_rate((r.per_second, r.burst), now);
+                                }
+                                Some(bucket)
+                            }
+                            (None, Some(Some(r))) => Some(Bucket::new((r.per_second, r.burst))),
+                        };
+                        if model.rate.map(|b| b.rate()) != old {
+                            model.window.clear();
+                        }
                         assert_eq!(status.limits.max_wait(), model.max_wait);
                         // A smaller queue sheds its newest lowest-priority waiters.
                         while world.waiting(dep).len() > world.deps[dep].max_queue as usize {
@@ -854,7 +1237,7 @@ async fn run(ops: Vec<Op>) {
                 }
             }
         }
-        world.check(step, op);
+        world.check(&|| format!("step {step} ({op:?})"));
     }
 
     // Everything ends: cancel the waiters, release the leases; nothing is left.
@@ -886,9 +1269,9 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-fuzz_target!(|ops: Vec<Op>| {
+fuzz_target!(|input: Input| {
     runtime().block_on(async move {
-        run(ops).await;
+        run(input).await;
         // Let the dropped dependencies' reapers see them go.
         settle().await;
     });
