@@ -1154,6 +1154,7 @@ async fn run(Input { rates, ops }: Input) {
                             burst: r.burst(),
                         }),
                     }),
+                    tenant_rate: None,
                 };
                 let current = world.deps[dep].clone();
                 let mut bad = Vec::new();
