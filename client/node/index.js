@@ -119,11 +119,14 @@ export const Pressure = Object.freeze({
   OVERLOADED: 'OVERLOADED',
 });
 
-/** The wire's Pressure enum as a Pressure value; a level newer than this client reads UNSPECIFIED. */
-function pressureFromWire(value) {
-  const name = stripPrefix(value, 'PRESSURE_');
-  return Object.hasOwn(Pressure, name) ? Pressure[name] : Pressure.UNSPECIFIED;
+/** A wire enum value (`PREFIX_NAME`) as one of `names`; a value newer than this client reads UNSPECIFIED. */
+function enumFromWire(value, prefix, names) {
+  const name = stripPrefix(value, prefix);
+  return Object.hasOwn(names, name) ? names[name] : names.UNSPECIFIED;
 }
+
+/** The wire's Pressure enum as a Pressure value. */
+const pressureFromWire = (value) => enumFromWire(value, 'PRESSURE_', Pressure);
 
 /**
  * From which pressure a degradable acquire is answered DEGRADE (the admin
@@ -137,11 +140,8 @@ export const DegradeAt = Object.freeze({
   ELEVATED: 'ELEVATED',
 });
 
-/** The wire's DegradeAt enum as a DegradeAt value; a setting newer than this client reads UNSPECIFIED. */
-function degradeAtFromWire(value) {
-  const name = stripPrefix(value, 'DEGRADE_AT_');
-  return Object.hasOwn(DegradeAt, name) ? DegradeAt[name] : DegradeAt.UNSPECIFIED;
-}
+/** The wire's DegradeAt enum as a DegradeAt value. */
+const degradeAtFromWire = (value) => enumFromWire(value, 'DEGRADE_AT_', DegradeAt);
 
 const STATUS_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
 

@@ -23,11 +23,12 @@ use std::{
 };
 
 use rate_governor_proto::v1::{
-    governor_admin_client::GovernorAdminClient, governor_client::GovernorClient,
+    Outcome, ReleaseRequest, governor_admin_client::GovernorAdminClient,
+    governor_client::GovernorClient,
 };
 use tempfile::NamedTempFile;
 use tokio::{
-    io::{AsyncBufReadExt, AsyncRead, BufReader},
+    io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader},
     process::{Child, Command},
     sync::oneshot,
 };
@@ -377,6 +378,41 @@ fn ready_field<'a>(ready_line: &'a str, key: &str) -> Option<&'a str> {
     ready_line
         .split_whitespace()
         .find_map(|word| word.strip_prefix(key)?.strip_prefix('='))
+}
+
+/// The body of an HTTP/1.1 GET on the admin listener; the answer must be a
+/// 200.
+pub async fn admin_get(addr: SocketAddr, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: governor\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap();
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    body.to_owned()
+}
+
+/// The value of the series `name{labels}` in a Prometheus text exposition.
+pub fn series(metrics: &str, name_and_labels: &str) -> Option<f64> {
+    metrics.lines().find_map(|line| {
+        let value = line.strip_prefix(name_and_labels)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
+/// Releases `lease_id` with outcome SUCCESS; it must have been live.
+pub async fn release(client: &mut GovernorClient<Channel>, lease_id: &str) {
+    let released = client
+        .release(ReleaseRequest {
+            lease_id: lease_id.into(),
+            outcome: Outcome::Success as i32,
+            latency: None,
+        })
+        .await
+        .expect("Release answers")
+        .into_inner();
+    assert!(released.released);
 }
 
 #[cfg(test)]

@@ -5,16 +5,16 @@
 //! "elevated"`, a reload of both settings, the gauge and the reason label
 //! on /metrics, and config errors that exit 64 naming the key.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use governor_integration_tests::{GovernorProcess, Signal, run_governor, write_config};
-use rate_governor_proto::v1::{
-    AcquireRequest, AcquireResponse, GetDependencyRequest, Outcome, Pressure, RejectReason,
-    ReleaseRequest, SessionRequest, SessionResponse, governor_admin_client::GovernorAdminClient,
-    governor_client::GovernorClient, session_request::Op, session_response::Result as Answer,
+use governor_integration_tests::{
+    GovernorProcess, Signal, admin_get as get, release, run_governor, series, write_config,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rate_governor_proto::v1::{
+    AcquireRequest, AcquireResponse, GetDependencyRequest, Pressure, RejectReason, SessionRequest,
+    SessionResponse, governor_admin_client::GovernorAdminClient, governor_client::GovernorClient,
+    session_request::Op, session_response::Result as Answer,
+};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_stream::wrappers::ReceiverStream;
@@ -53,19 +53,6 @@ async fn acquire(
         .into_inner()
 }
 
-async fn release(client: &mut GovernorClient<Channel>, lease_id: &str) {
-    let released = client
-        .release(ReleaseRequest {
-            lease_id: lease_id.into(),
-            outcome: Outcome::Success as i32,
-            latency: None,
-        })
-        .await
-        .expect("Release answers")
-        .into_inner();
-    assert!(released.released);
-}
-
 /// Waits until the dependency has `queued` waiters (the control plane's
 /// view; a waiter is in the queue once it shows there).
 async fn until_queued(admin: &mut GovernorAdminClient<Channel>, name: &str, queued: u32) {
@@ -85,26 +72,6 @@ async fn until_queued(admin: &mut GovernorAdminClient<Channel>, name: &str, queu
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-}
-
-/// The body of an HTTP/1.1 GET on the admin listener.
-async fn get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: governor\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
-}
-
-/// The value of the series `name{labels}` in the text exposition.
-fn series(metrics: &str, name_and_labels: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let value = line.strip_prefix(name_and_labels)?.strip_prefix(' ')?;
-        value.trim().parse().ok()
-    })
 }
 
 /// One Session stream.

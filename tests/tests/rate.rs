@@ -5,16 +5,16 @@
 //! /metrics, GetDependency and UpdateDependency, a reload, and config
 //! errors that exit 64 naming the key.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
-use governor_integration_tests::{GovernorProcess, Signal, run_governor, write_config};
+use governor_integration_tests::{
+    GovernorProcess, Signal, admin_get as get, release, run_governor, series, write_config,
+};
 use rate_governor_proto::v1::{
     AcquireRequest, AcquireResponse, DependencyLimits, DependencyStatus, GetDependencyRequest,
-    Outcome, RateLimit, RejectReason, ReleaseRequest, UpdateDependencyRequest,
-    governor_admin_client::GovernorAdminClient, governor_client::GovernorClient,
+    RateLimit, RejectReason, UpdateDependencyRequest, governor_admin_client::GovernorAdminClient,
+    governor_client::GovernorClient,
 };
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tonic::transport::Channel;
 
@@ -42,19 +42,6 @@ async fn acquire(client: &mut GovernorClient<Channel>, max_wait: Duration) -> Ac
         .into_inner()
 }
 
-async fn release(client: &mut GovernorClient<Channel>, lease_id: &str) {
-    let released = client
-        .release(ReleaseRequest {
-            lease_id: lease_id.into(),
-            outcome: Outcome::Success as i32,
-            latency: None,
-        })
-        .await
-        .expect("Release answers")
-        .into_inner();
-    assert!(released.released);
-}
-
 fn duration(d: &Option<prost_types::Duration>) -> Duration {
     d.map(|d| Duration::try_from(d).unwrap())
         .unwrap_or_default()
@@ -66,25 +53,6 @@ async fn status(admin: &mut GovernorAdminClient<Channel>) -> DependencyStatus {
         .await
         .expect("GetDependency answers")
         .into_inner()
-}
-
-/// The body of an HTTP/1.1 GET on the admin listener.
-async fn get(addr: SocketAddr, path: &str) -> String {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: governor\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.unwrap();
-    let (head, body) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
-    body.to_owned()
-}
-
-fn series(metrics: &str, name_and_labels: &str) -> Option<f64> {
-    metrics.lines().find_map(|line| {
-        let value = line.strip_prefix(name_and_labels)?.strip_prefix(' ')?;
-        value.trim().parse().ok()
-    })
 }
 
 #[tokio::test]

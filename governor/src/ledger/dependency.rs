@@ -29,7 +29,7 @@ use super::lease::{LeaseId, LeaseKey, LeaseKeyHash};
 use super::limit::{LimitChange, LimitStatus, Limiter, Sample, SampleKind};
 use super::limits::{DegradeAt, InvalidLimit, Limits, LimitsPatch};
 use super::queued::Queued;
-use super::rate::Gcra;
+use super::rate::{Gcra, rebucket};
 use super::reaper;
 use super::session::Owner;
 use super::shared::{LeaseRecord, Shared};
@@ -1029,26 +1029,8 @@ impl Dependency {
             );
         }
         state.budget.reconfigure(limits.retry_budget(), now);
-        state.rate = match (state.rate.take(), limits.rate()) {
-            (_, None) => None,
-            (Some(mut bucket), Some(rate)) => {
-                if bucket.rate() != rate {
-                    bucket.set_rate(rate, now);
-                }
-                Some(bucket)
-            }
-            (None, Some(rate)) => Some(Gcra::new(rate)),
-        };
-        state.tenants = match (state.tenants.take(), limits.tenant_rate()) {
-            (_, None) => None,
-            (Some(mut buckets), Some(rate)) => {
-                if buckets.rate() != rate {
-                    buckets.set_rate(rate, now);
-                }
-                Some(buckets)
-            }
-            (None, Some(rate)) => Some(TenantBuckets::new(rate)),
-        };
+        state.rate = rebucket(state.rate.take(), limits.rate(), now);
+        state.tenants = rebucket(state.tenants.take(), limits.tenant_rate(), now);
         let change = state
             .limiter
             .reconfigure(limits.max_concurrency(), limits.adaptive(), now);

@@ -89,6 +89,34 @@ impl Rate {
     }
 }
 
+/// What a limits change does to a bucket: the dependency's [`Gcra`] and
+/// the tenants' table alike.
+pub(crate) trait Bucket: Sized {
+    fn new(rate: Rate) -> Self;
+    fn rate(&self) -> Rate;
+    /// The tokens already spent stay spent, rescaled to `rate`.
+    fn set_rate(&mut self, rate: Rate, now: Instant);
+}
+
+/// The bucket after a limits change: none without a rate, the same one
+/// (rescaled) for a new rate, a fresh one for a first.
+pub(crate) fn rebucket<B: Bucket>(
+    bucket: Option<B>,
+    rate: Option<Rate>,
+    now: Instant,
+) -> Option<B> {
+    let rate = rate?;
+    Some(match bucket {
+        Some(mut bucket) => {
+            if bucket.rate() != rate {
+                bucket.set_rate(rate, now);
+            }
+            bucket
+        }
+        None => B::new(rate),
+    })
+}
+
 /// One bucket's state.
 #[derive(Clone, Debug)]
 pub(crate) struct Gcra {
@@ -161,6 +189,18 @@ impl Gcra {
         if let Some(tat) = self.tat {
             self.tat = tat.checked_sub(interval).filter(|&tat| tat > now);
         }
+    }
+}
+
+impl Bucket for Gcra {
+    fn new(rate: Rate) -> Self {
+        Gcra::new(rate)
+    }
+    fn rate(&self) -> Rate {
+        Gcra::rate(self)
+    }
+    fn set_rate(&mut self, rate: Rate, now: Instant) {
+        Gcra::set_rate(self, rate, now);
     }
 }
 

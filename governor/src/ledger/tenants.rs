@@ -29,7 +29,7 @@ use std::hash::BuildHasher;
 
 use tokio::time::Instant;
 
-use super::rate::{Gcra, Rate};
+use super::rate::{Bucket, Gcra, Rate};
 
 /// Tenants with a refilling bucket, per dependency (plus the overflow
 /// bucket): at ~120 bytes each, about 128 KiB per dependency with a
@@ -170,6 +170,18 @@ impl TenantBuckets {
         if let Some(after) = after {
             self.full_at.insert((after, key));
         }
+    }
+}
+
+impl Bucket for TenantBuckets {
+    fn new(rate: Rate) -> Self {
+        TenantBuckets::new(rate)
+    }
+    fn rate(&self) -> Rate {
+        TenantBuckets::rate(self)
+    }
+    fn set_rate(&mut self, rate: Rate, now: Instant) {
+        TenantBuckets::set_rate(self, rate, now);
     }
 }
 
