@@ -45,6 +45,7 @@ if [[ " ${suites[*]} " == *" ops "* ]] && [[ ! -x "${CHROMIUM:-/usr/bin/chromium
     || { echo "cannot install chromium" >&2; exit 1; }
 fi
 
+df -h . | tail -1
 step "build the governor binary (debug)"
 cargo build --workspace --bins || exit 1
 
@@ -90,6 +91,11 @@ for suite in "${suites[@]}"; do
     *) echo "unknown suite: $suite (known: ${all[*]})" >&2; exit 2 ;;
   esac
 done
+
+# What the run left on disk (a CI machine once ran out of it).
+step "disk"
+du -sh target fuzz/target 2>/dev/null || true
+df -h . | tail -1
 
 step "summary"
 echo "passed: ${passed[*]:-none}"

@@ -182,6 +182,7 @@ async fn ledger_pair(ledger: &Ledger) -> Result<(), String> {
     let request = AcquireRequest {
         dependency: DEPENDENCY,
         tenant: None,
+        route: None,
         attempt: 0,
         priority: Priority::Normal,
         max_wait: None,

@@ -66,6 +66,7 @@ fn request(name: &str) -> AcquireRequest<'_> {
     AcquireRequest {
         dependency: name,
         tenant: None,
+        route: None,
         attempt: 0,
         priority: Priority::Normal,
         max_wait: None,

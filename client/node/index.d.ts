@@ -66,6 +66,14 @@ export declare const Pressure: { readonly [K in Pressure]: K };
 export type DegradeAt = 'UNSPECIFIED' | 'SATURATED' | 'ELEVATED';
 export declare const DegradeAt: { readonly [K in DegradeAt]: K };
 
+/**
+ * What a dependency's fair shares are kept by: NONE (none: one queue, by priority then
+ * arrival), TENANT (a share for each tenant), TENANT_ROUTE (each tenant's share split
+ * equally between its routes). UNSPECIFIED only when read from a newer sidecar.
+ */
+export type FairBy = 'UNSPECIFIED' | 'NONE' | 'TENANT' | 'TENANT_ROUTE';
+export declare const FairBy: { readonly [K in FairBy]: K };
+
 export type HealthStatus = 'SERVING' | 'NOT_SERVING' | 'UNKNOWN' | 'SERVICE_UNKNOWN';
 
 /** Anything with a `warn` method, such as `console` or a pino/winston logger. */
@@ -104,6 +112,8 @@ export interface GovernorOptions {
   callTimeoutMs?: number;
   /** Default tenant sent with every Acquire. */
   tenant?: string;
+  /** Default route (within the tenant) sent with every Acquire. */
+  route?: string;
   /** Inject the active OpenTelemetry context into call metadata when @opentelemetry/api is installed. Default true. */
   propagateTrace?: boolean;
   /** Fixed lease renewal interval; by default a third of the lease TTL the governor granted. */
@@ -116,7 +126,14 @@ export interface GovernorOptions {
 
 export interface AcquireOptions {
   priority?: Priority;
+  /** The caller's tenant, at most 128 bytes (default: the client's tenant option). */
   tenant?: string;
+  /**
+   * The route within the tenant (an endpoint, a query class), at most 128 bytes (default:
+   * the client's route option). Under fairness by TENANT_ROUTE, a tenant's routes share
+   * its part equally.
+   */
+  route?: string;
   /** 0 for a first try, n >= 1 for the n-th retry (draws on the retry budget). Default 0. */
   attempt?: number;
   /** Shortens the dependency's max wait; 0 means never queue. Also sets the call deadline (plus a margin). */
@@ -257,6 +274,66 @@ export interface DependencyStatus {
   ratedTenants: number;
   /** Acquires waiting, outside the queue, for their tenant's token. */
   delayed: number;
+  /** The fair shares in force; null when there are none. */
+  fairness: Fairness | null;
+  /** Under fair shares: every named tenant, then the 32 others with the most load (in flight + queued). */
+  tenants: TenantStatus[];
+  /** Tenants (and routes) tracked, listed or not. */
+  tenantsTracked: number;
+}
+
+/** Weighted max-min fair shares of the permits between tenants, as in force. */
+export interface Fairness {
+  by: FairBy;
+  /** Each named tenant's weight, in [1, 1000]. */
+  weights: Record<string, number>;
+  /** Every other tenant's weight. */
+  defaultWeight: number;
+  /** Tenants and routes tracked at once; beyond it, new tenants share one overflow entry. */
+  maxTenants: number;
+}
+
+/** One tenant of a dependency's fair shares. */
+export interface TenantStatus {
+  /** Empty for the requests without a tenant, and for the overflow entry. */
+  tenant: string;
+  /** The entry shared by the tenants that found no room in the table. */
+  overflow: boolean;
+  /** Named in the fairness weights. */
+  named: boolean;
+  weight: number;
+  inFlight: number;
+  queued: number;
+  /** Its weighted max-min share of the enforced limit, given every tenant's demand right now. */
+  share: number;
+  /** Since it entered the table. */
+  grantedTotal: number;
+  rejectedTotal: number;
+  /** Under by TENANT_ROUTE: its routes with a permit or a waiter. */
+  routes: RouteStatus[];
+}
+
+export interface RouteStatus {
+  /** Empty for the requests without a route (and routes that found no room). */
+  route: string;
+  inFlight: number;
+  queued: number;
+  /** Its part of the tenant's share. */
+  share: number;
+  grantedTotal: number;
+  rejectedTotal: number;
+}
+
+/** The fairness option of updateDependency; left-out fields take the sidecar's defaults. */
+export interface FairnessUpdate {
+  /** Default 'TENANT'; 'NONE' turns the fair shares off. */
+  by?: Exclude<FairBy, 'UNSPECIFIED'>;
+  /** Each named tenant's weight, in [1, 1000]. */
+  weights?: Record<string, number>;
+  /** Every other tenant's weight, in [1, 1000]; left out (or 0) is 1. */
+  defaultWeight?: number;
+  /** Tenants and routes tracked at once, in [1, 100000]; left out (or 0) is 1024. */
+  maxTenants?: number;
 }
 
 /** A token bucket (GCRA): perSecond tokens a second, at most burst at once; a grant needs a token and a slot. */
@@ -304,6 +381,12 @@ export interface DependencyLimits {
   rate?: { perSecond: number; burst?: number } | null;
   /** The same for each tenant's own rate limit (acquires that name a tenant). */
   tenantRate?: { perSecond: number; burst?: number } | null;
+  /**
+   * Sets the fair shares between tenants, replacing the current ones whole; null (or by
+   * 'NONE') turns them off; left out keeps them. A weight, defaultWeight or maxTenants
+   * that is not a non-negative integer, or an unknown by, is a TypeError.
+   */
+  fairness?: FairnessUpdate | null;
 }
 
 export declare class GovernorAdminClient {

@@ -143,6 +143,23 @@ export const DegradeAt = Object.freeze({
 /** The wire's DegradeAt enum as a DegradeAt value. */
 const degradeAtFromWire = (value) => enumFromWire(value, 'DEGRADE_AT_', DegradeAt);
 
+/**
+ * What a dependency's fair shares are kept by (the admin API's fairness.by);
+ * UNSPECIFIED only when read from a sidecar newer than this client.
+ */
+export const FairBy = Object.freeze({
+  UNSPECIFIED: 'UNSPECIFIED',
+  /** No fair shares: one queue, by priority then arrival (sent to turn them off). */
+  NONE: 'NONE',
+  /** A share for each tenant (the requests without a tenant are one more). */
+  TENANT: 'TENANT',
+  /** A share for each tenant, split equally between its routes. */
+  TENANT_ROUTE: 'TENANT_ROUTE',
+});
+
+/** The wire's FairBy enum as a FairBy value. */
+const fairByFromWire = (value) => enumFromWire(value, 'FAIR_BY_', FairBy);
+
 const STATUS_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
 
 // gRPC status codes that mean "the sidecar gave no answer" (down, frozen, a
@@ -363,6 +380,39 @@ function normalizeStatus(s) {
     tenantRate: s.tenantRate ? { perSecond: s.tenantRate.perSecond, burst: s.tenantRate.burst } : null,
     ratedTenants: s.ratedTenants ?? 0,
     delayed: s.delayed ?? 0,
+    fairness: s.fairness
+      ? {
+          by: fairByFromWire(s.fairness.by),
+          weights: { ...(s.fairness.weights ?? {}) },
+          defaultWeight: s.fairness.defaultWeight,
+          maxTenants: s.fairness.maxTenants,
+        }
+      : null,
+    tenants: (s.tenants ?? []).map(tenantFromWire),
+    tenantsTracked: s.tenantsTracked ?? 0,
+  };
+}
+
+/** A TenantStatus of the fair shares' table, with its routes. */
+function tenantFromWire(t) {
+  return {
+    tenant: t.tenant,
+    overflow: t.overflow,
+    named: t.named,
+    weight: t.weight,
+    inFlight: t.inFlight,
+    queued: t.queued,
+    share: t.share,
+    grantedTotal: t.grantedTotal,
+    rejectedTotal: t.rejectedTotal,
+    routes: (t.routes ?? []).map((r) => ({
+      route: r.route,
+      inFlight: r.inFlight,
+      queued: r.queued,
+      share: r.share,
+      grantedTotal: r.grantedTotal,
+      rejectedTotal: r.rejectedTotal,
+    })),
   };
 }
 
@@ -386,6 +436,47 @@ function rateToWire(rate, key = 'rate') {
     throw new TypeError(`${key}.burst must be a positive integer; got ${JSON.stringify(burst)}`);
   }
   return { perSecond, burst: burst ?? 0 };
+}
+
+/** A u32 of the fairness option: an integer in [0, 2^32). */
+function checkFairnessCount(value, key) {
+  if (!(Number.isInteger(value) && value >= 0 && value <= 0xffffffff)) {
+    throw new TypeError(`${key} must be a non-negative integer; got ${JSON.stringify(value)}`);
+  }
+}
+
+/**
+ * The admin API's fairness option as the wire's Fairness: null (or by NONE)
+ * turns the fair shares off; by left out is TENANT; defaultWeight and
+ * maxTenants left out are 0 on the wire, which the sidecar reads as its
+ * defaults (1 and 1024). The ranges are the sidecar's to check.
+ */
+function fairnessToWire(fairness) {
+  if (fairness === null) return { by: 'FAIR_BY_NONE' };
+  if (typeof fairness !== 'object') {
+    throw new TypeError(
+      `fairness must be { by, weights, defaultWeight, maxTenants } or null; got ${JSON.stringify(fairness)}`,
+    );
+  }
+  const { by, weights = {}, defaultWeight = 0, maxTenants = 0 } = fairness;
+  const allowed = [FairBy.NONE, FairBy.TENANT, FairBy.TENANT_ROUTE];
+  if (by !== undefined && typeof by !== 'string') {
+    throw new TypeError(`fairness.by must be one of ${allowed.join(', ')}; got ${JSON.stringify(by)}`);
+  }
+  if (weights === null || typeof weights !== 'object' || Array.isArray(weights)) {
+    throw new TypeError(`fairness.weights must be an object of tenant: weight; got ${JSON.stringify(weights)}`);
+  }
+  for (const [tenant, weight] of Object.entries(weights)) {
+    checkFairnessCount(weight, `fairness.weights[${JSON.stringify(tenant)}]`);
+  }
+  checkFairnessCount(defaultWeight, 'fairness.defaultWeight');
+  checkFairnessCount(maxTenants, 'fairness.maxTenants');
+  return {
+    by: toEnum(by ?? FairBy.TENANT, 'FAIR_BY_', allowed, 'fairness.by'),
+    weights: { ...weights },
+    defaultWeight,
+    maxTenants,
+  };
 }
 
 const ADAPTIVE_KEYS = [
@@ -660,6 +751,7 @@ export class GovernorAdminClient {
     }
     if (limits.rate !== undefined) wire.rate = rateToWire(limits.rate);
     if (limits.tenantRate !== undefined) wire.tenantRate = rateToWire(limits.tenantRate, 'tenantRate');
+    if (limits.fairness !== undefined) wire.fairness = fairnessToWire(limits.fairness);
     const res = await this.#gov._adminCall('UpdateDependency', { name, limits: wire });
     return normalizeStatus(res);
   }
@@ -896,6 +988,7 @@ export class Governor {
   #acquireTimeoutMs;
   #callTimeoutMs;
   #tenant;
+  #route;
   #propagateTrace;
   #client;
   #adminClient;
@@ -943,6 +1036,7 @@ export class Governor {
     this.#acquireTimeoutMs = options.acquireTimeoutMs ?? DEFAULT_ACQUIRE_TIMEOUT_MS;
     this.#callTimeoutMs = options.callTimeoutMs ?? DEFAULT_CALL_TIMEOUT_MS;
     this.#tenant = options.tenant ?? '';
+    this.#route = options.route ?? '';
     this.#propagateTrace = options.propagateTrace ?? true;
     /** @internal fixed renewal interval (overrides leaseTtl/3) */
     this._renewIntervalMs = options.renewIntervalMs;
@@ -993,6 +1087,7 @@ export class Governor {
       attempt,
       priority: toEnum(options.priority, 'PRIORITY_', Object.keys(Priority), 'priority'),
       tenant: options.tenant ?? this.#tenant,
+      route: options.route ?? this.#route,
       maxWait: maxWaitMs === undefined ? null : msToDuration(maxWaitMs),
       degradable: options.degradable ?? false,
     };
@@ -1142,6 +1237,7 @@ export class Governor {
     const permitOptions = {
       priority: options.priority,
       tenant: options.tenant,
+      route: options.route,
       maxWaitMs: options.maxWaitMs,
       signal,
       failOpen: options.failOpen,

@@ -37,6 +37,7 @@ impl Acquire {
             attempt: 0,
             priority: gov.inner.priority as i32,
             tenant: gov.inner.tenant.clone().unwrap_or_default(),
+            route: String::new(),
             max_wait: None,
             degradable: false,
         };
@@ -52,6 +53,14 @@ impl Acquire {
     /// Tenant for attribution (default: the builder's).
     pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
         self.request.tenant = tenant.into();
+        self
+    }
+
+    /// The call's route within its tenant (an endpoint, a query class): on
+    /// the sidecar's spans and logs, and under fairness by `tenant_route`
+    /// the tenant's routes share its part equally.
+    pub fn route(mut self, route: impl Into<String>) -> Self {
+        self.request.route = route.into();
         self
     }
 

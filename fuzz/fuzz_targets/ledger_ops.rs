@@ -754,6 +754,7 @@ impl World {
             let request = AcquireRequest {
                 dependency: NAMES[dep],
                 tenant: None,
+                route: None,
                 attempt: u32::from(retry),
                 priority,
                 max_wait: wait,
@@ -939,6 +940,7 @@ async fn run(Input { rates, ops }: Input) {
         .acquire(&AcquireRequest {
             dependency: "alpha",
             tenant: None,
+            route: None,
             attempt: 0,
             priority: Priority::Normal,
             max_wait: None,
@@ -1155,6 +1157,7 @@ async fn run(Input { rates, ops }: Input) {
                         }),
                     }),
                     tenant_rate: None,
+                    fairness: None,
                 };
                 let current = world.deps[dep].clone();
                 let mut bad = Vec::new();

@@ -34,6 +34,7 @@ async fn pair(ledger: &Ledger, dependency: &str) {
     let request = AcquireRequest {
         dependency,
         tenant: None,
+        route: None,
         attempt: 0,
         priority: Priority::Normal,
         max_wait: None,
@@ -136,6 +137,7 @@ fn wake_with_deep_queue(c: &mut Criterion) {
         let request = |priority| AcquireRequest {
             dependency: "db",
             tenant: None,
+            route: None,
             attempt: 0,
             priority,
             max_wait: None,

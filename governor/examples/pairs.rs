@@ -24,6 +24,7 @@ fn main() {
         let request = AcquireRequest {
             dependency: "payments",
             tenant: None,
+            route: None,
             attempt: 0,
             priority: Priority::Normal,
             max_wait: None,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use rand::Rng;
 use rate_governor::ledger::limit::{AdaptivePatch, Algorithm, AlgorithmChoice};
 use rate_governor::ledger::{
-    AcquireRequest, Decision, Ledger, LedgerConfig, Limits, LimitsPatch, Outcome, Priority,
-    RatePatch, RejectReason, Report,
+    AcquireRequest, Decision, FairBy, FairnessPatch, Ledger, LedgerConfig, Limits, LimitsPatch,
+    Outcome, Priority, RatePatch, RejectReason, Report,
 };
 
 const LIMIT: u32 = 4;
@@ -50,6 +50,7 @@ async fn caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) -> 
         let request = AcquireRequest {
             dependency: "db",
             tenant: None,
+            route: None,
             attempt,
             priority,
             max_wait: None,
@@ -142,6 +143,7 @@ async fn acquire_normal(ledger: &Ledger, give_up: Option<Duration>) -> Option<De
     let request = AcquireRequest {
         dependency: "db",
         tenant: None,
+        route: None,
         attempt: 0,
         priority: Priority::Normal,
         max_wait: None,
@@ -306,6 +308,7 @@ async fn session_acquire(
     let request = AcquireRequest {
         dependency: "db",
         tenant: None,
+        route: None,
         attempt: 0,
         priority,
         max_wait: Some(max_wait),
@@ -420,19 +423,32 @@ async fn sessions_closing_at_random_leak_nothing_and_never_exceed_the_limit() {
 }
 
 const TENANTS: [&str; 4] = ["a", "b", "c", "d"];
+
+/// Fair shares with `a` weighing 3 and a table small enough to overflow.
+fn fair_shares(by: FairBy) -> Option<Option<FairnessPatch>> {
+    Some(Some(FairnessPatch {
+        by: Some(by),
+        weights: [("a".to_owned(), 3)].into(),
+        default_weight: None,
+        max_tenants: Some(4),
+    }))
+}
 const RATE: (f64, u32) = (4000.0, 20);
 const TENANT_RATE: (f64, u32) = (800.0, 4);
 
-/// Callers of four tenants (and some of none) under a dependency rate and a
-/// per-tenant rate, with random waits, cancellations and fallbacks. Returns
+/// Callers of four tenants (and some of none) and three routes, at random
+/// priorities, under a dependency rate, a per-tenant rate and fair shares,
+/// with random waits, cancellations and fallbacks. Returns
 /// the grants per tenant (the last slot: no tenant).
 async fn rated_caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usize) -> [u64; 5] {
     let mut grants = [0u64; 5];
     for _ in 0..rounds {
-        let (tenant, max_wait, cancel_after, hold, degradable) = {
+        let (tenant, route, priority, max_wait, cancel_after, hold, degradable) = {
             let mut rng = rand::rng();
             (
                 rng.random_range(0..5usize),
+                [None, Some("x"), Some("y")][rng.random_range(0..3usize)],
+                Priority::ALL[rng.random_range(0..3usize)],
                 rng.random_range(0..4000u64),
                 rng.random_range(0..4000u64),
                 rng.random_range(0..300u64),
@@ -442,8 +458,9 @@ async fn rated_caller(ledger: Arc<Ledger>, holders: Arc<AtomicU32>, rounds: usiz
         let request = AcquireRequest {
             dependency: "db",
             tenant: TENANTS.get(tenant).copied(),
+            route,
             attempt: 0,
-            priority: Priority::Normal,
+            priority,
             max_wait: Some(Duration::from_micros(max_wait)),
             degradable,
         };
@@ -483,6 +500,7 @@ async fn rates_and_tenants_under_load_leak_nothing_and_exceed_nothing() {
             max_wait: Some(Duration::from_millis(5)),
             rate: rate(RATE),
             tenant_rate: rate(TENANT_RATE),
+            fairness: fair_shares(FairBy::TenantRoute),
             ..Default::default()
         })
         .unwrap();
@@ -495,6 +513,28 @@ async fn rates_and_tenants_under_load_leak_nothing_and_exceed_nothing() {
     let callers: Vec<_> = (0..48)
         .map(|_| tokio::spawn(rated_caller(ledger.clone(), holders.clone(), 150)))
         .collect();
+    // Fair shares change under the callers: new weights, another `by`, off
+    // and on again (each a new table, with the waiters moved over).
+    let reconfigure = {
+        let ledger = ledger.clone();
+        tokio::spawn(async move {
+            let changes = [
+                fair_shares(FairBy::Tenant),
+                Some(None),
+                fair_shares(FairBy::TenantRoute),
+            ];
+            for round in 0.. {
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                let patch = LimitsPatch {
+                    fairness: changes[round % changes.len()].clone(),
+                    ..Default::default()
+                };
+                if ledger.update("db", &patch).is_err() {
+                    break;
+                }
+            }
+        })
+    };
     let mut grants = [0u64; 5];
     for caller in callers {
         let theirs = caller.await.expect("no caller panicked");
@@ -515,12 +555,17 @@ async fn rates_and_tenants_under_load_leak_nothing_and_exceed_nothing() {
             "{tenant}: {n} grants in {span:.3} s"
         );
     }
+    reconfigure.abort();
     let status = ledger.status("db").unwrap();
     assert_eq!(
         (status.in_flight, status.queued, status.delayed),
         (0, 0, 0),
         "{status:?}"
     );
+    // The fair-share table's counts came back with the permits and waiters.
+    for tenant in &status.fair.tenants {
+        assert_eq!((tenant.in_flight, tenant.queued), (0, 0), "{tenant:?}");
+    }
     assert_eq!(ledger.leases(), 0);
     assert_eq!(ledger.waiters(), 0);
     // A grant that raced its caller's cancellation counts there too (and

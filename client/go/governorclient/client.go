@@ -247,9 +247,19 @@ func WithPriority(p governorv1.Priority) AcquireOption {
 	return func(r *governorv1.AcquireRequest) { r.Priority = p }
 }
 
-// WithTenant attributes the request to a tenant (at most 128 bytes).
+// WithTenant attributes the request to a tenant (at most 128 bytes): on
+// the sidecar's spans and logs, held to the dependency's tenant_rate, and
+// given its share under the dependency's fairness.
 func WithTenant(tenant string) AcquireOption {
 	return func(r *governorv1.AcquireRequest) { r.Tenant = tenant }
+}
+
+// WithRoute names the request's route within its tenant (an endpoint, a
+// query class; at most 128 bytes): on the sidecar's spans and logs, and
+// under fairness by FAIR_BY_TENANT_ROUTE the tenant's routes share its part
+// equally. A longer one is answered INVALID_ARGUMENT ("route: ...").
+func WithRoute(route string) AcquireOption {
+	return func(r *governorv1.AcquireRequest) { r.Route = route }
 }
 
 // WithMaxWait shortens how long the request may queue. Zero means

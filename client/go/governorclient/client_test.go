@@ -71,6 +71,14 @@ max_concurrency = 4
 max_concurrency = 1
 max_queue = 4
 max_wait = "5s"
+
+# Fair shares from the config file; go-fair-admin gets its own through the admin API.
+[dependencies.go-fair]
+max_concurrency = 4
+fairness = { by = "tenant_route", weights = { acme = 3 } }
+
+[dependencies.go-fair-admin]
+max_concurrency = 4
 `
 
 var gov *governorProc

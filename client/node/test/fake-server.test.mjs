@@ -16,6 +16,7 @@ import { runInNewContext } from 'node:vm';
 import {
   DEFAULT_CHANNEL_OPTIONS,
   DegradeAt,
+  FairBy,
   Governor,
   GovernorError,
   GovernorUnavailableError,
@@ -635,6 +636,148 @@ describe('admin: pressure, elevatedAt, degradeAt and rate', () => {
       ];
       for (const [limits, message] of bad) {
         await assert.rejects(gov.admin.updateDependency('payments', limits), (err) => {
+          assert.ok(err instanceof TypeError, `${JSON.stringify(limits)}: got ${err}`);
+          assert.match(err.message, message);
+          return true;
+        });
+      }
+      assert.equal(only('UpdateDependency').length, 0);
+    } finally {
+      await gov.close();
+    }
+  });
+});
+
+describe('routes and fair shares', () => {
+  test("route goes with acquire, withPermit and callWithRetries, and defaults to the client's route", async () => {
+    const gov = new Governor(target, { failOpen: false, useSession: false, tenant: 'acme', route: '/default' });
+    try {
+      await (await gov.acquire('payments', { route: '/search' })).release();
+      await gov.withPermit('payments', () => 'ok', { tenant: 'beta', route: '/checkout' });
+      await gov.callWithRetries('payments', () => 'ok', { route: '/cart' });
+      await (await gov.acquire('payments')).release();
+      await (await gov.acquire('payments', { route: '' })).release();
+      assert.deepEqual(
+        only('Acquire').map((c) => [c.request.tenant, c.request.route]),
+        [
+          ['acme', '/search'],
+          ['beta', '/checkout'],
+          ['acme', '/cart'],
+          ['acme', '/default'],
+          ['acme', ''],
+        ],
+      );
+    } finally {
+      await gov.close();
+    }
+  });
+
+  test('fairness, tenants and tenantsTracked are read in the client names', async () => {
+    adminReply = {
+      fairness: { by: 'FAIR_BY_TENANT_ROUTE', weights: { acme: 3 }, defaultWeight: 2, maxTenants: 64 },
+      tenants: [
+        {
+          tenant: 'acme',
+          named: true,
+          weight: 3,
+          inFlight: 2,
+          queued: 1,
+          share: 2.5,
+          grantedTotal: 7,
+          rejectedTotal: 1,
+          routes: [{ route: '/search', inFlight: 2, queued: 1, share: 2.5, grantedTotal: 7, rejectedTotal: 1 }],
+        },
+        { tenant: '', overflow: true, weight: 2, inFlight: 1, share: 1.5, grantedTotal: 1 },
+      ],
+      tenantsTracked: 5,
+    };
+    const gov = new Governor(target, { failOpen: false });
+    try {
+      const s = await gov.admin.getDependency('search');
+      assert.deepEqual(s.fairness, { by: FairBy.TENANT_ROUTE, weights: { acme: 3 }, defaultWeight: 2, maxTenants: 64 });
+      assert.deepEqual(s.tenants, [
+        {
+          tenant: 'acme',
+          overflow: false,
+          named: true,
+          weight: 3,
+          inFlight: 2,
+          queued: 1,
+          share: 2.5,
+          grantedTotal: 7,
+          rejectedTotal: 1,
+          routes: [{ route: '/search', inFlight: 2, queued: 1, share: 2.5, grantedTotal: 7, rejectedTotal: 1 }],
+        },
+        {
+          tenant: '',
+          overflow: true,
+          named: false,
+          weight: 2,
+          inFlight: 1,
+          queued: 0,
+          share: 1.5,
+          grantedTotal: 1,
+          rejectedTotal: 0,
+          routes: [],
+        },
+      ]);
+      assert.equal(s.tenantsTracked, 5);
+      // Off (or a sidecar that predates them): null, none, 0; a newer enum value reads UNSPECIFIED.
+      adminReply = { maxConcurrency: 4 };
+      const off = await gov.admin.getDependency('search');
+      assert.deepEqual([off.fairness, off.tenants, off.tenantsTracked], [null, [], 0]);
+      adminReply = { fairness: { by: 9 } };
+      assert.equal((await gov.admin.getDependency('search')).fairness.by, FairBy.UNSPECIFIED);
+    } finally {
+      await gov.close();
+    }
+  });
+
+  test('updateDependency sends fairness; null and by NONE turn it off; left out keeps it', async () => {
+    const gov = new Governor(target, { failOpen: false });
+    const sent = () => only('UpdateDependency').at(-1).request.limits;
+    try {
+      await gov.admin.updateDependency('search', {
+        fairness: { by: FairBy.TENANT_ROUTE, weights: { acme: 3, beta: 1 }, defaultWeight: 2, maxTenants: 64 },
+      });
+      assert.deepEqual(sent().fairness, {
+        by: 'FAIR_BY_TENANT_ROUTE',
+        weights: { acme: 3, beta: 1 },
+        defaultWeight: 2,
+        maxTenants: 64,
+      });
+      // by left out is TENANT; defaultWeight and maxTenants left out are 0 (the sidecar's defaults).
+      await gov.admin.updateDependency('search', { fairness: { weights: { acme: 3 } } });
+      assert.deepEqual(sent().fairness, { by: 'FAIR_BY_TENANT', weights: { acme: 3 }, defaultWeight: 0, maxTenants: 0 });
+      await gov.admin.updateDependency('search', { fairness: { by: 'tenant_route' } });
+      assert.equal(sent().fairness.by, 'FAIR_BY_TENANT_ROUTE');
+      await gov.admin.updateDependency('search', { fairness: { by: FairBy.NONE } });
+      assert.equal(sent().fairness.by, 'FAIR_BY_NONE');
+      await gov.admin.updateDependency('search', { fairness: null });
+      assert.equal(sent().fairness.by, 'FAIR_BY_NONE');
+      await gov.admin.updateDependency('search', { maxQueue: 8 });
+      assert.equal(sent().fairness, null, 'left out: absent, which keeps the fair shares');
+    } finally {
+      await gov.close();
+    }
+  });
+
+  test('bad fairness options are TypeErrors naming them, and send nothing', async () => {
+    const gov = new Governor(target, { failOpen: false });
+    try {
+      const bad = [
+        [{ fairness: 'tenant' }, /fairness must be/],
+        [{ fairness: { by: 'UNSPECIFIED' } }, /fairness\.by must be one of NONE, TENANT, TENANT_ROUTE/],
+        [{ fairness: { by: 'ROUTE' } }, /fairness\.by/],
+        [{ fairness: { by: 2 } }, /fairness\.by/],
+        [{ fairness: { weights: ['acme'] } }, /fairness\.weights must be/],
+        [{ fairness: { weights: { acme: 1.5 } } }, /fairness\.weights\["acme"\]/],
+        [{ fairness: { weights: { acme: -1 } } }, /fairness\.weights\["acme"\]/],
+        [{ fairness: { defaultWeight: '2' } }, /fairness\.defaultWeight/],
+        [{ fairness: { maxTenants: null } }, /fairness\.maxTenants/],
+      ];
+      for (const [limits, message] of bad) {
+        await assert.rejects(gov.admin.updateDependency('search', limits), (err) => {
           assert.ok(err instanceof TypeError, `${JSON.stringify(limits)}: got ${err}`);
           assert.match(err.message, message);
           return true;

@@ -8,6 +8,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { format, inspect } from 'node:util';
 import {
   DegradeAt,
+  FairBy,
   Governor,
   GovernorError,
   GovernorUnavailableError,
@@ -69,6 +70,12 @@ max_wait = "10s"
 retry_budget = { ratio = 0.0, min_per_second = 0, ttl = "1s" }
 
 [dependencies.retried]
+max_concurrency = 4
+
+[dependencies.fair]
+max_concurrency = 4
+
+[dependencies.fairadmin]
 max_concurrency = 4
 `;
 
@@ -549,6 +556,98 @@ describe('permits against the real sidecar', () => {
       gov.admin.updateDependency('elevated', { elevatedAt: 1.5 }),
       (err) => err.code === 'INVALID_ARGUMENT' && err.message.includes('elevated_at'),
     );
+  });
+});
+
+describe('routes and fair shares against the real sidecar', () => {
+  /** The one entry of `tenant` in a status's tenants. */
+  const tenantOf = (s, tenant) => {
+    const listed = s.tenants.filter((t) => t.tenant === tenant);
+    assert.equal(listed.length, 1, `${tenant} listed ${listed.length} times: ${JSON.stringify(s.tenants)}`);
+    return listed[0];
+  };
+  const routesOf = (t) => t.routes.map((r) => [r.route, r.inFlight]);
+
+  test('a route is listed under its tenant while its permit is held (fairness by TENANT_ROUTE)', async () => {
+    // acme is named, so it stays listed when idle.
+    const set = await gov.admin.updateDependency('fair', { fairness: { by: FairBy.TENANT_ROUTE, weights: { acme: 3 } } });
+    assert.equal(set.fairness.by, FairBy.TENANT_ROUTE);
+    assert.deepEqual(routesOf(tenantOf(set, 'acme')), []);
+
+    const held = await gov.withPermit(
+      'fair',
+      async () => tenantOf(await status('fair'), 'acme'),
+      { tenant: 'acme', route: '/search' },
+    );
+    assert.deepEqual([held.named, held.weight, held.inFlight], [true, 3, 1]);
+    assert.deepEqual(routesOf(held), [['/search', 1]]);
+    let acme = tenantOf(await status('fair'), 'acme');
+    assert.deepEqual([acme.inFlight, acme.grantedTotal, routesOf(acme)], [0, 1, []], 'an idle route is not listed');
+
+    // The client's route (and tenant) go with every acquire that names none.
+    const routed = new Governor(sidecar.addr, { failOpen: false, tenant: 'acme', route: '/orders' });
+    try {
+      const permit = await routed.acquire('fair');
+      acme = tenantOf(await status('fair'), 'acme');
+      assert.deepEqual([acme.inFlight, routesOf(acme)], [1, [['/orders', 1]]]);
+      await permit.release();
+    } finally {
+      await routed.close();
+    }
+    acme = tenantOf(await status('fair'), 'acme');
+    assert.deepEqual([acme.inFlight, acme.grantedTotal, routesOf(acme)], [0, 2, []]);
+  });
+
+  for (const useSession of [true, false]) {
+    test(`a route over 128 bytes is INVALID_ARGUMENT naming route (${useSession ? 'session' : 'unary'})`, async () => {
+      const client = new Governor(sidecar.addr, { failOpen: true, useSession });
+      try {
+        await assert.rejects(client.acquire('fair', { tenant: 'acme', route: 'r'.repeat(129) }), (err) => {
+          assert.ok(err instanceof GovernorError && !(err instanceof GovernorUnavailableError), `got ${err}`);
+          assert.equal(err.code, 'INVALID_ARGUMENT');
+          assert.ok(err.details.startsWith('route:'), err.details);
+          return true;
+        });
+        assert.equal(client.stats.degraded, 0);
+        // 128 bytes is the limit, not over it.
+        await (await client.acquire('fair', { tenant: 'acme', route: 'r'.repeat(128) })).release();
+      } finally {
+        await client.close();
+      }
+    });
+  }
+
+  test('admin sets fair shares with weights, reads them back and turns them off', async () => {
+    assert.deepEqual([(await status('fairadmin')).fairness, (await status('fairadmin')).tenants], [null, []]);
+    const fairness = { by: FairBy.TENANT, weights: { gold: 5, silver: 2 }, defaultWeight: 2, maxTenants: 64 };
+    const set = await gov.admin.updateDependency('fairadmin', { fairness });
+    assert.deepEqual(set.fairness, fairness);
+    const s = await status('fairadmin');
+    assert.deepEqual(s.fairness, fairness);
+    assert.deepEqual(
+      s.tenants.map((t) => [t.tenant, t.weight, t.named, t.inFlight]).sort(),
+      [
+        ['gold', 5, true, 0],
+        ['silver', 2, true, 0],
+      ],
+    );
+    assert.equal(s.tenantsTracked, 2);
+
+    // Left-out fields take the defaults; a fairness left out keeps what is in force.
+    await gov.admin.updateDependency('fairadmin', { fairness: { by: 'TENANT_ROUTE' } });
+    const kept = await gov.admin.updateDependency('fairadmin', { maxQueue: 8 });
+    assert.deepEqual(kept.fairness, { by: FairBy.TENANT_ROUTE, weights: {}, defaultWeight: 1, maxTenants: 1024 });
+    await assert.rejects(
+      gov.admin.updateDependency('fairadmin', { fairness: { weights: { gold: 1001 } } }),
+      (err) => err.code === 'INVALID_ARGUMENT' && err.message.includes('fairness'),
+    );
+
+    const off = await gov.admin.updateDependency('fairadmin', { fairness: { by: FairBy.NONE } });
+    assert.deepEqual([off.fairness, off.tenants, off.tenantsTracked], [null, [], 0]);
+    assert.equal((await status('fairadmin')).fairness, null);
+    // null is the same as by NONE.
+    await gov.admin.updateDependency('fairadmin', { fairness });
+    assert.equal((await gov.admin.updateDependency('fairadmin', { fairness: null })).fairness, null);
   });
 });
 

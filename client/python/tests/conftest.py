@@ -58,6 +58,10 @@ DEPENDENCIES: Dict[str, Dict[str, object]] = {
     "sess-lost-async": {},
     "degrade-sync": {"max_concurrency": 1, "max_queue": 4, "max_wait": "5s"},
     "degrade-async": {"max_concurrency": 1, "max_queue": 4, "max_wait": "5s"},
+    # Fair shares from the config file; "fair-admin" gets its own through the admin API.
+    "fair-sync": {"max_concurrency": 4, "fairness": {"by": "tenant_route", "weights": {"acme": 3}}},
+    "fair-async": {"max_concurrency": 4, "fairness": {"by": "tenant_route", "weights": {"acme": 3}}},
+    "fair-admin": {"max_concurrency": 4},
 }
 
 

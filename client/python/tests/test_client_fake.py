@@ -149,6 +149,35 @@ def test_acquire_request_fields_and_deadline(fake, sgov):
     assert 3600.9 < c.time_remaining <= 3611.0
 
 
+def test_route_goes_with_every_helper(fake, sgov):
+    sgov.acquire("payments", tenant="t1", route="/search").release()
+    with sgov.permit("payments", tenant="t1", route="/checkout"):
+        pass
+    assert sgov.call_with_retries("payments", lambda: "ok", tenant="t1", route="/cart") == "ok"
+    sgov.acquire("payments", tenant="t1").release()
+    sent = [(c.request.tenant, c.request.route) for c in fake.of("Acquire")]
+    assert sent == [("t1", "/search"), ("t1", "/checkout"), ("t1", "/cart"), ("t1", "")]
+
+
+@pytest.mark.asyncio
+async def test_async_route_goes_with_every_helper(fake):
+    agov = AsyncGovernor(fake.target, fail_open=False)
+    try:
+        await (await agov.acquire("payments", tenant="t1", route="/search")).release()
+        async with agov.permit("payments", tenant="t1", route="/checkout"):
+            pass
+
+        async def call() -> str:
+            return "ok"
+
+        assert await agov.call_with_retries("payments", call, tenant="t1", route="/cart") == "ok"
+        await (await agov.acquire("payments", tenant="t1")).release()
+    finally:
+        await agov.close()
+    sent = [(c.request.tenant, c.request.route) for c in fake.of("Acquire")]
+    assert sent == [("t1", "/search"), ("t1", "/checkout"), ("t1", "/cart"), ("t1", "")]
+
+
 def test_explicit_timeout_is_the_deadline(fake):
     gov = Governor(fake.target, max_wait=3.0, timeout_margin=0.25)
     try:

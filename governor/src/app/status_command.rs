@@ -295,21 +295,69 @@ fn table(
         }
         rows.push(row);
     }
+    let mut out = aligned(&rows, &["NAME", "PRESSURE"]);
+    if dependencies.is_empty() {
+        out.push_str("(no dependencies yet: one appears with its first Acquire)\n");
+    }
+    out.push_str(&tenants(dependencies));
+    out
+}
+
+/// The tenants of the dependencies with fair shares (named ones, then the
+/// most loaded), after a blank line; nothing without any.
+fn tenants(dependencies: &[DependencyStatus]) -> String {
+    let header = [
+        "DEPENDENCY",
+        "TENANT",
+        "WEIGHT",
+        "IN-FLIGHT",
+        "QUEUED",
+        "SHARE",
+        "GRANTED",
+        "REJECTED",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for d in dependencies {
+        for t in &d.tenants {
+            let name = match (t.overflow, t.tenant.is_empty()) {
+                (true, _) => "(overflow)".to_owned(),
+                (false, true) => "(none)".to_owned(),
+                (false, false) => t.tenant.clone(),
+            };
+            rows.push(vec![
+                d.name.clone(),
+                name,
+                t.weight.to_string(),
+                t.in_flight.to_string(),
+                t.queued.to_string(),
+                format!("{:.1}", t.share),
+                t.granted_total.to_string(),
+                t.rejected_total.to_string(),
+            ]);
+        }
+    }
+    if rows.len() == 1 {
+        return String::new();
+    }
+    format!("\n{}", aligned(&rows, &["DEPENDENCY", "TENANT"]))
+}
+
+/// `rows` (the first is the header) in aligned columns: the columns headed
+/// `left` to the left, numbers to the right.
+fn aligned(rows: &[Vec<String>], left: &[&str]) -> String {
     let columns = rows[0].len();
     let widths: Vec<usize> = (0..columns)
         .map(|c| rows.iter().map(|r| r[c].chars().count()).max().unwrap_or(0))
         .collect();
     let mut out = String::new();
-    for row in &rows {
+    for row in rows {
         let mut line = String::new();
         for (c, value) in row.iter().enumerate() {
             let pad = widths[c] - value.chars().count();
-            // Names and pressure to the left, numbers to the right.
-            let left = c == 0 || rows[0][c] == "PRESSURE";
             if c > 0 {
                 line.push_str("   ");
             }
-            if left {
+            if left.contains(&rows[0][c].as_str()) {
                 line.push_str(value);
                 line.extend(std::iter::repeat_n(' ', pad));
             } else {
@@ -319,9 +367,6 @@ fn table(
         }
         out.push_str(line.trim_end());
         out.push('\n');
-    }
-    if dependencies.is_empty() {
-        out.push_str("(no dependencies yet: one appears with its first Acquire)\n");
     }
     out
 }
@@ -443,5 +488,44 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(row(&adaptive).last().unwrap(), "gradient/shadow(12)");
+    }
+
+    #[test]
+    fn lists_the_tenants_of_dependencies_with_fair_shares() {
+        let mut fair = dependency("payments", 8, 8, 5, 0);
+        fair.tenants = vec![
+            v1::TenantStatus {
+                tenant: "checkout".into(),
+                named: true,
+                weight: 4,
+                in_flight: 4,
+                queued: 2,
+                share: 6.4,
+                granted_total: 120,
+                rejected_total: 3,
+                ..Default::default()
+            },
+            v1::TenantStatus {
+                overflow: true,
+                weight: 1,
+                in_flight: 1,
+                share: 1.0,
+                ..Default::default()
+            },
+        ];
+        let plain = dependency("db", 4, 4, 1, 0);
+        let out = table(&[fair, plain.clone()], None);
+        let lines: Vec<&str> = out.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("DEPENDENCY"))
+            .expect("a tenant table");
+        assert_eq!(lines[at - 1], "", "after a blank line");
+        let checkout: Vec<&str> = lines[at + 1].split_whitespace().collect();
+        assert_eq!(checkout, ["payments", "checkout", "4", "4", "2", "6.4", "120", "3"]);
+        assert!(lines[at + 2].contains("(overflow)"));
+        assert_eq!(lines.len(), at + 3);
+        // Without fair shares anywhere, no tenant table.
+        assert!(!table(&[plain], None).contains("TENANT"));
     }
 }

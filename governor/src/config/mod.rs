@@ -22,7 +22,10 @@ pub use duration::{HumanDuration, parse as parse_duration};
 pub use telemetry::{OtlpProtocol, TelemetryConfig, TracingConfig};
 
 use crate::ledger::limit::{AdaptivePatch, AlgorithmChoice};
-use crate::ledger::{self, BudgetConfig, DegradeAt, LedgerConfig, Limits, LimitsPatch, RatePatch};
+use crate::ledger::{
+    self, BudgetConfig, DegradeAt, FairBy, FairnessPatch, LedgerConfig, Limits, LimitsPatch,
+    RatePatch,
+};
 
 /// The configuration the binary runs on when given none.
 pub const EMBEDDED_DEFAULT: &str = include_str!("default.toml");
@@ -132,6 +135,44 @@ struct LimitsSection {
     degrade_at: Option<DegradeAtSection>,
     rate: Option<RateSection>,
     tenant_rate: Option<RateSection>,
+    fairness: Option<FairnessSection>,
+}
+
+/// `[*.fairness]`: weighted fair shares between tenants; `by = "none"`
+/// turns off what `[defaults]` sets. A dependency's table replaces the
+/// defaults' whole.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FairnessSection {
+    by: FairBySection,
+    #[serde(default)]
+    weights: BTreeMap<String, u32>,
+    default_weight: Option<u32>,
+    max_tenants: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+enum FairBySection {
+    None,
+    Tenant,
+    TenantRoute,
+}
+
+impl FairnessSection {
+    fn patch(&self) -> Option<FairnessPatch> {
+        let by = match self.by {
+            FairBySection::None => return None,
+            FairBySection::Tenant => FairBy::Tenant,
+            FairBySection::TenantRoute => FairBy::TenantRoute,
+        };
+        Some(FairnessPatch {
+            by: Some(by),
+            weights: self.weights.clone(),
+            default_weight: self.default_weight,
+            max_tenants: self.max_tenants,
+        })
+    }
 }
 
 /// `rate = { per_second = 50, burst = 10 }`: a token bucket; `burst`
@@ -404,6 +445,7 @@ fn patch(
         degrade_at: section.degrade_at.map(DegradeAt::from),
         rate: section.rate.map(RateSection::patch),
         tenant_rate: section.tenant_rate.map(RateSection::patch),
+        fairness: section.fairness.as_ref().map(FairnessSection::patch),
     })
 }
 

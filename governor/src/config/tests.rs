@@ -490,3 +490,79 @@ fn rate_limits_parse_inherit_turn_off_and_name_the_key_when_wrong() {
         "dependencies.api.tenant_rate.per_second: must be a number in [0.001, 1000000], got 1000000000"
     );
 }
+
+#[test]
+fn fairness_tables_parse_inherit_and_name_their_bad_keys() {
+    let config = Config::parse(
+        r#"
+[defaults.fairness]
+by = "tenant"
+[dependencies.payments.fairness]
+by = "tenant_route"
+weights = { checkout = 4, batch = 1 }
+default_weight = 2
+max_tenants = 64
+[dependencies.plain]
+max_concurrency = 3
+[dependencies.off.fairness]
+by = "none"
+"#,
+    )
+    .unwrap();
+    let limits = |name: &str| {
+        config
+            .ledger
+            .dependencies
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, l)| l.clone())
+            .unwrap()
+    };
+    let payments = limits("payments");
+    let fair = payments.fairness().unwrap();
+    assert_eq!(fair.by(), FairBy::TenantRoute);
+    assert_eq!(fair.weight_of("checkout"), (4, true));
+    assert_eq!(fair.weight_of("anyone"), (2, false));
+    assert_eq!(fair.max_tenants(), 64);
+    // Inherited from [defaults] whole, with the built-in defaults.
+    let plain = limits("plain");
+    let inherited = plain.fairness().unwrap();
+    assert_eq!(inherited.by(), FairBy::Tenant);
+    assert_eq!(inherited.weight_of("x"), (1, false));
+    assert_eq!(inherited.max_tenants(), ledger::DEFAULT_MAX_TENANTS);
+    assert_eq!(limits("off").fairness(), None, "by = none turns it off");
+
+    assert_eq!(
+        error("[dependencies.p.fairness]\nby = \"tenant\"\nweights = { x = 0 }\n"),
+        "dependencies.p.fairness.weights: tenant \"x\": must be between 1 and 1000, got 0"
+    );
+    assert_eq!(
+        error("[dependencies.p.fairness]\nby = \"tenant\"\ndefault_weight = 1001\n"),
+        "dependencies.p.fairness.default_weight: must be between 1 and 1000, got 1001"
+    );
+    assert_eq!(
+        error("[dependencies.p.fairness]\nby = \"tenant\"\nmax_tenants = 0\n"),
+        "dependencies.p.fairness.max_tenants: must be between 1 and 100000, got 0"
+    );
+    assert_eq!(
+        error("[dependencies.p.fairness]\nby = \"tenant\"\nmax_tenants = 1\nweights = { a = 1, b = 1 }\n"),
+        "dependencies.p.fairness.weights: names 2 tenants, more than max_tenants (1)"
+    );
+    let long = "x".repeat(129);
+    assert_eq!(
+        error(&format!(
+            "[dependencies.p.fairness]\nby = \"tenant\"\nweights = {{ {long} = 1 }}\n"
+        )),
+        format!(
+            "dependencies.p.fairness.weights: tenant {long:?} must be at most 128 bytes, got 129"
+        )
+    );
+    let wrong = error("[dependencies.p.fairness]\nby = \"route\"\n");
+    // serde's own message, with the line and the key it is on.
+    assert!(
+        wrong.contains("by = \"route\"") && wrong.contains("unknown variant `route`"),
+        "{wrong}"
+    );
+    let wrong = error("[dependencies.p.fairness]\nweights = { a = 1 }\n");
+    assert!(wrong.contains("missing field `by`"), "{wrong}");
+}

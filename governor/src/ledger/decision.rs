@@ -13,6 +13,9 @@ pub struct AcquireRequest<'a> {
     /// Who asks, for the dependency's `tenant_rate` (validated by the
     /// shell); `None`: no tenant, no per-tenant limit.
     pub tenant: Option<&'a str>,
+    /// The call's route within its tenant (validated by the shell), for
+    /// fair shares by tenant and route; `None`: the tenant's default route.
+    pub route: Option<&'a str>,
     /// 0 for a first try; n >= 1 for the n-th retry.
     pub attempt: u32,
     pub priority: Priority,

@@ -25,6 +25,7 @@ use super::decision::{
     RejectReason, Rejection, Report, Snapshot,
 };
 use super::expiry::Expiry;
+use super::fair::{Arrival, Fair, FairStatus, FlowRef, Left};
 use super::lease::{LeaseId, LeaseKey, LeaseKeyHash};
 use super::limit::{LimitChange, LimitStatus, Limiter, Sample, SampleKind};
 use super::limits::{DegradeAt, InvalidLimit, Limits, LimitsPatch};
@@ -34,7 +35,7 @@ use super::reaper;
 use super::session::Owner;
 use super::shared::{LeaseRecord, Shared};
 use super::tenants::{Reservation, TenantBuckets};
-use super::waiters::{WaiterKey, WaiterQueue};
+use super::waiters::{Priority, WaiterKey, WaiterQueue};
 
 /// Upper bound of any retry-after hint.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -69,6 +70,11 @@ struct State {
     rate: Option<Gcra>,
     /// Each tenant's bucket under `tenant_rate`; `None` without one.
     tenants: Option<TenantBuckets>,
+    /// The fair-share table; `None` without fair shares.
+    fair: Option<Fair>,
+    /// The epoch of the latest fair-share table (a new table, a new epoch:
+    /// the permits of an older one are not counted in it).
+    fair_epoch: u32,
     /// Requests waiting outside the queue for their tenant's token (each
     /// holding a place in the ledger's `max_waiters`): it is busy (not
     /// evictable) while there are any.
@@ -198,6 +204,16 @@ struct Waiter {
     wake: oneshot::Sender<Wake>,
     /// The tenant token it holds, given back if it leaves without a grant.
     tenant: Option<Reservation>,
+    priority: Priority,
+    /// Its entry under fair shares.
+    fair: Option<FairWaiter>,
+}
+
+#[derive(Debug)]
+struct FairWaiter {
+    flow: FlowRef,
+    /// Its tenant, should a new table (a new `by`) take it in.
+    tenant: Arc<str>,
 }
 
 /// What a queued request is woken with.
@@ -280,6 +296,8 @@ pub struct DependencyStatus {
     pub limit_changes_total: u64,
     /// The pressure at the instant of the status.
     pub pressure: Pressure,
+    /// The fair-share table's tenants; empty without fair shares.
+    pub fair: FairStatus,
 }
 
 impl State {
@@ -391,6 +409,110 @@ impl State {
         }
     }
 
+    /// The fair-share entry of an arrival, if there are fair shares; each
+    /// one is then decided by [`State::arrived`].
+    fn flow_of(&mut self, request: &AcquireRequest<'_>) -> Option<FlowRef> {
+        let State { fair, waiters, .. } = self;
+        fair.as_mut()
+            .map(|fair| fair.flow(request.tenant, request.route, waiters))
+    }
+
+    /// Counts a refusal decided before the slot (its tenant's rate, the
+    /// retry budget) in the request's fair-share entry.
+    fn refused(&mut self, request: &AcquireRequest<'_>) {
+        let flow = self.flow_of(request);
+        self.arrived(flow, Arrival::Rejected);
+    }
+
+    /// What became of an arrival with a fair-share entry.
+    fn arrived(&mut self, flow: Option<FlowRef>, arrival: Arrival) {
+        if let (Some(fair), Some(flow)) = (self.fair.as_mut(), flow) {
+            fair.arrived(flow, arrival, &mut self.waiters);
+        }
+    }
+
+    /// A permit of a fair-share entry came back.
+    fn flow_released(&mut self, flow: Option<FlowRef>) {
+        if let (Some(fair), Some(flow)) = (self.fair.as_mut(), flow) {
+            fair.released(flow, &mut self.waiters);
+        }
+    }
+
+    /// Takes a waiter out of the queue, if it is still there.
+    fn take_waiter(&mut self, key: WaiterKey, left: Left) -> Option<Waiter> {
+        let waiter = self.waiters.remove(key)?;
+        self.left_queue(&waiter, left);
+        Some(waiter)
+    }
+
+    /// The next waiter to serve: the highest priority first; then, under
+    /// fair shares, the tenant (and route) furthest below its share, else the
+    /// oldest.
+    fn next_waiter(&mut self, left: Left) -> Option<Waiter> {
+        let priority = self.waiters.top_priority()?;
+        let flow = self
+            .fair
+            .as_ref()
+            .and_then(|fair| fair.next(priority).map(|flow| fair.queue_flow(flow)));
+        let waiter = match flow {
+            Some(flow) => self.waiters.pop_flow(flow, priority),
+            None => None,
+        }
+        .or_else(|| self.waiters.pop())?;
+        self.left_queue(&waiter, left);
+        Some(waiter)
+    }
+
+    fn left_queue(&mut self, waiter: &Waiter, left: Left) {
+        if let (Some(fair), Some(entry)) = (self.fair.as_mut(), &waiter.fair) {
+            fair.dequeued(entry.flow, waiter.priority, left, &mut self.waiters);
+        }
+    }
+
+    /// New fair-share settings: new weights or bound in place; a new `by`
+    /// (or fair shares turned on or off) builds a new table, into which the
+    /// waiters move in their order, under their tenants (their routes'
+    /// waiters under the tenant's default route).
+    fn refair(&mut self, limits: &Limits) {
+        let config = limits.fairness();
+        if let (Some(fair), Some(config)) = (self.fair.as_mut(), config) {
+            if fair.config().by() == config.by() {
+                if fair.config() != config {
+                    fair.reweigh(config.clone());
+                }
+                return;
+            }
+        }
+        if self.fair.is_none() && config.is_none() {
+            return;
+        }
+        self.fair_epoch = self.fair_epoch.wrapping_add(1);
+        self.fair = config.map(|config| Fair::new(config.clone(), self.fair_epoch));
+        let keys = self.waiters.reset_flows();
+        let State { fair, waiters, .. } = self;
+        for key in keys {
+            let Some(waiter) = waiters.get_mut(key) else {
+                continue;
+            };
+            let entry = waiter.fair.take();
+            let Some(fair) = fair.as_mut() else {
+                continue;
+            };
+            let tenant = entry.map(|e| e.tenant);
+            let priority = waiter.priority;
+            let flow = fair.flow(tenant.as_deref(), None, waiters);
+            let queue_flow = fair.queue_flow(flow);
+            if let Some(waiter) = waiters.get_mut(key) {
+                waiter.fair = Some(FairWaiter {
+                    flow,
+                    tenant: fair.tenant_name(flow),
+                });
+            }
+            waiters.set_flow(key, queue_flow);
+            fair.arrived(flow, Arrival::Queued(priority), waiters);
+        }
+    }
+
     fn reject(&mut self, reason: RejectReason, retry_after: Duration, now: Instant) -> Rejection {
         if reason.is_overload() {
             self.overloaded_until = Some(now + OVERLOAD_WINDOW);
@@ -466,6 +588,8 @@ impl Dependency {
                 budget: RetryBudget::new(limits.retry_budget(), now),
                 rate: limits.rate().map(Gcra::new),
                 tenants: limits.tenant_rate().map(TenantBuckets::new),
+                fair: limits.fairness().map(|config| Fair::new(config.clone(), 0)),
+                fair_epoch: 0,
                 delayed: 0,
                 limiter: Limiter::new(limits.max_concurrency(), limits.adaptive(), now),
                 limits,
@@ -614,6 +738,7 @@ impl Dependency {
                     });
                 };
                 // One tenant over its own rate: not the dependency's load.
+                state.refused(request);
                 let rejection = state.reject_quietly(reason, retry_after);
                 return state.decided(Err(rejection), queue_depth, now);
             }
@@ -621,6 +746,7 @@ impl Dependency {
         }
         if let Err(retry_after) = state.charge_budget(request.is_retry(), now) {
             state.unreserve(tenant, now);
+            state.refused(request);
             let rejection = state.reject(RejectReason::RetryBudgetExhausted, retry_after, now);
             return state.decided(Err(rejection), queue_depth, now);
         }
@@ -652,6 +778,7 @@ impl Dependency {
         };
         if let Some((reason, retry_after)) = refused {
             state.unreserve(Some(delayed.tenant), now);
+            state.refused(request);
             let rejection = state.reject(reason, retry_after, now);
             return state.decided(Err(rejection), delayed.queue_depth, now);
         }
@@ -676,8 +803,10 @@ impl Dependency {
         tenant: Option<Reservation>,
         queue_depth: u32,
     ) -> Admission {
+        let flow = state.flow_of(request);
         let refuse = |mut state: Locked<'_>, reason, retry_after| {
             state.unreserve(tenant, now);
+            state.arrived(flow, Arrival::Rejected);
             let rejection = state.reject(reason, retry_after, now);
             state.decided(Err(rejection), queue_depth, now)
         };
@@ -691,7 +820,8 @@ impl Dependency {
         // No barging: a free slot (and token) goes to a waiter before a
         // newcomer.
         if !state.must_wait(now) {
-            let grant = self.grant(&mut state, now);
+            let grant = self.grant(&mut state, now, flow);
+            state.arrived(flow, Arrival::Granted);
             return state.decided(Ok(grant), queue_depth, now);
         }
 
@@ -716,11 +846,18 @@ impl Dependency {
         let has_room =
             state.waiters.len() < state.limits.max_queue() as usize && self.shared.reserve_waiter();
         if !has_room {
-            // Full: take the place of a lower-priority waiter, or go away.
+            // Full: take the place of a lower-priority waiter, or (fair
+            // shares) of a waiter of the tenant most over its share, or go
+            // away.
+            let retry = request.is_retry();
             let victim = state
                 .waiters
-                .victim_for(request.priority, request.is_retry());
-            match victim.and_then(|key| state.waiters.remove(key)) {
+                .victim_for(request.priority, retry)
+                .or_else(|| {
+                    let (fair, flow) = (state.fair.as_ref()?, flow?);
+                    fair.victim(flow, request.priority, retry, &state.waiters)
+                });
+            match victim.and_then(|key| state.take_waiter(key, Left::Rejected)) {
                 Some(victim) => {
                     // The displaced waiter's place in the global waiter count
                     // passes to the arrival.
@@ -735,11 +872,24 @@ impl Dependency {
         }
 
         let (tx, rx) = oneshot::channel();
-        let key = state.waiters.push(
-            request.priority,
-            request.is_retry(),
-            Waiter { wake: tx, tenant },
-        );
+        let entry = flow.zip(state.fair.as_ref()).map(|(flow, fair)| {
+            let entry = FairWaiter {
+                flow,
+                tenant: fair.tenant_name(flow),
+            };
+            (entry, fair.queue_flow(flow))
+        });
+        let (fair, queue_flow) = entry.unzip();
+        let waiter = Waiter {
+            wake: tx,
+            tenant,
+            priority: request.priority,
+            fair,
+        };
+        let key = state
+            .waiters
+            .push(request.priority, request.is_retry(), queue_flow, waiter);
+        state.arrived(flow, Arrival::Queued(request.priority));
         // With a slot free, it waits only for its token.
         self.arm_token_alarm(&mut state, now);
         Admission::Queued {
@@ -754,7 +904,7 @@ impl Dependency {
     pub(crate) fn time_out(&self, key: WaiterKey, wake: &mut oneshot::Receiver<Wake>) -> Wake {
         let now = Instant::now();
         let mut state = self.lock_at(now);
-        if let Some(waiter) = state.waiters.remove(key) {
+        if let Some(waiter) = state.take_waiter(key, Left::Rejected) {
             self.shared.release_waiter();
             state.unreserve(waiter.tenant, now);
             return state.timed_out(now);
@@ -768,7 +918,7 @@ impl Dependency {
     /// raced with the cancellation goes back at once.
     pub(crate) fn abandon(self: &Arc<Self>, key: WaiterKey, mut wake: oneshot::Receiver<Wake>) {
         let mut state = self.lock();
-        if let Some(waiter) = state.waiters.remove(key) {
+        if let Some(waiter) = state.take_waiter(key, Left::Gone) {
             self.shared.release_waiter();
             state.unreserve(waiter.tenant, Instant::now());
             return;
@@ -777,11 +927,12 @@ impl Dependency {
             outcome: Ok(grant), ..
         }) = wake.try_recv()
         {
-            if state.leases.remove(&grant.lease.key).is_some() {
+            if let Some(record) = state.leases.remove(&grant.lease.key) {
                 let now = Instant::now();
                 if let Some(bucket) = &mut state.rate {
                     bucket.refund(now);
                 }
+                state.flow_released(record.flow);
                 self.free_slot(&mut state, now);
             }
         }
@@ -806,7 +957,9 @@ impl Dependency {
                 granted_at,
                 in_flight,
                 owner,
+                flow,
             } = state.leases.remove(&lease.key)?;
+            state.flow_released(flow);
             if let Some(owner) = owner {
                 owner.forget(lease.key);
             }
@@ -912,6 +1065,7 @@ impl Dependency {
                 }
                 state.expired_total += 1;
                 state.in_flight -= 1;
+                state.flow_released(record.flow);
                 let sample = Sample {
                     kind: SampleKind::Drop,
                     in_flight: record.in_flight,
@@ -1031,6 +1185,7 @@ impl Dependency {
         state.budget.reconfigure(limits.retry_budget(), now);
         state.rate = rebucket(state.rate.take(), limits.rate(), now);
         state.tenants = rebucket(state.tenants.take(), limits.tenant_rate(), now);
+        state.refair(&limits);
         let change = state
             .limiter
             .reconfigure(limits.max_concurrency(), limits.adaptive(), now);
@@ -1039,7 +1194,7 @@ impl Dependency {
             let Some(victim) = state
                 .waiters
                 .newest_lowest()
-                .and_then(|k| state.waiters.remove(k))
+                .and_then(|k| state.take_waiter(k, Left::Rejected))
             else {
                 break;
             };
@@ -1055,7 +1210,7 @@ impl Dependency {
     pub(crate) fn drain_waiters(&self) {
         let now = Instant::now();
         let mut state = self.lock_at(now);
-        while let Some(waiter) = state.waiters.pop() {
+        while let Some(waiter) = state.next_waiter(Left::Rejected) {
             self.shared.release_waiter();
             state.turn_away(
                 waiter,
@@ -1110,6 +1265,20 @@ impl Dependency {
             expired_total: state.expired_total,
             limit_changes_total: state.limit_changes_total,
             pressure: state.pressure(now),
+            fair: state
+                .fair
+                .as_ref()
+                .map(|fair| fair.status(state.limiter.enforced()))
+                .unwrap_or_default(),
+        }
+    }
+
+    /// Checks the fair-share table against the queue (tests).
+    #[cfg(test)]
+    pub(crate) fn check_fair(&self) {
+        let state = self.lock();
+        if let Some(fair) = &state.fair {
+            fair.check(&state.waiters);
         }
     }
 
@@ -1118,7 +1287,9 @@ impl Dependency {
         self.lock().expiry.len()
     }
 
-    fn grant(self: &Arc<Self>, state: &mut State, now: Instant) -> Grant {
+    /// A new lease (of the fair-share entry `flow`, whose count the caller
+    /// keeps).
+    fn grant(self: &Arc<Self>, state: &mut State, now: Instant, flow: Option<FlowRef>) -> Grant {
         let ttl = state.limits.lease_ttl();
         let lease = LeaseId::random(self.shared.epoch, self.slot);
         let deadline = now + ttl;
@@ -1129,6 +1300,7 @@ impl Dependency {
                 granted_at: now,
                 in_flight: state.in_flight + 1,
                 owner: None,
+                flow,
             },
         );
         state.in_flight += 1;
@@ -1154,13 +1326,14 @@ impl Dependency {
                 self.arm_token_alarm(state, now);
                 break;
             }
-            let Some(waiter) = state.waiters.pop() else {
+            let Some(waiter) = state.next_waiter(Left::Granted) else {
                 break;
             };
             self.shared.release_waiter();
-            let grant = self.grant(state, now);
+            let flow = waiter.fair.as_ref().map(|entry| entry.flow);
+            let grant = self.grant(state, now, flow);
             let snapshot = state.snapshot(now);
-            let Waiter { wake, tenant } = waiter;
+            let Waiter { wake, tenant, .. } = waiter;
             if wake
                 .send(Wake {
                     outcome: Ok(grant),
@@ -1176,6 +1349,7 @@ impl Dependency {
                     bucket.refund(now);
                 }
                 state.unreserve(tenant, now);
+                state.flow_released(flow);
             }
         }
     }

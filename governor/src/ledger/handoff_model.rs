@@ -183,7 +183,7 @@ impl Dependency {
             }
         }
         let (tx, rx) = channel();
-        let key = state.waiters.push(priority, false, tx);
+        let key = state.waiters.push(priority, false, None, tx);
         Admission::Queued(key, rx)
     }
 

@@ -1,6 +1,8 @@
 //! Per-dependency limits, validated once at the edge so that the ledger never
 //! sees an impossible value.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::limit::{AdaptiveConfig, AdaptivePatch};
@@ -22,6 +24,137 @@ pub struct Limits {
     rate: Option<Rate>,
     /// `None`: no per-tenant rate limit.
     tenant_rate: Option<Rate>,
+    /// `None`: no fair shares, one queue for everyone.
+    fairness: Option<Fairness>,
+}
+
+/// Weighted fair shares of the permits between tenants (and their routes).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Fairness {
+    by: FairBy,
+    /// Each named tenant's weight; named tenants are always tracked and have
+    /// metrics of their own.
+    weights: Arc<BTreeMap<Arc<str>, u32>>,
+    default_weight: u32,
+    max_tenants: u32,
+}
+
+/// What a fair share is taken by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FairBy {
+    /// Each tenant (`AcquireRequest.tenant`; none is a tenant of its own).
+    Tenant,
+    /// Each tenant, and within a tenant's part each of its routes equally.
+    TenantRoute,
+}
+
+impl FairBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FairBy::Tenant => "tenant",
+            FairBy::TenantRoute => "tenant_route",
+        }
+    }
+}
+
+/// Fair shares as they come in, checked by [`Limits::patched`]; the unset
+/// fields take the built-in defaults.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct FairnessPatch {
+    pub by: Option<FairBy>,
+    pub weights: BTreeMap<String, u32>,
+    pub default_weight: Option<u32>,
+    pub max_tenants: Option<u32>,
+}
+
+/// Tenants (and routes) a dependency tracks unless `max_tenants` says otherwise.
+pub const DEFAULT_MAX_TENANTS: u32 = 1024;
+pub const MAX_TENANTS: u32 = 100_000;
+pub const MAX_WEIGHT: u32 = 1000;
+/// Longest tenant or route name, in bytes (the shell checks requests against it).
+pub const MAX_TENANT_LEN: usize = 128;
+
+impl Fairness {
+    pub fn by(&self) -> FairBy {
+        self.by
+    }
+    pub fn weights(&self) -> &BTreeMap<Arc<str>, u32> {
+        &self.weights
+    }
+    pub fn default_weight(&self) -> u32 {
+        self.default_weight
+    }
+    pub fn max_tenants(&self) -> u32 {
+        self.max_tenants
+    }
+    /// The weight of `tenant`, and whether it is named.
+    pub fn weight_of(&self, tenant: &str) -> (u32, bool) {
+        match self.weights.get(tenant) {
+            Some(&weight) => (weight, true),
+            None => (self.default_weight, false),
+        }
+    }
+
+    fn new(patch: &FairnessPatch) -> Result<Fairness, InvalidLimit> {
+        let bad = |field, problem: String| Err(InvalidLimit { field, problem });
+        let default_weight = patch.default_weight.unwrap_or(1);
+        if !(1..=MAX_WEIGHT).contains(&default_weight) {
+            return bad(
+                "fairness.default_weight",
+                format!("must be between 1 and {MAX_WEIGHT}, got {default_weight}"),
+            );
+        }
+        let max_tenants = patch.max_tenants.unwrap_or(DEFAULT_MAX_TENANTS);
+        if !(1..=MAX_TENANTS).contains(&max_tenants) {
+            return bad(
+                "fairness.max_tenants",
+                format!("must be between 1 and {MAX_TENANTS}, got {max_tenants}"),
+            );
+        }
+        if patch.weights.len() > max_tenants as usize {
+            return bad(
+                "fairness.weights",
+                format!(
+                    "names {} tenants, more than max_tenants ({max_tenants})",
+                    patch.weights.len()
+                ),
+            );
+        }
+        let mut weights = BTreeMap::new();
+        for (tenant, &weight) in &patch.weights {
+            if let Some(problem) = name_problem(tenant) {
+                return bad("fairness.weights", format!("tenant {tenant:?} {problem}"));
+            }
+            if !(1..=MAX_WEIGHT).contains(&weight) {
+                return bad(
+                    "fairness.weights",
+                    format!("tenant {tenant:?}: must be between 1 and {MAX_WEIGHT}, got {weight}"),
+                );
+            }
+            weights.insert(Arc::from(tenant.as_str()), weight);
+        }
+        Ok(Fairness {
+            by: patch.by.unwrap_or(FairBy::Tenant),
+            weights: Arc::new(weights),
+            default_weight,
+            max_tenants,
+        })
+    }
+}
+
+/// What is wrong with a tenant or route name, if anything: at most
+/// [`MAX_TENANT_LEN`] bytes, no control characters.
+pub fn name_problem(name: &str) -> Option<String> {
+    if name.len() > MAX_TENANT_LEN {
+        Some(format!(
+            "must be at most {MAX_TENANT_LEN} bytes, got {}",
+            name.len()
+        ))
+    } else if name.chars().any(char::is_control) {
+        Some("must not contain control characters".to_owned())
+    } else {
+        None
+    }
 }
 
 /// From which pressure on a degradable request is answered DEGRADE.
@@ -71,6 +204,8 @@ pub struct LimitsPatch {
     pub rate: Option<Option<RatePatch>>,
     /// The same for the per-tenant rate limit.
     pub tenant_rate: Option<Option<RatePatch>>,
+    /// `Some(None)` turns fair shares off; `Some(Some(_))` replaces them.
+    pub fairness: Option<Option<FairnessPatch>>,
 }
 
 /// A rate limit as it comes in, checked by [`Limits::patched`].
@@ -114,6 +249,7 @@ impl Default for Limits {
             degrade_at: DegradeAt::Saturated,
             rate: None,
             tenant_rate: None,
+            fairness: None,
         }
     }
 }
@@ -164,6 +300,10 @@ impl Limits {
     pub fn tenant_rate(&self) -> Option<Rate> {
         self.tenant_rate
     }
+    /// Fair shares between tenants; `None`: one queue for everyone.
+    pub fn fairness(&self) -> Option<&Fairness> {
+        self.fairness.as_ref()
+    }
 
     /// These limits with `patch` applied, or the first field that is out of range.
     pub fn patched(&self, patch: &LimitsPatch) -> Result<Limits, InvalidLimit> {
@@ -181,6 +321,11 @@ impl Limits {
             degrade_at: patch.degrade_at.unwrap_or(self.degrade_at),
             rate: patched_rate(self.rate, patch.rate, false)?,
             tenant_rate: patched_rate(self.tenant_rate, patch.tenant_rate, true)?,
+            fairness: match &patch.fairness {
+                None => self.fairness.clone(),
+                Some(None) => None,
+                Some(Some(fairness)) => Some(Fairness::new(fairness)?),
+            },
         };
         limits.validate()?;
         Ok(limits)

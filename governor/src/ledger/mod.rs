@@ -35,6 +35,7 @@
 //! let request = AcquireRequest {
 //!     dependency: "payments",
 //!     tenant: Some("checkout"),
+//!     route: None,
 //!     attempt: 0,
 //!     priority: Priority::Normal,
 //!     max_wait: None,
@@ -52,6 +53,7 @@ mod clock;
 mod decision;
 mod dependency;
 mod expiry;
+mod fair;
 mod idle;
 mod lease;
 pub mod limit;
@@ -80,9 +82,12 @@ pub use decision::{
     RejectReason, Rejection, Report, Snapshot,
 };
 pub use dependency::{Dependency, DependencyStatus};
+pub use fair::{FairStatus, RouteStatus, STATUS_TENANTS, TenantStatus, max_min};
 pub use lease::{LEASE_ID_LEN, LeaseHandle, LeaseId};
 pub use limits::{
-    BudgetConfig, DegradeAt, ELEVATED_AT, InvalidLimit, Limits, LimitsPatch, MAX_WAIT, RatePatch,
+    BudgetConfig, DEFAULT_MAX_TENANTS, DegradeAt, ELEVATED_AT, FairBy, Fairness, FairnessPatch,
+    InvalidLimit, Limits, LimitsPatch, MAX_TENANT_LEN, MAX_TENANTS, MAX_WAIT, MAX_WEIGHT,
+    RatePatch, name_problem,
 };
 pub use peers::Peer;
 pub use rate::Rate;

@@ -125,6 +125,7 @@ mod tests {
             let request = AcquireRequest {
                 dependency: name,
                 tenant: None,
+                route: None,
                 attempt: 0,
                 priority: Priority::Normal,
                 max_wait: None,

@@ -7,6 +7,7 @@ use tokio::time::Instant;
 
 use super::decision::{EndedLease, Report, Snapshot};
 use super::dependency::Dependency;
+use super::fair::FlowRef;
 use super::idle::IdleInbox;
 use super::lease::LeaseId;
 use super::limit::LimitChange;
@@ -59,6 +60,8 @@ pub(crate) struct LeaseRecord {
     pub in_flight: u32,
     /// The session that owns it, if it was granted on one.
     pub owner: Option<Arc<Owner>>,
+    /// Its tenant's (and route's) entry under fair shares.
+    pub flow: Option<FlowRef>,
 }
 
 pub(crate) struct Shared {

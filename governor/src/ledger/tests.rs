@@ -22,6 +22,7 @@ fn limits(concurrency: u32, queue: u32, wait_ms: u64) -> Limits {
             degrade_at: None,
             rate: None,
             tenant_rate: None,
+            fairness: None,
         })
         .unwrap()
 }
@@ -61,6 +62,7 @@ fn request(priority: Priority, attempt: u32) -> AcquireRequest<'static> {
     AcquireRequest {
         dependency: "db",
         tenant: None,
+        route: None,
         attempt,
         priority,
         max_wait: None,
@@ -1733,6 +1735,7 @@ fn with_tenant_rate(limits: Limits, per_second: f64, burst: u32) -> Limits {
 fn as_tenant(tenant: &'static str, max_wait_ms: u64) -> AcquireRequest<'static> {
     AcquireRequest {
         tenant: Some(tenant),
+        route: None,
         ..waiting_at_most(Priority::Normal, max_wait_ms)
     }
 }
@@ -1922,4 +1925,499 @@ async fn a_request_waiting_for_its_tenant_token_holds_a_waiter_place_and_a_drain
     );
     assert_eq!(Instant::now(), before);
     assert_eq!((status(&ledger).delayed, ledger.waiters()), (0, 0));
+}
+
+// ---- Weighted fair shares ----
+
+fn fairness(by: FairBy, weights: &[(&str, u32)], max_tenants: Option<u32>) -> LimitsPatch {
+    LimitsPatch {
+        fairness: Some(Some(FairnessPatch {
+            by: Some(by),
+            weights: weights.iter().map(|&(t, w)| (t.to_owned(), w)).collect(),
+            default_weight: None,
+            max_tenants,
+        })),
+        ..Default::default()
+    }
+}
+
+fn fair_limits(concurrency: u32, queue: u32, patch: &LimitsPatch) -> Limits {
+    limits(concurrency, queue, 60_000).patched(patch).unwrap()
+}
+
+fn by_tenant(
+    tenant: &'static str,
+    route: Option<&'static str>,
+    priority: Priority,
+) -> AcquireRequest<'static> {
+    AcquireRequest {
+        tenant: Some(tenant),
+        route,
+        ..request(priority, 0)
+    }
+}
+
+async fn grant_as(ledger: &Ledger, tenant: &'static str) -> LeaseId {
+    let decision = ledger
+        .acquire(&by_tenant(tenant, None, Priority::Normal))
+        .await
+        .unwrap();
+    decision.granted().expect("granted").lease
+}
+
+/// Queues a request in the background; it resolves to the tenant (route)
+/// and the decision.
+async fn enqueue_as(
+    ledger: &Arc<Ledger>,
+    request: AcquireRequest<'static>,
+) -> tokio::task::JoinHandle<Decision> {
+    let ledger = ledger.clone();
+    let handle = tokio::spawn(async move { ledger.acquire(&request).await.unwrap() });
+    tokio::task::yield_now().await;
+    tokio::task::yield_now().await;
+    handle
+}
+
+fn tenant_status(ledger: &Ledger, tenant: &str) -> TenantStatus {
+    status(ledger)
+        .fair
+        .tenants
+        .into_iter()
+        .find(|t| &*t.tenant == tenant && !t.overflow)
+        .unwrap_or_else(|| panic!("tenant {tenant:?} listed"))
+}
+
+fn check_fair(ledger: &Ledger) {
+    ledger.dependency("db").unwrap().check_fair();
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_free_permit_goes_to_the_waiting_tenant_furthest_below_its_share() {
+    let ledger = ledger_with(
+        "db",
+        fair_limits(4, 100, &fairness(FairBy::Tenant, &[], None)),
+    );
+    let mut noisy = Vec::new();
+    for _ in 0..4 {
+        noisy.push(grant_as(&ledger, "noisy").await);
+    }
+    let noisy_waiting: Vec<_> = futures::future::join_all(
+        (0..4).map(|_| enqueue_as(&ledger, by_tenant("noisy", None, Priority::Normal))),
+    )
+    .await;
+    let quiet_1 = enqueue_as(&ledger, by_tenant("quiet", None, Priority::Normal)).await;
+    let quiet_2 = enqueue_as(&ledger, by_tenant("quiet", None, Priority::Normal)).await;
+    check_fair(&ledger);
+    assert_eq!(tenant_status(&ledger, "noisy").queued, 4);
+    assert_eq!(tenant_status(&ledger, "quiet").queued, 2);
+
+    // quiet arrived last, but holds nothing: the first two permits are its.
+    ledger
+        .release(&noisy.pop().unwrap(), Report::default())
+        .unwrap();
+    assert!(quiet_1.await.unwrap().granted().is_some());
+    ledger
+        .release(&noisy.pop().unwrap(), Report::default())
+        .unwrap();
+    assert!(quiet_2.await.unwrap().granted().is_some());
+    check_fair(&ledger);
+    let (noisy_now, quiet_now) = (
+        tenant_status(&ledger, "noisy"),
+        tenant_status(&ledger, "quiet"),
+    );
+    assert_eq!((noisy_now.in_flight, noisy_now.queued), (2, 4));
+    assert_eq!((quiet_now.in_flight, quiet_now.queued), (2, 0));
+    // Max-min: quiet asks 2 of 4, noisy may have the rest.
+    assert_eq!((noisy_now.share, quiet_now.share), (2.0, 2.0));
+    // Nobody else waits: noisy's waiters take the next permits, oldest first.
+    ledger
+        .release(&noisy.pop().unwrap(), Report::default())
+        .unwrap();
+    let mut waiting = noisy_waiting.into_iter();
+    assert!(waiting.next().unwrap().await.unwrap().granted().is_some());
+    assert_eq!(tenant_status(&ledger, "noisy").queued, 3);
+    assert_eq!(status(&ledger).in_flight, 4);
+    check_fair(&ledger);
+}
+
+#[tokio::test(start_paused = true)]
+async fn backlogged_tenants_hold_permits_in_proportion_to_their_weights() {
+    let ledger = ledger_with(
+        "db",
+        fair_limits(
+            8,
+            1000,
+            &fairness(FairBy::Tenant, &[("gold", 3), ("bronze", 1)], None),
+        ),
+    );
+    // Both keep a deep backlog; every permit handed over is released again
+    // by the tenant that holds the most per weight (the steady state of
+    // equal hold times), 200 times.
+    let mut held: Vec<(LeaseId, &str)> = Vec::new();
+    let mut waiting = Vec::new();
+    for _ in 0..50 {
+        for tenant in ["gold", "bronze"] {
+            waiting.push((
+                tenant,
+                enqueue_as(&ledger, by_tenant(tenant, None, Priority::Normal)).await,
+            ));
+        }
+    }
+    let mut pending = waiting;
+    let collect = async |pending: &mut Vec<(&'static str, tokio::task::JoinHandle<Decision>)>,
+                         held: &mut Vec<(LeaseId, &'static str)>| {
+        let mut still = Vec::new();
+        for (tenant, handle) in pending.drain(..) {
+            if handle.is_finished() {
+                held.push((handle.await.unwrap().granted().unwrap().lease, tenant));
+            } else {
+                still.push((tenant, handle));
+            }
+        }
+        *pending = still;
+    };
+    tokio::task::yield_now().await;
+    collect(&mut pending, &mut held).await;
+    assert_eq!(held.len(), 8);
+    for _ in 0..40 {
+        // Releases the oldest permit, whoever holds it.
+        let (lease, _) = held.remove(0);
+        ledger.release(&lease, Report::default()).unwrap();
+        tokio::task::yield_now().await;
+        collect(&mut pending, &mut held).await;
+        check_fair(&ledger);
+    }
+    let gold = tenant_status(&ledger, "gold");
+    let bronze = tenant_status(&ledger, "bronze");
+    assert_eq!((gold.in_flight, bronze.in_flight), (6, 2));
+    assert_eq!((gold.share, bronze.share), (6.0, 2.0));
+    assert!(gold.named && bronze.named);
+    assert_eq!((gold.weight, bronze.weight), (3, 1));
+}
+
+#[tokio::test(start_paused = true)]
+async fn priority_comes_before_the_fair_share() {
+    let ledger = ledger_with(
+        "db",
+        fair_limits(2, 100, &fairness(FairBy::Tenant, &[], None)),
+    );
+    let a1 = grant_as(&ledger, "a").await;
+    let _a2 = grant_as(&ledger, "a").await;
+    let b_normal = enqueue_as(&ledger, by_tenant("b", None, Priority::Normal)).await;
+    let a_critical = enqueue_as(&ledger, by_tenant("a", None, Priority::Critical)).await;
+    ledger.release(&a1, Report::default()).unwrap();
+    // a is over its share, but its waiter is critical.
+    assert!(a_critical.await.unwrap().granted().is_some());
+    assert!(!b_normal.is_finished());
+    check_fair(&ledger);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_full_queue_displaces_the_tenant_most_over_its_share() {
+    let ledger = ledger_with(
+        "db",
+        fair_limits(1, 3, &fairness(FairBy::Tenant, &[], None)),
+    );
+    let _held = grant_as(&ledger, "noisy").await;
+    let noisy: Vec<_> = futures::future::join_all(
+        (0..3).map(|_| enqueue_as(&ledger, by_tenant("noisy", None, Priority::Normal))),
+    )
+    .await;
+    // noisy is the most loaded and it is not the arrival's: its newest
+    // waiter makes room.
+    let quiet = enqueue_as(&ledger, by_tenant("quiet", None, Priority::Normal)).await;
+    let mut noisy = noisy.into_iter();
+    let (first, second, newest) = (
+        noisy.next().unwrap(),
+        noisy.next().unwrap(),
+        noisy.next().unwrap(),
+    );
+    let shed = newest.await.unwrap();
+    assert_eq!(shed.rejected().map(|r| r.reason), Some(RejectReason::Shed));
+    assert!(!first.is_finished() && !second.is_finished() && !quiet.is_finished());
+    // The most loaded tenant arriving again finds no one to displace.
+    let refused = ledger
+        .acquire(&by_tenant("noisy", None, Priority::Normal))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.rejected().map(|r| r.reason),
+        Some(RejectReason::QueueFull)
+    );
+    // Nor does a second quiet one displace a tenant no more loaded per
+    // weight than quiet would be: noisy 1 + 2 = 3, quiet 1 + 1 = 2, so it
+    // does; a third would make quiet 3 against noisy's 2.
+    let quiet_2 = enqueue_as(&ledger, by_tenant("quiet", None, Priority::Normal)).await;
+    assert_eq!(
+        second.await.unwrap().rejected().map(|r| r.reason),
+        Some(RejectReason::Shed)
+    );
+    let refused = ledger
+        .acquire(&by_tenant("quiet", None, Priority::Normal))
+        .await
+        .unwrap();
+    assert_eq!(
+        refused.rejected().map(|r| r.reason),
+        Some(RejectReason::QueueFull)
+    );
+    let noisy_now = tenant_status(&ledger, "noisy");
+    assert_eq!((noisy_now.in_flight, noisy_now.queued), (1, 1));
+    assert_eq!(noisy_now.rejected_total, 3);
+    assert_eq!(tenant_status(&ledger, "quiet").rejected_total, 1);
+    assert!(!first.is_finished() && !quiet.is_finished() && !quiet_2.is_finished());
+    check_fair(&ledger);
+}
+
+#[tokio::test(start_paused = true)]
+async fn routes_share_their_tenants_part_equally() {
+    let ledger = ledger_with(
+        "db",
+        fair_limits(4, 100, &fairness(FairBy::TenantRoute, &[], None)),
+    );
+    // Tenant t floods route "bulk"; its "ui" route waits behind; tenant u
+    // waits too.
+    let mut held = Vec::new();
+    for _ in 0..4 {
+        let decision = ledger
+            .acquire(&by_tenant("t", Some("bulk"), Priority::Normal))
+            .await
+            .unwrap();
+        held.push(decision.granted().unwrap().lease);
+    }
+    let bulk: Vec<_> = futures::future::join_all(
+        (0..4).map(|_| enqueue_as(&ledger, by_tenant("t", Some("bulk"), Priority::Normal))),
+    )
+    .await;
+    let ui = enqueue_as(&ledger, by_tenant("t", Some("ui"), Priority::Normal)).await;
+    let u = enqueue_as(&ledger, by_tenant("u", None, Priority::Normal)).await;
+    check_fair(&ledger);
+    let t = tenant_status(&ledger, "t");
+    assert_eq!(t.routes.len(), 2);
+    // First permit: tenant u (none in flight). Second: t again (t 3, u 1:
+    // u has no waiter left), and within t the ui route (none in flight).
+    ledger
+        .release(&held.pop().unwrap(), Report::default())
+        .unwrap();
+    assert!(u.await.unwrap().granted().is_some());
+    ledger
+        .release(&held.pop().unwrap(), Report::default())
+        .unwrap();
+    assert!(ui.await.unwrap().granted().is_some());
+    assert!(bulk.iter().all(|h| !h.is_finished()));
+    let t = tenant_status(&ledger, "t");
+    let route = |name: &str| t.routes.iter().find(|r| &*r.route == name).unwrap().clone();
+    assert_eq!((route("bulk").in_flight, route("bulk").queued), (2, 4));
+    assert_eq!(route("ui").in_flight, 1);
+    // t's share of 4 with u asking 1 is 3: split max-min between its routes.
+    assert_eq!(t.share, 3.0);
+    assert_eq!(route("ui").share + route("bulk").share, 3.0);
+    assert_eq!(route("ui").share, 1.0);
+    check_fair(&ledger);
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_table_is_bounded_and_tenants_beyond_share_an_overflow_entry() {
+    let ledger = ledger_with(
+        "db",
+        fair_limits(10, 100, &fairness(FairBy::Tenant, &[("named", 2)], Some(3))),
+    );
+    // The named tenant is always in; two more fit.
+    let a = grant_as(&ledger, "a").await;
+    let _b = grant_as(&ledger, "b").await;
+    let c = grant_as(&ledger, "c").await;
+    let d = grant_as(&ledger, "d").await;
+    let fair = status(&ledger).fair;
+    assert_eq!(fair.tracked, 4, "named, a, b and the overflow entry");
+    let overflow = fair.tenants.iter().find(|t| t.overflow).unwrap();
+    assert_eq!((overflow.in_flight, overflow.weight), (2, 1));
+    assert_eq!(tenant_status(&ledger, "named").in_flight, 0);
+    check_fair(&ledger);
+    // a goes idle: it stays (with its counts) until its room is needed.
+    ledger.release(&a, Report::default()).unwrap();
+    assert_eq!(tenant_status(&ledger, "a").granted_total, 1);
+    let _e = grant_as(&ledger, "e").await;
+    let names: Vec<_> = status(&ledger)
+        .fair
+        .tenants
+        .iter()
+        .filter(|t| !t.overflow)
+        .map(|t| t.tenant.to_string())
+        .collect();
+    assert!(names.contains(&"e".to_owned()) && !names.contains(&"a".to_owned()));
+    ledger.release(&c, Report::default()).unwrap();
+    ledger.release(&d, Report::default()).unwrap();
+    check_fair(&ledger);
+}
+
+#[tokio::test(start_paused = true)]
+async fn turning_fair_shares_on_or_off_keeps_every_waiter_and_permit() {
+    let ledger = ledger_with("db", limits(1, 10, 60_000));
+    let held = grant_as(&ledger, "a").await;
+    let a = enqueue_as(&ledger, by_tenant("a", None, Priority::Normal)).await;
+    let b = enqueue_as(&ledger, by_tenant("b", None, Priority::Normal)).await;
+    ledger
+        .update("db", &fairness(FairBy::Tenant, &[], None))
+        .unwrap();
+    check_fair(&ledger);
+    // The waiters from before fair shares are one tenant, in their order.
+    assert_eq!(
+        status(&ledger)
+            .fair
+            .tenants
+            .iter()
+            .map(|t| t.queued)
+            .sum::<u32>(),
+        2
+    );
+    ledger.release(&held, Report::default()).unwrap();
+    let next = a.await.unwrap().granted().unwrap().lease;
+    let c = enqueue_as(&ledger, by_tenant("c", None, Priority::Normal)).await;
+    ledger
+        .update("db", &fairness(FairBy::TenantRoute, &[("c", 5)], None))
+        .unwrap();
+    check_fair(&ledger);
+    ledger
+        .update(
+            "db",
+            &LimitsPatch {
+                fairness: Some(None),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    assert!(status(&ledger).fair.tenants.is_empty());
+    assert_eq!(status(&ledger).queued, 2);
+    ledger.release(&next, Report::default()).unwrap();
+    let next = b.await.unwrap().granted().unwrap().lease;
+    ledger.release(&next, Report::default()).unwrap();
+    let last = c.await.unwrap().granted().unwrap().lease;
+    ledger.release(&last, Report::default()).unwrap();
+    assert_eq!(status(&ledger).in_flight, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn new_weights_apply_to_the_tenants_in_the_table() {
+    let ledger = ledger_with(
+        "db",
+        fair_limits(4, 100, &fairness(FairBy::Tenant, &[], None)),
+    );
+    let held = grant_as(&ledger, "a").await;
+    ledger
+        .update("db", &fairness(FairBy::Tenant, &[("a", 7)], None))
+        .unwrap();
+    let a = tenant_status(&ledger, "a");
+    assert_eq!((a.weight, a.named, a.in_flight), (7, true, 1));
+    ledger.release(&held, Report::default()).unwrap();
+    check_fair(&ledger);
+    ledger
+        .update("db", &fairness(FairBy::Tenant, &[], Some(1)))
+        .unwrap();
+    // No longer named and idle: kept with its counts until its room is
+    // needed, which with a bound of 1 is at the next tenant.
+    let a = tenant_status(&ledger, "a");
+    assert_eq!((a.weight, a.named, a.granted_total), (1, false, 1));
+    check_fair(&ledger);
+    let b = grant_as(&ledger, "b").await;
+    let listed: Vec<_> = status(&ledger)
+        .fair
+        .tenants
+        .iter()
+        .map(|t| t.tenant.to_string())
+        .collect();
+    assert_eq!(listed, ["b"]);
+    ledger.release(&b, Report::default()).unwrap();
+    check_fair(&ledger);
+}
+
+#[test]
+fn max_min_fills_the_small_demands_then_splits_the_rest_by_weight() {
+    assert_eq!(
+        max_min(10.0, &[(2, 1), (100, 1), (100, 3)]),
+        [2.0, 2.0, 6.0]
+    );
+    assert_eq!(max_min(10.0, &[(0, 1), (4, 1)]), [0.0, 4.0]);
+    assert_eq!(max_min(4.0, &[(1, 1), (1, 1)]), [1.0, 1.0]);
+    let shares = max_min(9.0, &[(10, 1), (10, 2)]);
+    assert_eq!(shares, [3.0, 6.0]);
+}
+
+/// Random tenants (weights 1..=4) each keeping a random number of requests
+/// outstanding (held or queued) against a random limit, with the oldest
+/// permit released at each step (equal hold times): the table stays
+/// consistent with the queue at every step, and once settled every
+/// tenant holds its weighted max-min share, to the permit.
+#[tokio::test(start_paused = true)]
+async fn random_demands_settle_on_the_weighted_max_min_allocation() {
+    use rand::{Rng, SeedableRng};
+    const NAMES: [&str; 5] = ["t0", "t1", "t2", "t3", "t4"];
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0x00fa_1235);
+    for case in 0..40 {
+        let tenants = rng.random_range(2..=NAMES.len());
+        let limit = rng.random_range(1..=10u32);
+        let weights: Vec<u32> = (0..tenants).map(|_| rng.random_range(1..=4)).collect();
+        let demands: Vec<u32> = (0..tenants).map(|_| rng.random_range(1..=12)).collect();
+        let named: Vec<(&str, u32)> = NAMES.iter().copied().zip(weights.clone()).collect();
+        let ledger = ledger_with(
+            "db",
+            fair_limits(limit, 1000, &fairness(FairBy::Tenant, &named, None)),
+        );
+        let mut held: std::collections::VecDeque<(LeaseId, usize)> = Default::default();
+        let mut pending: Vec<(usize, tokio::task::JoinHandle<Decision>)> = Vec::new();
+        let max_demand = *demands.iter().max().unwrap();
+        for round in 0..max_demand {
+            for (t, &demand) in demands.iter().enumerate() {
+                if round < demand {
+                    let request = by_tenant(NAMES[t], None, Priority::Normal);
+                    pending.push((t, enqueue_as(&ledger, request).await));
+                }
+            }
+        }
+        let collect =
+            async |pending: &mut Vec<(usize, tokio::task::JoinHandle<Decision>)>,
+                   held: &mut std::collections::VecDeque<(LeaseId, usize)>| {
+                tokio::task::yield_now().await;
+                let mut still = Vec::new();
+                for (t, handle) in pending.drain(..) {
+                    if handle.is_finished() {
+                        let decision = handle.await.unwrap();
+                        held.push_back((decision.granted().expect("granted").lease, t));
+                    } else {
+                        still.push((t, handle));
+                    }
+                }
+                *pending = still;
+            };
+        collect(&mut pending, &mut held).await;
+        for _ in 0..(8 * limit + 40) {
+            let (lease, t) = held.pop_front().expect("the limit is in use");
+            // Its replacement queues first, then the permit frees: the
+            // hand-over chooses among everyone who waits.
+            let request = by_tenant(NAMES[t], None, Priority::Normal);
+            pending.push((t, enqueue_as(&ledger, request).await));
+            ledger.release(&lease, Report::default()).unwrap();
+            collect(&mut pending, &mut held).await;
+            check_fair(&ledger);
+            assert!(status(&ledger).in_flight <= limit);
+        }
+        let demand_weights: Vec<(u32, u32)> =
+            demands.iter().copied().zip(weights.clone()).collect();
+        let shares = max_min(f64::from(limit), &demand_weights);
+        for t in 0..tenants {
+            let holds = held.iter().filter(|(_, h)| *h == t).count() as f64;
+            assert!(
+                (holds - shares[t]).abs() < 1.0,
+                "case {case}: limit {limit}, weights {weights:?}, demands {demands:?}: \
+                 {} holds {holds}, share {}",
+                NAMES[t],
+                shares[t]
+            );
+            assert_eq!(tenant_status(&ledger, NAMES[t]).share, shares[t]);
+        }
+        for (lease, _) in held {
+            ledger.release(&lease, Report::default()).unwrap();
+        }
+        for (_, handle) in pending {
+            handle.await.unwrap();
+        }
+    }
 }

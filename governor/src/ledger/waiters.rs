@@ -7,6 +7,11 @@
 //! of list ends, never at the waiters themselves. Keeping retries on lists of
 //! their own is what lets a retry displace only retries; a sequence number
 //! restores FIFO order across the two lists of a priority.
+//!
+//! Under fair shares a waiter is threaded on a second set of class lists too,
+//! its flow's (a tenant, or a tenant's route): [`super::fair`] picks the flow
+//! a free permit goes to, and the flow's lists give its oldest waiter of the
+//! priority served, or its newest one to displace, in O(1) as well.
 
 use slab::Slab;
 
@@ -36,6 +41,9 @@ fn class(priority: Priority, retry: bool) -> usize {
     priority as usize * 2 + usize::from(retry)
 }
 
+/// A flow's place in the queue (see [`WaiterQueue::open_flow`]).
+pub(crate) type FlowId = usize;
+
 /// Identifies a queued waiter; stale keys (the waiter already left) are
 /// recognised by their sequence number, so a reused slab slot is never mistaken
 /// for the waiter that held it before.
@@ -45,13 +53,24 @@ pub(crate) struct WaiterKey {
     seq: u64,
 }
 
+/// The two lists a node is on: its class's in the whole queue, and its
+/// class's in its flow (unused without one).
+const GLOBAL: usize = 0;
+const FLOW: usize = 1;
+
+#[derive(Clone, Copy, Debug, Default)]
+struct Link {
+    prev: Option<usize>,
+    next: Option<usize>,
+}
+
 #[derive(Debug)]
 struct Node<T> {
     value: T,
     seq: u64,
     class: usize,
-    prev: Option<usize>,
-    next: Option<usize>,
+    flow: Option<FlowId>,
+    links: [Link; 2],
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -61,10 +80,14 @@ struct List {
     len: usize,
 }
 
+type Lists = [List; CLASSES];
+
 #[derive(Debug)]
 pub(crate) struct WaiterQueue<T> {
     nodes: Slab<Node<T>>,
-    lists: [List; CLASSES],
+    lists: Lists,
+    /// Each open flow's own class lists.
+    flows: Slab<Lists>,
     next_seq: u64,
 }
 
@@ -73,6 +96,7 @@ impl<T> Default for WaiterQueue<T> {
         WaiterQueue {
             nodes: Slab::new(),
             lists: [List::default(); CLASSES],
+            flows: Slab::new(),
             next_seq: 0,
         }
     }
@@ -87,26 +111,77 @@ impl<T> WaiterQueue<T> {
         self.nodes.is_empty()
     }
 
-    /// Queues `value` at the back of its class.
-    pub(crate) fn push(&mut self, priority: Priority, retry: bool, value: T) -> WaiterKey {
+    /// A new flow, with no waiter; its id is valid until [`Self::close_flow`].
+    pub(crate) fn open_flow(&mut self) -> FlowId {
+        self.flows.insert([List::default(); CLASSES])
+    }
+
+    /// Forgets a flow that has no waiter left.
+    pub(crate) fn close_flow(&mut self, flow: FlowId) {
+        debug_assert!(self.flows[flow].iter().all(|list| list.len == 0));
+        self.flows.remove(flow);
+    }
+
+    /// Queues `value` at the back of its class (and of its flow's class).
+    pub(crate) fn push(
+        &mut self,
+        priority: Priority,
+        retry: bool,
+        flow: Option<FlowId>,
+        value: T,
+    ) -> WaiterKey {
         let seq = self.next_seq;
         self.next_seq += 1;
         let class = class(priority, retry);
-        let tail = self.lists[class].tail;
         let index = self.nodes.insert(Node {
             value,
             seq,
             class,
-            prev: tail,
-            next: None,
+            flow,
+            links: [Link::default(); 2],
         });
-        match tail {
-            Some(tail) => self.nodes[tail].next = Some(index),
-            None => self.lists[class].head = Some(index),
+        self.link_back(GLOBAL, index);
+        if flow.is_some() {
+            self.link_back(FLOW, index);
         }
-        self.lists[class].tail = Some(index);
-        self.lists[class].len += 1;
         WaiterKey { index, seq }
+    }
+
+    /// Takes every waiter off its flow and closes every flow; the waiters
+    /// keep their places in the queue. Returns their keys, oldest first, for
+    /// [`WaiterQueue::set_flow`].
+    pub(crate) fn reset_flows(&mut self) -> Vec<WaiterKey> {
+        self.flows.clear();
+        let mut keys: Vec<WaiterKey> = self
+            .nodes
+            .iter_mut()
+            .map(|(index, node)| {
+                node.flow = None;
+                node.links[FLOW] = Link::default();
+                WaiterKey {
+                    index,
+                    seq: node.seq,
+                }
+            })
+            .collect();
+        keys.sort_by_key(|key| key.seq);
+        keys
+    }
+
+    /// Puts a waiter without a flow at the back of `flow`'s lists.
+    pub(crate) fn set_flow(&mut self, key: WaiterKey, flow: FlowId) {
+        if self.get_mut(key).is_some() && self.nodes[key.index].flow.is_none() {
+            self.nodes[key.index].flow = Some(flow);
+            self.link_back(FLOW, key.index);
+        }
+    }
+
+    /// The waiter, if it is still queued.
+    pub(crate) fn get_mut(&mut self, key: WaiterKey) -> Option<&mut T> {
+        match self.nodes.get_mut(key.index) {
+            Some(node) if node.seq == key.seq => Some(&mut node.value),
+            _ => None,
+        }
     }
 
     /// Takes the waiter out if it is still queued.
@@ -128,18 +203,32 @@ impl<T> WaiterQueue<T> {
             .sum()
     }
 
+    /// The highest priority that has a waiter.
+    pub(crate) fn top_priority(&self) -> Option<Priority> {
+        Priority::ALL
+            .iter()
+            .copied()
+            .find(|&p| self.lists[class(p, false)].len + self.lists[class(p, true)].len > 0)
+    }
+
     /// The next waiter to serve: highest priority, then oldest.
     pub(crate) fn pop(&mut self) -> Option<T> {
-        Priority::ALL.iter().find_map(|&priority| {
-            let first = self.head_seq(class(priority, false));
-            let retry = self.head_seq(class(priority, true));
-            let pick = match (first, retry) {
-                (Some((a, sa)), Some((b, sb))) => Some(if sa < sb { a } else { b }),
-                (Some((a, _)), None) => Some(a),
-                (None, Some((b, _))) => Some(b),
-                (None, None) => None,
-            };
-            pick.map(|index| self.unlink(index))
+        let priority = self.top_priority()?;
+        let index = oldest(&self.nodes, &self.lists, priority)?;
+        Some(self.unlink(index))
+    }
+
+    /// The oldest waiter of `priority` in `flow`.
+    pub(crate) fn pop_flow(&mut self, flow: FlowId, priority: Priority) -> Option<T> {
+        let index = oldest(&self.nodes, self.flows.get(flow)?, priority)?;
+        Some(self.unlink(index))
+    }
+
+    /// Whether `flow` has a waiter of `priority`.
+    #[cfg(test)]
+    pub(crate) fn flow_has(&self, flow: FlowId, priority: Priority) -> bool {
+        self.flows.get(flow).is_some_and(|lists| {
+            lists[class(priority, false)].len + lists[class(priority, true)].len > 0
         })
     }
 
@@ -151,22 +240,25 @@ impl<T> WaiterQueue<T> {
         if lowest <= priority {
             return None;
         }
-        if retry {
-            // A retry only displaces a retry: the newest of the lowest
-            // priority that has retries waiting, below the arrival's.
-            Priority::ALL
-                .iter()
-                .rev()
-                .take_while(|&&p| p > priority)
-                .find_map(|&p| self.tail_key(class(p, true)))
-        } else {
-            self.newest_of(lowest)
-        }
+        self.newest_at_or_below(&self.lists, priority, retry, false)
+    }
+
+    /// The waiter of `flow` an arrival of `priority` may displace (for
+    /// fairness, its own priority included): the newest of the lowest
+    /// priority the flow has, not above the arrival's. A retry only
+    /// displaces a retry.
+    pub(crate) fn flow_victim(
+        &self,
+        flow: FlowId,
+        priority: Priority,
+        retry: bool,
+    ) -> Option<WaiterKey> {
+        self.newest_at_or_below(self.flows.get(flow)?, priority, retry, true)
     }
 
     /// The newest waiter of the lowest priority present.
     pub(crate) fn newest_lowest(&self) -> Option<WaiterKey> {
-        self.newest_of(self.lowest_priority()?)
+        self.newest_of(&self.lists, self.lowest_priority()?)
     }
 
     fn lowest_priority(&self) -> Option<Priority> {
@@ -175,38 +267,101 @@ impl<T> WaiterQueue<T> {
         })
     }
 
-    fn newest_of(&self, priority: Priority) -> Option<WaiterKey> {
-        let first = self.tail_key(class(priority, false));
-        let retry = self.tail_key(class(priority, true));
+    /// In `lists`: the newest waiter of the lowest priority below `priority`
+    /// (or equal to it, with `same`); only among retries for a retry.
+    fn newest_at_or_below(
+        &self,
+        lists: &Lists,
+        priority: Priority,
+        retry: bool,
+        same: bool,
+    ) -> Option<WaiterKey> {
+        let below = |p: &&Priority| **p > priority || (same && **p == priority);
+        let mut candidates = Priority::ALL.iter().rev().take_while(below);
+        if retry {
+            candidates.find_map(|&p| self.tail_key(lists, class(p, true)))
+        } else {
+            candidates.find_map(|&p| self.newest_of(lists, p))
+        }
+    }
+
+    fn newest_of(&self, lists: &Lists, priority: Priority) -> Option<WaiterKey> {
+        let first = self.tail_key(lists, class(priority, false));
+        let retry = self.tail_key(lists, class(priority, true));
         match (first, retry) {
             (Some(a), Some(b)) => Some(if a.seq > b.seq { a } else { b }),
             (a, b) => a.or(b),
         }
     }
 
-    fn head_seq(&self, class: usize) -> Option<(usize, u64)> {
-        self.lists[class].head.map(|i| (i, self.nodes[i].seq))
-    }
-
-    fn tail_key(&self, class: usize) -> Option<WaiterKey> {
-        self.lists[class].tail.map(|index| WaiterKey {
+    fn tail_key(&self, lists: &Lists, class: usize) -> Option<WaiterKey> {
+        lists[class].tail.map(|index| WaiterKey {
             index,
             seq: self.nodes[index].seq,
         })
     }
 
+    /// The list of `level` that node `index` belongs on.
+    fn list_of(&mut self, level: usize, index: usize) -> &mut List {
+        let (class, flow) = (self.nodes[index].class, self.nodes[index].flow);
+        if level == GLOBAL {
+            &mut self.lists[class]
+        } else {
+            let flow = flow.expect("only a node with a flow is on a flow list");
+            &mut self.flows[flow][class]
+        }
+    }
+
+    fn link_back(&mut self, level: usize, index: usize) {
+        let list = self.list_of(level, index);
+        let tail = list.tail.replace(index);
+        if tail.is_none() {
+            list.head = Some(index);
+        }
+        list.len += 1;
+        if let Some(tail) = tail {
+            self.nodes[tail].links[level].next = Some(index);
+        }
+        self.nodes[index].links[level] = Link {
+            prev: tail,
+            next: None,
+        };
+    }
+
+    fn unlink_level(&mut self, level: usize, index: usize) {
+        let Link { prev, next } = self.nodes[index].links[level];
+        let list = self.list_of(level, index);
+        list.len -= 1;
+        if prev.is_none() {
+            list.head = next;
+        }
+        if next.is_none() {
+            list.tail = prev;
+        }
+        if let Some(prev) = prev {
+            self.nodes[prev].links[level].next = next;
+        }
+        if let Some(next) = next {
+            self.nodes[next].links[level].prev = prev;
+        }
+    }
+
     fn unlink(&mut self, index: usize) -> T {
-        let node = self.nodes.remove(index);
-        self.lists[node.class].len -= 1;
-        match node.prev {
-            Some(prev) => self.nodes[prev].next = node.next,
-            None => self.lists[node.class].head = node.next,
+        self.unlink_level(GLOBAL, index);
+        if self.nodes[index].flow.is_some() {
+            self.unlink_level(FLOW, index);
         }
-        match node.next {
-            Some(next) => self.nodes[next].prev = node.prev,
-            None => self.lists[node.class].tail = node.prev,
-        }
-        node.value
+        self.nodes.remove(index).value
+    }
+}
+
+/// In `lists`: the oldest waiter of `priority`, first tries and retries
+/// together.
+fn oldest<T>(nodes: &Slab<Node<T>>, lists: &Lists, priority: Priority) -> Option<usize> {
+    let head = |class: usize| lists[class].head.map(|i| (i, nodes[i].seq));
+    match (head(class(priority, false)), head(class(priority, true))) {
+        (Some((a, sa)), Some((b, sb))) => Some(if sa < sb { a } else { b }),
+        (a, b) => a.or(b).map(|(index, _)| index),
     }
 }
 
@@ -223,10 +378,10 @@ mod tests {
     fn counts_the_waiters_ahead_of_each_priority() {
         let mut q = WaiterQueue::default();
         assert_eq!(q.ahead_of(Sheddable), 0);
-        q.push(Normal, false, "n1");
-        let retry = q.push(Normal, true, "n2");
-        q.push(Critical, false, "c1");
-        q.push(Sheddable, false, "s1");
+        q.push(Normal, false, None, "n1");
+        let retry = q.push(Normal, true, None, "n2");
+        q.push(Critical, false, None, "c1");
+        q.push(Sheddable, false, None, "s1");
         assert_eq!(q.ahead_of(Critical), 1);
         assert_eq!(q.ahead_of(Normal), 3);
         assert_eq!(q.ahead_of(Sheddable), 4);
@@ -240,11 +395,11 @@ mod tests {
     #[test]
     fn serves_priority_then_fifo_across_retries() {
         let mut q = WaiterQueue::default();
-        q.push(Normal, false, "n1");
-        q.push(Sheddable, false, "s1");
-        q.push(Normal, true, "n2-retry");
-        q.push(Critical, false, "c1");
-        q.push(Normal, false, "n3");
+        q.push(Normal, false, None, "n1");
+        q.push(Sheddable, false, None, "s1");
+        q.push(Normal, true, None, "n2-retry");
+        q.push(Critical, false, None, "c1");
+        q.push(Normal, false, None, "n3");
         assert_eq!(order(&mut q), ["c1", "n1", "n2-retry", "n3", "s1"]);
         assert!(q.is_empty());
     }
@@ -252,13 +407,13 @@ mod tests {
     #[test]
     fn remove_is_exact_and_stale_keys_do_nothing() {
         let mut q = WaiterQueue::default();
-        let a = q.push(Normal, false, "a");
-        let b = q.push(Normal, false, "b");
-        let c = q.push(Normal, false, "c");
+        let a = q.push(Normal, false, None, "a");
+        let b = q.push(Normal, false, None, "b");
+        let c = q.push(Normal, false, None, "c");
         assert_eq!(q.remove(b), Some("b"));
         assert_eq!(q.remove(b), None);
         // Slot of `b` is reused by `d`; the stale key must not remove `d`.
-        let d = q.push(Normal, false, "d");
+        let d = q.push(Normal, false, None, "d");
         assert_eq!(q.remove(b), None);
         assert_eq!(q.len(), 3);
         assert_eq!(q.remove(a), Some("a"));
@@ -270,9 +425,9 @@ mod tests {
     #[test]
     fn victim_is_newest_of_lowest_priority_and_only_below_the_arrival() {
         let mut q = WaiterQueue::default();
-        q.push(Normal, false, "n1");
-        let s1 = q.push(Sheddable, false, "s1");
-        let s2 = q.push(Sheddable, false, "s2");
+        q.push(Normal, false, None, "n1");
+        let s1 = q.push(Sheddable, false, None, "s1");
+        let s2 = q.push(Sheddable, false, None, "s2");
         assert_eq!(q.victim_for(Normal, false), Some(s2));
         assert_eq!(q.victim_for(Critical, false), Some(s2));
         assert_eq!(q.victim_for(Sheddable, false), None);
@@ -286,19 +441,71 @@ mod tests {
     #[test]
     fn a_retry_never_displaces_a_first_attempt() {
         let mut q = WaiterQueue::default();
-        q.push(Sheddable, false, "s-first");
+        q.push(Sheddable, false, None, "s-first");
         assert_eq!(q.victim_for(Critical, true), None);
-        let r = q.push(Sheddable, true, "s-retry");
+        let r = q.push(Sheddable, true, None, "s-retry");
         assert_eq!(q.victim_for(Critical, true), Some(r));
         q.remove(r);
         // Lower-priority retries above the lowest first attempts still go.
-        let normal_retry = q.push(Normal, true, "n-retry");
+        let normal_retry = q.push(Normal, true, None, "n-retry");
         assert_eq!(q.victim_for(Critical, true), Some(normal_retry));
         assert_eq!(q.victim_for(Normal, true), None);
         q.remove(normal_retry);
-        q.push(Sheddable, true, "s-retry-2");
+        q.push(Sheddable, true, None, "s-retry-2");
         // A first attempt takes the newest of either kind.
-        let f = q.push(Sheddable, false, "s-first-2");
+        let f = q.push(Sheddable, false, None, "s-first-2");
         assert_eq!(q.victim_for(Critical, false), Some(f));
+    }
+
+    #[test]
+    fn flows_keep_their_own_order_and_leave_the_global_one_whole() {
+        let mut q = WaiterQueue::default();
+        let a = q.open_flow();
+        let b = q.open_flow();
+        q.push(Normal, false, Some(a), "a1");
+        q.push(Normal, false, Some(b), "b1");
+        let a2 = q.push(Normal, true, Some(a), "a2-retry");
+        q.push(Critical, false, Some(b), "b-critical");
+        q.push(Normal, false, Some(a), "a3");
+        assert_eq!(q.top_priority(), Some(Critical));
+        assert!(q.flow_has(b, Critical) && !q.flow_has(a, Critical));
+        assert_eq!(q.pop_flow(a, Critical), None);
+        assert_eq!(q.pop_flow(a, Normal), Some("a1"));
+        // Removal unlinks it from both of its lists.
+        assert_eq!(q.remove(a2), Some("a2-retry"));
+        assert_eq!(q.pop_flow(a, Normal), Some("a3"));
+        assert!(!q.flow_has(a, Normal));
+        q.close_flow(a);
+        assert_eq!(order(&mut q), ["b-critical", "b1"]);
+        assert!(!q.flow_has(b, Normal) && !q.flow_has(b, Critical));
+        // A stale flow id answers nothing.
+        assert_eq!(q.pop_flow(a, Normal), None);
+        assert!(!q.flow_has(a, Normal));
+    }
+
+    #[test]
+    fn a_flow_victim_is_its_newest_at_or_below_the_arrival() {
+        let mut q = WaiterQueue::default();
+        let f = q.open_flow();
+        let other = q.open_flow();
+        q.push(Critical, false, Some(f), "f-critical");
+        let n1 = q.push(Normal, false, Some(f), "f-n1");
+        let n2 = q.push(Normal, false, Some(f), "f-n2");
+        let s = q.push(Sheddable, false, Some(other), "other-s");
+        assert_eq!(q.flow_victim(f, Normal, false), Some(n2));
+        assert_eq!(q.flow_victim(f, Sheddable, false), None);
+        // Never a waiter of a higher priority than the arrival's.
+        q.remove(n1);
+        q.remove(n2);
+        assert_eq!(q.flow_victim(f, Normal, false), None);
+        assert!(q.flow_victim(f, Critical, false).is_some());
+        // A retry displaces only a retry.
+        assert_eq!(q.flow_victim(f, Critical, true), None);
+        let r = q.push(Normal, true, Some(f), "f-retry");
+        assert_eq!(q.flow_victim(f, Critical, true), Some(r));
+        assert_eq!(q.flow_victim(f, Normal, true), Some(r));
+        assert_eq!(q.flow_victim(other, Normal, false), Some(s));
+        assert_eq!(q.flow_victim(other, Sheddable, true), None);
+        assert_eq!(q.len(), 3);
     }
 }

@@ -6,7 +6,7 @@ use rate_governor_proto::v1::{self, governor_admin_server};
 use tonic::{Request, Response, Status};
 
 use super::fields;
-use crate::ledger::{DependencyStatus, Ledger};
+use crate::ledger::{DependencyStatus, Ledger, TenantStatus};
 
 #[derive(Clone, Debug)]
 pub struct AdminService {
@@ -52,6 +52,9 @@ fn to_proto(status: DependencyStatus) -> v1::DependencyStatus {
         tenant_rate: limits.tenant_rate().map(fields::rate_to_proto),
         rated_tenants: status.rated_tenants,
         delayed: status.delayed,
+        fairness: limits.fairness().map(fields::fairness_to_proto),
+        tenants_tracked: status.fair.tracked,
+        tenants: status.fair.tenants.iter().map(tenant_to_proto).collect(),
         name: status.name.to_string(),
         max_concurrency: limits.max_concurrency(),
         in_flight: status.in_flight,
@@ -68,6 +71,32 @@ fn to_proto(status: DependencyStatus) -> v1::DependencyStatus {
             min_per_second: budget.min_per_second,
             ttl: Some(fields::to_proto(budget.ttl)),
         }),
+    }
+}
+
+fn tenant_to_proto(tenant: &TenantStatus) -> v1::TenantStatus {
+    v1::TenantStatus {
+        tenant: tenant.tenant.to_string(),
+        overflow: tenant.overflow,
+        named: tenant.named,
+        weight: tenant.weight,
+        in_flight: tenant.in_flight,
+        queued: tenant.queued,
+        share: tenant.share,
+        granted_total: tenant.granted_total,
+        rejected_total: tenant.rejected_total,
+        routes: tenant
+            .routes
+            .iter()
+            .map(|route| v1::RouteStatus {
+                route: route.route.to_string(),
+                in_flight: route.in_flight,
+                queued: route.queued,
+                share: route.share,
+                granted_total: route.granted_total,
+                rejected_total: route.rejected_total,
+            })
+            .collect(),
     }
 }
 

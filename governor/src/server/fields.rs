@@ -8,12 +8,10 @@ use tonic::Status;
 
 use crate::ledger::limit::{AdaptivePatch, Algorithm, AlgorithmChoice};
 use crate::ledger::{
-    self, BudgetConfig, DegradeAt, LeaseId, LimitsPatch, Outcome, Pressure, Priority, Rate,
-    RatePatch,
+    self, BudgetConfig, DegradeAt, FairBy, FairnessPatch, LeaseId, LimitsPatch, Outcome, Pressure,
+    Priority, Rate, RatePatch,
 };
 
-/// Longest tenant, in bytes.
-pub const MAX_TENANT_LEN: usize = 128;
 /// Longest lease id accepted before it is even looked at.
 const MAX_LEASE_ID_LEN: usize = 128;
 
@@ -25,20 +23,12 @@ pub fn dependency(field: &str, name: &str) -> Result<(), Status> {
     ledger::check_dependency_name(name).map_err(|problem| invalid(field, problem))
 }
 
-pub fn tenant(tenant: &str) -> Result<(), Status> {
-    if tenant.len() > MAX_TENANT_LEN {
-        return Err(invalid(
-            "tenant",
-            format!(
-                "must be at most {MAX_TENANT_LEN} bytes, got {}",
-                tenant.len()
-            ),
-        ));
+/// A tenant or a route (`field`): at most 128 bytes, no control characters.
+pub fn tenant(field: &str, name: &str) -> Result<(), Status> {
+    match ledger::name_problem(name) {
+        Some(problem) => Err(invalid(field, problem)),
+        None => Ok(()),
     }
-    if tenant.chars().any(char::is_control) {
-        return Err(invalid("tenant", "must not contain control characters"));
-    }
-    Ok(())
 }
 
 pub fn priority(value: i32) -> Result<Priority, Status> {
@@ -146,7 +136,51 @@ pub fn limits_patch(limits: Option<&v1::DependencyLimits>) -> Result<LimitsPatch
         degrade_at: degrade_at(limits.degrade_at)?,
         rate: limits.rate.as_ref().map(rate_patch),
         tenant_rate: limits.tenant_rate.as_ref().map(rate_patch),
+        fairness: limits.fairness.as_ref().map(fairness_patch).transpose()?,
     })
+}
+
+/// `by = NONE` turns fair shares off; zeros take the defaults. The ranges
+/// are checked with the other limits (`limits.fairness.weights`).
+fn fairness_patch(fairness: &v1::Fairness) -> Result<Option<FairnessPatch>, Status> {
+    let by = match v1::FairBy::try_from(fairness.by) {
+        Ok(v1::FairBy::None) => return Ok(None),
+        Ok(v1::FairBy::Unspecified | v1::FairBy::Tenant) => FairBy::Tenant,
+        Ok(v1::FairBy::TenantRoute) => FairBy::TenantRoute,
+        Err(_) => {
+            return Err(invalid(
+                "limits.fairness.by",
+                format!("unknown value {}", fairness.by),
+            ));
+        }
+    };
+    let nonzero = |value: u32| (value != 0).then_some(value);
+    Ok(Some(FairnessPatch {
+        by: Some(by),
+        weights: fairness
+            .weights
+            .iter()
+            .map(|(tenant, &weight)| (tenant.clone(), weight))
+            .collect(),
+        default_weight: nonzero(fairness.default_weight),
+        max_tenants: nonzero(fairness.max_tenants),
+    }))
+}
+
+pub fn fairness_to_proto(fairness: &ledger::Fairness) -> v1::Fairness {
+    v1::Fairness {
+        by: match fairness.by() {
+            FairBy::Tenant => v1::FairBy::Tenant,
+            FairBy::TenantRoute => v1::FairBy::TenantRoute,
+        } as i32,
+        weights: fairness
+            .weights()
+            .iter()
+            .map(|(tenant, &weight)| (tenant.to_string(), weight))
+            .collect(),
+        default_weight: fairness.default_weight(),
+        max_tenants: fairness.max_tenants(),
+    }
 }
 
 /// `per_second = 0` removes the rate limit; `burst = 0` means 1. The

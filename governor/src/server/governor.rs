@@ -76,7 +76,8 @@ pub(super) fn acquire_params(
     caller_wait: Option<Duration>,
 ) -> Result<(Priority, Option<Duration>), Status> {
     fields::dependency("dependency", &message.dependency)?;
-    fields::tenant(&message.tenant)?;
+    fields::tenant("tenant", &message.tenant)?;
+    fields::tenant("route", &message.route)?;
     let priority = fields::priority(message.priority)?;
     let requested_wait = message
         .max_wait
@@ -98,6 +99,7 @@ pub(super) fn acquire_fields(
     AcquireFields {
         dependency: &message.dependency,
         tenant: &message.tenant,
+        route: &message.route,
         priority,
         attempt: message.attempt,
     }
@@ -195,6 +197,7 @@ impl GovernorService {
         let request = AcquireRequest {
             dependency: &message.dependency,
             tenant: (!message.tenant.is_empty()).then_some(message.tenant.as_str()),
+            route: (!message.route.is_empty()).then_some(message.route.as_str()),
             attempt: message.attempt,
             priority,
             max_wait,

@@ -311,6 +311,7 @@ async fn acquire(
     let request = AcquireRequest {
         dependency: &message.dependency,
         tenant: (!message.tenant.is_empty()).then_some(message.tenant.as_str()),
+        route: (!message.route.is_empty()).then_some(message.route.as_str()),
         attempt: message.attempt,
         priority,
         max_wait,

@@ -58,7 +58,15 @@ pub struct BackpressureLog {
 impl BackpressureLog {
     /// Records an event; logs it in full if it opens its dependency's window.
     /// Lines are written after the window's lock is released.
-    pub fn record(&self, ledger: &Ledger, dependency: &str, event: Event, load: Snapshot) {
+    /// `who`: the tenant and route of the request, empty when unknown.
+    pub fn record(
+        &self,
+        ledger: &Ledger,
+        dependency: &str,
+        event: Event,
+        load: Snapshot,
+        who: Who<'_>,
+    ) {
         let now = Instant::now();
         let fresh = || Window {
             started: now,
@@ -87,7 +95,7 @@ impl BackpressureLog {
             summarise(dependency, &closed);
         }
         if opens {
-            log_in_full(ledger, dependency, event, load);
+            log_in_full(ledger, dependency, event, load, who);
         }
     }
 
@@ -140,7 +148,16 @@ fn summarise(dependency: &str, window: &Window) {
     );
 }
 
-fn log_in_full(ledger: &Ledger, dependency: &str, event: Event, load: Snapshot) {
+/// The tenant and route of the request an event is about (empty: none or
+/// not known, like a lease's expiry).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Who<'a> {
+    pub tenant: &'a str,
+    pub route: &'a str,
+}
+
+fn log_in_full(ledger: &Ledger, dependency: &str, event: Event, load: Snapshot, who: Who<'_>) {
+    let Who { tenant, route } = who;
     let Some(status) = ledger.status(dependency) else {
         return;
     };
@@ -149,6 +166,8 @@ fn log_in_full(ledger: &Ledger, dependency: &str, event: Event, load: Snapshot) 
     match event {
         Event::Rejected(RejectReason::QueueFull) => tracing::warn!(
             dependency,
+            tenant,
+            route,
             reason = "queue_full",
             max_queue = limits.max_queue(),
             limit,
@@ -158,6 +177,8 @@ fn log_in_full(ledger: &Ledger, dependency: &str, event: Event, load: Snapshot) 
         ),
         Event::Rejected(RejectReason::QueueTimeout) => tracing::warn!(
             dependency,
+            tenant,
+            route,
             reason = "queue_timeout",
             max_wait_ms = limits.max_wait().as_millis() as u64,
             limit,
@@ -167,15 +188,19 @@ fn log_in_full(ledger: &Ledger, dependency: &str, event: Event, load: Snapshot) 
         ),
         Event::Rejected(RejectReason::Shed) => tracing::warn!(
             dependency,
+            tenant,
+            route,
             reason = "shed",
             max_queue = limits.max_queue(),
             limit,
             in_flight,
             queued,
-            "backpressure: waiter displaced by a higher-priority request"
+            "backpressure: waiter displaced by a higher-priority request or by a tenant within its fair share"
         ),
         Event::Rejected(RejectReason::RetryBudgetExhausted) => tracing::warn!(
             dependency,
+            tenant,
+            route,
             reason = "retry_budget_exhausted",
             budget_ratio = limits.retry_budget().ratio,
             budget_min_per_second = limits.retry_budget().min_per_second,
@@ -187,6 +212,8 @@ fn log_in_full(ledger: &Ledger, dependency: &str, event: Event, load: Snapshot) 
         ),
         Event::Rejected(RejectReason::RateLimited) => tracing::warn!(
             dependency,
+            tenant,
+            route,
             reason = "rate_limited",
             rate_per_second = limits.rate().map(|r| r.per_second()),
             rate_burst = limits.rate().map(|r| r.burst()),
@@ -201,6 +228,8 @@ fn log_in_full(ledger: &Ledger, dependency: &str, event: Event, load: Snapshot) 
         // recorded here, see `Telemetry::acquire_finished`, but named all the same.
         Event::Rejected(RejectReason::Degrade) => tracing::debug!(
             dependency,
+            tenant,
+            route,
             reason = "degrade",
             degrade_at = limits.degrade_at().as_str(),
             limit,
@@ -210,6 +239,8 @@ fn log_in_full(ledger: &Ledger, dependency: &str, event: Event, load: Snapshot) 
         ),
         Event::Rejected(RejectReason::ShuttingDown) => tracing::info!(
             dependency,
+            tenant,
+            route,
             reason = "shutting_down",
             limit,
             in_flight,
@@ -218,6 +249,8 @@ fn log_in_full(ledger: &Ledger, dependency: &str, event: Event, load: Snapshot) 
         ),
         Event::LeaseExpired => tracing::warn!(
             dependency,
+            tenant,
+            route,
             reason = "lease_expired",
             lease_ttl_ms = limits.lease_ttl().as_millis() as u64,
             limit,

@@ -2,7 +2,8 @@
 //! path through handles cached per dependency (one map lookup, then atomics);
 //! gauges are read from the ledger when scraped, so they cost nothing between
 //! scrapes. Label values are the dependency names, whose number the
-//! dependency cap bounds; tenants are never labels.
+//! dependency cap bounds; tenants are labels only when named in a
+//! dependency's fairness weights, which the config bounds.
 //!
 //! A scrape gets the Prometheus text format 0.0.4 unless its `Accept` asks
 //! for OpenMetrics ([`Format::negotiate`], as the official client libraries
@@ -55,6 +56,68 @@ struct OutcomeLabels {
 struct ChangeLabels {
     dependency: String,
     reason: &'static str,
+}
+
+/// A tenant named in a dependency's fairness weights: the config bounds
+/// their number.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TenantLabels {
+    dependency: String,
+    tenant: String,
+}
+
+/// The named tenants' series, read from the ledger when scraped.
+#[derive(Debug, Default)]
+struct TenantMetrics {
+    in_flight: Family<TenantLabels, Gauge>,
+    queued: Family<TenantLabels, Gauge>,
+    share: Family<TenantLabels, Gauge<f64, AtomicU64>>,
+    granted: Family<TenantLabels, Counter>,
+    rejected: Family<TenantLabels, Counter>,
+    /// The series of the last scrape, to drop those of tenants no longer
+    /// named (or dependencies gone).
+    series: std::sync::Mutex<std::collections::HashSet<TenantLabels>>,
+}
+
+impl TenantMetrics {
+    fn set(&self, statuses: &[crate::ledger::DependencyStatus]) {
+        let mut now = std::collections::HashSet::new();
+        for status in statuses {
+            for tenant in status.fair.tenants.iter().filter(|t| t.named) {
+                let labels = TenantLabels {
+                    dependency: status.name.to_string(),
+                    tenant: tenant.tenant.to_string(),
+                };
+                self.in_flight
+                    .get_or_create(&labels)
+                    .set(i64::from(tenant.in_flight));
+                self.queued
+                    .get_or_create(&labels)
+                    .set(i64::from(tenant.queued));
+                self.share.get_or_create(&labels).set(tenant.share);
+                // Counted by the ledger; a new table (a new `by`) starts
+                // them again, which Prometheus reads as a counter reset.
+                self.granted
+                    .get_or_create(&labels)
+                    .inner()
+                    .store(tenant.granted_total, Ordering::Relaxed);
+                self.rejected
+                    .get_or_create(&labels)
+                    .inner()
+                    .store(tenant.rejected_total, Ordering::Relaxed);
+                now.insert(labels);
+            }
+        }
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in series.difference(&now) {
+            self.in_flight.remove(gone);
+            self.queued.remove(gone);
+            self.share.remove(gone);
+            self.granted.remove(gone);
+            self.rejected.remove(gone);
+        }
+        *series = now;
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -121,6 +184,7 @@ pub struct Metrics {
     pub(crate) uds_peers_refused: Counter,
     /// The gRPC listeners' connections (`app::connections`).
     pub connections: ConnectionMetrics,
+    tenants: TenantMetrics,
     /// By dependency name, looked up on every acquire and release: foldhash
     /// with a per-process random seed, as the ledger's name map (SipHash was
     /// a visible share of a Session pair).
@@ -191,6 +255,7 @@ impl Metrics {
             admin_denied: Family::default(),
             uds_peers_refused: Counter::default(),
             connections: ConnectionMetrics::default(),
+            tenants: TenantMetrics::default(),
             handles: DashMap::with_hasher(foldhash::fast::RandomState::default()),
         };
         metrics
@@ -339,6 +404,31 @@ impl Metrics {
             "uds_peers_refused",
             "Unix-socket connections closed at accept: the peer's uid and gid are not in server.uds_allowed_uids/gids",
             metrics.uds_peers_refused.clone(),
+        );
+        r.register(
+            "tenant_in_flight",
+            "Permits a tenant named in the dependency's fairness weights holds",
+            metrics.tenants.in_flight.clone(),
+        );
+        r.register(
+            "tenant_queued",
+            "Requests of a named tenant waiting in the queue",
+            metrics.tenants.queued.clone(),
+        );
+        r.register(
+            "tenant_share",
+            "A named tenant's weighted max-min share of the enforced limit, given every tenant's demand (in flight + queued)",
+            metrics.tenants.share.clone(),
+        );
+        r.register(
+            "tenant_granted",
+            "Permits granted to a named tenant",
+            metrics.tenants.granted.clone(),
+        );
+        r.register(
+            "tenant_rejected",
+            "Acquires of a named tenant not granted (any reason)",
+            metrics.tenants.rejected.clone(),
         );
         metrics
     }
@@ -532,6 +622,7 @@ impl Metrics {
                 self.forget(&status.name);
             }
         }
+        self.tenants.set(&statuses);
         self.dependencies.set(ledger.dependency_count() as i64);
         self.draining.set(i64::from(ledger.is_draining()));
         let mut text = String::new();

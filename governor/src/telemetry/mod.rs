@@ -26,7 +26,7 @@ use opentelemetry::{Context, KeyValue};
 use tokio_util::sync::CancellationToken;
 use tonic::metadata::MetadataMap;
 
-pub use events::{BackpressureLog, Event};
+pub use events::{BackpressureLog, Event, Who};
 pub use export::QueueConfig;
 pub use format::Format;
 pub use limit_log::LimitLog;
@@ -46,6 +46,7 @@ use crate::ledger::{
 pub struct AcquireFields<'a> {
     pub dependency: &'a str,
     pub tenant: &'a str,
+    pub route: &'a str,
     pub priority: Priority,
     pub attempt: u32,
 }
@@ -132,6 +133,9 @@ impl Telemetry {
         if !fields.tenant.is_empty() {
             attributes.push(KeyValue::new("governor.tenant", fields.tenant.to_owned()));
         }
+        if !fields.route.is_empty() {
+            attributes.push(KeyValue::new("governor.route", fields.route.to_owned()));
+        }
         let acquire = tracing.start_acquire(&caller, arrival, attributes);
         Some(AcquireTrace {
             caller,
@@ -179,6 +183,10 @@ impl Telemetry {
                 &name,
                 Event::Rejected(rejection.reason),
                 decision.snapshot,
+                Who {
+                    tenant: fields.tenant,
+                    route: fields.route,
+                },
             );
             self.forget_if_gone(ledger, &name);
         }
@@ -241,6 +249,9 @@ impl Telemetry {
             ];
             if !fields.tenant.is_empty() {
                 attributes.push(KeyValue::new("governor.tenant", fields.tenant.to_owned()));
+            }
+            if !fields.route.is_empty() {
+                attributes.push(KeyValue::new("governor.route", fields.route.to_owned()));
             }
             let permit = tracing.start_permit(
                 &trace.caller,
@@ -408,6 +419,7 @@ impl LedgerObserver for Telemetry {
                 lease.dependency(),
                 Event::LeaseExpired,
                 lease.snapshot,
+                Who::default(),
             );
             self.forget_if_gone(&ledger, lease.dependency());
         }

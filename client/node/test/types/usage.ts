@@ -5,12 +5,14 @@ import Governor, {
   GovernorError,
   GovernorUnavailableError,
   DegradeAt,
+  FairBy,
   Outcome,
   Permit,
   Pressure,
   RejectedError,
   type DependencyStatus,
   type GovernorStats,
+  type TenantStatus,
   type HealthStatus,
   type RejectReason,
 } from '@governor/client';
@@ -18,6 +20,8 @@ import Governor, {
 async function main(): Promise<void> {
   const gov: NamedGovernor = new Governor('127.0.0.1:50051', {
     failOpen: true,
+    tenant: 'acme',
+    route: '/search',
     logger: console,
     warnIntervalMs: 30_000,
   });
@@ -29,7 +33,7 @@ async function main(): Promise<void> {
       const degraded: boolean = permit.degraded;
       return degraded ? 0 : permit.inFlight;
     },
-    { priority: 'CRITICAL', tenant: 'checkout', attempt: 0, maxWaitMs: 250, signal: AbortSignal.timeout(1000) },
+    { priority: 'CRITICAL', tenant: 'checkout', route: '/pay', attempt: 0, maxWaitMs: 250, signal: AbortSignal.timeout(1000) },
   );
 
   const permit = await gov.acquire('payments', { maxWaitMs: 0 });
@@ -100,6 +104,22 @@ async function main(): Promise<void> {
   // @ts-expect-error: the status's rate may be null
   const burst: number = status.rate.burst;
   void [perSecond, loaded, share, burst];
+  const fair = await gov.admin.updateDependency('search', {
+    fairness: { by: FairBy.TENANT_ROUTE, weights: { acme: 3 }, defaultWeight: 1, maxTenants: 256 },
+  });
+  await gov.admin.updateDependency('search', { fairness: { by: 'NONE' } });
+  await gov.admin.updateDependency('search', { fairness: null });
+  const fairBy: FairBy | undefined = fair.fairness?.by;
+  const acme: TenantStatus | undefined = fair.tenants.find((t) => t.tenant === 'acme');
+  const routes: string[] = acme?.routes.map((r) => `${r.route}:${r.inFlight}/${r.share}`) ?? [];
+  const tracked: number = fair.tenantsTracked;
+  // @ts-expect-error: UNSPECIFIED is only read, never set
+  await gov.admin.updateDependency('search', { fairness: { by: 'UNSPECIFIED' } });
+  // @ts-expect-error: the status's fairness may be null
+  const weights: Record<string, number> = fair.fairness.weights;
+  // @ts-expect-error: a route is a string
+  await gov.acquire('search', { route: 7 });
+  void [fairBy, routes, tracked, weights];
   const stats: GovernorStats = gov.stats;
   // @ts-expect-error: stats are a read-only snapshot
   stats.degraded = 0;

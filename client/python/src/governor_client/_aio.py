@@ -438,6 +438,7 @@ class AsyncGovernor:
         *,
         priority: PriorityLike = Priority.NORMAL,
         tenant: str = "",
+        route: str = "",
         attempt: int = 0,
         max_wait: Optional[float] = None,
         timeout: Optional[float] = None,
@@ -450,7 +451,7 @@ class AsyncGovernor:
         if self._closed:
             raise GovernorError("the AsyncGovernor client is closed")
         mw = max_wait if max_wait is not None else self._max_wait
-        req = c.build_acquire_request(dependency, priority, tenant, attempt, mw, degradable)
+        req = c.build_acquire_request(dependency, priority, tenant, attempt, mw, degradable, route)
         deadline = c.acquire_timeout(timeout, mw, self._timeout_margin, self._acquire_timeout)
         otel_ctx = c.capture_context()
         trace_md = c.trace_metadata(otel_ctx)
@@ -503,6 +504,7 @@ class AsyncGovernor:
         *,
         priority: PriorityLike = Priority.NORMAL,
         tenant: str = "",
+        route: str = "",
         attempt: int = 0,
         max_wait: Optional[float] = None,
         timeout: Optional[float] = None,
@@ -515,7 +517,13 @@ class AsyncGovernor:
         queueing).
         """
         kwargs = dict(
-            priority=priority, tenant=tenant, attempt=attempt, max_wait=max_wait, timeout=timeout, degradable=degradable
+            priority=priority,
+            tenant=tenant,
+            route=route,
+            attempt=attempt,
+            max_wait=max_wait,
+            timeout=timeout,
+            degradable=degradable,
         )
         return _AsyncPermitContext(self, dependency, kwargs)
 
@@ -529,6 +537,7 @@ class AsyncGovernor:
         retry_on: RetryOn = (Exception,),
         priority: PriorityLike = Priority.NORMAL,
         tenant: str = "",
+        route: str = "",
         max_wait: Optional[float] = None,
         timeout: Optional[float] = None,
         degradable: Optional[bool] = None,
@@ -551,6 +560,7 @@ class AsyncGovernor:
                     dependency,
                     priority=priority,
                     tenant=tenant,
+                    route=route,
                     attempt=attempt,
                     max_wait=max_wait,
                     timeout=timeout,

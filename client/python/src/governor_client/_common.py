@@ -259,6 +259,7 @@ def build_acquire_request(
     attempt: int,
     max_wait: Optional[float],
     degradable: bool = False,
+    route: str = "",
 ) -> pb.AcquireRequest:
     if not isinstance(dependency, str) or not dependency:
         raise ValueError("dependency must be a non-empty string")
@@ -269,6 +270,7 @@ def build_acquire_request(
         attempt=int(attempt),
         priority=cast(Any, int(coerce_priority(priority))),
         tenant=tenant or "",
+        route=route or "",
         degradable=bool(degradable),
     )
     if max_wait is not None:

@@ -506,6 +506,7 @@ class Governor:
         *,
         priority: PriorityLike = Priority.NORMAL,
         tenant: str = "",
+        route: str = "",
         attempt: int = 0,
         max_wait: Optional[float] = None,
         timeout: Optional[float] = None,
@@ -516,7 +517,11 @@ class Governor:
         Prefer ``with gov.permit(...)``. Args:
             dependency: the downstream dependency's name.
             priority: queue priority (:class:`Priority`, its value, or its name).
-            tenant: optional caller tenant for attribution.
+            tenant: optional caller tenant (at most 128 bytes): for
+                attribution, the dependency's ``tenant_rate`` and its fair shares.
+            route: optional route within the tenant (an endpoint, a query
+                class; at most 128 bytes): for attribution, and under fairness
+                by ``tenant_route`` the tenant's routes share its part equally.
             attempt: 0 for a first try, n >= 1 for the n-th retry (draws on the retry budget).
             max_wait: queue at most this many seconds (0: never queue); defaults
                 to the client's ``max_wait``, else the sidecar's configuration.
@@ -536,7 +541,7 @@ class Governor:
         if self._closed:
             raise GovernorError("the Governor client is closed")
         mw = max_wait if max_wait is not None else self._max_wait
-        req = c.build_acquire_request(dependency, priority, tenant, attempt, mw, degradable)
+        req = c.build_acquire_request(dependency, priority, tenant, attempt, mw, degradable, route)
         deadline = c.acquire_timeout(timeout, mw, self._timeout_margin, self._acquire_timeout)
         otel_ctx = c.capture_context()
         trace_md = c.trace_metadata(otel_ctx)
@@ -591,6 +596,7 @@ class Governor:
         *,
         priority: PriorityLike = Priority.NORMAL,
         tenant: str = "",
+        route: str = "",
         attempt: int = 0,
         max_wait: Optional[float] = None,
         timeout: Optional[float] = None,
@@ -606,7 +612,13 @@ class Governor:
         ``fallback`` runs the fallback instead.
         """
         kwargs = dict(
-            priority=priority, tenant=tenant, attempt=attempt, max_wait=max_wait, timeout=timeout, degradable=degradable
+            priority=priority,
+            tenant=tenant,
+            route=route,
+            attempt=attempt,
+            max_wait=max_wait,
+            timeout=timeout,
+            degradable=degradable,
         )
         return _PermitContext(self, dependency, kwargs)
 
@@ -620,6 +632,7 @@ class Governor:
         retry_on: RetryOn = (Exception,),
         priority: PriorityLike = Priority.NORMAL,
         tenant: str = "",
+        route: str = "",
         max_wait: Optional[float] = None,
         timeout: Optional[float] = None,
         degradable: Optional[bool] = None,
@@ -661,6 +674,7 @@ class Governor:
                     dependency,
                     priority=priority,
                     tenant=tenant,
+                    route=route,
                     attempt=attempt,
                     max_wait=max_wait,
                     timeout=timeout,

@@ -264,6 +264,7 @@ mod tests {
             rejected_total,
             expired_total: 0,
             pressure,
+            fair: Default::default(),
         }
     }
 

@@ -44,6 +44,13 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_TIMEOUT: _ClassVar[Outcome]
     OUTCOME_CANCELLED: _ClassVar[Outcome]
 
+class FairBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FAIR_BY_UNSPECIFIED: _ClassVar[FairBy]
+    FAIR_BY_NONE: _ClassVar[FairBy]
+    FAIR_BY_TENANT: _ClassVar[FairBy]
+    FAIR_BY_TENANT_ROUTE: _ClassVar[FairBy]
+
 class DegradeAt(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     DEGRADE_AT_UNSPECIFIED: _ClassVar[DegradeAt]
@@ -79,6 +86,10 @@ OUTCOME_SUCCESS: Outcome
 OUTCOME_FAILURE: Outcome
 OUTCOME_TIMEOUT: Outcome
 OUTCOME_CANCELLED: Outcome
+FAIR_BY_UNSPECIFIED: FairBy
+FAIR_BY_NONE: FairBy
+FAIR_BY_TENANT: FairBy
+FAIR_BY_TENANT_ROUTE: FairBy
 DEGRADE_AT_UNSPECIFIED: DegradeAt
 DEGRADE_AT_SATURATED: DegradeAt
 DEGRADE_AT_ELEVATED: DegradeAt
@@ -123,20 +134,22 @@ class SessionError(_message.Message):
     def __init__(self, code: _Optional[int] = ..., message: _Optional[str] = ...) -> None: ...
 
 class AcquireRequest(_message.Message):
-    __slots__ = ("dependency", "attempt", "priority", "tenant", "max_wait", "degradable")
+    __slots__ = ("dependency", "attempt", "priority", "tenant", "max_wait", "degradable", "route")
     DEPENDENCY_FIELD_NUMBER: _ClassVar[int]
     ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     PRIORITY_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_FIELD_NUMBER: _ClassVar[int]
     DEGRADABLE_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
     dependency: str
     attempt: int
     priority: Priority
     tenant: str
     max_wait: _duration_pb2.Duration
     degradable: bool
-    def __init__(self, dependency: _Optional[str] = ..., attempt: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., degradable: _Optional[bool] = ...) -> None: ...
+    route: str
+    def __init__(self, dependency: _Optional[str] = ..., attempt: _Optional[int] = ..., priority: _Optional[_Union[Priority, str]] = ..., tenant: _Optional[str] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., degradable: _Optional[bool] = ..., route: _Optional[str] = ...) -> None: ...
 
 class AcquireResponse(_message.Message):
     __slots__ = ("granted", "lease_id", "lease_ttl", "reason", "queue_wait", "retry_after", "limit", "in_flight", "queued", "pressure")
@@ -217,7 +230,7 @@ class UpdateDependencyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., limits: _Optional[_Union[DependencyLimits, _Mapping]] = ...) -> None: ...
 
 class DependencyLimits(_message.Message):
-    __slots__ = ("max_concurrency", "max_queue", "max_wait", "lease_ttl", "retry_budget", "adaptive", "elevated_at", "degrade_at", "rate", "tenant_rate")
+    __slots__ = ("max_concurrency", "max_queue", "max_wait", "lease_ttl", "retry_budget", "adaptive", "elevated_at", "degrade_at", "rate", "tenant_rate", "fairness")
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_FIELD_NUMBER: _ClassVar[int]
@@ -228,6 +241,7 @@ class DependencyLimits(_message.Message):
     DEGRADE_AT_FIELD_NUMBER: _ClassVar[int]
     RATE_FIELD_NUMBER: _ClassVar[int]
     TENANT_RATE_FIELD_NUMBER: _ClassVar[int]
+    FAIRNESS_FIELD_NUMBER: _ClassVar[int]
     max_concurrency: int
     max_queue: int
     max_wait: _duration_pb2.Duration
@@ -238,7 +252,27 @@ class DependencyLimits(_message.Message):
     degrade_at: DegradeAt
     rate: RateLimit
     tenant_rate: RateLimit
-    def __init__(self, max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., tenant_rate: _Optional[_Union[RateLimit, _Mapping]] = ...) -> None: ...
+    fairness: Fairness
+    def __init__(self, max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., tenant_rate: _Optional[_Union[RateLimit, _Mapping]] = ..., fairness: _Optional[_Union[Fairness, _Mapping]] = ...) -> None: ...
+
+class Fairness(_message.Message):
+    __slots__ = ("by", "weights", "default_weight", "max_tenants")
+    class WeightsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    BY_FIELD_NUMBER: _ClassVar[int]
+    WEIGHTS_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    MAX_TENANTS_FIELD_NUMBER: _ClassVar[int]
+    by: FairBy
+    weights: _containers.ScalarMap[str, int]
+    default_weight: int
+    max_tenants: int
+    def __init__(self, by: _Optional[_Union[FairBy, str]] = ..., weights: _Optional[_Mapping[str, int]] = ..., default_weight: _Optional[int] = ..., max_tenants: _Optional[int] = ...) -> None: ...
 
 class RateLimit(_message.Message):
     __slots__ = ("per_second", "burst")
@@ -287,7 +321,7 @@ class RetryBudget(_message.Message):
     def __init__(self, ratio: _Optional[float] = ..., min_per_second: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DependencyStatus(_message.Message):
-    __slots__ = ("name", "max_concurrency", "in_flight", "queued", "max_queue", "max_wait", "lease_ttl", "retry_budget_available", "granted_total", "rejected_total", "expired_total", "retry_budget", "limit", "adaptive_limit", "limit_algorithm", "adaptive", "latency_baseline", "latency_recent", "limit_changes_total", "pressure", "elevated_at", "degrade_at", "rate", "tenant_rate", "rated_tenants", "delayed")
+    __slots__ = ("name", "max_concurrency", "in_flight", "queued", "max_queue", "max_wait", "lease_ttl", "retry_budget_available", "granted_total", "rejected_total", "expired_total", "retry_budget", "limit", "adaptive_limit", "limit_algorithm", "adaptive", "latency_baseline", "latency_recent", "limit_changes_total", "pressure", "elevated_at", "degrade_at", "rate", "tenant_rate", "rated_tenants", "delayed", "fairness", "tenants", "tenants_tracked")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -314,6 +348,9 @@ class DependencyStatus(_message.Message):
     TENANT_RATE_FIELD_NUMBER: _ClassVar[int]
     RATED_TENANTS_FIELD_NUMBER: _ClassVar[int]
     DELAYED_FIELD_NUMBER: _ClassVar[int]
+    FAIRNESS_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_FIELD_NUMBER: _ClassVar[int]
+    TENANTS_TRACKED_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_concurrency: int
     in_flight: int
@@ -340,4 +377,47 @@ class DependencyStatus(_message.Message):
     tenant_rate: RateLimit
     rated_tenants: int
     delayed: int
-    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget_available: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., limit: _Optional[int] = ..., adaptive_limit: _Optional[int] = ..., limit_algorithm: _Optional[_Union[LimitAlgorithm, str]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., latency_baseline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_recent: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., limit_changes_total: _Optional[int] = ..., pressure: _Optional[_Union[Pressure, str]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., tenant_rate: _Optional[_Union[RateLimit, _Mapping]] = ..., rated_tenants: _Optional[int] = ..., delayed: _Optional[int] = ...) -> None: ...
+    fairness: Fairness
+    tenants: _containers.RepeatedCompositeFieldContainer[TenantStatus]
+    tenants_tracked: int
+    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget_available: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., limit: _Optional[int] = ..., adaptive_limit: _Optional[int] = ..., limit_algorithm: _Optional[_Union[LimitAlgorithm, str]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., latency_baseline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_recent: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., limit_changes_total: _Optional[int] = ..., pressure: _Optional[_Union[Pressure, str]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., tenant_rate: _Optional[_Union[RateLimit, _Mapping]] = ..., rated_tenants: _Optional[int] = ..., delayed: _Optional[int] = ..., fairness: _Optional[_Union[Fairness, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[TenantStatus, _Mapping]]] = ..., tenants_tracked: _Optional[int] = ...) -> None: ...
+
+class TenantStatus(_message.Message):
+    __slots__ = ("tenant", "overflow", "named", "weight", "in_flight", "queued", "share", "granted_total", "rejected_total", "routes")
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    OVERFLOW_FIELD_NUMBER: _ClassVar[int]
+    NAMED_FIELD_NUMBER: _ClassVar[int]
+    WEIGHT_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    ROUTES_FIELD_NUMBER: _ClassVar[int]
+    tenant: str
+    overflow: bool
+    named: bool
+    weight: int
+    in_flight: int
+    queued: int
+    share: float
+    granted_total: int
+    rejected_total: int
+    routes: _containers.RepeatedCompositeFieldContainer[RouteStatus]
+    def __init__(self, tenant: _Optional[str] = ..., overflow: _Optional[bool] = ..., named: _Optional[bool] = ..., weight: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., share: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., routes: _Optional[_Iterable[_Union[RouteStatus, _Mapping]]] = ...) -> None: ...
+
+class RouteStatus(_message.Message):
+    __slots__ = ("route", "in_flight", "queued", "share", "granted_total", "rejected_total")
+    ROUTE_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    QUEUED_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    GRANTED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    route: str
+    in_flight: int
+    queued: int
+    share: float
+    granted_total: int
+    rejected_total: int
+    def __init__(self, route: _Optional[str] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., share: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ...) -> None: ...
