@@ -522,7 +522,10 @@ mod tests {
             .expect("a tenant table");
         assert_eq!(lines[at - 1], "", "after a blank line");
         let checkout: Vec<&str> = lines[at + 1].split_whitespace().collect();
-        assert_eq!(checkout, ["payments", "checkout", "4", "4", "2", "6.4", "120", "3"]);
+        assert_eq!(
+            checkout,
+            ["payments", "checkout", "4", "4", "2", "6.4", "120", "3"]
+        );
         assert!(lines[at + 2].contains("(overflow)"));
         assert_eq!(lines.len(), at + 3);
         // Without fair shares anywhere, no tenant table.

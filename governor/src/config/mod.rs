@@ -138,13 +138,13 @@ struct LimitsSection {
     fairness: Option<FairnessSection>,
 }
 
-/// `[*.fairness]`: weighted fair shares between tenants; `by = "none"`
-/// turns off what `[defaults]` sets. A dependency's table replaces the
-/// defaults' whole.
+/// `[*.fairness]`: weighted fair shares between tenants (`by` defaults to
+/// `"tenant"` in a table); `by = "none"` turns off what `[defaults]` sets. A
+/// dependency's table replaces the defaults' whole.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct FairnessSection {
-    by: FairBySection,
+    by: Option<FairBySection>,
     #[serde(default)]
     weights: BTreeMap<String, u32>,
     default_weight: Option<u32>,
@@ -161,7 +161,7 @@ enum FairBySection {
 
 impl FairnessSection {
     fn patch(&self) -> Option<FairnessPatch> {
-        let by = match self.by {
+        let by = match self.by.unwrap_or(FairBySection::Tenant) {
             FairBySection::None => return None,
             FairBySection::Tenant => FairBy::Tenant,
             FairBySection::TenantRoute => FairBy::TenantRoute,

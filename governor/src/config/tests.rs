@@ -545,7 +545,9 @@ by = "none"
         "dependencies.p.fairness.max_tenants: must be between 1 and 100000, got 0"
     );
     assert_eq!(
-        error("[dependencies.p.fairness]\nby = \"tenant\"\nmax_tenants = 1\nweights = { a = 1, b = 1 }\n"),
+        error(
+            "[dependencies.p.fairness]\nby = \"tenant\"\nmax_tenants = 1\nweights = { a = 1, b = 1 }\n"
+        ),
         "dependencies.p.fairness.weights: names 2 tenants, more than max_tenants (1)"
     );
     let long = "x".repeat(129);
@@ -563,6 +565,15 @@ by = "none"
         wrong.contains("by = \"route\"") && wrong.contains("unknown variant `route`"),
         "{wrong}"
     );
-    let wrong = error("[dependencies.p.fairness]\nweights = { a = 1 }\n");
-    assert!(wrong.contains("missing field `by`"), "{wrong}");
+    // A table without `by` shares by tenant.
+    let implied = Config::parse("[dependencies.p.fairness]\nweights = { a = 2 }\n").unwrap();
+    let fair = implied.ledger.dependencies[0]
+        .1
+        .fairness()
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        (fair.by(), fair.weight_of("a")),
+        (FairBy::Tenant, (2, true))
+    );
 }

@@ -471,8 +471,8 @@ impl State {
 
     /// New fair-share settings: new weights or bound in place; a new `by`
     /// (or fair shares turned on or off) builds a new table, into which the
-    /// waiters move in their order, under their tenants (their routes'
-    /// waiters under the tenant's default route).
+    /// waiters move in their order and the permits in flight, under their
+    /// tenants (their routes' under the tenant's default route).
     fn refair(&mut self, limits: &Limits) {
         let config = limits.fairness();
         if let (Some(fair), Some(config)) = (self.fair.as_mut(), config) {
@@ -487,9 +487,15 @@ impl State {
             return;
         }
         self.fair_epoch = self.fair_epoch.wrapping_add(1);
+        let old = self.fair.take();
         self.fair = config.map(|config| Fair::new(config.clone(), self.fair_epoch));
         let keys = self.waiters.reset_flows();
-        let State { fair, waiters, .. } = self;
+        let State {
+            fair,
+            waiters,
+            leases,
+            ..
+        } = self;
         for key in keys {
             let Some(waiter) = waiters.get_mut(key) else {
                 continue;
@@ -510,6 +516,20 @@ impl State {
             }
             waiters.set_flow(key, queue_flow);
             fair.arrived(flow, Arrival::Queued(priority), waiters);
+        }
+        // The permits in flight count in the new table too, under their
+        // tenants (the ones granted without a table under the tenant of no
+        // tenant, like their waiters). O(leases), once a change.
+        for record in leases.values_mut() {
+            let tenant = record
+                .flow
+                .take()
+                .and_then(|flow| old.as_ref()?.tenant_of(flow));
+            if let Some(fair) = fair.as_mut() {
+                let flow = fair.flow(tenant.as_deref(), None, waiters);
+                fair.arrived(flow, Arrival::Held, waiters);
+                record.flow = Some(flow);
+            }
         }
     }
 

@@ -54,6 +54,8 @@ pub(crate) enum Arrival {
     Granted,
     Queued(Priority),
     Rejected,
+    /// A permit granted under an earlier table, counted in this one.
+    Held,
 }
 
 /// Why a waiter left the queue.
@@ -406,6 +408,13 @@ impl Fair {
         self.tenants[flow.tenant as usize].name.clone()
     }
 
+    /// The name of an entry's tenant, if the entry is of this table and
+    /// still in it (the overflow entry has none).
+    pub(crate) fn tenant_of(&self, flow: FlowRef) -> Option<Arc<str>> {
+        let live = self.live(flow) && self.overflow != Some(flow.tenant);
+        live.then(|| self.tenant_name(flow))
+    }
+
     fn overflow_tenant(&mut self) -> u32 {
         if let Some(index) = self.overflow {
             return index;
@@ -526,13 +535,14 @@ impl Fair {
                     u.turn = turn;
                 }
                 Arrival::Queued(priority) => u.queued[priority as usize] += 1,
+                Arrival::Held => u.in_flight += 1,
                 Arrival::Rejected => {}
             }
         });
         match arrival {
             Arrival::Granted => self.count(flow, true),
             Arrival::Rejected => self.count(flow, false),
-            Arrival::Queued(_) => {}
+            Arrival::Queued(_) | Arrival::Held => {}
         }
         self.settle(flow, queue);
     }

@@ -2259,16 +2259,10 @@ async fn turning_fair_shares_on_or_off_keeps_every_waiter_and_permit() {
         .update("db", &fairness(FairBy::Tenant, &[], None))
         .unwrap();
     check_fair(&ledger);
-    // The waiters from before fair shares are one tenant, in their order.
-    assert_eq!(
-        status(&ledger)
-            .fair
-            .tenants
-            .iter()
-            .map(|t| t.queued)
-            .sum::<u32>(),
-        2
-    );
+    // The waiters and the permit from before fair shares are one tenant's
+    // (the tenant of no tenant), the waiters in their order.
+    let before = tenant_status(&ledger, "");
+    assert_eq!((before.in_flight, before.queued), (1, 2));
     ledger.release(&held, Report::default()).unwrap();
     let next = a.await.unwrap().granted().unwrap().lease;
     let c = enqueue_as(&ledger, by_tenant("c", None, Priority::Normal)).await;
@@ -2276,6 +2270,12 @@ async fn turning_fair_shares_on_or_off_keeps_every_waiter_and_permit() {
         .update("db", &fairness(FairBy::TenantRoute, &[("c", 5)], None))
         .unwrap();
     check_fair(&ledger);
+    // A new table: the permit granted under the first (to the waiter from
+    // before fair shares, under the tenant of no tenant) and c's waiter move
+    // over under their tenants.
+    assert_eq!(tenant_status(&ledger, "").in_flight, 1);
+    let c_now = tenant_status(&ledger, "c");
+    assert_eq!((c_now.queued, c_now.weight), (1, 5));
     ledger
         .update(
             "db",

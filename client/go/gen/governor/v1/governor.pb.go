@@ -1895,7 +1895,7 @@ type DependencyStatus struct {
 	// Under fair shares: every named tenant, then the 32 others with the most
 	// load (in flight + queued).
 	Tenants []*TenantStatus `protobuf:"bytes,28,rep,name=tenants,proto3" json:"tenants,omitempty"`
-	// Tenants tracked, listed or not.
+	// Entries in the table, listed or not (the overflow entry included).
 	TenantsTracked uint32 `protobuf:"varint,29,opt,name=tenants_tracked,json=tenantsTracked,proto3" json:"tenants_tracked,omitempty"`
 }
 
