@@ -18,6 +18,7 @@ mod downstream;
 mod env;
 mod happy;
 mod load;
+mod noisy;
 mod otlp;
 mod overload;
 mod process;
@@ -37,6 +38,7 @@ use rate_governor_proto::v1::governor_client::GovernorClient;
 use crate::adaptive::{AdaptivePlan, AdaptiveResults, Phase};
 use crate::env::{Machine, Pinning};
 use crate::happy::{HappyPlan, Servers};
+use crate::noisy::NoisyPlan;
 use crate::otlp::SpanSink;
 use crate::overload::{OverloadPlan, StormPlan};
 use crate::process::{Governor, Redis};
@@ -154,6 +156,7 @@ struct Plans {
     happy: HappyPlan,
     overload: OverloadPlan,
     storm: StormPlan,
+    noisy: NoisyPlan,
     scale: ScalePlan,
     adaptive: AdaptivePlan,
 }
@@ -201,6 +204,31 @@ fn adaptive_plan(mode: &str, given_workers: Option<usize>) -> AdaptivePlan {
         band: (0.8, 1.6),
         hold: secs(1.0),
         converge_target: secs(2.0),
+    }
+}
+
+/// A6, the noisy neighbour. The queue's backlog (max_queue x hold / limit =
+/// 8 hold times) outlasts the max wait (5 hold times), so a FIFO queue the
+/// noisy tenant keeps full makes the victim wait out its max wait. Smoke
+/// runs debug builds: half the limit and queue, the same proportions.
+fn noisy_plan(mode: &str) -> NoisyPlan {
+    // (limit, max_queue, warm-up, measure) per side
+    let (limit, max_queue, warmup, measure) = match mode {
+        "smoke" => (4, 32, 0.2, 0.6),
+        "quick" => (8, 64, 0.5, 3.0),
+        _ => (8, 64, 1.0, 5.0),
+    };
+    NoisyPlan {
+        limit,
+        max_queue,
+        max_wait_ms: 100,
+        hold_ms: 20.0,
+        noisy_callers: 10 * limit as usize,
+        retry_pause_ms: 5.0,
+        max_retry_pause_ms: 1000.0,
+        victim_share: 0.2,
+        warmup: secs(warmup),
+        measure: secs(measure),
     }
 }
 
@@ -261,6 +289,7 @@ fn plans(args: &Args) -> Plans {
             measure: secs(sm),
             repeats: oreps,
         },
+        noisy: noisy_plan(mode),
         scale: ScalePlan {
             dependency_counts: vec![1, 1_000, 100_000],
             pairs: sp,
@@ -816,6 +845,21 @@ async fn measure(
     }
     drop(client);
 
+    log(&format!("{} {}", noisy::ARM_ID, noisy::ARM_NAME));
+    let noisy = noisy::run(&plans.noisy, bin, work, pinning, &log).await;
+    for side in &noisy.sides {
+        let name = format!("{} {}, {}", noisy::ARM_ID, noisy::ARM_NAME, side.label());
+        let first = side.first_error().unwrap_or("no error");
+        if side.victim.attempts == 0 || side.noisy.attempts == 0 {
+            failures.push(format!(
+                "{name}: no samples (victim {} attempts, noisy {}; {first})",
+                side.victim.attempts, side.noisy.attempts
+            ));
+        } else if side.errors() > 0 {
+            failures.push(format!("{name}: {} errors, first: {first}", side.errors()));
+        }
+    }
+
     log("scale");
     let scale = scale::run(&plans.scale, &log).await;
     let scale = match scale {
@@ -860,6 +904,7 @@ async fn measure(
         overload,
         storm_plan: plans.storm.clone(),
         storm,
+        noisy,
         scale,
         targets,
         failures,

@@ -229,7 +229,7 @@ pub(crate) fn reason_name(reason: i32) -> String {
         .unwrap_or_else(|_| format!("reason {reason}"))
 }
 
-async fn release(
+pub(crate) async fn release(
     client: &mut GovernorClient<Channel>,
     lease_id: String,
     outcome: Outcome,

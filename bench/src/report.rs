@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::env::{Machine, Pinning};
 use crate::happy::{Arm, HappyResults, Transport};
 use crate::load::Spread;
+use crate::noisy::{NoisyResults, TenantResult};
 use crate::overload::{Guard, OverloadPlan, OverloadPoint, StormArm, StormPlan};
 use crate::scale::ScaleResults;
 
@@ -34,6 +35,7 @@ pub struct Results {
     pub overload: Vec<OverloadPoint>,
     pub storm_plan: StormPlan,
     pub storm: Vec<StormArm>,
+    pub noisy: NoisyResults,
     pub scale: ScaleResults,
     pub targets: Vec<Target>,
     pub failures: Vec<String>,
@@ -701,6 +703,8 @@ pub fn markdown(r: &Results, svg_name: &str, json_name: &str, analysis: Option<&
         );
     }
 
+    noisy_section(&mut m, &r.noisy);
+
     let sc = &r.scale;
     let _ = writeln!(m, "\n## Scale (ledger in-process)\n");
     let _ = writeln!(
@@ -739,6 +743,164 @@ pub fn markdown(r: &Results, svg_name: &str, json_name: &str, analysis: Option<&
 
     analysis_block(&mut m, analysis);
     m
+}
+
+/// A6, the noisy neighbour: both tenants on both sides, and the victim's
+/// p99 with fairness on against off.
+fn noisy_section(m: &mut String, r: &NoisyResults) {
+    let p = &r.plan;
+    let _ = writeln!(
+        m,
+        "\n## {}: {} (fair shares between tenants)\n",
+        crate::noisy::ARM_ID,
+        crate::noisy::ARM_NAME
+    );
+    let _ = writeln!(
+        m,
+        "Two tenants share one dependency (`{}`) of the real sidecar over gRPC (TCP, one connection per tenant): \
+         max_concurrency {}, max_queue {}, max_wait {} ms. A granted permit is held for one call to a simulated downstream \
+         ({} workers, exponential service times, mean {} ms: capacity {:.0} permits/s), then released. \"{}\" is a closed loop of \
+         {} callers ({:.0}x the limit, each of which would hold a permit all the time: ~{:.0}x the capacity); a rejected call is \
+         retried (with `attempt` counting up) after its `retry_after` (at most {:.0} ms; {:.0} ms when there is none), a granted \
+         one is followed by the caller's next call; the dependency keeps the default retry budget, which refuses some of \
+         those retries (RETRY_BUDGET_EXHAUSTED). \"{}\" is an open loop at {:.0} calls/s ({:.0}% of the capacity, one attempt \
+         each, its wait counted from the intended send time), well within its equal share. Each side has a sidecar of its own: \
+         *fairness off* has no fairness table (one FIFO queue); *fairness on* has `by = \"tenant\"`, both tenants weight 1. \
+         Acquire wait is the time from the send to the answer, whatever the answer (the granted column: grants only); \
+         the sidecar's queue wait is its `AcquireResponse.queue_wait`. {:.1} s warm-up + {:.1} s measured per side; after each \
+         side `GetDependency` must show nothing in flight or queued and the fair shares in force (or not).\n",
+        crate::noisy::DEPENDENCY,
+        p.limit,
+        p.max_queue,
+        p.max_wait_ms,
+        p.limit,
+        p.hold_ms,
+        p.capacity(),
+        crate::noisy::NOISY,
+        p.noisy_callers,
+        p.noisy_multiple(),
+        p.noisy_multiple(),
+        p.max_retry_pause_ms,
+        p.retry_pause_ms,
+        crate::noisy::VICTIM,
+        p.victim_rate(),
+        p.victim_share * 100.0,
+        p.warmup.as_secs_f64(),
+        p.measure.as_secs_f64(),
+    );
+    let _ = writeln!(
+        m,
+        "| Fairness | Tenant | Offered | Attempts | Granted (share of attempts) | Grants/s | Acquire wait p50 | Acquire wait p99 | Granted: wait p99 | Sidecar queue wait p99 | Rejections by reason |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for side in &r.sides {
+        let fairness = if side.fairness { "on" } else { "off" };
+        let rows = [
+            (
+                &side.victim,
+                format!(
+                    "{:.0}/s, open loop ({:.0}% of capacity)",
+                    p.victim_rate(),
+                    p.victim_share * 100.0
+                ),
+            ),
+            (
+                &side.noisy,
+                format!(
+                    "{} callers, closed loop ({:.0}x the limit)",
+                    p.noisy_callers,
+                    p.noisy_multiple()
+                ),
+            ),
+        ];
+        for (t, offered) in rows {
+            let _ = writeln!(
+                m,
+                "| {fairness} | {} | {offered} | {} | {} ({}) | {:.0} | {} | {} | {} | {} | {} |",
+                t.tenant,
+                t.attempts,
+                t.granted,
+                pct(t.granted_share),
+                t.grants_per_s,
+                wait_or_dash(t.wait.count, t.wait.p50_us),
+                wait_or_dash(t.wait.count, t.wait.p99_us),
+                wait_or_dash(t.granted_wait.count, t.granted_wait.p99_us),
+                wait_or_dash(t.queue_wait.count, t.queue_wait.p99_us),
+                rejections(t),
+            );
+        }
+    }
+    let victim_p99 = |fairness: bool| {
+        r.side(fairness)
+            .filter(|s| s.victim.wait.count > 0)
+            .map_or(f64::NAN, |s| s.victim.wait.p99_us)
+    };
+    let holds = |v: f64| {
+        if v.is_finite() {
+            format!("{:.1}", v / 1000.0 / p.hold_ms)
+        } else {
+            "n/a".into()
+        }
+    };
+    let _ = writeln!(
+        m,
+        "\nVictim acquire-wait p99, fairness on / off: **{}** ({} / {}; {} / {} mean hold times).",
+        if r.victim_p99_ratio.is_finite() {
+            format!("{:.3}x", r.victim_p99_ratio)
+        } else {
+            "n/a".into()
+        },
+        us(victim_p99(true)),
+        us(victim_p99(false)),
+        holds(victim_p99(true)),
+        holds(victim_p99(false)),
+    );
+    let granted: Vec<String> = r
+        .sides
+        .iter()
+        .map(|s| {
+            format!(
+                "{:.0}/s with fairness {}",
+                s.victim.grants_per_s + s.noisy.grants_per_s,
+                if s.fairness { "on" } else { "off" }
+            )
+        })
+        .collect();
+    let _ = writeln!(
+        m,
+        "Permits granted to both tenants: {} of the nominal {:.0}/s (a permit is also held while its grant travels back and \
+         its release travels to the sidecar).",
+        granted.join(", "),
+        p.capacity()
+    );
+    for side in r.sides.iter().filter(|s| s.error.is_some()) {
+        let _ = writeln!(
+            m,
+            "\nFairness {}: {}",
+            if side.fairness { "on" } else { "off" },
+            side.error.as_deref().unwrap_or_default()
+        );
+    }
+}
+
+fn wait_or_dash(count: u64, v: f64) -> String {
+    if count == 0 { "—".into() } else { us(v) }
+}
+
+/// Rejections by reason, and client timeouts, of one tenant.
+fn rejections(t: &TenantResult) -> String {
+    let mut parts: Vec<String> = t
+        .rejected
+        .iter()
+        .map(|(k, v)| format!("{k}: {v}"))
+        .collect();
+    if t.timeouts > 0 {
+        parts.push(format!("client timeout: {}", t.timeouts));
+    }
+    if parts.is_empty() {
+        "—".into()
+    } else {
+        parts.join(", ")
+    }
 }
 
 /// A5 against A0, A1 and A4 on one transport, both A5 rows, as per-repeat
