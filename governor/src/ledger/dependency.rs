@@ -25,7 +25,7 @@ use super::decision::{
     RejectReason, Rejection, Report, Snapshot,
 };
 use super::expiry::Expiry;
-use super::fair::{Arrival, Fair, FairStatus, FlowRef, Left};
+use super::fair::{Arrival, Fair, FairStatus, FlowRef, Left, TenantDetail};
 use super::lease::{LeaseId, LeaseKey, LeaseKeyHash};
 use super::limit::{LimitChange, LimitStatus, Limiter, Sample, SampleKind};
 use super::limits::{DegradeAt, InvalidLimit, Limits, LimitsPatch};
@@ -205,6 +205,7 @@ struct Waiter {
     /// The tenant token it holds, given back if it leaves without a grant.
     tenant: Option<Reservation>,
     priority: Priority,
+    retry: bool,
     /// Its entry under fair shares.
     fair: Option<FairWaiter>,
 }
@@ -465,7 +466,13 @@ impl State {
 
     fn left_queue(&mut self, waiter: &Waiter, left: Left) {
         if let (Some(fair), Some(entry)) = (self.fair.as_mut(), &waiter.fair) {
-            fair.dequeued(entry.flow, waiter.priority, left, &mut self.waiters);
+            fair.dequeued(
+                entry.flow,
+                waiter.priority,
+                waiter.retry,
+                left,
+                &mut self.waiters,
+            );
         }
     }
 
@@ -505,7 +512,7 @@ impl State {
                 continue;
             };
             let tenant = entry.map(|e| e.tenant);
-            let priority = waiter.priority;
+            let (priority, retry) = (waiter.priority, waiter.retry);
             let flow = fair.flow(tenant.as_deref(), None, waiters);
             let queue_flow = fair.queue_flow(flow);
             if let Some(waiter) = waiters.get_mut(key) {
@@ -515,7 +522,7 @@ impl State {
                 });
             }
             waiters.set_flow(key, queue_flow);
-            fair.arrived(flow, Arrival::Queued(priority), waiters);
+            fair.arrived(flow, Arrival::Queued(priority, retry), waiters);
         }
         // The permits in flight count in the new table too, under their
         // tenants (the ones granted without a table under the tenant of no
@@ -721,6 +728,7 @@ impl Dependency {
         let queue_depth = state.waiters.len() as u32;
 
         if self.shared.draining.load(Ordering::Acquire) {
+            state.refused(request);
             let rejection = state.reject(RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER, now);
             return state.decided(Err(rejection), queue_depth, now);
         }
@@ -743,6 +751,7 @@ impl Dependency {
                 } else if at > now + wait {
                     RejectReason::RateLimited
                 } else if !self.shared.reserve_waiter() {
+                    state.refused(request);
                     let retry_after = state.queue_retry_after();
                     let rejection = state.reject(RejectReason::QueueFull, retry_after, now);
                     return state.decided(Err(rejection), queue_depth, now);
@@ -904,12 +913,13 @@ impl Dependency {
             wake: tx,
             tenant,
             priority: request.priority,
+            retry: request.is_retry(),
             fair,
         };
         let key = state
             .waiters
             .push(request.priority, request.is_retry(), queue_flow, waiter);
-        state.arrived(flow, Arrival::Queued(request.priority));
+        state.arrived(flow, Arrival::Queued(request.priority, request.is_retry()));
         // With a slot free, it waits only for its token.
         self.arm_token_alarm(&mut state, now);
         Admission::Queued {
@@ -1265,10 +1275,12 @@ impl Dependency {
         }
     }
 
-    pub fn status(&self) -> DependencyStatus {
+    /// Its status, with the tenants of its fair-share table as `detail`
+    /// says (their shares computed after the lock is let go).
+    pub fn status(&self, detail: TenantDetail) -> DependencyStatus {
         let mut state = self.lock();
         let now = Instant::now();
-        DependencyStatus {
+        let mut status = DependencyStatus {
             name: self.name.clone(),
             limits: state.limits.clone(),
             limit: state.limiter.status(),
@@ -1285,12 +1297,17 @@ impl Dependency {
             expired_total: state.expired_total,
             limit_changes_total: state.limit_changes_total,
             pressure: state.pressure(now),
-            fair: state
-                .fair
-                .as_ref()
-                .map(|fair| fair.status(state.limiter.enforced()))
-                .unwrap_or_default(),
+            fair: FairStatus::default(),
+        };
+        let reading = state
+            .fair
+            .as_ref()
+            .map(|fair| fair.read(state.limiter.enforced(), detail));
+        drop(state);
+        if let Some(reading) = reading {
+            status.fair = reading.finish();
         }
+        status
     }
 
     /// Checks the fair-share table against the queue (tests).

@@ -12,10 +12,11 @@
 //! waiting route with the fewest in flight: routes share their tenant's
 //! part equally, so a tenant with ten routes does not get ten shares.
 //!
-//! A full queue makes room for an arrival by displacing the newest waiter of
-//! the tenant with the most load (in flight + queued) per weight, if that is
-//! another tenant and has more load per weight than the arrival's tenant
-//! would have with the arrival. A tenant within its max-min share of the
+//! A full queue with no lower-priority waiter makes room for an arrival by
+//! displacing the newest waiter of its priority of the other tenant with the
+//! most load (in flight + queued) per weight that has one, if that tenant
+//! has more load per weight than the arrival's tenant would have with the
+//! arrival. A tenant within its max-min share of the
 //! permits and the queue (`limit + max_queue`) is so never answered
 //! QUEUE_FULL while a tenant beyond its share has a waiter: every tenant over
 //! its share has more load per weight than any tenant within it.
@@ -23,8 +24,9 @@
 //! Each operation is O(log tenants): the tenants with waiters are kept in
 //! ordered sets, one per priority by use per weight and one by load per
 //! weight, and each tenant's routes the same way; the waiters themselves are
-//! on their route's lists in the wait queue (see [`WaiterQueue`]). Nothing
-//! scans the tenants or the waiters, but the control plane's status.
+//! on their route's lists in the wait queue (see [`WaiterQueue`]). Nothing on
+//! the permit path scans the tenants or the waiters; a status reads the
+//! table in O(tenants) ([`Fair::read`]) and sorts after the lock.
 //!
 //! The table is bounded by `max_tenants`, tenants and routes together. The
 //! tenants named in `weights` are always in it; another tenant stays while
@@ -52,7 +54,8 @@ const PRIORITIES: usize = Priority::ALL.len();
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Arrival {
     Granted,
-    Queued(Priority),
+    /// Queued with this priority, a retry or not.
+    Queued(Priority, bool),
     Rejected,
     /// A permit granted under an earlier table, counted in this one.
     Held,
@@ -82,6 +85,8 @@ pub(crate) struct FlowRef {
 struct Usage {
     in_flight: u32,
     queued: [u32; PRIORITIES],
+    /// The retries among `queued`.
+    retries: [u32; PRIORITIES],
     /// When it was last granted a permit (the table's clock): ties go to
     /// the one served longest ago.
     turn: u64,
@@ -120,35 +125,39 @@ struct Group {
     /// tag) is what settles integer permits on the max-min shares: a tenant
     /// of weight 2 holding 4 goes before one of weight 1 holding 2.
     ready: [BTreeSet<(u64, u64, u32)>; PRIORITIES],
-    /// The members with a waiter: (load per weight, member), the most
-    /// loaded last.
-    loaded: BTreeSet<(u64, u32)>,
+    /// For each priority, the members with a waiter of it, and those with
+    /// a retry waiting at it: (load per weight, member), the most loaded
+    /// last: where a full queue looks for a waiter to displace.
+    loaded: [BTreeSet<(u64, u32)>; PRIORITIES],
+    loaded_retries: [BTreeSet<(u64, u32)>; PRIORITIES],
 }
 
 impl Group {
     fn remove(&mut self, member: u32, usage: &Usage, weight: u32) {
         let used = per_weight(usage.in_flight + 1, weight);
-        for (priority, ready) in self.ready.iter_mut().enumerate() {
-            if usage.queued[priority] > 0 {
-                ready.remove(&(used, usage.turn, member));
+        let load = per_weight(usage.load(), weight);
+        for p in 0..PRIORITIES {
+            if usage.queued[p] > 0 {
+                self.ready[p].remove(&(used, usage.turn, member));
+                self.loaded[p].remove(&(load, member));
             }
-        }
-        if usage.queued_total() > 0 {
-            self.loaded
-                .remove(&(per_weight(usage.load(), weight), member));
+            if usage.retries[p] > 0 {
+                self.loaded_retries[p].remove(&(load, member));
+            }
         }
     }
 
     fn insert(&mut self, member: u32, usage: &Usage, weight: u32) {
         let used = per_weight(usage.in_flight + 1, weight);
-        for (priority, ready) in self.ready.iter_mut().enumerate() {
-            if usage.queued[priority] > 0 {
-                ready.insert((used, usage.turn, member));
+        let load = per_weight(usage.load(), weight);
+        for p in 0..PRIORITIES {
+            if usage.queued[p] > 0 {
+                self.ready[p].insert((used, usage.turn, member));
+                self.loaded[p].insert((load, member));
             }
-        }
-        if usage.queued_total() > 0 {
-            self.loaded
-                .insert((per_weight(usage.load(), weight), member));
+            if usage.retries[p] > 0 {
+                self.loaded_retries[p].insert((load, member));
+            }
         }
     }
 
@@ -156,8 +165,18 @@ impl Group {
         self.ready[priority as usize].first().map(|&(_, _, m)| m)
     }
 
-    fn most_loaded(&self) -> Option<u32> {
-        self.loaded.last().map(|&(_, m)| m)
+    /// The most loaded member, other than `except`, with a waiter of
+    /// `priority` (a retry, with `retry`).
+    fn most_loaded(&self, priority: Priority, retry: bool, except: Option<u32>) -> Option<u32> {
+        let set = if retry {
+            &self.loaded_retries[priority as usize]
+        } else {
+            &self.loaded[priority as usize]
+        };
+        set.iter()
+            .rev()
+            .map(|&(_, m)| m)
+            .find(|&m| Some(m) != except)
     }
 }
 
@@ -238,6 +257,55 @@ pub struct RouteStatus {
     pub share: f64,
     pub granted_total: u64,
     pub rejected_total: u64,
+}
+
+/// How much of the fair-share table a status reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TenantDetail {
+    /// Only how many tenants it tracks (the status page's sampler, logs).
+    None,
+    /// The named tenants (the metrics).
+    Named,
+    /// The named tenants and the most loaded others (the control plane).
+    Top,
+}
+
+/// The table as read under the lock; [`FairReading::finish`] computes the
+/// shares (O(tenants log tenants)) after it.
+#[derive(Debug)]
+pub(crate) struct FairReading {
+    limit: u32,
+    tracked: u32,
+    /// Every tenant's (demand, weight), in table order.
+    demands: Vec<(u32, u32)>,
+    /// The listed tenants, each with its position in `demands`.
+    listed: Vec<(usize, TenantStatus)>,
+}
+
+impl FairReading {
+    pub(crate) fn finish(self) -> FairStatus {
+        let shares = max_min(f64::from(self.limit), &self.demands);
+        let tenants = self
+            .listed
+            .into_iter()
+            .map(|(position, mut tenant)| {
+                tenant.share = shares[position];
+                let routes: Vec<(u32, u32)> = tenant
+                    .routes
+                    .iter()
+                    .map(|r| (r.in_flight + r.queued, 1))
+                    .collect();
+                for (route, share) in tenant.routes.iter_mut().zip(max_min(tenant.share, &routes)) {
+                    route.share = share;
+                }
+                tenant
+            })
+            .collect();
+        FairStatus {
+            tenants,
+            tracked: self.tracked,
+        }
+    }
 }
 
 /// The table in a status: the named tenants and the most loaded others.
@@ -534,7 +602,10 @@ impl Fair {
                     u.in_flight += 1;
                     u.turn = turn;
                 }
-                Arrival::Queued(priority) => u.queued[priority as usize] += 1,
+                Arrival::Queued(priority, retry) => {
+                    u.queued[priority as usize] += 1;
+                    u.retries[priority as usize] += u32::from(retry);
+                }
                 Arrival::Held => u.in_flight += 1,
                 Arrival::Rejected => {}
             }
@@ -542,7 +613,7 @@ impl Fair {
         match arrival {
             Arrival::Granted => self.count(flow, true),
             Arrival::Rejected => self.count(flow, false),
-            Arrival::Queued(_) | Arrival::Held => {}
+            Arrival::Queued(..) | Arrival::Held => {}
         }
         self.settle(flow, queue);
     }
@@ -552,6 +623,7 @@ impl Fair {
         &mut self,
         flow: FlowRef,
         priority: Priority,
+        retry: bool,
         left: Left,
         queue: &mut WaiterQueue<T>,
     ) {
@@ -562,6 +634,7 @@ impl Fair {
         let turn = self.clock;
         self.change(flow, |u| {
             u.queued[priority as usize] -= 1;
+            u.retries[priority as usize] -= u32::from(retry);
             if left == Left::Granted {
                 u.in_flight += 1;
                 u.turn = turn;
@@ -597,10 +670,12 @@ impl Fair {
         })
     }
 
-    /// The waiter a fair arrival displaces from a full queue: the newest of
-    /// the most loaded tenant (per weight), at or below the arrival's
-    /// priority, if that tenant is not the arrival's and has more load per
-    /// weight than the arrival's tenant would have with it.
+    /// The waiter a fair arrival displaces from a full queue (the caller
+    /// has found no waiter of a lower priority to displace): the newest
+    /// waiter of `priority` (a retry, for a retry) of the most loaded other
+    /// tenant (per weight) that has one, from its most loaded such route, if
+    /// that tenant has more load per weight than the arrival's would have
+    /// with it.
     pub(crate) fn victim<T>(
         &self,
         arrival: FlowRef,
@@ -608,10 +683,12 @@ impl Fair {
         retry: bool,
         queue: &WaiterQueue<T>,
     ) -> Option<WaiterKey> {
-        let most = self.group.most_loaded()?;
-        if !self.live(arrival) || most == arrival.tenant {
+        if !self.live(arrival) {
             return None;
         }
+        let most = self
+            .group
+            .most_loaded(priority, retry, Some(arrival.tenant))?;
         let own = &self.tenants[arrival.tenant as usize];
         let other = &self.tenants[most as usize];
         let own_load = u64::from(own.usage.load()) + 1;
@@ -619,77 +696,89 @@ impl Fair {
         if other_load * u64::from(own.weight) <= own_load * u64::from(other.weight) {
             return None;
         }
-        let route = other.group.most_loaded()?;
-        queue.flow_victim(other.routes[route as usize].flow, priority, retry)
+        let route = other.group.most_loaded(priority, retry, None)?;
+        queue.flow_newest(other.routes[route as usize].flow, priority, retry)
     }
 
-    /// The named tenants and the [`STATUS_TENANTS`] most loaded others,
-    /// with their shares of `limit`. O(tenants log tenants).
-    pub(crate) fn status(&self, limit: u32) -> FairStatus {
-        let demands: Vec<(u32, u32)> = self
-            .tenants
-            .iter()
-            .map(|(_, t)| (t.usage.load(), t.weight))
-            .collect();
-        let shares = max_min(f64::from(limit), &demands);
-        let mut listed: Vec<(usize, &Tenant)> = self.tenants.iter().collect();
-        // Named first (all of them), then by load, then by permits granted.
-        listed.sort_by(|(_, a), (_, b)| {
-            b.named
-                .cmp(&a.named)
-                .then(b.usage.load().cmp(&a.usage.load()))
-                .then(b.granted.cmp(&a.granted))
-        });
-        let named = listed.iter().filter(|(_, t)| t.named).count();
-        listed.truncate(named + STATUS_TENANTS);
-        let position: HashMap<usize, usize> = self
-            .tenants
-            .iter()
-            .enumerate()
-            .map(|(position, (index, _))| (index, position))
-            .collect();
-        let tenants = listed
+    /// What a status shows of the table, read under the dependency's lock
+    /// in O(tenants) (the named tenants, and with [`TenantDetail::Top`] the
+    /// [`STATUS_TENANTS`] most loaded others, picked without sorting); the
+    /// shares are computed by [`FairReading::finish`], after the lock.
+    pub(crate) fn read(&self, limit: u32, detail: TenantDetail) -> FairReading {
+        let tracked = self.tenants.len() as u32;
+        if detail == TenantDetail::None {
+            return FairReading {
+                limit,
+                tracked,
+                demands: Vec::new(),
+                listed: Vec::new(),
+            };
+        }
+        let mut demands = Vec::with_capacity(self.tenants.len());
+        let mut named = Vec::new();
+        let mut others = Vec::new();
+        for (position, (index, tenant)) in self.tenants.iter().enumerate() {
+            demands.push((tenant.usage.load(), tenant.weight));
+            if tenant.named {
+                named.push((position, index));
+            } else if detail == TenantDetail::Top {
+                others.push((tenant.usage.load(), tenant.granted, position, index));
+            }
+        }
+        // The most loaded first, then the most granted.
+        let by_load = |a: &(u32, u64, usize, usize), b: &(u32, u64, usize, usize)| {
+            (b.0, b.1).cmp(&(a.0, a.1))
+        };
+        if others.len() > STATUS_TENANTS {
+            others.select_nth_unstable_by(STATUS_TENANTS, by_load);
+            others.truncate(STATUS_TENANTS);
+        }
+        others.sort_by(by_load);
+        let listed = named
             .into_iter()
-            .map(|(index, tenant)| {
-                let share = shares[position[&index]];
-                let route_demands: Vec<(u32, u32)> = tenant
+            .chain(
+                others
+                    .into_iter()
+                    .map(|(_, _, position, index)| (position, index)),
+            )
+            .map(|(position, index)| (position, self.tenant_status(index)))
+            .collect();
+        FairReading {
+            limit,
+            tracked,
+            demands,
+            listed,
+        }
+    }
+
+    /// A tenant's figures, its shares still to compute.
+    fn tenant_status(&self, index: usize) -> TenantStatus {
+        let tenant = &self.tenants[index];
+        TenantStatus {
+            tenant: tenant.name.clone(),
+            overflow: self.overflow == Some(index as u32),
+            named: tenant.named,
+            weight: tenant.weight,
+            in_flight: tenant.usage.in_flight,
+            queued: tenant.usage.queued_total(),
+            share: 0.0,
+            granted_total: tenant.granted,
+            rejected_total: tenant.rejected,
+            routes: match self.config.by() {
+                FairBy::Tenant => Vec::new(),
+                FairBy::TenantRoute => tenant
                     .routes
                     .iter()
-                    .map(|(_, r)| (r.usage.load(), 1))
-                    .collect();
-                let route_shares = max_min(share, &route_demands);
-                TenantStatus {
-                    tenant: tenant.name.clone(),
-                    overflow: self.overflow == Some(index as u32),
-                    named: tenant.named,
-                    weight: tenant.weight,
-                    in_flight: tenant.usage.in_flight,
-                    queued: tenant.usage.queued_total(),
-                    share,
-                    granted_total: tenant.granted,
-                    rejected_total: tenant.rejected,
-                    routes: match self.config.by() {
-                        FairBy::Tenant => Vec::new(),
-                        FairBy::TenantRoute => tenant
-                            .routes
-                            .iter()
-                            .zip(route_shares)
-                            .map(|((_, route), share)| RouteStatus {
-                                route: route.name.clone(),
-                                in_flight: route.usage.in_flight,
-                                queued: route.usage.queued_total(),
-                                share,
-                                granted_total: route.granted,
-                                rejected_total: route.rejected,
-                            })
-                            .collect(),
-                    },
-                }
-            })
-            .collect();
-        FairStatus {
-            tenants,
-            tracked: self.tenants.len() as u32,
+                    .map(|(_, route)| RouteStatus {
+                        route: route.name.clone(),
+                        in_flight: route.usage.in_flight,
+                        queued: route.usage.queued_total(),
+                        share: 0.0,
+                        granted_total: route.granted,
+                        rejected_total: route.rejected,
+                    })
+                    .collect(),
+            },
         }
     }
 
@@ -712,6 +801,8 @@ impl Fair {
                 sum.in_flight += route.usage.in_flight;
                 for p in Priority::ALL {
                     sum.queued[p as usize] += route.usage.queued[p as usize];
+                    sum.retries[p as usize] += route.usage.retries[p as usize];
+                    assert!(route.usage.retries[p as usize] <= route.usage.queued[p as usize]);
                     assert_eq!(
                         queue.flow_has(route.flow, p),
                         route.usage.queued[p as usize] > 0
@@ -720,6 +811,7 @@ impl Fair {
             }
             assert_eq!(sum.in_flight, tenant.usage.in_flight);
             assert_eq!(sum.queued, tenant.usage.queued);
+            assert_eq!(sum.retries, tenant.usage.retries);
             let idle_listed = tenant.idle.is_some();
             assert_eq!(
                 idle_listed,

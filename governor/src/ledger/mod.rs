@@ -82,7 +82,7 @@ pub use decision::{
     RejectReason, Rejection, Report, Snapshot,
 };
 pub use dependency::{Dependency, DependencyStatus};
-pub use fair::{FairStatus, RouteStatus, STATUS_TENANTS, TenantStatus, max_min};
+pub use fair::{FairStatus, RouteStatus, STATUS_TENANTS, TenantDetail, TenantStatus, max_min};
 pub use lease::{LEASE_ID_LEN, LeaseHandle, LeaseId};
 pub use limits::{
     BudgetConfig, DEFAULT_MAX_TENANTS, DegradeAt, ELEVATED_AT, FairBy, Fairness, FairnessPatch,
@@ -331,14 +331,26 @@ impl Ledger {
         Some((dependency.name().clone(), ttl))
     }
 
-    /// The dependency's status, if it exists.
+    /// The dependency's status, if it exists, with the tenants its
+    /// fair-share table lists.
     pub fn status(&self, name: &str) -> Option<DependencyStatus> {
-        self.dependencies.get(name).map(|d| d.status())
+        self.status_with(name, TenantDetail::Top)
     }
 
-    /// Every dependency's status, sorted by name.
+    /// The dependency's status with as much of its tenants as `detail` says.
+    pub fn status_with(&self, name: &str, detail: TenantDetail) -> Option<DependencyStatus> {
+        self.dependencies.get(name).map(|d| d.status(detail))
+    }
+
+    /// Every dependency's status, sorted by name, with the tenants their
+    /// fair-share tables list.
     pub fn statuses(&self) -> Vec<DependencyStatus> {
-        let mut all: Vec<_> = self.dependencies.iter().map(|d| d.status()).collect();
+        self.statuses_with(TenantDetail::Top)
+    }
+
+    /// Every dependency's status with as much of its tenants as `detail` says.
+    pub fn statuses_with(&self, detail: TenantDetail) -> Vec<DependencyStatus> {
+        let mut all: Vec<_> = self.dependencies.iter().map(|d| d.status(detail)).collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }
@@ -377,7 +389,7 @@ impl Ledger {
             })
         };
         self.report_evicted(evicted);
-        Ok(result?.status())
+        Ok(result?.status(TenantDetail::Top))
     }
 
     /// Applies a whole new configuration (a config reload). Dependencies it

@@ -2421,3 +2421,73 @@ async fn random_demands_settle_on_the_weighted_max_min_allocation() {
         }
     }
 }
+
+/// The review's cases: the most loaded tenant (or route) may have only
+/// waiters the arrival cannot displace; the most loaded one that has a
+/// waiter of the arrival's priority gives one up instead.
+#[tokio::test(start_paused = true)]
+async fn displacement_looks_for_the_most_loaded_tenant_with_a_waiter_to_give() {
+    let ledger = ledger_with(
+        "db",
+        fair_limits(1, 5, &fairness(FairBy::Tenant, &[], None)),
+    );
+    let _held = grant_as(&ledger, "c").await;
+    let c1 = enqueue_as(&ledger, by_tenant("c", None, Priority::Normal)).await;
+    let c2 = enqueue_as(&ledger, by_tenant("c", None, Priority::Normal)).await;
+    let b: Vec<_> = futures::future::join_all(
+        (0..3).map(|_| enqueue_as(&ledger, by_tenant("b", None, Priority::Critical))),
+    )
+    .await;
+    // b (3 critical) and c (1 + 2 normal) are as loaded; only c has a
+    // normal waiter to give.
+    let a = enqueue_as(&ledger, by_tenant("a", None, Priority::Normal)).await;
+    assert_eq!(
+        c2.await.unwrap().rejected().map(|r| r.reason),
+        Some(RejectReason::Shed)
+    );
+    assert!(!a.is_finished() && !c1.is_finished() && b.iter().all(|h| !h.is_finished()));
+    check_fair(&ledger);
+
+    // By route: b's most loaded route has only critical waiters; its other
+    // route gives up a normal one.
+    let ledger = ledger_with(
+        "db",
+        fair_limits(1, 4, &fairness(FairBy::TenantRoute, &[], None)),
+    );
+    let _held = ledger
+        .acquire(&by_tenant("b", Some("r1"), Priority::Normal))
+        .await
+        .unwrap();
+    let r1: Vec<_> = futures::future::join_all(
+        (0..2).map(|_| enqueue_as(&ledger, by_tenant("b", Some("r1"), Priority::Critical))),
+    )
+    .await;
+    let _r2_old = enqueue_as(&ledger, by_tenant("b", Some("r2"), Priority::Normal)).await;
+    let r2_new = enqueue_as(&ledger, by_tenant("b", Some("r2"), Priority::Normal)).await;
+    let a = enqueue_as(&ledger, by_tenant("a", None, Priority::Normal)).await;
+    assert_eq!(
+        r2_new.await.unwrap().rejected().map(|r| r.reason),
+        Some(RejectReason::Shed)
+    );
+    assert!(!a.is_finished() && r1.iter().all(|h| !h.is_finished()));
+    check_fair(&ledger);
+
+    // A retry displaces only a retry: with b's retries gone, none.
+    let ledger = ledger_with(
+        "db",
+        fair_limits(1, 2, &fairness(FairBy::Tenant, &[], None)),
+    );
+    let _held = grant_as(&ledger, "b").await;
+    let _b1 = enqueue_as(&ledger, by_tenant("b", None, Priority::Normal)).await;
+    let _b2 = enqueue_as(&ledger, by_tenant("b", None, Priority::Normal)).await;
+    let retry = AcquireRequest {
+        attempt: 1,
+        ..by_tenant("a", None, Priority::Normal)
+    };
+    let refused = ledger.acquire(&retry).await.unwrap();
+    assert_eq!(
+        refused.rejected().map(|r| r.reason),
+        Some(RejectReason::QueueFull)
+    );
+    check_fair(&ledger);
+}

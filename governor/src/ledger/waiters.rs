@@ -240,20 +240,23 @@ impl<T> WaiterQueue<T> {
         if lowest <= priority {
             return None;
         }
-        self.newest_at_or_below(&self.lists, priority, retry, false)
+        self.newest_below(priority, retry)
     }
 
-    /// The waiter of `flow` an arrival of `priority` may displace (for
-    /// fairness, its own priority included): the newest of the lowest
-    /// priority the flow has, not above the arrival's. A retry only
-    /// displaces a retry.
-    pub(crate) fn flow_victim(
+    /// The newest waiter of `priority` in `flow` (only among its retries,
+    /// with `retry`).
+    pub(crate) fn flow_newest(
         &self,
         flow: FlowId,
         priority: Priority,
         retry: bool,
     ) -> Option<WaiterKey> {
-        self.newest_at_or_below(self.flows.get(flow)?, priority, retry, true)
+        let lists = self.flows.get(flow)?;
+        if retry {
+            self.tail_key(lists, class(priority, true))
+        } else {
+            self.newest_of(lists, priority)
+        }
     }
 
     /// The newest waiter of the lowest priority present.
@@ -267,21 +270,14 @@ impl<T> WaiterQueue<T> {
         })
     }
 
-    /// In `lists`: the newest waiter of the lowest priority below `priority`
-    /// (or equal to it, with `same`); only among retries for a retry.
-    fn newest_at_or_below(
-        &self,
-        lists: &Lists,
-        priority: Priority,
-        retry: bool,
-        same: bool,
-    ) -> Option<WaiterKey> {
-        let below = |p: &&Priority| **p > priority || (same && **p == priority);
-        let mut candidates = Priority::ALL.iter().rev().take_while(below);
+    /// The newest waiter of the lowest priority below `priority`; only
+    /// among retries for a retry.
+    fn newest_below(&self, priority: Priority, retry: bool) -> Option<WaiterKey> {
+        let mut candidates = Priority::ALL.iter().rev().take_while(|&&p| p > priority);
         if retry {
-            candidates.find_map(|&p| self.tail_key(lists, class(p, true)))
+            candidates.find_map(|&p| self.tail_key(&self.lists, class(p, true)))
         } else {
-            candidates.find_map(|&p| self.newest_of(lists, p))
+            candidates.find_map(|&p| self.newest_of(&self.lists, p))
         }
     }
 
@@ -484,28 +480,23 @@ mod tests {
     }
 
     #[test]
-    fn a_flow_victim_is_its_newest_at_or_below_the_arrival() {
+    fn a_flows_newest_waiter_of_a_priority() {
         let mut q = WaiterQueue::default();
         let f = q.open_flow();
         let other = q.open_flow();
         q.push(Critical, false, Some(f), "f-critical");
         let n1 = q.push(Normal, false, Some(f), "f-n1");
-        let n2 = q.push(Normal, false, Some(f), "f-n2");
-        let s = q.push(Sheddable, false, Some(other), "other-s");
-        assert_eq!(q.flow_victim(f, Normal, false), Some(n2));
-        assert_eq!(q.flow_victim(f, Sheddable, false), None);
-        // Never a waiter of a higher priority than the arrival's.
-        q.remove(n1);
-        q.remove(n2);
-        assert_eq!(q.flow_victim(f, Normal, false), None);
-        assert!(q.flow_victim(f, Critical, false).is_some());
-        // A retry displaces only a retry.
-        assert_eq!(q.flow_victim(f, Critical, true), None);
         let r = q.push(Normal, true, Some(f), "f-retry");
-        assert_eq!(q.flow_victim(f, Critical, true), Some(r));
-        assert_eq!(q.flow_victim(f, Normal, true), Some(r));
-        assert_eq!(q.flow_victim(other, Normal, false), Some(s));
-        assert_eq!(q.flow_victim(other, Sheddable, true), None);
+        let n2 = q.push(Normal, false, Some(f), "f-n2");
+        q.push(Normal, false, Some(other), "other-n");
+        assert_eq!(q.flow_newest(f, Normal, false), Some(n2));
+        assert_eq!(q.flow_newest(f, Normal, true), Some(r));
+        assert_eq!(q.flow_newest(f, Sheddable, false), None);
+        q.remove(n2);
+        q.remove(r);
+        assert_eq!(q.flow_newest(f, Normal, false), Some(n1));
+        assert_eq!(q.flow_newest(f, Normal, true), None);
+        assert!(q.flow_newest(f, Critical, false).is_some());
         assert_eq!(q.len(), 3);
     }
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 use dashmap::DashMap;
 use tokio::time::Instant;
 
-use crate::ledger::{Ledger, RejectReason, Snapshot};
+use crate::ledger::{Ledger, RejectReason, Snapshot, TenantDetail};
 
 const WINDOW: Duration = Duration::from_secs(1);
 
@@ -158,7 +158,7 @@ pub struct Who<'a> {
 
 fn log_in_full(ledger: &Ledger, dependency: &str, event: Event, load: Snapshot, who: Who<'_>) {
     let Who { tenant, route } = who;
-    let Some(status) = ledger.status(dependency) else {
+    let Some(status) = ledger.status_with(dependency, TenantDetail::None) else {
         return;
     };
     let limits = &status.limits;

@@ -26,7 +26,7 @@ use super::format::Format;
 use super::process::ProcessCollector;
 use super::status::Load;
 use crate::ledger::limit::{ChangeReason, LimitChange};
-use crate::ledger::{Ledger, Outcome, RejectReason};
+use crate::ledger::{Ledger, Outcome, RejectReason, TenantDetail};
 
 /// Bucket bounds in seconds: sub-millisecond to multi-second waits and holds.
 pub const BUCKETS: [f64; 16] = [
@@ -565,7 +565,7 @@ impl Metrics {
 
     /// The metrics in `format`.
     pub fn render(&self, ledger: &Ledger, format: Format) -> String {
-        let statuses = ledger.statuses();
+        let statuses = ledger.statuses_with(TenantDetail::Named);
         for status in &statuses {
             let labels = DependencyLabels {
                 dependency: status.name.to_string(),

@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 
-use crate::ledger::Ledger;
+use crate::ledger::{Ledger, TenantDetail};
 use crate::telemetry::Telemetry;
 use crate::telemetry::status::StatusBoard;
 
@@ -97,7 +97,7 @@ fn spawn_sampler(shared: Arc<Shared>, stop: CancellationToken) {
                 _ = stop.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            let statuses = shared.ledger.statuses();
+            let statuses = shared.ledger.statuses_with(TenantDetail::None);
             shared.board.sample(
                 &statuses,
                 &shared.telemetry.metrics,

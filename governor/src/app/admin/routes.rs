@@ -7,6 +7,7 @@ use hyper::body::{Bytes, Incoming};
 use hyper::{Method, Request, Response, StatusCode, header};
 
 use super::Shared;
+use crate::ledger::TenantDetail;
 use crate::telemetry::Format;
 
 /// The status page: one self-contained file, scripts and styles inline.
@@ -41,10 +42,11 @@ pub(super) fn respond(request: &Request<Incoming>, shared: &Shared) -> Response<
         "/readyz" if ledger.is_draining() => text(StatusCode::SERVICE_UNAVAILABLE, "draining\n"),
         "/readyz" => text(StatusCode::OK, "ready\n"),
         "/status.json" => {
-            let body =
-                shared
-                    .board
-                    .json(&ledger.statuses(), ledger.is_draining(), SystemTime::now());
+            let body = shared.board.json(
+                &ledger.statuses_with(TenantDetail::None),
+                ledger.is_draining(),
+                SystemTime::now(),
+            );
             Response::builder()
                 .header(header::CONTENT_TYPE, "application/json")
                 .header(header::CACHE_CONTROL, "no-store")
