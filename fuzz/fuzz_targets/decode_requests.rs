@@ -27,7 +27,7 @@ use rate_governor_proto::v1::{
 use tonic::{Code, Request, Status};
 
 /// Fields whose name an INVALID_ARGUMENT may start with, per RPC.
-const ACQUIRE_FIELDS: &[&str] = &["dependency", "tenant", "priority", "max_wait"];
+const ACQUIRE_FIELDS: &[&str] = &["dependency", "tenant", "route", "priority", "max_wait"];
 const RELEASE_FIELDS: &[&str] = &["lease_id", "outcome", "latency"];
 const RENEW_FIELDS: &[&str] = &["lease_id"];
 const GET_FIELDS: &[&str] = &["name"];
@@ -43,6 +43,9 @@ const UPDATE_FIELDS: &[&str] = &[
     "limits.adaptive.",
     "limits.elevated_at",
     "limits.degrade_at",
+    "limits.rate.",
+    "limits.tenant_rate.",
+    "limits.fairness.",
 ];
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -102,6 +105,9 @@ fn acquire_problems(m: &v1::AcquireRequest) -> Vec<&'static str> {
     }
     if m.tenant.len() > 128 || m.tenant.chars().any(char::is_control) {
         bad.push("tenant");
+    }
+    if m.route.len() > 128 || m.route.chars().any(char::is_control) {
+        bad.push("route");
     }
     if v1::Priority::try_from(m.priority).is_err() {
         bad.push("priority");

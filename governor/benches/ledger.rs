@@ -1,14 +1,15 @@
 //! The permit ledger's acquire + release, without gRPC: uncontended (one
 //! caller, always a free slot), contended (callers outnumber slots, so most
 //! go through the queue and are woken by a release), and spread over many
-//! dependencies.
+//! dependencies; and with fair shares between tenants.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use rate_governor::ledger::{
-    AcquireRequest, Ledger, LedgerConfig, Limits, LimitsPatch, Priority, Report,
+    AcquireRequest, FairBy, FairnessPatch, Ledger, LedgerConfig, Limits, LimitsPatch, Priority,
+    Report,
 };
 
 fn limits(concurrency: u32) -> Limits {
@@ -180,5 +181,111 @@ fn wake_with_deep_queue(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, uncontended, contended, wake_with_deep_queue);
+/// One dependency with fair shares by tenant (`max_tenants` 100,000): an
+/// uncontended acquire + release by one tenant of `tenants` (cycled, so the
+/// table holds them all), against `acquire_release/uncontended`'s one
+/// dependency without; and waking one waiter when 10k sheddable waiters of
+/// 1,000 tenants are queued, against `wake_one`.
+fn fair(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let fair_limits = |concurrency| {
+        limits(concurrency)
+            .patched(&LimitsPatch {
+                fairness: Some(Some(FairnessPatch {
+                    by: Some(FairBy::Tenant),
+                    max_tenants: Some(100_000),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            })
+            .unwrap()
+    };
+    let fair_ledger = |concurrency| {
+        Arc::new(Ledger::new(LedgerConfig {
+            dependencies: vec![("db".to_owned(), fair_limits(concurrency))],
+            ..LedgerConfig::default()
+        }))
+    };
+    let names: Vec<String> = (0..1_000).map(|i| format!("tenant-{i}")).collect();
+    let request = |tenant: &'static str, priority| AcquireRequest {
+        dependency: "db",
+        tenant: Some(tenant),
+        route: None,
+        attempt: 0,
+        priority,
+        max_wait: None,
+        degradable: false,
+    };
+    let names: &'static [String] = Box::leak(names.into_boxed_slice());
+    let mut group = c.benchmark_group("fair");
+    group.throughput(Throughput::Elements(1));
+    for tenants in [1usize, 1_000] {
+        let ledger = fair_ledger(64);
+        let mut next = 0;
+        let ledger = &*ledger;
+        group.bench_function(BenchmarkId::new("uncontended/tenants", tenants), |b| {
+            b.to_async(&runtime).iter(|| {
+                next = (next + 1) % tenants;
+                let tenant = names[next].as_str();
+                async move {
+                    let decision = ledger
+                        .acquire(&request(tenant, Priority::Normal))
+                        .await
+                        .unwrap();
+                    let lease = decision.granted().expect("granted").lease;
+                    ledger.release(&lease, Report::default()).unwrap();
+                }
+            })
+        });
+    }
+    for crowd in [0usize, 10_000] {
+        let ledger = fair_ledger(1);
+        let mut held = runtime.block_on(async {
+            let held = ledger
+                .acquire(&request("holder", Priority::Normal))
+                .await
+                .unwrap();
+            for i in 0..crowd {
+                let ledger = ledger.clone();
+                let tenant = names[i % names.len()].as_str();
+                tokio::spawn(
+                    async move { ledger.acquire(&request(tenant, Priority::Sheddable)).await },
+                );
+            }
+            while ledger.waiters() < crowd {
+                tokio::task::yield_now().await;
+            }
+            held.granted().unwrap().lease
+        });
+        group.bench_function(BenchmarkId::new("wake_one/queued", crowd), |b| {
+            b.iter_custom(|iterations| {
+                runtime.block_on(async {
+                    let start = Instant::now();
+                    for _ in 0..iterations {
+                        let next = {
+                            let ledger = ledger.clone();
+                            tokio::spawn(async move {
+                                let decision = ledger
+                                    .acquire(&request("holder", Priority::Normal))
+                                    .await
+                                    .unwrap();
+                                decision.granted().unwrap().lease
+                            })
+                        };
+                        tokio::task::yield_now().await;
+                        ledger.release(&held, Report::default()).unwrap();
+                        held = next.await.unwrap();
+                    }
+                    start.elapsed()
+                })
+            })
+        });
+    }
+    group.finish();
+}
+
+criterion_group!(benches, uncontended, contended, wake_with_deep_queue, fair);
 criterion_main!(benches);

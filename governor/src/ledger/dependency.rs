@@ -207,14 +207,7 @@ struct Waiter {
     priority: Priority,
     retry: bool,
     /// Its entry under fair shares.
-    fair: Option<FairWaiter>,
-}
-
-#[derive(Debug)]
-struct FairWaiter {
-    flow: FlowRef,
-    /// Its tenant, should a new table (a new `by`) take it in.
-    tenant: Arc<str>,
+    fair: Option<FlowRef>,
 }
 
 /// What a queued request is woken with.
@@ -467,7 +460,7 @@ impl State {
     fn left_queue(&mut self, waiter: &Waiter, left: Left) {
         if let (Some(fair), Some(entry)) = (self.fair.as_mut(), &waiter.fair) {
             fair.dequeued(
-                entry.flow,
+                *entry,
                 waiter.priority,
                 waiter.retry,
                 left,
@@ -511,15 +504,13 @@ impl State {
             let Some(fair) = fair.as_mut() else {
                 continue;
             };
-            let tenant = entry.map(|e| e.tenant);
+            // Its tenant, as the old table knew it.
+            let tenant = entry.and_then(|flow| old.as_ref()?.tenant_of(flow));
             let (priority, retry) = (waiter.priority, waiter.retry);
             let flow = fair.flow(tenant.as_deref(), None, waiters);
             let queue_flow = fair.queue_flow(flow);
             if let Some(waiter) = waiters.get_mut(key) {
-                waiter.fair = Some(FairWaiter {
-                    flow,
-                    tenant: fair.tenant_name(flow),
-                });
+                waiter.fair = Some(flow);
             }
             waiters.set_flow(key, queue_flow);
             fair.arrived(flow, Arrival::Queued(priority, retry), waiters);
@@ -901,20 +892,15 @@ impl Dependency {
         }
 
         let (tx, rx) = oneshot::channel();
-        let entry = flow.zip(state.fair.as_ref()).map(|(flow, fair)| {
-            let entry = FairWaiter {
-                flow,
-                tenant: fair.tenant_name(flow),
-            };
-            (entry, fair.queue_flow(flow))
-        });
-        let (fair, queue_flow) = entry.unzip();
+        let queue_flow = flow
+            .zip(state.fair.as_ref())
+            .map(|(flow, fair)| fair.queue_flow(flow));
         let waiter = Waiter {
             wake: tx,
             tenant,
             priority: request.priority,
             retry: request.is_retry(),
-            fair,
+            fair: flow,
         };
         let key = state
             .waiters
@@ -1367,7 +1353,7 @@ impl Dependency {
                 break;
             };
             self.shared.release_waiter();
-            let flow = waiter.fair.as_ref().map(|entry| entry.flow);
+            let flow = waiter.fair;
             let grant = self.grant(state, now, flow);
             let snapshot = state.snapshot(now);
             let Waiter { wake, tenant, .. } = waiter;

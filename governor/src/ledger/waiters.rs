@@ -13,6 +13,8 @@
 //! a free permit goes to, and the flow's lists give its oldest waiter of the
 //! priority served, or its newest one to displace, in O(1) as well.
 
+use std::num::NonZeroU32;
+
 use slab::Slab;
 
 /// How urgent a request is. Lower rank is served first.
@@ -58,26 +60,44 @@ pub(crate) struct WaiterKey {
 const GLOBAL: usize = 0;
 const FLOW: usize = 1;
 
+/// A slab index or none, in four bytes (a waiter's links are most of its
+/// entry; the ledger bounds the waiters far below `u32::MAX`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Idx(Option<NonZeroU32>);
+
+impl Idx {
+    const NONE: Idx = Idx(None);
+
+    fn of(index: usize) -> Idx {
+        let index = u32::try_from(index + 1).expect("fewer than u32::MAX waiters");
+        Idx(NonZeroU32::new(index))
+    }
+
+    fn get(self) -> Option<usize> {
+        self.0.map(|i| i.get() as usize - 1)
+    }
+}
+
 #[derive(Clone, Copy, Debug, Default)]
 struct Link {
-    prev: Option<usize>,
-    next: Option<usize>,
+    prev: Idx,
+    next: Idx,
 }
 
 #[derive(Debug)]
 struct Node<T> {
     value: T,
     seq: u64,
-    class: usize,
-    flow: Option<FlowId>,
     links: [Link; 2],
+    flow: Idx,
+    class: u8,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
 struct List {
-    head: Option<usize>,
-    tail: Option<usize>,
-    len: usize,
+    head: Idx,
+    tail: Idx,
+    len: u32,
 }
 
 type Lists = [List; CLASSES];
@@ -136,8 +156,8 @@ impl<T> WaiterQueue<T> {
         let index = self.nodes.insert(Node {
             value,
             seq,
-            class,
-            flow,
+            class: class as u8,
+            flow: flow.map_or(Idx::NONE, Idx::of),
             links: [Link::default(); 2],
         });
         self.link_back(GLOBAL, index);
@@ -156,7 +176,7 @@ impl<T> WaiterQueue<T> {
             .nodes
             .iter_mut()
             .map(|(index, node)| {
-                node.flow = None;
+                node.flow = Idx::NONE;
                 node.links[FLOW] = Link::default();
                 WaiterKey {
                     index,
@@ -170,8 +190,8 @@ impl<T> WaiterQueue<T> {
 
     /// Puts a waiter without a flow at the back of `flow`'s lists.
     pub(crate) fn set_flow(&mut self, key: WaiterKey, flow: FlowId) {
-        if self.get_mut(key).is_some() && self.nodes[key.index].flow.is_none() {
-            self.nodes[key.index].flow = Some(flow);
+        if self.get_mut(key).is_some() && self.nodes[key.index].flow == Idx::NONE {
+            self.nodes[key.index].flow = Idx::of(flow);
             self.link_back(FLOW, key.index);
         }
     }
@@ -199,7 +219,7 @@ impl<T> WaiterQueue<T> {
         Priority::ALL
             .iter()
             .take_while(|&&p| p <= priority)
-            .map(|&p| self.lists[class(p, false)].len + self.lists[class(p, true)].len)
+            .map(|&p| (self.lists[class(p, false)].len + self.lists[class(p, true)].len) as usize)
             .sum()
     }
 
@@ -265,9 +285,11 @@ impl<T> WaiterQueue<T> {
     }
 
     fn lowest_priority(&self) -> Option<Priority> {
-        Priority::ALL.iter().rev().copied().find(|&p| {
-            self.lists[class(p, false)].head.is_some() || self.lists[class(p, true)].head.is_some()
-        })
+        Priority::ALL
+            .iter()
+            .rev()
+            .copied()
+            .find(|&p| self.lists[class(p, false)].len + self.lists[class(p, true)].len > 0)
     }
 
     /// The newest waiter of the lowest priority below `priority`; only
@@ -291,7 +313,7 @@ impl<T> WaiterQueue<T> {
     }
 
     fn tail_key(&self, lists: &Lists, class: usize) -> Option<WaiterKey> {
-        lists[class].tail.map(|index| WaiterKey {
+        lists[class].tail.get().map(|index| WaiterKey {
             index,
             seq: self.nodes[index].seq,
         })
@@ -299,28 +321,30 @@ impl<T> WaiterQueue<T> {
 
     /// The list of `level` that node `index` belongs on.
     fn list_of(&mut self, level: usize, index: usize) -> &mut List {
-        let (class, flow) = (self.nodes[index].class, self.nodes[index].flow);
+        let (class, flow) = (self.nodes[index].class as usize, self.nodes[index].flow);
         if level == GLOBAL {
             &mut self.lists[class]
         } else {
-            let flow = flow.expect("only a node with a flow is on a flow list");
+            let flow = flow
+                .get()
+                .expect("only a node with a flow is on a flow list");
             &mut self.flows[flow][class]
         }
     }
 
     fn link_back(&mut self, level: usize, index: usize) {
         let list = self.list_of(level, index);
-        let tail = list.tail.replace(index);
-        if tail.is_none() {
-            list.head = Some(index);
+        let tail = std::mem::replace(&mut list.tail, Idx::of(index));
+        if tail == Idx::NONE {
+            list.head = Idx::of(index);
         }
         list.len += 1;
-        if let Some(tail) = tail {
-            self.nodes[tail].links[level].next = Some(index);
+        if let Some(tail) = tail.get() {
+            self.nodes[tail].links[level].next = Idx::of(index);
         }
         self.nodes[index].links[level] = Link {
             prev: tail,
-            next: None,
+            next: Idx::NONE,
         };
     }
 
@@ -328,23 +352,23 @@ impl<T> WaiterQueue<T> {
         let Link { prev, next } = self.nodes[index].links[level];
         let list = self.list_of(level, index);
         list.len -= 1;
-        if prev.is_none() {
+        if prev == Idx::NONE {
             list.head = next;
         }
-        if next.is_none() {
+        if next == Idx::NONE {
             list.tail = prev;
         }
-        if let Some(prev) = prev {
+        if let Some(prev) = prev.get() {
             self.nodes[prev].links[level].next = next;
         }
-        if let Some(next) = next {
+        if let Some(next) = next.get() {
             self.nodes[next].links[level].prev = prev;
         }
     }
 
     fn unlink(&mut self, index: usize) -> T {
         self.unlink_level(GLOBAL, index);
-        if self.nodes[index].flow.is_some() {
+        if self.nodes[index].flow != Idx::NONE {
             self.unlink_level(FLOW, index);
         }
         self.nodes.remove(index).value
@@ -354,7 +378,7 @@ impl<T> WaiterQueue<T> {
 /// In `lists`: the oldest waiter of `priority`, first tries and retries
 /// together.
 fn oldest<T>(nodes: &Slab<Node<T>>, lists: &Lists, priority: Priority) -> Option<usize> {
-    let head = |class: usize| lists[class].head.map(|i| (i, nodes[i].seq));
+    let head = |class: usize| lists[class].head.get().map(|i| (i, nodes[i].seq));
     match (head(class(priority, false)), head(class(priority, true))) {
         (Some((a, sa)), Some((b, sb))) => Some(if sa < sb { a } else { b }),
         (a, b) => a.or(b).map(|(index, _)| index),
