@@ -220,6 +220,8 @@ fn fair(c: &mut Criterion) {
         degradable: false,
     };
     let names: &'static [String] = Box::leak(names.into_boxed_slice());
+    // A dependency's reaper task is spawned with it.
+    let _runtime = runtime.enter();
     let mut group = c.benchmark_group("fair");
     group.throughput(Throughput::Elements(1));
     for tenants in [1usize, 1_000] {
