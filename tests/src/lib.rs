@@ -87,6 +87,21 @@ pub fn write_config(toml: &str) -> NamedTempFile {
 ///
 /// If the binary is missing, cannot be spawned, or runs longer than
 /// [`ONE_SHOT_TIMEOUT`].
+/// `governor --check-config` on a file holding `toml`: its exit code and
+/// what it wrote to stderr.
+pub async fn check_config(toml: &str) -> (Option<i32>, String) {
+    let file = write_config(toml);
+    let output = run_governor(&[
+        std::ffi::OsStr::new("--check-config"),
+        file.path().as_os_str(),
+    ])
+    .await;
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
 pub async fn run_governor<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> Output {
     let bin = governor_bin();
     let child = Command::new(&bin)

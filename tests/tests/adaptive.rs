@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use governor_integration_tests::{GovernorProcess, Signal, run_governor, write_config};
+use governor_integration_tests::{GovernorProcess, Signal, check_config};
 use rate_governor_proto::v1::{
     self, AcquireRequest, AdaptiveLimit, DependencyLimits, GetDependencyRequest, LimitAlgorithm,
     ReleaseRequest, UpdateDependencyRequest, governor_admin_client::GovernorAdminClient,
@@ -375,14 +375,8 @@ async fn bad_adaptive_config_exits_64_naming_the_key() {
         ),
         ("[dependencies.sim.adaptive]\nspeed = 3", "speed"),
     ] {
-        let file = write_config(toml);
-        let output = run_governor(&[
-            std::ffi::OsStr::new("--check-config"),
-            file.path().as_os_str(),
-        ])
-        .await;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(64), "{stderr}");
+        let (code, stderr) = check_config(toml).await;
+        assert_eq!(code, Some(64), "{stderr}");
         assert!(stderr.contains(key), "{key} not named in {stderr}");
     }
 }

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
 use governor_integration_tests::{
-    GovernorProcess, admin_get as get, release, run_governor, series, write_config,
+    GovernorProcess, admin_get as get, check_config, release, series,
 };
 use rate_governor_proto::v1::{
     AcquireRequest, AcquireResponse, DependencyLimits, DependencyStatus, FairBy, Fairness,
@@ -954,14 +954,8 @@ async fn bad_fairness_settings_exit_64_naming_the_key() {
             "unknown field `weight`",
         ),
     ] {
-        let file = write_config(&toml);
-        let output = run_governor(&[
-            std::ffi::OsStr::new("--check-config"),
-            file.path().as_os_str(),
-        ])
-        .await;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(64), "{toml}: {stderr}");
+        let (code, stderr) = check_config(&toml).await;
+        assert_eq!(code, Some(64), "{toml}: {stderr}");
         assert!(stderr.contains(message), "{message:?} not in {stderr}");
         if toml.contains("everyone") {
             // serde's message, with the line it is about.
@@ -969,19 +963,11 @@ async fn bad_fairness_settings_exit_64_naming_the_key() {
         }
     }
     // And a good one passes.
-    let file = write_config(&section(
+    let (code, stderr) = check_config(&section(
         "by = \"tenant\"\nweights = { checkout = 4, batch = 1 }\ndefault_weight = 1\nmax_tenants = 1024",
-    ));
-    let output = run_governor(&[
-        std::ffi::OsStr::new("--check-config"),
-        file.path().as_os_str(),
-    ])
+    ))
     .await;
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(code, Some(0), "{stderr}");
 }
 
 #[tokio::test]

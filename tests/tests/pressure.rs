@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use governor_integration_tests::{
-    GovernorProcess, Signal, admin_get as get, release, run_governor, series, write_config,
+    GovernorProcess, Signal, admin_get as get, check_config, release, series,
 };
 use rate_governor_proto::v1::{
     AcquireRequest, AcquireResponse, GetDependencyRequest, Pressure, RejectReason, SessionRequest,
@@ -277,14 +277,8 @@ async fn bad_pressure_settings_exit_64_naming_the_key() {
             "unknown variant `never`, expected `saturated` or `elevated`",
         ),
     ] {
-        let file = write_config(toml);
-        let output = run_governor(&[
-            std::ffi::OsStr::new("--check-config"),
-            file.path().as_os_str(),
-        ])
-        .await;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(64), "{toml}: {stderr}");
+        let (code, stderr) = check_config(toml).await;
+        assert_eq!(code, Some(64), "{toml}: {stderr}");
         assert!(stderr.contains(message), "{message:?} not in {stderr}");
         if toml.contains("degrade_at") {
             assert!(stderr.contains("degrade_at = \"never\""), "{stderr}");

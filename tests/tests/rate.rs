@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use governor_integration_tests::{
-    GovernorProcess, Signal, admin_get as get, release, run_governor, series, write_config,
+    GovernorProcess, Signal, admin_get as get, check_config, release, series,
 };
 use rate_governor_proto::v1::{
     AcquireRequest, AcquireResponse, DependencyLimits, DependencyStatus, GetDependencyRequest,
@@ -263,14 +263,8 @@ async fn bad_rate_settings_exit_64_naming_the_key() {
             "unknown field `brust`",
         ),
     ] {
-        let file = write_config(toml);
-        let output = run_governor(&[
-            std::ffi::OsStr::new("--check-config"),
-            file.path().as_os_str(),
-        ])
-        .await;
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert_eq!(output.status.code(), Some(64), "{toml}: {stderr}");
+        let (code, stderr) = check_config(toml).await;
+        assert_eq!(code, Some(64), "{toml}: {stderr}");
         assert!(stderr.contains(message), "{message:?} not in {stderr}");
     }
 }

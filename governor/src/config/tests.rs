@@ -6,6 +6,17 @@ fn error(text: &str) -> String {
     Config::parse(text).unwrap_err().0
 }
 
+/// The limits `config` gives the dependency `name`.
+fn limits_of(config: &Config, name: &str) -> Limits {
+    config
+        .ledger
+        .dependencies
+        .iter()
+        .find(|(n, _)| n == name)
+        .map(|(_, limits)| limits.clone())
+        .unwrap_or_else(|| panic!("no dependency {name:?}"))
+}
+
 #[test]
 fn the_embedded_config_is_the_documented_one() {
     let config = Config::embedded();
@@ -140,15 +151,7 @@ fn adaptive_limits_inherit_key_by_key_and_can_be_turned_off() {
         "#,
     )
     .unwrap();
-    let find = |name: &str| {
-        config
-            .ledger
-            .dependencies
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, limits)| limits.clone())
-            .unwrap()
-    };
+    let find = |name: &str| limits_of(&config, name);
     let search = find("search");
     let adaptive = search.adaptive().unwrap();
     assert_eq!(adaptive.algorithm(), Algorithm::Gradient);
@@ -387,16 +390,7 @@ fn pressure_settings_inherit_and_name_the_key_when_wrong() {
     .unwrap();
     assert_eq!(config.ledger.defaults.elevated_at(), 0.8);
     assert_eq!(config.ledger.defaults.degrade_at(), DegradeAt::Saturated);
-    let limits = |name: &str| {
-        config
-            .ledger
-            .dependencies
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap()
-            .1
-            .clone()
-    };
+    let limits = |name: &str| limits_of(&config, name);
     assert_eq!(limits("api").elevated_at(), 0.8, "inherited");
     assert_eq!(limits("api").degrade_at(), DegradeAt::Elevated);
     assert_eq!(limits("db").elevated_at(), 1.0);
@@ -447,13 +441,7 @@ fn rate_limits_parse_inherit_turn_off_and_name_the_key_when_wrong() {
     )
     .unwrap();
     let rate = |name: &str| {
-        config
-            .ledger
-            .dependencies
-            .iter()
-            .find(|(n, _)| n == name)
-            .unwrap()
-            .1
+        limits_of(&config, name)
             .rate()
             .map(|r| (r.per_second(), r.burst()))
     };
@@ -509,15 +497,7 @@ by = "none"
 "#,
     )
     .unwrap();
-    let limits = |name: &str| {
-        config
-            .ledger
-            .dependencies
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, l)| l.clone())
-            .unwrap()
-    };
+    let limits = |name: &str| limits_of(&config, name);
     let payments = limits("payments");
     let fair = payments.fairness().unwrap();
     assert_eq!(fair.by(), FairBy::TenantRoute);

@@ -35,7 +35,7 @@ use super::reaper;
 use super::session::Owner;
 use super::shared::{LeaseRecord, Shared};
 use super::tenants::{Reservation, TenantBuckets};
-use super::waiters::{Priority, WaiterKey, WaiterQueue};
+use super::waiters::{WaiterKey, WaiterQueue};
 
 /// Upper bound of any retry-after hint.
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(60);
@@ -204,8 +204,6 @@ struct Waiter {
     wake: oneshot::Sender<Wake>,
     /// The tenant token it holds, given back if it leaves without a grant.
     tenant: Option<Reservation>,
-    priority: Priority,
-    retry: bool,
     /// Its entry under fair shares.
     fair: Option<FlowRef>,
 }
@@ -411,11 +409,18 @@ impl State {
             .map(|fair| fair.flow(request.tenant, request.route, waiters))
     }
 
-    /// Counts a refusal decided before the slot (its tenant's rate, the
-    /// retry budget) in the request's fair-share entry.
-    fn refused(&mut self, request: &AcquireRequest<'_>) {
+    /// The answer to a request turned away before the slot (draining, its
+    /// tenant's rate, the retry budget), counted in its fair-share entry.
+    fn turned_away(
+        &mut self,
+        request: &AcquireRequest<'_>,
+        rejection: Rejection,
+        queue_depth: u32,
+        now: Instant,
+    ) -> Admission {
         let flow = self.flow_of(request);
         self.arrived(flow, Arrival::Rejected);
+        self.decided(Err(rejection), queue_depth, now)
     }
 
     /// What became of an arrival with a fair-share entry.
@@ -432,10 +437,14 @@ impl State {
         }
     }
 
-    /// Takes a waiter out of the queue, if it is still there.
+    /// Takes a waiter out of the queue, if it is still there: the one way
+    /// out of it, which keeps the fair-share table's counts.
     fn take_waiter(&mut self, key: WaiterKey, left: Left) -> Option<Waiter> {
+        let (priority, retry) = self.waiters.place(key)?;
         let waiter = self.waiters.remove(key)?;
-        self.left_queue(&waiter, left);
+        if let (Some(fair), Some(flow)) = (self.fair.as_mut(), waiter.fair) {
+            fair.dequeued(flow, priority, retry, left, &mut self.waiters);
+        }
         Some(waiter)
     }
 
@@ -444,29 +453,16 @@ impl State {
     /// oldest.
     fn next_waiter(&mut self, left: Left) -> Option<Waiter> {
         let priority = self.waiters.top_priority()?;
-        let flow = self
+        let key = self
             .fair
             .as_ref()
-            .and_then(|fair| fair.next(priority).map(|flow| fair.queue_flow(flow)));
-        let waiter = match flow {
-            Some(flow) => self.waiters.pop_flow(flow, priority),
-            None => None,
-        }
-        .or_else(|| self.waiters.pop())?;
-        self.left_queue(&waiter, left);
-        Some(waiter)
-    }
-
-    fn left_queue(&mut self, waiter: &Waiter, left: Left) {
-        if let (Some(fair), Some(entry)) = (self.fair.as_mut(), &waiter.fair) {
-            fair.dequeued(
-                *entry,
-                waiter.priority,
-                waiter.retry,
-                left,
-                &mut self.waiters,
-            );
-        }
+            .and_then(|fair| fair.next(priority))
+            .and_then(|flow| {
+                let queue_flow = self.fair.as_ref()?.queue_flow(flow);
+                self.waiters.oldest_in_flow(queue_flow, priority)
+            })
+            .or_else(|| self.waiters.oldest_key())?;
+        self.take_waiter(key, left)
     }
 
     /// New fair-share settings: new weights or bound in place; a new `by`
@@ -506,7 +502,9 @@ impl State {
             };
             // Its tenant, as the old table knew it.
             let tenant = entry.and_then(|flow| old.as_ref()?.tenant_of(flow));
-            let (priority, retry) = (waiter.priority, waiter.retry);
+            let Some((priority, retry)) = waiters.place(key) else {
+                continue;
+            };
             let flow = fair.flow(tenant.as_deref(), None, waiters);
             let queue_flow = fair.queue_flow(flow);
             if let Some(waiter) = waiters.get_mut(key) {
@@ -719,9 +717,8 @@ impl Dependency {
         let queue_depth = state.waiters.len() as u32;
 
         if self.shared.draining.load(Ordering::Acquire) {
-            state.refused(request);
             let rejection = state.reject(RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER, now);
-            return state.decided(Err(rejection), queue_depth, now);
+            return state.turned_away(request, rejection, queue_depth, now);
         }
         let wait = request.max_wait.map_or(state.limits.max_wait(), |cap| {
             cap.min(state.limits.max_wait())
@@ -742,10 +739,9 @@ impl Dependency {
                 } else if at > now + wait {
                     RejectReason::RateLimited
                 } else if !self.shared.reserve_waiter() {
-                    state.refused(request);
                     let retry_after = state.queue_retry_after();
                     let rejection = state.reject(RejectReason::QueueFull, retry_after, now);
-                    return state.decided(Err(rejection), queue_depth, now);
+                    return state.turned_away(request, rejection, queue_depth, now);
                 } else {
                     let reservation = buckets.reserve(key, at);
                     state.delayed += 1;
@@ -758,17 +754,15 @@ impl Dependency {
                     });
                 };
                 // One tenant over its own rate: not the dependency's load.
-                state.refused(request);
                 let rejection = state.reject_quietly(reason, retry_after);
-                return state.decided(Err(rejection), queue_depth, now);
+                return state.turned_away(request, rejection, queue_depth, now);
             }
             tenant = Some(buckets.reserve(key, now));
         }
         if let Err(retry_after) = state.charge_budget(request.is_retry(), now) {
             state.unreserve(tenant, now);
-            state.refused(request);
             let rejection = state.reject(RejectReason::RetryBudgetExhausted, retry_after, now);
-            return state.decided(Err(rejection), queue_depth, now);
+            return state.turned_away(request, rejection, queue_depth, now);
         }
         self.admit_slot(state, request, now, now + wait, tenant, queue_depth)
     }
@@ -798,9 +792,8 @@ impl Dependency {
         };
         if let Some((reason, retry_after)) = refused {
             state.unreserve(Some(delayed.tenant), now);
-            state.refused(request);
             let rejection = state.reject(reason, retry_after, now);
-            return state.decided(Err(rejection), delayed.queue_depth, now);
+            return state.turned_away(request, rejection, delayed.queue_depth, now);
         }
         self.admit_slot(
             state,
@@ -898,8 +891,6 @@ impl Dependency {
         let waiter = Waiter {
             wake: tx,
             tenant,
-            priority: request.priority,
-            retry: request.is_retry(),
             fair: flow,
         };
         let key = state

@@ -205,6 +205,23 @@ struct Tenant {
     idle: Option<u64>,
 }
 
+impl Tenant {
+    fn new(name: Arc<str>, weight: u32, named: bool) -> Tenant {
+        Tenant {
+            name,
+            weight,
+            named,
+            usage: Usage::default(),
+            routes: Slab::new(),
+            route_names: HashMap::new(),
+            group: Group::default(),
+            granted: 0,
+            rejected: 0,
+            idle: None,
+        }
+    }
+}
+
 /// The fair-share table of one dependency.
 #[derive(Debug)]
 pub(crate) struct Fair {
@@ -385,18 +402,9 @@ impl Fair {
 
     fn insert_tenant(&mut self, name: Arc<str>) -> u32 {
         let (weight, named) = self.config.weight_of(&name);
-        let index = self.tenants.insert(Tenant {
-            name: name.clone(),
-            weight,
-            named,
-            usage: Usage::default(),
-            routes: Slab::new(),
-            route_names: HashMap::new(),
-            group: Group::default(),
-            granted: 0,
-            rejected: 0,
-            idle: None,
-        }) as u32;
+        let index = self
+            .tenants
+            .insert(Tenant::new(name.clone(), weight, named)) as u32;
         self.names.insert(name, index);
         self.entries += 1;
         if !named {
@@ -471,34 +479,19 @@ impl Fair {
         }
     }
 
-    /// The name of an entry's tenant.
-    pub(crate) fn tenant_name(&self, flow: FlowRef) -> Arc<str> {
-        self.tenants[flow.tenant as usize].name.clone()
-    }
-
     /// The name of an entry's tenant, if the entry is of this table and
     /// still in it (the overflow entry has none).
     pub(crate) fn tenant_of(&self, flow: FlowRef) -> Option<Arc<str>> {
         let live = self.live(flow) && self.overflow != Some(flow.tenant);
-        live.then(|| self.tenant_name(flow))
+        live.then(|| self.tenants[flow.tenant as usize].name.clone())
     }
 
     fn overflow_tenant(&mut self) -> u32 {
         if let Some(index) = self.overflow {
             return index;
         }
-        let index = self.tenants.insert(Tenant {
-            name: self.empty.clone(),
-            weight: self.config.default_weight(),
-            named: false,
-            usage: Usage::default(),
-            routes: Slab::new(),
-            route_names: HashMap::new(),
-            group: Group::default(),
-            granted: 0,
-            rejected: 0,
-            idle: None,
-        }) as u32;
+        let tenant = Tenant::new(self.empty.clone(), self.config.default_weight(), false);
+        let index = self.tenants.insert(tenant) as u32;
         self.overflow = Some(index);
         index
     }

@@ -1965,19 +1965,6 @@ async fn grant_as(ledger: &Ledger, tenant: &'static str) -> LeaseId {
     decision.granted().expect("granted").lease
 }
 
-/// Queues a request in the background; it resolves to the tenant (route)
-/// and the decision.
-async fn enqueue_as(
-    ledger: &Arc<Ledger>,
-    request: AcquireRequest<'static>,
-) -> tokio::task::JoinHandle<Decision> {
-    let ledger = ledger.clone();
-    let handle = tokio::spawn(async move { ledger.acquire(&request).await.unwrap() });
-    tokio::task::yield_now().await;
-    tokio::task::yield_now().await;
-    handle
-}
-
 fn tenant_status(ledger: &Ledger, tenant: &str) -> TenantStatus {
     status(ledger)
         .fair
@@ -2002,11 +1989,11 @@ async fn a_free_permit_goes_to_the_waiting_tenant_furthest_below_its_share() {
         noisy.push(grant_as(&ledger, "noisy").await);
     }
     let noisy_waiting: Vec<_> = futures::future::join_all(
-        (0..4).map(|_| enqueue_as(&ledger, by_tenant("noisy", None, Priority::Normal))),
+        (0..4).map(|_| enqueue_request(&ledger, by_tenant("noisy", None, Priority::Normal))),
     )
     .await;
-    let quiet_1 = enqueue_as(&ledger, by_tenant("quiet", None, Priority::Normal)).await;
-    let quiet_2 = enqueue_as(&ledger, by_tenant("quiet", None, Priority::Normal)).await;
+    let quiet_1 = enqueue_request(&ledger, by_tenant("quiet", None, Priority::Normal)).await;
+    let quiet_2 = enqueue_request(&ledger, by_tenant("quiet", None, Priority::Normal)).await;
     check_fair(&ledger);
     assert_eq!(tenant_status(&ledger, "noisy").queued, 4);
     assert_eq!(tenant_status(&ledger, "quiet").queued, 2);
@@ -2059,7 +2046,7 @@ async fn backlogged_tenants_hold_permits_in_proportion_to_their_weights() {
         for tenant in ["gold", "bronze"] {
             waiting.push((
                 tenant,
-                enqueue_as(&ledger, by_tenant(tenant, None, Priority::Normal)).await,
+                enqueue_request(&ledger, by_tenant(tenant, None, Priority::Normal)).await,
             ));
         }
     }
@@ -2103,8 +2090,8 @@ async fn priority_comes_before_the_fair_share() {
     );
     let a1 = grant_as(&ledger, "a").await;
     let _a2 = grant_as(&ledger, "a").await;
-    let b_normal = enqueue_as(&ledger, by_tenant("b", None, Priority::Normal)).await;
-    let a_critical = enqueue_as(&ledger, by_tenant("a", None, Priority::Critical)).await;
+    let b_normal = enqueue_request(&ledger, by_tenant("b", None, Priority::Normal)).await;
+    let a_critical = enqueue_request(&ledger, by_tenant("a", None, Priority::Critical)).await;
     ledger.release(&a1, Report::default()).unwrap();
     // a is over its share, but its waiter is critical.
     assert!(a_critical.await.unwrap().granted().is_some());
@@ -2120,12 +2107,12 @@ async fn a_full_queue_displaces_the_tenant_most_over_its_share() {
     );
     let _held = grant_as(&ledger, "noisy").await;
     let noisy: Vec<_> = futures::future::join_all(
-        (0..3).map(|_| enqueue_as(&ledger, by_tenant("noisy", None, Priority::Normal))),
+        (0..3).map(|_| enqueue_request(&ledger, by_tenant("noisy", None, Priority::Normal))),
     )
     .await;
     // noisy is the most loaded and it is not the arrival's: its newest
     // waiter makes room.
-    let quiet = enqueue_as(&ledger, by_tenant("quiet", None, Priority::Normal)).await;
+    let quiet = enqueue_request(&ledger, by_tenant("quiet", None, Priority::Normal)).await;
     let mut noisy = noisy.into_iter();
     let (first, second, newest) = (
         noisy.next().unwrap(),
@@ -2147,7 +2134,7 @@ async fn a_full_queue_displaces_the_tenant_most_over_its_share() {
     // Nor does a second quiet one displace a tenant no more loaded per
     // weight than quiet would be: noisy 1 + 2 = 3, quiet 1 + 1 = 2, so it
     // does; a third would make quiet 3 against noisy's 2.
-    let quiet_2 = enqueue_as(&ledger, by_tenant("quiet", None, Priority::Normal)).await;
+    let quiet_2 = enqueue_request(&ledger, by_tenant("quiet", None, Priority::Normal)).await;
     assert_eq!(
         second.await.unwrap().rejected().map(|r| r.reason),
         Some(RejectReason::Shed)
@@ -2185,11 +2172,11 @@ async fn routes_share_their_tenants_part_equally() {
         held.push(decision.granted().unwrap().lease);
     }
     let bulk: Vec<_> = futures::future::join_all(
-        (0..4).map(|_| enqueue_as(&ledger, by_tenant("t", Some("bulk"), Priority::Normal))),
+        (0..4).map(|_| enqueue_request(&ledger, by_tenant("t", Some("bulk"), Priority::Normal))),
     )
     .await;
-    let ui = enqueue_as(&ledger, by_tenant("t", Some("ui"), Priority::Normal)).await;
-    let u = enqueue_as(&ledger, by_tenant("u", None, Priority::Normal)).await;
+    let ui = enqueue_request(&ledger, by_tenant("t", Some("ui"), Priority::Normal)).await;
+    let u = enqueue_request(&ledger, by_tenant("u", None, Priority::Normal)).await;
     check_fair(&ledger);
     let t = tenant_status(&ledger, "t");
     assert_eq!(t.routes.len(), 2);
@@ -2253,8 +2240,8 @@ async fn the_table_is_bounded_and_tenants_beyond_share_an_overflow_entry() {
 async fn turning_fair_shares_on_or_off_keeps_every_waiter_and_permit() {
     let ledger = ledger_with("db", limits(1, 10, 60_000));
     let held = grant_as(&ledger, "a").await;
-    let a = enqueue_as(&ledger, by_tenant("a", None, Priority::Normal)).await;
-    let b = enqueue_as(&ledger, by_tenant("b", None, Priority::Normal)).await;
+    let a = enqueue_request(&ledger, by_tenant("a", None, Priority::Normal)).await;
+    let b = enqueue_request(&ledger, by_tenant("b", None, Priority::Normal)).await;
     ledger
         .update("db", &fairness(FairBy::Tenant, &[], None))
         .unwrap();
@@ -2265,7 +2252,7 @@ async fn turning_fair_shares_on_or_off_keeps_every_waiter_and_permit() {
     assert_eq!((before.in_flight, before.queued), (1, 2));
     ledger.release(&held, Report::default()).unwrap();
     let next = a.await.unwrap().granted().unwrap().lease;
-    let c = enqueue_as(&ledger, by_tenant("c", None, Priority::Normal)).await;
+    let c = enqueue_request(&ledger, by_tenant("c", None, Priority::Normal)).await;
     ledger
         .update("db", &fairness(FairBy::TenantRoute, &[("c", 5)], None))
         .unwrap();
@@ -2368,7 +2355,7 @@ async fn random_demands_settle_on_the_weighted_max_min_allocation() {
             for (t, &demand) in demands.iter().enumerate() {
                 if round < demand {
                     let request = by_tenant(NAMES[t], None, Priority::Normal);
-                    pending.push((t, enqueue_as(&ledger, request).await));
+                    pending.push((t, enqueue_request(&ledger, request).await));
                 }
             }
         }
@@ -2393,7 +2380,7 @@ async fn random_demands_settle_on_the_weighted_max_min_allocation() {
             // Its replacement queues first, then the permit frees: the
             // hand-over chooses among everyone who waits.
             let request = by_tenant(NAMES[t], None, Priority::Normal);
-            pending.push((t, enqueue_as(&ledger, request).await));
+            pending.push((t, enqueue_request(&ledger, request).await));
             ledger.release(&lease, Report::default()).unwrap();
             collect(&mut pending, &mut held).await;
             check_fair(&ledger);
@@ -2432,15 +2419,15 @@ async fn displacement_looks_for_the_most_loaded_tenant_with_a_waiter_to_give() {
         fair_limits(1, 5, &fairness(FairBy::Tenant, &[], None)),
     );
     let _held = grant_as(&ledger, "c").await;
-    let c1 = enqueue_as(&ledger, by_tenant("c", None, Priority::Normal)).await;
-    let c2 = enqueue_as(&ledger, by_tenant("c", None, Priority::Normal)).await;
+    let c1 = enqueue_request(&ledger, by_tenant("c", None, Priority::Normal)).await;
+    let c2 = enqueue_request(&ledger, by_tenant("c", None, Priority::Normal)).await;
     let b: Vec<_> = futures::future::join_all(
-        (0..3).map(|_| enqueue_as(&ledger, by_tenant("b", None, Priority::Critical))),
+        (0..3).map(|_| enqueue_request(&ledger, by_tenant("b", None, Priority::Critical))),
     )
     .await;
     // b (3 critical) and c (1 + 2 normal) are as loaded; only c has a
     // normal waiter to give.
-    let a = enqueue_as(&ledger, by_tenant("a", None, Priority::Normal)).await;
+    let a = enqueue_request(&ledger, by_tenant("a", None, Priority::Normal)).await;
     assert_eq!(
         c2.await.unwrap().rejected().map(|r| r.reason),
         Some(RejectReason::Shed)
@@ -2459,12 +2446,12 @@ async fn displacement_looks_for_the_most_loaded_tenant_with_a_waiter_to_give() {
         .await
         .unwrap();
     let r1: Vec<_> = futures::future::join_all(
-        (0..2).map(|_| enqueue_as(&ledger, by_tenant("b", Some("r1"), Priority::Critical))),
+        (0..2).map(|_| enqueue_request(&ledger, by_tenant("b", Some("r1"), Priority::Critical))),
     )
     .await;
-    let _r2_old = enqueue_as(&ledger, by_tenant("b", Some("r2"), Priority::Normal)).await;
-    let r2_new = enqueue_as(&ledger, by_tenant("b", Some("r2"), Priority::Normal)).await;
-    let a = enqueue_as(&ledger, by_tenant("a", None, Priority::Normal)).await;
+    let _r2_old = enqueue_request(&ledger, by_tenant("b", Some("r2"), Priority::Normal)).await;
+    let r2_new = enqueue_request(&ledger, by_tenant("b", Some("r2"), Priority::Normal)).await;
+    let a = enqueue_request(&ledger, by_tenant("a", None, Priority::Normal)).await;
     assert_eq!(
         r2_new.await.unwrap().rejected().map(|r| r.reason),
         Some(RejectReason::Shed)
@@ -2478,8 +2465,8 @@ async fn displacement_looks_for_the_most_loaded_tenant_with_a_waiter_to_give() {
         fair_limits(1, 2, &fairness(FairBy::Tenant, &[], None)),
     );
     let _held = grant_as(&ledger, "b").await;
-    let _b1 = enqueue_as(&ledger, by_tenant("b", None, Priority::Normal)).await;
-    let _b2 = enqueue_as(&ledger, by_tenant("b", None, Priority::Normal)).await;
+    let _b1 = enqueue_request(&ledger, by_tenant("b", None, Priority::Normal)).await;
+    let _b2 = enqueue_request(&ledger, by_tenant("b", None, Priority::Normal)).await;
     let retry = AcquireRequest {
         attempt: 1,
         ..by_tenant("a", None, Priority::Normal)

@@ -232,16 +232,39 @@ impl<T> WaiterQueue<T> {
     }
 
     /// The next waiter to serve: highest priority, then oldest.
+    #[cfg(test)]
     pub(crate) fn pop(&mut self) -> Option<T> {
-        let priority = self.top_priority()?;
-        let index = oldest(&self.nodes, &self.lists, priority)?;
-        Some(self.unlink(index))
+        let key = self.oldest_key()?;
+        self.remove(key)
+    }
+
+    /// The key of the waiter [`WaiterQueue::pop`] would take.
+    pub(crate) fn oldest_key(&self) -> Option<WaiterKey> {
+        let index = oldest(&self.nodes, &self.lists, self.top_priority()?)?;
+        Some(WaiterKey {
+            index,
+            seq: self.nodes[index].seq,
+        })
     }
 
     /// The oldest waiter of `priority` in `flow`.
-    pub(crate) fn pop_flow(&mut self, flow: FlowId, priority: Priority) -> Option<T> {
+    pub(crate) fn oldest_in_flow(&self, flow: FlowId, priority: Priority) -> Option<WaiterKey> {
         let index = oldest(&self.nodes, self.flows.get(flow)?, priority)?;
-        Some(self.unlink(index))
+        Some(WaiterKey {
+            index,
+            seq: self.nodes[index].seq,
+        })
+    }
+
+    /// A queued waiter's priority and whether it is a retry (its class).
+    pub(crate) fn place(&self, key: WaiterKey) -> Option<(Priority, bool)> {
+        match self.nodes.get(key.index) {
+            Some(node) if node.seq == key.seq => Some((
+                Priority::ALL[usize::from(node.class / 2)],
+                node.class % 2 == 1,
+            )),
+            _ => None,
+        }
     }
 
     /// Whether `flow` has a waiter of `priority`.
@@ -489,17 +512,26 @@ mod tests {
         q.push(Normal, false, Some(a), "a3");
         assert_eq!(q.top_priority(), Some(Critical));
         assert!(q.flow_has(b, Critical) && !q.flow_has(a, Critical));
-        assert_eq!(q.pop_flow(a, Critical), None);
-        assert_eq!(q.pop_flow(a, Normal), Some("a1"));
+        assert_eq!(
+            q.oldest_in_flow(a, Critical).and_then(|k| q.remove(k)),
+            None
+        );
+        assert_eq!(
+            q.oldest_in_flow(a, Normal).and_then(|k| q.remove(k)),
+            Some("a1")
+        );
         // Removal unlinks it from both of its lists.
         assert_eq!(q.remove(a2), Some("a2-retry"));
-        assert_eq!(q.pop_flow(a, Normal), Some("a3"));
+        assert_eq!(
+            q.oldest_in_flow(a, Normal).and_then(|k| q.remove(k)),
+            Some("a3")
+        );
         assert!(!q.flow_has(a, Normal));
         q.close_flow(a);
         assert_eq!(order(&mut q), ["b-critical", "b1"]);
         assert!(!q.flow_has(b, Normal) && !q.flow_has(b, Critical));
         // A stale flow id answers nothing.
-        assert_eq!(q.pop_flow(a, Normal), None);
+        assert_eq!(q.oldest_in_flow(a, Normal).and_then(|k| q.remove(k)), None);
         assert!(!q.flow_has(a, Normal));
     }
 
