@@ -46,6 +46,7 @@ const UPDATE_FIELDS: &[&str] = &[
     "limits.rate.",
     "limits.tenant_rate.",
     "limits.fairness.",
+    "limits.fleet.",
 ];
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -203,11 +204,25 @@ async fn run(data: &[u8]) {
         let result = admin.update_dependency(Request::new(message.clone())).await;
         if let Err(status) = &result {
             assert_names_a_field("UpdateDependency", status, UPDATE_FIELDS);
-            assert_eq!(
-                status.code(),
-                Code::InvalidArgument,
-                "UpdateDependency on an empty ledger: {status:?}"
-            );
+            // A fleet-wide limit needs a fleet store, which this ledger lacks.
+            let sets_fleet = message
+                .limits
+                .as_ref()
+                .and_then(|l| l.fleet.as_ref())
+                .is_some_and(|f| f.max_concurrency > 0);
+            if status.code() == Code::FailedPrecondition {
+                assert!(
+                    sets_fleet,
+                    "FAILED_PRECONDITION without a fleet limit: {status:?}"
+                );
+                assert!(status.message().starts_with("limits.fleet"), "{status:?}");
+            } else {
+                assert_eq!(
+                    status.code(),
+                    Code::InvalidArgument,
+                    "UpdateDependency on an empty ledger: {status:?}"
+                );
+            }
         }
         if bad_name(&message.name) {
             let status = result.as_ref().err().expect("a bad name is refused");

@@ -1158,6 +1158,7 @@ async fn run(Input { rates, ops }: Input) {
                     }),
                     tenant_rate: None,
                     fairness: None,
+                    fleet: None,
                 };
                 let current = world.deps[dep].clone();
                 let mut bad = Vec::new();

@@ -14,6 +14,7 @@
 
 pub mod app;
 pub mod config;
+pub mod fleet;
 pub mod ledger;
 pub mod server;
 pub mod telemetry;

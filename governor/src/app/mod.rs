@@ -111,6 +111,17 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
     ));
     telemetry.attach(&ledger);
     ledger.spawn_idle_sweeper();
+    let fleet = match config
+        .fleet
+        .as_ref()
+        .map(|fleet| crate::fleet::Fleet::start(fleet, ledger.clone(), telemetry.clone()))
+    {
+        Some(Err(error)) => {
+            eprintln!("governor: fleet: {error}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+        fleet => fleet.and_then(Result::ok),
+    };
     let (health, health_service) = tonic_health::server::health_reporter();
     let routes = |control_plane| {
         server::routes(
@@ -236,10 +247,15 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
             "second stop signal: exiting without waiting"
         );
     }
-    // Telemetry last, so that the drain itself is traced.
+    // The permits are back (or the grace is over): the fleet gets this
+    // sidecar's shares back now rather than when they lapse.
     let left = deadline
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
+    if let Some(fleet) = fleet {
+        fleet.stop(left).await;
+    }
+    // Telemetry last, so that the drain itself is traced.
     telemetry.shutdown(left).await;
     tracing::info!(leases_left = ledger.leases(), "stopped");
     if cut_short {

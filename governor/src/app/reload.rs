@@ -69,6 +69,17 @@ impl Reloader {
             }
         };
         if let Some(previous) = &last.1 {
+            // The store and this sidecar's name in it are the fleet task's
+            // from the start; a fleet-wide limit without it would grant
+            // nothing, so such a file is refused whole.
+            if config.fleet != previous.fleet {
+                self.telemetry.metrics.config_reloaded(false);
+                tracing::error!(
+                    trigger,
+                    "config reload refused: [fleet] changes take effect only after a restart; keeping the running config"
+                );
+                return;
+            }
             // The token is the one [server] key a reload applies.
             let restart_only = |server: &ServerConfig| ServerConfig {
                 admin_token: None,

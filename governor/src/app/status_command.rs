@@ -300,7 +300,42 @@ fn table(
         out.push_str("(no dependencies yet: one appears with its first Acquire)\n");
     }
     out.push_str(&tenants(dependencies));
+    out.push_str(&fleet(dependencies));
     out
+}
+
+/// The fleet shares of the dependencies with a fleet-wide limit, after a
+/// blank line; nothing without any.
+fn fleet(dependencies: &[DependencyStatus]) -> String {
+    let header = [
+        "DEPENDENCY", "FLEET", "MODE", "SHARE", "TARGET", "ENFORCED", "DEMAND", "PODS", "ERRORS",
+    ];
+    let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
+    for d in dependencies {
+        let Some(f) = &d.fleet else { continue };
+        let mode = match f.mode() {
+            v1::FleetMode::Starting => "starting",
+            v1::FleetMode::Share => "share",
+            v1::FleetMode::Learning => "learning",
+            v1::FleetMode::Fallback => "fallback",
+            v1::FleetMode::Unspecified => "-",
+        };
+        rows.push(vec![
+            d.name.clone(),
+            f.max_concurrency.to_string(),
+            mode.to_owned(),
+            f.share.to_string(),
+            f.target.to_string(),
+            f.enforced.to_string(),
+            f.demand.to_string(),
+            f.instances.to_string(),
+            f.store_errors_total.to_string(),
+        ]);
+    }
+    if rows.len() == 1 {
+        return String::new();
+    }
+    format!("\n{}", aligned(&rows, &["DEPENDENCY", "MODE"]))
 }
 
 /// The tenants of the dependencies with fair shares (named ones, then the
@@ -488,6 +523,32 @@ mod tests {
             ..Default::default()
         });
         assert_eq!(row(&adaptive).last().unwrap(), "gradient/shadow(12)");
+    }
+
+    #[test]
+    fn lists_the_fleet_shares_of_dependencies_with_a_fleet_limit() {
+        let mut shared = dependency("payments", 8, 8, 5, 0);
+        shared.fleet = Some(v1::FleetStatus {
+            mode: v1::FleetMode::Fallback.into(),
+            max_concurrency: 200,
+            share: 0,
+            target: 0,
+            enforced: 4,
+            demand: 9,
+            instances: 3,
+            store_errors_total: 7,
+            ..Default::default()
+        });
+        let out = table(&[shared, dependency("db", 4, 4, 1, 0)], None);
+        let lines: Vec<&str> = out.lines().collect();
+        let at = lines
+            .iter()
+            .position(|l| l.starts_with("DEPENDENCY"))
+            .expect("a fleet table");
+        assert_eq!(lines[at - 1], "");
+        let row: Vec<&str> = lines[at + 1].split_whitespace().collect();
+        assert_eq!(row, ["payments", "200", "fallback", "0", "0", "4", "9", "3", "7"]);
+        assert_eq!(lines.len(), at + 2, "only dependencies with a fleet limit");
     }
 
     #[test]

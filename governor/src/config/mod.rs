@@ -8,6 +8,7 @@
 
 mod access;
 mod duration;
+mod fleet;
 mod telemetry;
 
 use std::collections::BTreeMap;
@@ -19,6 +20,7 @@ use serde::Deserialize;
 
 pub use access::{AdminToken, ControlPlane, PeerAllowList};
 pub use duration::{HumanDuration, parse as parse_duration};
+pub use fleet::{FleetConfig, FleetStore, redact as redact_url};
 pub use telemetry::{OtlpProtocol, TelemetryConfig, TracingConfig};
 
 use crate::ledger::limit::{AdaptivePatch, AlgorithmChoice};
@@ -36,6 +38,8 @@ pub struct Config {
     pub server: ServerConfig,
     pub ledger: LedgerConfig,
     pub telemetry: TelemetryConfig,
+    /// The fleet store; `None` without a `[fleet]` section.
+    pub fleet: Option<FleetConfig>,
 }
 
 /// The `[server]` section.
@@ -98,6 +102,7 @@ struct File {
     dependencies: BTreeMap<String, LimitsSection>,
     #[serde(default)]
     telemetry: telemetry::TelemetrySection,
+    fleet: Option<fleet::FleetSection>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -136,6 +141,7 @@ struct LimitsSection {
     rate: Option<RateSection>,
     tenant_rate: Option<RateSection>,
     fairness: Option<FairnessSection>,
+    fleet: Option<fleet::FleetLimitSection>,
 }
 
 /// `[*.fairness]`: weighted fair shares between tenants (`by` defaults to
@@ -308,6 +314,16 @@ impl Config {
 
     fn from_file(file: File, base: File) -> Result<Config, ConfigError> {
         let server = server_config(file.server, base.server)?;
+        if file.defaults.fleet.is_some() {
+            return Err(ConfigError::at(
+                "defaults.fleet",
+                "a fleet-wide limit is set per dependency, in [dependencies.NAME.fleet]",
+            ));
+        }
+        let fleet = file
+            .fleet
+            .map(|section| section.config(base.fleet.unwrap_or_default()))
+            .transpose()?;
 
         let builtin = Limits::default()
             .patched(&patch(
@@ -391,6 +407,12 @@ impl Config {
             ledger::check_dependency_name(name)
                 .map_err(|problem| ConfigError::at(format!("dependencies.{name:?}"), problem))?;
             let key = format!("dependencies.{name}");
+            if section.fleet.is_some() && fleet.is_none() {
+                return Err(ConfigError::at(
+                    format!("{key}.fleet"),
+                    "needs a [fleet] section with redis or redis_cluster (the store the fleet shares the limit through)",
+                ));
+            }
             let limits = defaults
                 .patched(&patch(section, &defaults.retry_budget(), &key)?)
                 .map_err(|e| ConfigError::at(format!("{key}.{}", e.field), e.problem))?;
@@ -399,6 +421,7 @@ impl Config {
 
         Ok(Config {
             telemetry: TelemetryConfig::from_section(file.telemetry)?,
+            fleet,
             server,
             ledger: LedgerConfig {
                 defaults,
@@ -446,6 +469,11 @@ fn patch(
         rate: section.rate.map(RateSection::patch),
         tenant_rate: section.tenant_rate.map(RateSection::patch),
         fairness: section.fairness.as_ref().map(FairnessSection::patch),
+        fleet: section
+            .fleet
+            .map(|fleet| fleet.limit(key))
+            .transpose()?
+            .map(Some),
     })
 }
 

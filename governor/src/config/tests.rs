@@ -557,3 +557,85 @@ by = "none"
         (FairBy::Tenant, (2, true))
     );
 }
+
+const FLEET: &str = "[fleet]\nredis = \"redis://:secret@127.0.0.1:6379/0\"\n";
+const PAYMENTS_FLEET: &str =
+    "[dependencies.payments.fleet]\nmax_concurrency = 200\nfallback_share = 4\n";
+
+#[test]
+fn a_fleet_section_and_a_fleet_limit_are_read_with_their_defaults() {
+    assert_eq!(Config::embedded().fleet, None);
+    let config = Config::parse(&format!("{FLEET}{PAYMENTS_FLEET}")).unwrap();
+    let fleet = config.fleet.as_ref().unwrap();
+    assert_eq!(
+        fleet.store,
+        FleetStore::Redis("redis://:secret@127.0.0.1:6379/0".into())
+    );
+    assert_eq!(fleet.share_ttl, Duration::from_secs(10));
+    assert_eq!(fleet.safety_margin, Duration::from_secs(2), "share_ttl / 5");
+    assert_eq!(fleet.renew_interval(), Duration::from_secs(10) / 3);
+    assert_eq!(&*fleet.namespace, "governor");
+    assert!(
+        fleet.instance.ends_with(&format!("-{}", std::process::id())),
+        "hostname-pid: {}",
+        fleet.instance
+    );
+    let limit = limits_of(&config, "payments").fleet().unwrap();
+    assert_eq!((limit.max_concurrency(), limit.fallback_share()), (200, 4));
+    // The password never reaches Debug output (logs print the store so).
+    let debug = format!("{config:?}");
+    assert!(!debug.contains("secret"), "{debug}");
+    assert!(debug.contains("<redacted>@127.0.0.1:6379"), "{debug}");
+
+    let cluster = Config::parse(
+        "[fleet]\nredis_cluster = [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"]\n\
+         share_ttl = \"3s\"\nsafety_margin = \"500ms\"\ninstance = \"pod-a\"\nnamespace = \"shop\"\n",
+    )
+    .unwrap()
+    .fleet
+    .unwrap();
+    assert!(matches!(&cluster.store, FleetStore::Cluster(nodes) if nodes.len() == 2));
+    assert_eq!(
+        (cluster.share_ttl, cluster.safety_margin),
+        (Duration::from_secs(3), Duration::from_millis(500))
+    );
+    assert_eq!((&*cluster.instance, &*cluster.namespace), ("pod-a", "shop"));
+}
+
+#[test]
+fn fleet_mistakes_name_their_key() {
+    for (text, key) in [
+        (PAYMENTS_FLEET.to_owned(), "dependencies.payments.fleet: needs a [fleet] section"),
+        (
+            format!("{FLEET}[dependencies.payments.fleet]\nmax_concurrency = 2\nfallback_share = 3\n"),
+            "dependencies.payments.fleet.fallback_share: must be at most",
+        ),
+        (
+            format!("{FLEET}[dependencies.payments.fleet]\nmax_concurrency = 0\nfallback_share = 0\n"),
+            "dependencies.payments.fleet.max_concurrency: must be between 1",
+        ),
+        (
+            format!("{FLEET}[dependencies.payments.fleet]\nmax_concurrency = 2\n"),
+            "missing field `fallback_share`",
+        ),
+        (format!("{FLEET}[defaults.fleet]\nmax_concurrency = 2\nfallback_share = 0\n"), "defaults.fleet: "),
+        (
+            "[fleet]\nredis = \"redis://a\"\nredis_cluster = [\"redis://b\"]\n".to_owned(),
+            "fleet: set redis or redis_cluster, not both",
+        ),
+        ("[fleet]\nshare_ttl = \"3s\"\n".to_owned(), "fleet: needs redis"),
+        ("[fleet]\nredis_cluster = []\n".to_owned(), "fleet.redis_cluster: must name at least one node"),
+        ("[fleet]\nredis = \"http://x\"\n".to_owned(), "fleet.redis: invalid URL"),
+        (format!("{FLEET}share_ttl = \"500ms\"\n"), "fleet.share_ttl: must be between 1s and 1h"),
+        (
+            format!("{FLEET}share_ttl = \"4s\"\nsafety_margin = \"2s\"\n"),
+            "fleet.safety_margin: must be less than half",
+        ),
+        (format!("{FLEET}instance = \"pod a\"\n"), "fleet.instance: "),
+        (format!("{FLEET}namespace = \"{{x}}\"\n"), "fleet.namespace: "),
+        (format!("{FLEET}password_file = \"/nonexistent/x\"\n"), "fleet.password_file: cannot read"),
+    ] {
+        let error = error(&text);
+        assert!(error.contains(key), "{text:?}: {error}");
+    }
+}

@@ -26,6 +26,7 @@ use super::decision::{
 };
 use super::expiry::Expiry;
 use super::fair::{Arrival, Fair, FairStatus, FlowRef, Left, TenantDetail};
+use super::fleet::{FleetReading, FleetStatus};
 use super::lease::{LeaseId, LeaseKey, LeaseKeyHash};
 use super::limit::{LimitChange, LimitStatus, Limiter, Sample, SampleKind};
 use super::limits::{DegradeAt, InvalidLimit, Limits, LimitsPatch};
@@ -72,6 +73,12 @@ struct State {
     tenants: Option<TenantBuckets>,
     /// The fair-share table; `None` without fair shares.
     fair: Option<Fair>,
+    /// The fleet task's last word on a fleet-wide limit; `None` without one.
+    /// Its `enforced` is the limiter's fleet term.
+    fleet: Option<FleetStatus>,
+    /// The most in flight + queued + one arrival since the fleet task last
+    /// read it: the demand it reports to the fleet store.
+    peak_demand: u32,
     /// The epoch of the latest fair-share table (a new table, a new epoch:
     /// the permits of an older one are not counted in it).
     fair_epoch: u32,
@@ -290,6 +297,8 @@ pub struct DependencyStatus {
     pub pressure: Pressure,
     /// The fair-share table's tenants; empty without fair shares.
     pub fair: FairStatus,
+    /// This sidecar's share of a fleet-wide limit; `None` without one.
+    pub fleet: Option<FleetStatus>,
 }
 
 impl State {
@@ -364,7 +373,9 @@ impl State {
             .mean_hold_ns
             .map_or(self.limits.max_wait(), Duration::from_nanos);
         let ahead = self.waiters.len() as u32 + 1;
-        let estimate = hold.mul_f64(f64::from(ahead) / f64::from(self.limiter.enforced()));
+        // (A fleet share can be 0: then the hold time itself.)
+        let limit = self.limiter.enforced().max(1);
+        let estimate = hold.mul_f64(f64::from(ahead) / f64::from(limit));
         estimate.clamp(Duration::from_millis(1), MAX_RETRY_AFTER)
     }
 
@@ -463,6 +474,30 @@ impl State {
             })
             .or_else(|| self.waiters.oldest_key())?;
         self.take_waiter(key, left)
+    }
+
+    /// Keeps the fleet term in step with the limits: a new fleet-wide limit
+    /// grants nothing until the fleet task has asked the store (which it is
+    /// woken to do); a removed one leaves the local limit.
+    fn refleet(&mut self, shared: &Shared) -> Option<LimitChange> {
+        match (self.limits.fleet(), self.fleet.as_mut()) {
+            (None, _) => {
+                self.fleet = None;
+                self.limiter.set_fleet(None)
+            }
+            (Some(limit), Some(status)) => {
+                // The task applies a new fleet limit on its next call.
+                status.fallback_share = limit.fallback_share();
+                None
+            }
+            (Some(limit), None) => {
+                let status = FleetStatus::starting(limit.max_concurrency(), limit.fallback_share());
+                let change = self.limiter.set_fleet(Some(status.enforced));
+                self.fleet = Some(status);
+                shared.fleet_wake.notify_one();
+                change
+            }
+        }
     }
 
     /// New fair-share settings: new weights or bound in place; a new `by`
@@ -606,6 +641,8 @@ impl Dependency {
                 tenants: limits.tenant_rate().map(TenantBuckets::new),
                 fair: limits.fairness().map(|config| Fair::new(config.clone(), 0)),
                 fair_epoch: 0,
+                fleet: None,
+                peak_demand: 0,
                 delayed: 0,
                 limiter: Limiter::new(limits.max_concurrency(), limits.adaptive(), now),
                 limits,
@@ -628,6 +665,10 @@ impl Dependency {
             }),
             reaper: Arc::new(Notify::new()),
         });
+        {
+            let mut state = dependency.lock();
+            state.refleet(&dependency.shared);
+        }
         reaper::spawn(Arc::downgrade(&dependency), dependency.reaper.clone());
         dependency
     }
@@ -715,6 +756,7 @@ impl Dependency {
         // now, if this request leaves it without a lease or a waiter).
         state.idle_since = None;
         let queue_depth = state.waiters.len() as u32;
+        state.peak_demand = state.peak_demand.max(state.in_flight + queue_depth + 1);
 
         if self.shared.draining.load(Ordering::Acquire) {
             let rejection = state.reject(RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER, now);
@@ -1197,6 +1239,7 @@ impl Dependency {
             .limiter
             .reconfigure(limits.max_concurrency(), limits.adaptive(), now);
         state.limits = limits;
+        let change = LimitChange::merge(change, state.refleet(&self.shared));
         while state.waiters.len() > state.limits.max_queue() as usize {
             let Some(victim) = state
                 .waiters
@@ -1252,6 +1295,45 @@ impl Dependency {
         }
     }
 
+    /// Its fleet-wide limit, if it has one.
+    pub(crate) fn fleet_limit(&self) -> Option<super::limits::FleetLimit> {
+        self.lock().limits.fleet()
+    }
+
+    /// What the fleet task reports to the store: the demand since its last
+    /// reading (which starts a new one) and what is in flight now. `None`
+    /// without a fleet-wide limit.
+    pub(crate) fn fleet_reading(&self) -> Option<FleetReading> {
+        let mut state = self.lock();
+        state.fleet.as_ref()?;
+        let local_limit = state.limiter.local();
+        let now_demand = state.in_flight + state.waiters.len() as u32;
+        let peak = std::mem::replace(&mut state.peak_demand, 0).max(now_demand);
+        Some(FleetReading {
+            in_flight: state.in_flight,
+            local_limit,
+            demand: peak.min(local_limit),
+        })
+    }
+
+    /// The fleet task's new word: its `enforced` becomes the fleet term of
+    /// the enforced limit (raising it grants waiters at once; lowering it
+    /// revokes nothing). Ignored when the dependency has no fleet-wide limit
+    /// (any more).
+    pub(crate) fn set_fleet(self: &Arc<Self>, status: FleetStatus, now: Instant) {
+        let change = {
+            let mut state = self.lock_at(now);
+            if state.fleet.is_none() {
+                return;
+            }
+            let change = state.limiter.set_fleet(Some(status.enforced));
+            state.fleet = Some(status);
+            self.limit_moved(&mut state, change.as_ref(), now);
+            change.map(|change| (change, state.snapshot(now)))
+        };
+        self.report(change);
+    }
+
     /// Its status, with the tenants of its fair-share table as `detail`
     /// says (their shares computed after the lock is let go).
     pub fn status(&self, detail: TenantDetail) -> DependencyStatus {
@@ -1275,6 +1357,7 @@ impl Dependency {
             limit_changes_total: state.limit_changes_total,
             pressure: state.pressure(now),
             fair: FairStatus::default(),
+            fleet: state.fleet.clone(),
         };
         let reading = state
             .fair

@@ -26,6 +26,51 @@ pub struct Limits {
     tenant_rate: Option<Rate>,
     /// `None`: no fair shares, one queue for everyone.
     fairness: Option<Fairness>,
+    /// `None`: no fleet-wide limit.
+    fleet: Option<FleetLimit>,
+}
+
+/// A limit shared by every sidecar of a fleet (through the fleet store):
+/// this sidecar enforces its share of it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FleetLimit {
+    max_concurrency: u32,
+    fallback_share: u32,
+}
+
+impl FleetLimit {
+    /// `max_concurrency` in [1, [`MAX_CONCURRENCY`]], `fallback_share` at
+    /// most `max_concurrency`.
+    pub fn new(max_concurrency: u32, fallback_share: u32) -> Result<FleetLimit, InvalidLimit> {
+        if !(1..=MAX_CONCURRENCY).contains(&max_concurrency) {
+            return Err(InvalidLimit {
+                field: "fleet.max_concurrency",
+                problem: format!("must be between 1 and {MAX_CONCURRENCY}, got {max_concurrency}"),
+            });
+        }
+        if fallback_share > max_concurrency {
+            return Err(InvalidLimit {
+                field: "fleet.fallback_share",
+                problem: format!(
+                    "must be at most fleet.max_concurrency ({max_concurrency}), got {fallback_share}"
+                ),
+            });
+        }
+        Ok(FleetLimit {
+            max_concurrency,
+            fallback_share,
+        })
+    }
+
+    /// Permits in flight across every sidecar sharing the store.
+    pub fn max_concurrency(&self) -> u32 {
+        self.max_concurrency
+    }
+
+    /// What this sidecar may use alone while the store is unreachable.
+    pub fn fallback_share(&self) -> u32 {
+        self.fallback_share
+    }
 }
 
 /// Weighted fair shares of the permits between tenants (and their routes).
@@ -206,6 +251,8 @@ pub struct LimitsPatch {
     pub tenant_rate: Option<Option<RatePatch>>,
     /// `Some(None)` turns fair shares off; `Some(Some(_))` replaces them.
     pub fairness: Option<Option<FairnessPatch>>,
+    /// `Some(None)` removes the fleet limit; `Some(Some(_))` sets it.
+    pub fleet: Option<Option<FleetLimit>>,
 }
 
 /// A rate limit as it comes in, checked by [`Limits::patched`].
@@ -250,6 +297,7 @@ impl Default for Limits {
             rate: None,
             tenant_rate: None,
             fairness: None,
+            fleet: None,
         }
     }
 }
@@ -304,6 +352,10 @@ impl Limits {
     pub fn fairness(&self) -> Option<&Fairness> {
         self.fairness.as_ref()
     }
+    /// The fleet-wide limit this sidecar takes a share of; `None`: none.
+    pub fn fleet(&self) -> Option<FleetLimit> {
+        self.fleet
+    }
 
     /// These limits with `patch` applied, or the first field that is out of range.
     pub fn patched(&self, patch: &LimitsPatch) -> Result<Limits, InvalidLimit> {
@@ -326,6 +378,7 @@ impl Limits {
                 Some(None) => None,
                 Some(Some(fairness)) => Some(Fairness::new(fairness)?),
             },
+            fleet: patch.fleet.unwrap_or(self.fleet),
         };
         limits.validate()?;
         Ok(limits)

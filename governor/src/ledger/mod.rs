@@ -54,6 +54,7 @@ mod decision;
 mod dependency;
 mod expiry;
 mod fair;
+mod fleet;
 mod idle;
 mod lease;
 pub mod limit;
@@ -83,11 +84,12 @@ pub use decision::{
 };
 pub use dependency::{Dependency, DependencyStatus};
 pub use fair::{FairStatus, RouteStatus, STATUS_TENANTS, TenantDetail, TenantStatus, max_min};
+pub use fleet::{FleetMode, FleetReading, FleetStatus};
 pub use lease::{LEASE_ID_LEN, LeaseHandle, LeaseId};
 pub use limits::{
     BudgetConfig, DEFAULT_MAX_TENANTS, DegradeAt, ELEVATED_AT, FairBy, Fairness, FairnessPatch,
-    InvalidLimit, Limits, LimitsPatch, MAX_TENANT_LEN, MAX_TENANTS, MAX_WAIT, MAX_WEIGHT,
-    RatePatch, name_problem,
+    FleetLimit, InvalidLimit, Limits, LimitsPatch, MAX_TENANT_LEN, MAX_TENANTS, MAX_WAIT,
+    MAX_WEIGHT, RatePatch, name_problem,
 };
 pub use peers::Peer;
 pub use rate::Rate;
@@ -210,6 +212,9 @@ pub struct Ledger {
     peers: Mutex<PeerBook>,
     /// Wakes the idle sweeper when `idle_ttl` changes or the ledger goes.
     sweeper: Arc<Notify>,
+    /// Whether a fleet task serves fleet-wide limits (the control plane may
+    /// set them only then).
+    fleet_store: std::sync::atomic::AtomicBool,
 }
 
 impl Ledger {
@@ -240,6 +245,7 @@ impl Ledger {
             creating: Mutex::new(IdleQueue::default()),
             peers: Mutex::new(PeerBook::default()),
             sweeper: Arc::new(Notify::new()),
+            fleet_store: Default::default(),
         };
         ledger.reconfigure(config);
         ledger
@@ -361,6 +367,9 @@ impl Ledger {
     /// A dependency the control plane touched is never evicted.
     pub fn update(&self, name: &str, patch: &LimitsPatch) -> Result<DependencyStatus, UpdateError> {
         check_dependency_name(name).map_err(UpdateError::InvalidName)?;
+        if matches!(patch.fleet, Some(Some(_))) && !self.fleet_store.load(Ordering::Acquire) {
+            return Err(UpdateError::NoFleetStore);
+        }
         let mut evicted = Vec::new();
         let result = {
             // Under the creation lock, so it cannot be evicted between the
@@ -390,6 +399,25 @@ impl Ledger {
         };
         self.report_evicted(evicted);
         Ok(result?.status(TenantDetail::Top))
+    }
+
+    /// Says that a fleet task serves fleet-wide limits (or no longer does).
+    pub fn set_fleet_store(&self, serving: bool) {
+        self.fleet_store.store(serving, Ordering::Release);
+    }
+
+    /// The dependencies that have a fleet-wide limit now.
+    pub(crate) fn fleet_dependencies(&self) -> Vec<Arc<Dependency>> {
+        self.dependencies
+            .iter()
+            .filter(|d| d.fleet_limit().is_some())
+            .map(|d| d.clone())
+            .collect()
+    }
+
+    /// Notified when a dependency gains a fleet-wide limit.
+    pub(crate) fn fleet_wake(&self) -> Arc<Notify> {
+        self.shared.fleet_wake.clone()
     }
 
     /// Applies a whole new configuration (a config reload). Dependencies it
@@ -716,6 +744,9 @@ pub enum UpdateError {
     Limit(#[from] InvalidLimit),
     #[error(transparent)]
     Ledger(#[from] LedgerError),
+    /// A fleet-wide limit, on a sidecar without a fleet store.
+    #[error("fleet: this sidecar has no [fleet] store to share a fleet-wide limit through")]
+    NoFleetStore,
 }
 
 #[cfg(test)]

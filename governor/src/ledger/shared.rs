@@ -74,6 +74,9 @@ pub(crate) struct Shared {
     pub observer: Arc<dyn LedgerObserver>,
     /// Dependencies that went idle, for the evictor.
     pub idle: IdleInbox,
+    /// Wakes the fleet task when a dependency gains a fleet-wide limit (it
+    /// grants nothing until the task has asked the store).
+    pub fleet_wake: Arc<tokio::sync::Notify>,
     waiters: AtomicUsize,
     max_waiters: AtomicUsize,
     max_session_pending: AtomicUsize,
@@ -105,6 +108,7 @@ impl Shared {
             drain_started: tokio_util::sync::CancellationToken::new(),
             observer,
             idle: IdleInbox::default(),
+            fleet_wake: Arc::default(),
             waiters: AtomicUsize::new(0),
             max_waiters: AtomicUsize::new(max_waiters),
             max_session_pending: AtomicUsize::new(max_session_pending),

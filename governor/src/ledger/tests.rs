@@ -23,6 +23,7 @@ fn limits(concurrency: u32, queue: u32, wait_ms: u64) -> Limits {
             rate: None,
             tenant_rate: None,
             fairness: None,
+            fleet: None,
         })
         .unwrap()
 }
@@ -2477,4 +2478,99 @@ async fn displacement_looks_for_the_most_loaded_tenant_with_a_waiter_to_give() {
         Some(RejectReason::QueueFull)
     );
     check_fair(&ledger);
+}
+
+/// The fleet term moves at random (as the fleet task moves it) under a
+/// queue of waiters and random releases: every grant fits the enforced
+/// limit in force when it is made, a raised term grants waiters at once, a
+/// lowered one revokes nothing, and the demand read back is the peak.
+#[tokio::test(start_paused = true)]
+async fn a_moving_fleet_term_is_never_exceeded_by_a_grant() {
+    use rand::{Rng, SeedableRng};
+    let limits = limits(8, 64, 5_000)
+        .patched(&LimitsPatch {
+            fleet: Some(Some(FleetLimit::new(20, 1).unwrap())),
+            ..Default::default()
+        })
+        .unwrap();
+    let ledger = ledger_with("db", limits);
+    let dependency = ledger.dependencies.get("db").unwrap().clone();
+    assert_eq!(
+        status(&ledger).limit.enforced,
+        0,
+        "nothing before the fleet task's word"
+    );
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0xf1ee7);
+    let mut held: Vec<LeaseId> = Vec::new();
+    let mut pending: Vec<tokio::task::JoinHandle<Decision>> = Vec::new();
+    let mut grants = 0;
+    let set = |term: u32| {
+        let mut fleet = FleetStatus::starting(20, 1);
+        fleet.mode = FleetMode::Share;
+        fleet.enforced = term;
+        dependency.set_fleet(fleet, Instant::now());
+    };
+    for step in 0..2000 {
+        match rng.random_range(0..10) {
+            0 => set(rng.random_range(0..=12)),
+            1..=5 => pending.push(enqueue_request(&ledger, request(Priority::Normal, 0)).await),
+            _ if !held.is_empty() => {
+                let lease = held.swap_remove(rng.random_range(0..held.len()));
+                ledger.release(&lease, Report::default()).unwrap();
+            }
+            _ => {}
+        }
+        tokio::task::yield_now().await;
+        let mut still = Vec::new();
+        for handle in pending.drain(..) {
+            if handle.is_finished() {
+                let decision = handle.await.unwrap();
+                // (A full queue refuses; a grant must fit.)
+                if let Some(grant) = decision.granted() {
+                    assert!(
+                        decision.snapshot.in_flight <= decision.snapshot.limit,
+                        "step {step}: granted over the limit: {:?}",
+                        decision.snapshot
+                    );
+                    held.push(grant.lease);
+                    grants += 1;
+                }
+            } else {
+                still.push(handle);
+            }
+        }
+        pending = still;
+        let status = status(&ledger);
+        assert_eq!(status.limit.enforced, status.fleet.unwrap().enforced.min(8));
+        if status.in_flight < status.limit.enforced {
+            assert_eq!(status.queued, 0, "step {step}: a free permit and a waiter");
+        }
+    }
+    assert!(grants > 300, "{grants} grants");
+    // The demand is the peak since the last reading, at most the local limit.
+    let reading = dependency.fleet_reading().unwrap();
+    assert_eq!(reading.local_limit, 8);
+    assert_eq!(reading.demand, 8, "held and queued exceed the local limit");
+    let again = dependency.fleet_reading().unwrap();
+    assert_eq!(again.in_flight, held.len() as u32);
+    set(20);
+    for lease in held {
+        ledger.release(&lease, Report::default()).unwrap();
+    }
+    for handle in pending {
+        if let Some(grant) = handle.await.unwrap().granted() {
+            ledger.release(&grant.lease, Report::default()).unwrap();
+        }
+    }
+    let empty = dependency.fleet_reading().unwrap();
+    assert_eq!((empty.in_flight, empty.demand), (0, 0), "no arrival since");
+    // One arrival held and gone by the next reading still counts.
+    let lease = grant(&ledger).await;
+    ledger.release(&lease, Report::default()).unwrap();
+    assert_eq!(dependency.fleet_reading().unwrap().demand, 1);
+    assert_eq!(
+        dependency.fleet_reading().unwrap().demand,
+        0,
+        "a new reading starts at 0"
+    );
 }

@@ -54,6 +54,11 @@ fn to_proto(status: DependencyStatus) -> v1::DependencyStatus {
         delayed: status.delayed,
         fairness: limits.fairness().map(fields::fairness_to_proto),
         tenants_tracked: status.fair.tracked,
+        fleet_limits: limits.fleet().map(fields::fleet_limits_to_proto),
+        fleet: status
+            .fleet
+            .as_ref()
+            .map(|fleet| fields::fleet_to_proto(fleet, tokio::time::Instant::now())),
         tenants: status.fair.tenants.iter().map(tenant_to_proto).collect(),
         name: status.name.to_string(),
         max_concurrency: limits.max_concurrency(),

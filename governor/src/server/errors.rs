@@ -27,6 +27,7 @@ impl From<UpdateError> for Status {
                 Status::invalid_argument(format!("limits.{}: {}", invalid.field, invalid.problem))
             }
             UpdateError::Ledger(error) => error.into(),
+            UpdateError::NoFleetStore => Status::failed_precondition(format!("limits.{error}")),
         }
     }
 }

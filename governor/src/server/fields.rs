@@ -8,8 +8,8 @@ use tonic::Status;
 
 use crate::ledger::limit::{AdaptivePatch, Algorithm, AlgorithmChoice};
 use crate::ledger::{
-    self, BudgetConfig, DegradeAt, FairBy, FairnessPatch, LeaseId, LimitsPatch, Outcome, Pressure,
-    Priority, Rate, RatePatch,
+    self, BudgetConfig, DegradeAt, FairBy, FairnessPatch, FleetLimit, LeaseId, LimitsPatch,
+    Outcome, Pressure, Priority, Rate, RatePatch,
 };
 
 /// Longest lease id accepted before it is even looked at.
@@ -137,6 +137,7 @@ pub fn limits_patch(limits: Option<&v1::DependencyLimits>) -> Result<LimitsPatch
         rate: limits.rate.as_ref().map(rate_patch),
         tenant_rate: limits.tenant_rate.as_ref().map(rate_patch),
         fairness: limits.fairness.as_ref().map(fairness_patch).transpose()?,
+        fleet: limits.fleet.as_ref().map(fleet_patch).transpose()?,
     })
 }
 
@@ -185,6 +186,53 @@ pub fn fairness_to_proto(fairness: &ledger::Fairness) -> v1::Fairness {
 
 /// `per_second = 0` removes the rate limit; `burst = 0` means 1. The
 /// ranges are checked with the other limits (`limits.rate.per_second`).
+/// `max_concurrency = 0` removes the fleet-wide limit.
+fn fleet_patch(fleet: &v1::FleetLimits) -> Result<Option<FleetLimit>, Status> {
+    if fleet.max_concurrency == 0 {
+        return Ok(None);
+    }
+    FleetLimit::new(fleet.max_concurrency, fleet.fallback_share)
+        .map(Some)
+        .map_err(|e| invalid(&format!("limits.{}", e.field), e.problem))
+}
+
+pub fn fleet_limits_to_proto(fleet: FleetLimit) -> v1::FleetLimits {
+    v1::FleetLimits {
+        max_concurrency: fleet.max_concurrency(),
+        fallback_share: fleet.fallback_share(),
+    }
+}
+
+pub fn fleet_to_proto(fleet: &ledger::FleetStatus, now: tokio::time::Instant) -> v1::FleetStatus {
+    let left = |until: Option<tokio::time::Instant>| {
+        until
+            .filter(|&until| until > now)
+            .map(|until| to_proto(until - now))
+    };
+    v1::FleetStatus {
+        mode: match fleet.mode {
+            ledger::FleetMode::Starting => v1::FleetMode::Starting,
+            ledger::FleetMode::Share => v1::FleetMode::Share,
+            ledger::FleetMode::Learning => v1::FleetMode::Learning,
+            ledger::FleetMode::Fallback => v1::FleetMode::Fallback,
+        }
+        .into(),
+        max_concurrency: fleet.max_concurrency,
+        share: fleet.share,
+        target: fleet.target,
+        enforced: fleet.enforced,
+        demand: fleet.demand,
+        fallback_share: fleet.fallback_share,
+        instances: fleet.instances,
+        valid_for: left(fleet.valid_until),
+        learning_left: left(fleet.learning_until),
+        store_calls_total: fleet.store_calls_total,
+        store_errors_total: fleet.store_errors_total,
+        store_latency: fleet.store_latency.map(to_proto),
+        last_error: fleet.last_error.as_deref().unwrap_or_default().to_owned(),
+    }
+}
+
 fn rate_patch(rate: &v1::RateLimit) -> Option<RatePatch> {
     (rate.per_second != 0.0).then(|| RatePatch {
         per_second: rate.per_second,

@@ -121,6 +121,116 @@ impl TenantMetrics {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FleetModeLabels {
+    dependency: String,
+    mode: &'static str,
+}
+
+/// Fleet-wide limits: the gauges read from the ledger when scraped, the
+/// store calls counted as they happen (by the fleet tasks).
+#[derive(Debug)]
+struct FleetMetrics {
+    limit: Family<DependencyLabels, Gauge>,
+    share: Family<DependencyLabels, Gauge>,
+    target: Family<DependencyLabels, Gauge>,
+    enforced: Family<DependencyLabels, Gauge>,
+    demand: Family<DependencyLabels, Gauge>,
+    instances: Family<DependencyLabels, Gauge>,
+    fallback_share: Family<DependencyLabels, Gauge>,
+    mode: Family<FleetModeLabels, Gauge>,
+    calls: Family<DependencyLabels, Counter>,
+    errors: Family<DependencyLabels, Counter>,
+    seconds: Family<DependencyLabels, prometheus_client::metrics::histogram::Histogram>,
+    /// The dependencies of the last scrape that had a fleet limit.
+    series: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+impl Default for FleetMetrics {
+    fn default() -> Self {
+        FleetMetrics {
+            limit: Family::default(),
+            share: Family::default(),
+            target: Family::default(),
+            enforced: Family::default(),
+            demand: Family::default(),
+            instances: Family::default(),
+            fallback_share: Family::default(),
+            mode: Family::default(),
+            calls: Family::default(),
+            errors: Family::default(),
+            seconds: Family::new_with_constructor(|| {
+                prometheus_client::metrics::histogram::Histogram::new(BUCKETS)
+            }),
+            series: Default::default(),
+        }
+    }
+}
+
+impl FleetMetrics {
+    fn set(&self, statuses: &[crate::ledger::DependencyStatus]) {
+        let mut now = std::collections::HashSet::new();
+        for status in statuses {
+            let Some(fleet) = &status.fleet else {
+                continue;
+            };
+            let labels = DependencyLabels {
+                dependency: status.name.to_string(),
+            };
+            let gauge = |family: &Family<DependencyLabels, Gauge>, value: u32| {
+                family.get_or_create(&labels).set(i64::from(value));
+            };
+            gauge(&self.limit, fleet.max_concurrency);
+            gauge(&self.share, fleet.share);
+            gauge(&self.target, fleet.target);
+            gauge(&self.enforced, fleet.enforced);
+            gauge(&self.demand, fleet.demand);
+            gauge(&self.instances, fleet.instances);
+            gauge(&self.fallback_share, fleet.fallback_share);
+            for mode in crate::ledger::FleetMode::ALL {
+                self.mode
+                    .get_or_create(&FleetModeLabels {
+                        dependency: labels.dependency.clone(),
+                        mode: mode.as_str(),
+                    })
+                    .set(i64::from(fleet.mode == mode));
+            }
+            now.insert(labels.dependency);
+        }
+        let mut series = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in series.difference(&now) {
+            self.remove(gone);
+        }
+        *series = now;
+    }
+
+    fn remove(&self, dependency: &str) {
+        let labels = DependencyLabels {
+            dependency: dependency.to_owned(),
+        };
+        for family in [
+            &self.limit,
+            &self.share,
+            &self.target,
+            &self.enforced,
+            &self.demand,
+            &self.instances,
+            &self.fallback_share,
+        ] {
+            family.remove(&labels);
+        }
+        for mode in crate::ledger::FleetMode::ALL {
+            self.mode.remove(&FleetModeLabels {
+                dependency: labels.dependency.clone(),
+                mode: mode.as_str(),
+            });
+        }
+        self.calls.remove(&labels);
+        self.errors.remove(&labels);
+        self.seconds.remove(&labels);
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ResultLabels {
     result: &'static str,
 }
@@ -185,6 +295,7 @@ pub struct Metrics {
     /// The gRPC listeners' connections (`app::connections`).
     pub connections: ConnectionMetrics,
     tenants: TenantMetrics,
+    fleet: FleetMetrics,
     /// By dependency name, looked up on every acquire and release: foldhash
     /// with a per-process random seed, as the ledger's name map (SipHash was
     /// a visible share of a Session pair).
@@ -256,6 +367,7 @@ impl Metrics {
             uds_peers_refused: Counter::default(),
             connections: ConnectionMetrics::default(),
             tenants: TenantMetrics::default(),
+            fleet: FleetMetrics::default(),
             handles: DashMap::with_hasher(foldhash::fast::RandomState::default()),
         };
         metrics
@@ -430,7 +542,82 @@ impl Metrics {
             "Acquires of a named tenant not granted (any reason)",
             metrics.tenants.rejected.clone(),
         );
+        let fleet = &metrics.fleet;
+        for (name, help, family) in [
+            (
+                "fleet_limit",
+                "The fleet-wide limit in force: the lowest max_concurrency any live sidecar sharing the store is configured with",
+                &fleet.limit,
+            ),
+            (
+                "fleet_share",
+                "This sidecar's share of the fleet-wide limit, as the store records it",
+                &fleet.share,
+            ),
+            (
+                "fleet_target",
+                "What the fair rule gives this sidecar now (the share moves towards it)",
+                &fleet.target,
+            ),
+            (
+                "fleet_enforced",
+                "The fleet term of the enforced limit: min(share, target), the fallback share, or 0 before the first answer",
+                &fleet.enforced,
+            ),
+            (
+                "fleet_demand",
+                "The demand last reported to the store: the most in flight + queued since the call before, at most the local limit",
+                &fleet.demand,
+            ),
+            (
+                "fleet_instances",
+                "Sidecars with a live share in the store, this one included",
+                &fleet.instances,
+            ),
+            (
+                "fleet_fallback_share",
+                "What this sidecar uses alone once its share lapsed with the store unreachable",
+                &fleet.fallback_share,
+            ),
+        ] {
+            r.register(name, help, family.clone());
+        }
+        r.register(
+            "fleet_mode",
+            "1 for the current fleet mode: starting (no answer yet), share, learning (the store came back empty), fallback (store unreachable, share lapsed)",
+            fleet.mode.clone(),
+        );
+        r.register(
+            "fleet_store_calls",
+            "Calls to the fleet store (renewals and give-backs), answered or not",
+            fleet.calls.clone(),
+        );
+        r.register(
+            "fleet_store_errors",
+            "Fleet store calls that failed or timed out",
+            fleet.errors.clone(),
+        );
+        r.register(
+            "fleet_store_seconds",
+            "Round trip of the fleet store calls",
+            fleet.seconds.clone(),
+        );
         metrics
+    }
+
+    /// A fleet store call of `dependency`'s task.
+    pub fn fleet_store_called(&self, dependency: &str, latency: Duration, ok: bool) {
+        let labels = DependencyLabels {
+            dependency: dependency.to_owned(),
+        };
+        self.fleet.calls.get_or_create(&labels).inc();
+        if !ok {
+            self.fleet.errors.get_or_create(&labels).inc();
+        }
+        self.fleet
+            .seconds
+            .get_or_create(&labels)
+            .observe(latency.as_secs_f64());
     }
 
     /// The request-path handles of one dependency.
@@ -623,6 +810,7 @@ impl Metrics {
             }
         }
         self.tenants.set(&statuses);
+        self.fleet.set(&statuses);
         self.dependencies.set(ledger.dependency_count() as i64);
         self.draining.set(i64::from(ledger.is_draining()));
         let mut text = String::new();

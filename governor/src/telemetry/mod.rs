@@ -406,6 +406,12 @@ impl Telemetry {
     }
 }
 
+impl crate::fleet::FleetObserver for Telemetry {
+    fn store_called(&self, dependency: &str, latency: Duration, ok: bool) {
+        self.metrics.fleet_store_called(dependency, latency, ok);
+    }
+}
+
 impl LedgerObserver for Telemetry {
     fn lease_expired(&self, lease: &EndedLease) {
         self.metrics.dependency(lease.dependency()).lease_ended(

@@ -2,9 +2,10 @@
 //!
 //! The configured `max_concurrency` is a *ceiling*; what admission and
 //! hand-over read is the *enforced* limit, which [`Limiter`] derives in one
-//! place: `enforced = min(ceiling, adaptive limit)` (the adaptive limit
-//! counts only when it is on and not in shadow mode). Later inputs, such as
-//! a fleet-wide share, become one more term of that minimum, not a special
+//! place: `enforced = min(ceiling, adaptive limit, fleet share)` (the
+//! adaptive limit counts only when it is on and not in shadow mode; the
+//! fleet share only under a fleet-wide limit, set by the fleet task, see
+//! `crate::fleet`). Each input is one term of that minimum, not a special
 //! case in the ledger.
 //!
 //! # Adaptive limits
@@ -138,15 +139,18 @@ pub enum ChangeReason {
     Hold,
     /// The config file or the control plane changed the settings.
     Config,
+    /// This sidecar's share of a fleet-wide limit moved.
+    Fleet,
 }
 
 impl ChangeReason {
-    pub const ALL: [ChangeReason; 5] = [
+    pub const ALL: [ChangeReason; 6] = [
         ChangeReason::Latency,
         ChangeReason::Drops,
         ChangeReason::Growth,
         ChangeReason::Relearn,
         ChangeReason::Config,
+        ChangeReason::Fleet,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -157,6 +161,7 @@ impl ChangeReason {
             ChangeReason::Relearn => "relearn",
             ChangeReason::Hold => "hold",
             ChangeReason::Config => "config",
+            ChangeReason::Fleet => "fleet",
         }
     }
 }
@@ -169,6 +174,23 @@ pub struct LimitChange {
     pub reason: ChangeReason,
 }
 
+impl LimitChange {
+    /// Two moves made one after the other under one lock hold, as one: from
+    /// the first's `before` to the second's `after`, for the first's reason.
+    pub(crate) fn merge(
+        first: Option<LimitChange>,
+        second: Option<LimitChange>,
+    ) -> Option<LimitChange> {
+        match (first, second) {
+            (Some(first), Some(second)) => Some(LimitChange {
+                after: second.after,
+                ..first
+            }),
+            (first, second) => first.or(second),
+        }
+    }
+}
+
 /// The limits of a dependency at one instant.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct LimitStatus {
@@ -177,6 +199,9 @@ pub struct LimitStatus {
     /// `max_concurrency`.
     pub ceiling: u32,
     pub adaptive: Option<AdaptiveStatus>,
+    /// This sidecar's part of a fleet-wide limit (see `crate::fleet`), when
+    /// there is one: a term of the minimum.
+    pub fleet: Option<u32>,
 }
 
 /// What an adaptive limit computed and what it based it on.
@@ -293,6 +318,8 @@ impl AdaptiveLimit {
 pub(crate) struct Limiter {
     ceiling: u32,
     adaptive: Option<AdaptiveLimit>,
+    /// The fleet term; `None` without a fleet-wide limit.
+    fleet: Option<u32>,
     enforced: u32,
 }
 
@@ -305,6 +332,7 @@ impl Limiter {
         let mut limiter = Limiter {
             ceiling,
             adaptive,
+            fleet: None,
             enforced: ceiling,
         };
         limiter.enforced = limiter.derive();
@@ -321,14 +349,38 @@ impl Limiter {
             enforced: self.enforced,
             ceiling: self.ceiling,
             adaptive: self.adaptive.as_ref().map(AdaptiveLimit::status),
+            fleet: self.fleet,
         }
     }
 
-    fn derive(&self) -> u32 {
+    /// The local limit: the ceiling and the adaptive limit, without the
+    /// fleet term (what this sidecar could use if the fleet let it).
+    pub(crate) fn local(&self) -> u32 {
         match &self.adaptive {
             Some(adaptive) if !adaptive.config.shadow() => adaptive.limit().min(self.ceiling),
             _ => self.ceiling,
         }
+    }
+
+    fn derive(&self) -> u32 {
+        self.fleet
+            .map_or(self.local(), |fleet| fleet.min(self.local()))
+    }
+
+    /// A new fleet term (`None`: no fleet-wide limit any more). Lowering it
+    /// never revokes a permit; it only stops grants until in-flight fits.
+    pub(crate) fn set_fleet(&mut self, fleet: Option<u32>) -> Option<LimitChange> {
+        if fleet == self.fleet {
+            return None;
+        }
+        let before = self.status();
+        self.fleet = fleet;
+        self.enforced = self.derive();
+        Some(LimitChange {
+            before,
+            after: self.status(),
+            reason: ChangeReason::Fleet,
+        })
     }
 
     /// A finished call. O(1), plus a constant amount of work when it closes

@@ -252,6 +252,7 @@ mod tests {
                 enforced: limits.max_concurrency(),
                 ceiling: limits.max_concurrency(),
                 adaptive: None,
+                fleet: None,
             },
             limits,
             limit_changes_total: 0,
@@ -265,6 +266,7 @@ mod tests {
             expired_total: 0,
             pressure,
             fair: Default::default(),
+            fleet: None,
         }
     }
 

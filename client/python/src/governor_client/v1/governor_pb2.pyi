@@ -44,6 +44,14 @@ class Outcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OUTCOME_TIMEOUT: _ClassVar[Outcome]
     OUTCOME_CANCELLED: _ClassVar[Outcome]
 
+class FleetMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FLEET_MODE_UNSPECIFIED: _ClassVar[FleetMode]
+    FLEET_MODE_STARTING: _ClassVar[FleetMode]
+    FLEET_MODE_SHARE: _ClassVar[FleetMode]
+    FLEET_MODE_LEARNING: _ClassVar[FleetMode]
+    FLEET_MODE_FALLBACK: _ClassVar[FleetMode]
+
 class FairBy(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     FAIR_BY_UNSPECIFIED: _ClassVar[FairBy]
@@ -86,6 +94,11 @@ OUTCOME_SUCCESS: Outcome
 OUTCOME_FAILURE: Outcome
 OUTCOME_TIMEOUT: Outcome
 OUTCOME_CANCELLED: Outcome
+FLEET_MODE_UNSPECIFIED: FleetMode
+FLEET_MODE_STARTING: FleetMode
+FLEET_MODE_SHARE: FleetMode
+FLEET_MODE_LEARNING: FleetMode
+FLEET_MODE_FALLBACK: FleetMode
 FAIR_BY_UNSPECIFIED: FairBy
 FAIR_BY_NONE: FairBy
 FAIR_BY_TENANT: FairBy
@@ -230,7 +243,7 @@ class UpdateDependencyRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., limits: _Optional[_Union[DependencyLimits, _Mapping]] = ...) -> None: ...
 
 class DependencyLimits(_message.Message):
-    __slots__ = ("max_concurrency", "max_queue", "max_wait", "lease_ttl", "retry_budget", "adaptive", "elevated_at", "degrade_at", "rate", "tenant_rate", "fairness")
+    __slots__ = ("max_concurrency", "max_queue", "max_wait", "lease_ttl", "retry_budget", "adaptive", "elevated_at", "degrade_at", "rate", "tenant_rate", "fairness", "fleet")
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
     MAX_WAIT_FIELD_NUMBER: _ClassVar[int]
@@ -242,6 +255,7 @@ class DependencyLimits(_message.Message):
     RATE_FIELD_NUMBER: _ClassVar[int]
     TENANT_RATE_FIELD_NUMBER: _ClassVar[int]
     FAIRNESS_FIELD_NUMBER: _ClassVar[int]
+    FLEET_FIELD_NUMBER: _ClassVar[int]
     max_concurrency: int
     max_queue: int
     max_wait: _duration_pb2.Duration
@@ -253,7 +267,48 @@ class DependencyLimits(_message.Message):
     rate: RateLimit
     tenant_rate: RateLimit
     fairness: Fairness
-    def __init__(self, max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., tenant_rate: _Optional[_Union[RateLimit, _Mapping]] = ..., fairness: _Optional[_Union[Fairness, _Mapping]] = ...) -> None: ...
+    fleet: FleetLimits
+    def __init__(self, max_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., tenant_rate: _Optional[_Union[RateLimit, _Mapping]] = ..., fairness: _Optional[_Union[Fairness, _Mapping]] = ..., fleet: _Optional[_Union[FleetLimits, _Mapping]] = ...) -> None: ...
+
+class FleetLimits(_message.Message):
+    __slots__ = ("max_concurrency", "fallback_share")
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_SHARE_FIELD_NUMBER: _ClassVar[int]
+    max_concurrency: int
+    fallback_share: int
+    def __init__(self, max_concurrency: _Optional[int] = ..., fallback_share: _Optional[int] = ...) -> None: ...
+
+class FleetStatus(_message.Message):
+    __slots__ = ("mode", "max_concurrency", "share", "target", "enforced", "demand", "fallback_share", "instances", "valid_for", "learning_left", "store_calls_total", "store_errors_total", "store_latency", "last_error")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    SHARE_FIELD_NUMBER: _ClassVar[int]
+    TARGET_FIELD_NUMBER: _ClassVar[int]
+    ENFORCED_FIELD_NUMBER: _ClassVar[int]
+    DEMAND_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_SHARE_FIELD_NUMBER: _ClassVar[int]
+    INSTANCES_FIELD_NUMBER: _ClassVar[int]
+    VALID_FOR_FIELD_NUMBER: _ClassVar[int]
+    LEARNING_LEFT_FIELD_NUMBER: _ClassVar[int]
+    STORE_CALLS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STORE_ERRORS_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    STORE_LATENCY_FIELD_NUMBER: _ClassVar[int]
+    LAST_ERROR_FIELD_NUMBER: _ClassVar[int]
+    mode: FleetMode
+    max_concurrency: int
+    share: int
+    target: int
+    enforced: int
+    demand: int
+    fallback_share: int
+    instances: int
+    valid_for: _duration_pb2.Duration
+    learning_left: _duration_pb2.Duration
+    store_calls_total: int
+    store_errors_total: int
+    store_latency: _duration_pb2.Duration
+    last_error: str
+    def __init__(self, mode: _Optional[_Union[FleetMode, str]] = ..., max_concurrency: _Optional[int] = ..., share: _Optional[int] = ..., target: _Optional[int] = ..., enforced: _Optional[int] = ..., demand: _Optional[int] = ..., fallback_share: _Optional[int] = ..., instances: _Optional[int] = ..., valid_for: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., learning_left: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., store_calls_total: _Optional[int] = ..., store_errors_total: _Optional[int] = ..., store_latency: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., last_error: _Optional[str] = ...) -> None: ...
 
 class Fairness(_message.Message):
     __slots__ = ("by", "weights", "default_weight", "max_tenants")
@@ -321,7 +376,7 @@ class RetryBudget(_message.Message):
     def __init__(self, ratio: _Optional[float] = ..., min_per_second: _Optional[int] = ..., ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ...) -> None: ...
 
 class DependencyStatus(_message.Message):
-    __slots__ = ("name", "max_concurrency", "in_flight", "queued", "max_queue", "max_wait", "lease_ttl", "retry_budget_available", "granted_total", "rejected_total", "expired_total", "retry_budget", "limit", "adaptive_limit", "limit_algorithm", "adaptive", "latency_baseline", "latency_recent", "limit_changes_total", "pressure", "elevated_at", "degrade_at", "rate", "tenant_rate", "rated_tenants", "delayed", "fairness", "tenants", "tenants_tracked")
+    __slots__ = ("name", "max_concurrency", "in_flight", "queued", "max_queue", "max_wait", "lease_ttl", "retry_budget_available", "granted_total", "rejected_total", "expired_total", "retry_budget", "limit", "adaptive_limit", "limit_algorithm", "adaptive", "latency_baseline", "latency_recent", "limit_changes_total", "pressure", "elevated_at", "degrade_at", "rate", "tenant_rate", "rated_tenants", "delayed", "fairness", "tenants", "tenants_tracked", "fleet_limits", "fleet")
     NAME_FIELD_NUMBER: _ClassVar[int]
     MAX_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
     IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
@@ -351,6 +406,8 @@ class DependencyStatus(_message.Message):
     FAIRNESS_FIELD_NUMBER: _ClassVar[int]
     TENANTS_FIELD_NUMBER: _ClassVar[int]
     TENANTS_TRACKED_FIELD_NUMBER: _ClassVar[int]
+    FLEET_LIMITS_FIELD_NUMBER: _ClassVar[int]
+    FLEET_FIELD_NUMBER: _ClassVar[int]
     name: str
     max_concurrency: int
     in_flight: int
@@ -380,7 +437,9 @@ class DependencyStatus(_message.Message):
     fairness: Fairness
     tenants: _containers.RepeatedCompositeFieldContainer[TenantStatus]
     tenants_tracked: int
-    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget_available: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., limit: _Optional[int] = ..., adaptive_limit: _Optional[int] = ..., limit_algorithm: _Optional[_Union[LimitAlgorithm, str]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., latency_baseline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_recent: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., limit_changes_total: _Optional[int] = ..., pressure: _Optional[_Union[Pressure, str]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., tenant_rate: _Optional[_Union[RateLimit, _Mapping]] = ..., rated_tenants: _Optional[int] = ..., delayed: _Optional[int] = ..., fairness: _Optional[_Union[Fairness, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[TenantStatus, _Mapping]]] = ..., tenants_tracked: _Optional[int] = ...) -> None: ...
+    fleet_limits: FleetLimits
+    fleet: FleetStatus
+    def __init__(self, name: _Optional[str] = ..., max_concurrency: _Optional[int] = ..., in_flight: _Optional[int] = ..., queued: _Optional[int] = ..., max_queue: _Optional[int] = ..., max_wait: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., lease_ttl: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., retry_budget_available: _Optional[float] = ..., granted_total: _Optional[int] = ..., rejected_total: _Optional[int] = ..., expired_total: _Optional[int] = ..., retry_budget: _Optional[_Union[RetryBudget, _Mapping]] = ..., limit: _Optional[int] = ..., adaptive_limit: _Optional[int] = ..., limit_algorithm: _Optional[_Union[LimitAlgorithm, str]] = ..., adaptive: _Optional[_Union[AdaptiveLimit, _Mapping]] = ..., latency_baseline: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., latency_recent: _Optional[_Union[datetime.timedelta, _duration_pb2.Duration, _Mapping]] = ..., limit_changes_total: _Optional[int] = ..., pressure: _Optional[_Union[Pressure, str]] = ..., elevated_at: _Optional[float] = ..., degrade_at: _Optional[_Union[DegradeAt, str]] = ..., rate: _Optional[_Union[RateLimit, _Mapping]] = ..., tenant_rate: _Optional[_Union[RateLimit, _Mapping]] = ..., rated_tenants: _Optional[int] = ..., delayed: _Optional[int] = ..., fairness: _Optional[_Union[Fairness, _Mapping]] = ..., tenants: _Optional[_Iterable[_Union[TenantStatus, _Mapping]]] = ..., tenants_tracked: _Optional[int] = ..., fleet_limits: _Optional[_Union[FleetLimits, _Mapping]] = ..., fleet: _Optional[_Union[FleetStatus, _Mapping]] = ...) -> None: ...
 
 class TenantStatus(_message.Message):
     __slots__ = ("tenant", "overflow", "named", "weight", "in_flight", "queued", "share", "granted_total", "rejected_total", "routes")
