@@ -112,7 +112,17 @@ async fn call(
         .invoke_async(connection)
         .await
         .expect("the script runs");
-    let [status, share, target, born, writes, learning_left, instances, max] = answer[..] else {
+    let [
+        status,
+        share,
+        target,
+        born,
+        writes,
+        learning_left,
+        instances,
+        max,
+    ] = answer[..]
+    else {
         panic!("answer {answer:?}");
     };
     Reply {
@@ -165,9 +175,33 @@ fn fair(capacity: u32, demands: &BTreeMap<String, u32>) -> BTreeMap<String, u32>
 
 /// Waits out the learning period of a fresh store.
 async fn past_learning(connection: &mut MultiplexedConnection, ttl_ms: u64) -> (u64, u64) {
-    let reply = call(connection, "probe", "n", 1, 0, -1, ttl_ms, 1000, (0, 0), false).await;
+    let reply = call(
+        connection,
+        "probe",
+        "n",
+        1,
+        0,
+        -1,
+        ttl_ms,
+        1000,
+        (0, 0),
+        false,
+    )
+    .await;
     tokio::time::sleep(Duration::from_millis(reply.learning_left + 5)).await;
-    let reply = call(connection, "probe", "n", 2, 0, -1, ttl_ms, 1000, (0, 0), true).await;
+    let reply = call(
+        connection,
+        "probe",
+        "n",
+        2,
+        0,
+        -1,
+        ttl_ms,
+        1000,
+        (0, 0),
+        true,
+    )
+    .await;
     (reply.born, reply.writes)
 }
 
@@ -180,7 +214,11 @@ async fn targets_follow_the_fair_rule() {
     for round in 0..60u64 {
         // A fresh store each round (it learns, and computes targets all
         // the same).
-        let _: () = redis::cmd("DEL").arg(KEY).query_async(&mut connection).await.unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(KEY)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
         let capacity = rng.random_range(1..=40u32);
         let n = rng.random_range(1..=6usize);
         let demands: BTreeMap<String, u32> = (0..n)
@@ -208,7 +246,11 @@ async fn targets_follow_the_fair_rule() {
                 targets.insert(name.clone(), reply.target);
             }
         }
-        assert_eq!(targets, fair(capacity, &demands), "round {round}: {capacity} {demands:?}");
+        assert_eq!(
+            targets,
+            fair(capacity, &demands),
+            "round {round}: {capacity} {demands:?}"
+        );
         let total: u32 = targets.values().sum();
         assert_eq!(total, capacity, "every unit is someone's target");
     }
@@ -267,7 +309,11 @@ async fn random_schedules_never_lease_more_than_the_limit() {
     let redis = Redis::start().await;
     let mut connection = redis.try_connect().await.unwrap();
     for seed in 0..4u64 {
-        let _: () = redis::cmd("DEL").arg(KEY).query_async(&mut connection).await.unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(KEY)
+            .query_async(&mut connection)
+            .await
+            .unwrap();
         let mut rng = StdRng::seed_from_u64(seed);
         let mut sidecars: Vec<Sidecar> = (0..5)
             .map(|i| Sidecar {
@@ -357,7 +403,9 @@ async fn random_schedules_never_lease_more_than_the_limit() {
                         s.in_flight -= rng.random_range(1..=s.in_flight);
                     }
                 }
-                800..=959 => tokio::time::sleep(Duration::from_millis(rng.random_range(1..20))).await,
+                800..=959 => {
+                    tokio::time::sleep(Duration::from_millis(rng.random_range(1..20))).await
+                }
                 960..=994 => {
                     // Dies (or comes back as a new process with a new nonce).
                     let s = &mut sidecars[i];
@@ -373,7 +421,11 @@ async fn random_schedules_never_lease_more_than_the_limit() {
                 }
                 _ => {
                     // The store loses everything (a restart without persistence).
-                    let _: () = redis::cmd("DEL").arg(KEY).query_async(&mut connection).await.unwrap();
+                    let _: () = redis::cmd("DEL")
+                        .arg(KEY)
+                        .query_async(&mut connection)
+                        .await
+                        .unwrap();
                 }
             }
             let now = Instant::now();
@@ -426,7 +478,10 @@ async fn random_schedules_never_lease_more_than_the_limit() {
         }
         let now = Instant::now();
         let leased: u32 = sidecars.iter().map(|s| s.term(now)).sum();
-        assert_eq!(leased, MAX, "seed {seed}: the limit is leased whole: {sidecars:#?}");
+        assert_eq!(
+            leased, MAX,
+            "seed {seed}: the limit is leased whole: {sidecars:#?}"
+        );
         assert!(peak >= MAX / 2, "seed {seed}: peak {peak}");
     }
 }
@@ -445,7 +500,19 @@ async fn a_copy_that_lost_writes_learns_and_duplicates_and_name_clashes_are_refu
     let stale = call(&mut c, "a", "na", 1, 0, 0, 300, 10, seen, false).await;
     assert_eq!((stale.status, stale.share), (3, 10));
     // Lower limits win: b is configured with 6.
-    let b = call(&mut c, "b", "nb", 1, 8, -1, 300, 6, (a.born, a.writes), false).await;
+    let b = call(
+        &mut c,
+        "b",
+        "nb",
+        1,
+        8,
+        -1,
+        300,
+        6,
+        (a.born, a.writes),
+        false,
+    )
+    .await;
     assert_eq!((b.max, b.share), (6, 0), "a holds 10 >= 6: nothing free");
     // The store goes back to an older copy (fewer writes than a saw):
     // a's next call finds it out and the store learns.
@@ -456,16 +523,68 @@ async fn a_copy_that_lost_writes_learns_and_duplicates_and_name_clashes_are_refu
         .query_async(&mut c)
         .await
         .unwrap();
-    let a2 = call(&mut c, "a", "na", 2, 8, 6, 300, 10, (b.born, b.writes), false).await;
+    let a2 = call(
+        &mut c,
+        "a",
+        "na",
+        2,
+        8,
+        6,
+        300,
+        10,
+        (b.born, b.writes),
+        false,
+    )
+    .await;
     assert_eq!(a2.status, 1, "learning: {a2:?}");
     assert_eq!(a2.share, 6, "a re-claims what it still uses, no more");
-    let b2 = call(&mut c, "b", "nb", 2, 8, -1, 300, 6, (a2.born, a2.writes), false).await;
-    assert_eq!((b2.status, b2.share), (1, 0), "no new shares while learning");
+    let b2 = call(
+        &mut c,
+        "b",
+        "nb",
+        2,
+        8,
+        -1,
+        300,
+        6,
+        (a2.born, a2.writes),
+        false,
+    )
+    .await;
+    assert_eq!(
+        (b2.status, b2.share),
+        (1, 0),
+        "no new shares while learning"
+    );
     // A drained sidecar gives its share back at once.
-    let gone = call(&mut c, "a", "na", 3, 0, -1, 300, 10, (b2.born, b2.writes), true).await;
+    let gone = call(
+        &mut c,
+        "a",
+        "na",
+        3,
+        0,
+        -1,
+        300,
+        10,
+        (b2.born, b2.writes),
+        true,
+    )
+    .await;
     assert_eq!((gone.status, gone.instances), (0, 1));
     tokio::time::sleep(Duration::from_millis(310)).await;
     // b's entry lapsed too (300 ms): after the learning period b gets it all.
-    let b3 = call(&mut c, "b", "nb", 3, 8, -1, 300, 6, (gone.born, gone.writes), false).await;
+    let b3 = call(
+        &mut c,
+        "b",
+        "nb",
+        3,
+        8,
+        -1,
+        300,
+        6,
+        (gone.born, gone.writes),
+        false,
+    )
+    .await;
     assert_eq!((b3.status, b3.share, b3.instances), (0, 6, 1), "{b3:?}");
 }

@@ -308,7 +308,15 @@ fn table(
 /// blank line; nothing without any.
 fn fleet(dependencies: &[DependencyStatus]) -> String {
     let header = [
-        "DEPENDENCY", "FLEET", "MODE", "SHARE", "TARGET", "ENFORCED", "DEMAND", "PODS", "ERRORS",
+        "DEPENDENCY",
+        "FLEET",
+        "MODE",
+        "SHARE",
+        "TARGET",
+        "ENFORCED",
+        "DEMAND",
+        "PODS",
+        "ERRORS",
     ];
     let mut rows: Vec<Vec<String>> = vec![header.iter().map(|h| h.to_string()).collect()];
     for d in dependencies {
@@ -547,7 +555,10 @@ mod tests {
             .expect("a fleet table");
         assert_eq!(lines[at - 1], "");
         let row: Vec<&str> = lines[at + 1].split_whitespace().collect();
-        assert_eq!(row, ["payments", "200", "fallback", "0", "0", "4", "9", "3", "7"]);
+        assert_eq!(
+            row,
+            ["payments", "200", "fallback", "0", "0", "4", "9", "3", "7"]
+        );
         assert_eq!(lines.len(), at + 2, "only dependencies with a fleet limit");
     }
 
