@@ -3,12 +3,13 @@ promtool and by a real Prometheus that scrapes the real governor binary.
 
 Static checks first (promtool check/test rules, every alert tested both ways,
 runbook anchors, the dashboard's structure), then one stack: the governor
-(GOVERNOR_BIN) with small dependencies and a trace endpoint that refuses
-connections (a bound port that does not listen), and Prometheus on loopback running the example scrape job's
-relabeling and the rules every second. The tests drive overload, leaked
-leases, refused retries, a bad reload and a drain over real gRPC, and read the
-results through Prometheus's HTTP API. They run in file order: the last one
-stops the governor.
+(GOVERNOR_BIN) with small dependencies, a trace endpoint and a fleet store
+(Redis) that refuse connections (bound ports that do not listen), and
+Prometheus on loopback running the example scrape job's relabeling and the
+rules every second. The tests drive overload, leaked leases, refused retries,
+a bad reload and a drain over real gRPC, see the fleet dependency fall back,
+and read the results through Prometheus's HTTP API. They run in file order:
+the last one stops the governor.
 """
 
 from __future__ import annotations
@@ -78,6 +79,20 @@ retry_budget = {{ ratio = 0.0, min_per_second = 0, ttl = "1s" }}
 # Holds a permit across the drain.
 [dependencies.hold]
 lease_ttl = "1m"
+
+# A fleet-wide limit whose store refuses every call: the sidecar falls back
+# to its fallback share after the first failed call.
+[dependencies.payments]
+max_concurrency = 8
+
+[dependencies.payments.fleet]
+max_concurrency = 20
+fallback_share = 2
+
+[fleet]
+redis = "redis://127.0.0.1:{redis_port}/0"
+share_ttl = "1s"
+instance = "governor-it"
 
 [telemetry]
 otlp_endpoint = "http://127.0.0.1:{otlp_port}"
@@ -235,7 +250,7 @@ def test_alerts_have_severity_summary_description_and_runbook():
         if name != "GovernorTargetsMissing":
             # Where the sidecar is: the pod (or the target, without one).
             assert "$labels.pod" in ann["description"] and "$labels.instance" in ann["description"], name
-        per_dependency = re.search(r"governor_(dependency_|acquire|lease|queue|permit|release|retry)", expr)
+        per_dependency = re.search(r"governor_(dependency_|acquire|lease|queue|permit|release|retry|fleet)", expr)
         if per_dependency:
             assert "$labels.dependency" in ann["description"], name
             assert "$labels.dependency" in ann["summary"], name
@@ -383,9 +398,12 @@ def test_dashboard_shows_what_operators_need_per_dependency():
         "governor_dependency_limit", "governor_dependency_adaptive_limit", "governor_dependency_in_flight",
         "governor_dependency_queued", "governor_dependency_max_queue", "governor_retry_budget_tokens",
         "governor_dependency_utilization", "governor_dependency_pressure", "governor_lease_expired_total",
+        "governor_fleet_limit", "governor_fleet_share", "governor_fleet_enforced", "governor_fleet_demand",
+        "governor_fleet_mode", "governor_fleet_store_errors_total", "governor_fleet_store_calls_total",
     ):
         assert re.search(rf"\b{metric}\{{[^}}]*dependency=~\"\$dependency\"", joined), metric
-    for histogram in ("governor_queue_wait_seconds_bucket", "governor_permit_hold_seconds_bucket"):
+    for histogram in ("governor_queue_wait_seconds_bucket", "governor_permit_hold_seconds_bucket",
+                      "governor_fleet_store_seconds_bucket"):
         for q in ("0.5", "0.95", "0.99"):
             assert any(
                 re.search(rf"histogram_quantile\({q}, sum by \([^)]*\ble\b[^)]*\) \(rate\({histogram}\{{", e)
@@ -560,16 +578,26 @@ class Stack:
         binary = Path(os.environ.get("GOVERNOR_BIN") or REPO / "target" / "debug" / "governor")
         assert binary.is_file(), f"governor binary not found at {binary}: cargo build -p rate-governor --bin governor"
         self.config_path = workdir / "governor.toml"
-        # A port bound but not listening: every span export is refused.
+        # Ports bound but not listening: every span export and every fleet
+        # store call is refused.
         self.otlp = socket.socket()
         self.otlp.bind(("127.0.0.1", 0))
-        self.config_path.write_text(GOVERNOR_CONFIG.format(otlp_port=self.otlp.getsockname()[1]))
-        self.governor = Governor(binary, self.config_path, workdir)
+        self.redis = socket.socket()
+        self.redis.bind(("127.0.0.1", 0))
+        self.config_path.write_text(GOVERNOR_CONFIG.format(
+            otlp_port=self.otlp.getsockname()[1], redis_port=self.redis.getsockname()[1]))
+        try:
+            self.governor = Governor(binary, self.config_path, workdir)
+        except BaseException:
+            self.otlp.close()
+            self.redis.close()
+            raise
         try:
             self.prom = Prometheus(prometheus_config(self.governor.admin), workdir)
         except BaseException:
             self.governor.kill()
             self.otlp.close()
+            self.redis.close()
             raise
         self.selector = f'job="governor", pod="{POD}"'
 
@@ -587,6 +615,7 @@ class Stack:
         self.governor.kill()
         self.prom.stop()
         self.otlp.close()
+        self.redis.close()
 
 
 @pytest.fixture(scope="module")
@@ -708,8 +737,14 @@ def test_series_arrive_with_the_configured_values(stack):
         f'governor_dependency_queued{{{sel}, dependency="db"}}': 0,
         f'governor_dependency_limit{{{sel}, dependency="leaky"}}': 16,
         f'governor_retry_budget_tokens{{{sel}, dependency="retrying"}}': 0,
-        f"governor_dependencies{{{sel}}}": 4,
+        f"governor_dependencies{{{sel}}}": 5,
         f"governor_draining{{{sel}}}": 0,
+        # The fleet store refuses every call: the fallback share is in force.
+        f'governor_fleet_mode{{{sel}, dependency="payments", mode="fallback"}}': 1,
+        f'governor_fleet_mode{{{sel}, dependency="payments", mode="share"}}': 0,
+        f'governor_fleet_enforced{{{sel}, dependency="payments"}}': 2,
+        f'governor_fleet_fallback_share{{{sel}, dependency="payments"}}': 2,
+        f'governor_dependency_limit{{{sel}, dependency="payments"}}': 2,
     }
     for expr, want in expected.items():
         wait_until(lambda: stack.series(expr) == want, 15, f"{expr} == {want}")
@@ -727,6 +762,29 @@ def test_series_arrive_with_the_configured_values(stack):
                15, "the lease expiry counter of leaky")
 
 
+def test_an_unreachable_fleet_store_puts_the_fleet_alerts_pending(stack):
+    sel = stack.selector
+    calls = f'governor_fleet_store_calls_total{{{sel}, dependency="payments"}}'
+    errors = f'governor_fleet_store_errors_total{{{sel}, dependency="payments"}}'
+    wait_until(lambda: (stack.series(calls) or 0) >= 3, 15, f"{calls} >= 3")
+    failing = wait_until(lambda: stack.active("GovernorFleetStoreErrors", dependency="payments"), 30,
+                         "GovernorFleetStoreErrors for payments")
+    assert failing[0]["labels"]["pod"] == POD and failing[0]["labels"]["severity"] == "warning"
+    description = failing[0]["annotations"]["description"]
+    # 100%, or a hair less when a scrape fell between a call's two counters.
+    assert re.match(rf"(100|9\d(\.\d+)?)% of the fleet store calls of dependency payments on pod {POD} failed",
+                    description), description
+    fallback = wait_until(lambda: stack.active("GovernorFleetFallback", dependency="payments"), 30,
+                          "GovernorFleetFallback for payments")
+    assert "mode" not in fallback[0]["labels"], fallback
+    description = fallback[0]["annotations"]["description"]
+    assert f"Dependency payments on pod {POD} has run on its fallback share, 2 permits" in description, description
+    assert fallback[0]["annotations"]["runbook_url"].endswith("#governorfleetfallback")
+    # Every call failed; dependencies without a fleet limit have no fleet series.
+    wait_until(lambda: stack.series(f"{calls} - {errors}") == 0, 15, f"{calls} == {errors}")
+    assert stack.prom.query(f'governor_fleet_mode{{{sel}, dependency!="payments"}}') == []
+
+
 def test_every_dashboard_query_is_valid_and_answers(stack):
     dash = dashboard()
     names = set(stack.prom.api("label/__name__/values"))
@@ -739,22 +797,28 @@ def test_every_dashboard_query_is_valid_and_answers(stack):
         selector = substitute(m.group(1), {"pod": ".*", "dependency": ".*"})
         values[var] = stack.prom.api(f"label/{m.group(2)}/values", **{"match[]": selector})
     assert POD in values["pod"], values
-    assert {"db", "leaky", "retrying", "hold"} <= set(values["dependency"]), values
+    assert {"db", "leaky", "retrying", "hold", "payments"} <= set(values["dependency"]), values
     selections = [
         {"pod": ".*", "dependency": ".*"},  # All
         {"pod": f"({POD})", "dependency": "(db|leaky)"},  # several values, as Grafana joins them
         {"pod": POD, "dependency": "db"},  # one value (a repeated row)
+        {"pod": POD, "dependency": "payments"},  # the repeated row of the fleet dependency
     ]
     checked = answered = 0
     for selection in selections:
         subst = {**selection, "__rate_interval": "30s", "datasource": "prometheus"}
+        # The series this sidecar serves for the selected dependencies (fleet
+        # series only for payments).
+        served = set(stack.prom.api("label/__name__/values", **{
+            "match[]": f'{{job="governor", dependency=~"{selection["dependency"]}"}}'}))
         for title, expr in dashboard_exprs(dash):
             q = substitute(expr, subst)
             result = stack.prom.query(q)  # raises on any query error
             checked += 1
             # Queries on series this sidecar serves must answer; those on
-            # series it does not serve (adaptive limits: none is configured) may not.
-            if metric_names(expr) <= names:
+            # series it does not serve (adaptive limits: none is configured;
+            # Acquires of payments: none is made) may not.
+            if metric_names(expr) <= (served if "$dependency" in expr else names):
                 assert result, f"{title}: {q} returned nothing"
                 answered += 1
     assert answered >= checked // 2, (answered, checked)
@@ -767,6 +831,14 @@ def test_every_dashboard_query_is_valid_and_answers(stack):
     assert stack.series(limit[0]) == 2
     max_queue = [q for q in by_title["Queue depth"] if "max_queue" in q]
     assert stack.series(max_queue[0]) == 4
+    fleet = {"pod": POD, "dependency": "payments", "__rate_interval": "30s"}
+    per_pod = {t["legendFormat"].split()[0]: substitute(t["expr"], fleet)
+               for p in all_panels(dash) if p["title"] == "Fleet share per pod" for t in p["targets"]}
+    assert stack.series(per_pod["enforced"]) == 2 and stack.series(per_pod["share"]) == 0, per_pod
+    (mode,) = [substitute(e, fleet) for t, e in dashboard_exprs(dash) if t == "Fleet mode"]
+    assert [r["metric"]["mode"] for r in stack.prom.query(mode)] == ["fallback"]
+    (failed,) = [substitute(e, fleet) for t, e in dashboard_exprs(dash) if t == "Fleet store: failed calls"]
+    assert stack.series(failed) > 0.9
     rejected = stack.prom.query(by_title["Rejections by dependency and reason"][0].replace("[30s]", "[5m]"))
     assert {r["metric"]["reason"] for r in rejected if float(r["value"][1]) > 0} == {
         k for k in stack.overloaded if k not in ("granted", "release_failed")

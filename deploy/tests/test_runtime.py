@@ -101,6 +101,41 @@ def test_check_config_rejects_a_bad_key(governor_bin, tmp_path):
     assert "max_concurency" in res.stdout + res.stderr
 
 
+def _commented_table(text: str, header: str) -> str:
+    """A commented-out TOML table of the file: from `# [header]` to the
+    first line that is not a `# ` comment, uncommented once."""
+    lines = text.splitlines()
+    start = lines.index(f"# {header}")
+    block = []
+    for line in lines[start:]:
+        if not line.startswith("# "):
+            break
+        block.append(line[2:])
+    return "\n".join(block) + "\n"
+
+
+def test_check_config_accepts_the_commented_fleet_example(governor_bin, tmp_path):
+    """The base ConfigMap's [fleet] and [dependencies.payments.fleet]
+    examples, uncommented (the password file a Secret mount would give)."""
+    text = (helpers.K8S / "base" / "governor.toml").read_text()
+    fleet = _commented_table(text, "[fleet]")
+    payments = _commented_table(text, "[dependencies.payments.fleet]")
+    mounted = "/etc/governor-redis/password"
+    assert f'password_file = "{mounted}"' in fleet and "max_concurrency" in payments
+    password = tmp_path / "password"
+    password.write_text("s3cret\n")
+    checked = []
+    for name, extra in (("fleet", fleet.replace(mounted, str(password)) + "\n" + payments),
+                        ("no-store", payments)):
+        f = tmp_path / f"{name}.toml"
+        f.write_text(text + "\n" + extra)
+        checked.append(subprocess.run([str(governor_bin), "--check-config", str(f)], capture_output=True, text=True))
+    ok, no_store = checked
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    # The dependency's table alone is refused: it needs [fleet].
+    assert no_store.returncode == 64 and "dependencies.payments.fleet" in no_store.stdout + no_store.stderr
+
+
 def test_probe_services_answer_serving(running):
     s, gov, sock = running
     assert gov.uds == str(sock)

@@ -113,8 +113,11 @@ fn main() -> ExitCode {
 }
 
 fn init_logging(format: LogFormat) {
+    // The redis client logs a WARN for every node it fails to reach, many a
+    // second while a store node is down; the fleet task logs each failed
+    // call once, with what it means for the share.
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,redis=error"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

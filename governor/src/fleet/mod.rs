@@ -271,9 +271,9 @@ async fn run_dependency(
         };
         let now = Instant::now();
         let answer = answer.unwrap_or(Err(StoreError::Timeout(context.call_timeout)));
-        context
-            .observer
-            .store_called(&name, now - sent, answer.is_ok());
+        // An instance name in use by another sidecar is a failed call too.
+        let ok = matches!(&answer, Ok(reply) if reply.status != store::ReplyStatus::Conflict);
+        context.observer.store_called(&name, now - sent, ok);
         let events = match answer {
             Ok(reply) => state.answered(sent, now, reading.demand, reply, context.timing),
             Err(error) => state.failed(now, &error),
