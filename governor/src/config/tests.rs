@@ -576,7 +576,9 @@ fn a_fleet_section_and_a_fleet_limit_are_read_with_their_defaults() {
     assert_eq!(fleet.renew_interval(), Duration::from_secs(10) / 3);
     assert_eq!(&*fleet.namespace, "governor");
     assert!(
-        fleet.instance.ends_with(&format!("-{}", std::process::id())),
+        fleet
+            .instance
+            .ends_with(&format!("-{}", std::process::id())),
         "hostname-pid: {}",
         fleet.instance
     );
@@ -605,35 +607,63 @@ fn a_fleet_section_and_a_fleet_limit_are_read_with_their_defaults() {
 #[test]
 fn fleet_mistakes_name_their_key() {
     for (text, key) in [
-        (PAYMENTS_FLEET.to_owned(), "dependencies.payments.fleet: needs a [fleet] section"),
         (
-            format!("{FLEET}[dependencies.payments.fleet]\nmax_concurrency = 2\nfallback_share = 3\n"),
+            PAYMENTS_FLEET.to_owned(),
+            "dependencies.payments.fleet: needs a [fleet] section",
+        ),
+        (
+            format!(
+                "{FLEET}[dependencies.payments.fleet]\nmax_concurrency = 2\nfallback_share = 3\n"
+            ),
             "dependencies.payments.fleet.fallback_share: must be at most",
         ),
         (
-            format!("{FLEET}[dependencies.payments.fleet]\nmax_concurrency = 0\nfallback_share = 0\n"),
+            format!(
+                "{FLEET}[dependencies.payments.fleet]\nmax_concurrency = 0\nfallback_share = 0\n"
+            ),
             "dependencies.payments.fleet.max_concurrency: must be between 1",
         ),
         (
             format!("{FLEET}[dependencies.payments.fleet]\nmax_concurrency = 2\n"),
             "missing field `fallback_share`",
         ),
-        (format!("{FLEET}[defaults.fleet]\nmax_concurrency = 2\nfallback_share = 0\n"), "defaults.fleet: "),
+        (
+            format!("{FLEET}[defaults.fleet]\nmax_concurrency = 2\nfallback_share = 0\n"),
+            "defaults.fleet: ",
+        ),
         (
             "[fleet]\nredis = \"redis://a\"\nredis_cluster = [\"redis://b\"]\n".to_owned(),
             "fleet: set redis or redis_cluster, not both",
         ),
-        ("[fleet]\nshare_ttl = \"3s\"\n".to_owned(), "fleet: needs redis"),
-        ("[fleet]\nredis_cluster = []\n".to_owned(), "fleet.redis_cluster: must name at least one node"),
-        ("[fleet]\nredis = \"http://x\"\n".to_owned(), "fleet.redis: invalid URL"),
-        (format!("{FLEET}share_ttl = \"500ms\"\n"), "fleet.share_ttl: must be between 1s and 1h"),
+        (
+            "[fleet]\nshare_ttl = \"3s\"\n".to_owned(),
+            "fleet: needs redis",
+        ),
+        (
+            "[fleet]\nredis_cluster = []\n".to_owned(),
+            "fleet.redis_cluster: must name at least one node",
+        ),
+        (
+            "[fleet]\nredis = \"http://x\"\n".to_owned(),
+            "fleet.redis: invalid URL",
+        ),
+        (
+            format!("{FLEET}share_ttl = \"500ms\"\n"),
+            "fleet.share_ttl: must be between 1s and 1h",
+        ),
         (
             format!("{FLEET}share_ttl = \"4s\"\nsafety_margin = \"2s\"\n"),
             "fleet.safety_margin: must be less than half",
         ),
         (format!("{FLEET}instance = \"pod a\"\n"), "fleet.instance: "),
-        (format!("{FLEET}namespace = \"{{x}}\"\n"), "fleet.namespace: "),
-        (format!("{FLEET}password_file = \"/nonexistent/x\"\n"), "fleet.password_file: cannot read"),
+        (
+            format!("{FLEET}namespace = \"{{x}}\"\n"),
+            "fleet.namespace: ",
+        ),
+        (
+            format!("{FLEET}password_file = \"/nonexistent/x\"\n"),
+            "fleet.password_file: cannot read",
+        ),
     ] {
         let error = error(&text);
         assert!(error.contains(key), "{text:?}: {error}");
