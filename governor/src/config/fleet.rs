@@ -189,7 +189,7 @@ impl FleetSection {
         check_name(&namespace, "fleet.namespace")?;
         let password = match self.password_file {
             Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|error| {
+                let text = read_small(&path).map_err(|error| {
                     ConfigError::at(
                         "fleet.password_file",
                         format!("cannot read {}: {error}", path.display()),
@@ -215,6 +215,20 @@ impl FleetSection {
             password,
         })
     }
+}
+
+/// A password file's text: at most 4 KiB (not a device that never ends).
+fn read_small(path: &std::path::Path) -> std::io::Result<String> {
+    use std::io::Read;
+    const MAX: u64 = 4096;
+    let mut text = String::new();
+    std::fs::File::open(path)?
+        .take(MAX + 1)
+        .read_to_string(&mut text)?;
+    if text.len() as u64 > MAX {
+        return Err(std::io::Error::other(format!("longer than {MAX} bytes")));
+    }
+    Ok(text)
 }
 
 fn check_url(url: &str, key: &str) -> Result<(), ConfigError> {

@@ -669,3 +669,20 @@ fn fleet_mistakes_name_their_key() {
         assert!(error.contains(key), "{text:?}: {error}");
     }
 }
+
+#[test]
+fn a_password_file_is_read_trimmed_and_bounded() {
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    std::io::Write::write_all(&mut file, b"s3cret\n").unwrap();
+    let config = Config::parse(&format!(
+        "{FLEET}password_file = \"{}\"\n",
+        file.path().display()
+    ))
+    .unwrap();
+    assert_eq!(config.fleet.unwrap().password.as_deref(), Some("s3cret"));
+    let error = error(&format!("{FLEET}password_file = \"/dev/zero\"\n"));
+    assert!(
+        error.contains("fleet.password_file: cannot read /dev/zero: longer than 4096 bytes"),
+        "{error}"
+    );
+}
