@@ -92,6 +92,10 @@ struct Context {
     instance: Arc<str>,
     namespace: Arc<str>,
     nonce: Arc<str>,
+    /// Every call's sequence number, across the tasks of this process (a
+    /// task started again for the same dependency must not go back to 1:
+    /// the store would take its calls for late duplicates).
+    seq: std::sync::atomic::AtomicU64,
     timing: Timing,
     renew: Duration,
     call_timeout: Duration,
@@ -131,6 +135,7 @@ impl Fleet {
             instance: config.instance.clone(),
             namespace: config.namespace.clone(),
             nonce: Arc::from(format!("{nonce:016x}")),
+            seq: Default::default(),
             timing: Timing {
                 ttl: config.share_ttl,
                 margin: config.safety_margin,
@@ -153,6 +158,12 @@ impl Fleet {
                 "fleet: shares not all given back within the grace period; they lapse in the store"
             );
         }
+    }
+}
+
+impl Context {
+    fn next_seq(&self) -> u64 {
+        self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
     }
 }
 
@@ -218,7 +229,6 @@ async fn run_dependency(
     let name = dependency.name().clone();
     let key: Arc<str> = Arc::from(format!("{}:{{{}}}", context.namespace, name));
     let mut state = ShareState::new(limit);
-    let mut seq = 0u64;
     let mut next_call = Instant::now();
     loop {
         let wake = state
@@ -241,13 +251,12 @@ async fn run_dependency(
         let Some(reading) = dependency.fleet_reading() else {
             break;
         };
-        seq += 1;
         let sent = Instant::now();
         let call = Call {
             key: key.clone(),
             instance: context.instance.clone(),
             nonce: context.nonce.clone(),
-            seq,
+            seq: context.next_seq(),
             demand: reading.demand,
             keep: state.keep(sent, reading.in_flight),
             ttl: context.timing.ttl,
@@ -281,7 +290,7 @@ async fn run_dependency(
         apply(&dependency, &state, events, now);
         next_call = sent + jitter(context.renew);
     }
-    give_back(&context, &dependency, &key, &state, seq + 1).await;
+    give_back(&context, &dependency, &key, &state).await;
 }
 
 /// `renew` +-10 %.
@@ -291,18 +300,12 @@ fn jitter(renew: Duration) -> Duration {
 
 /// The last call: the share goes back to the fleet at once (else it would
 /// lapse after share_ttl).
-async fn give_back(
-    context: &Context,
-    dependency: &Dependency,
-    key: &Arc<str>,
-    state: &ShareState,
-    seq: u64,
-) {
+async fn give_back(context: &Context, dependency: &Dependency, key: &Arc<str>, state: &ShareState) {
     let call = Call {
         key: key.clone(),
         instance: context.instance.clone(),
         nonce: context.nonce.clone(),
-        seq,
+        seq: context.next_seq(),
         demand: 0,
         keep: None,
         ttl: context.timing.ttl,

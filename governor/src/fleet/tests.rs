@@ -398,6 +398,21 @@ async fn a_removed_fleet_limit_gives_the_share_back_and_leaves_the_local_limit()
     // The supervisor notices within a renewal period; the task gives back.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(store.calls().last().unwrap().leaving);
+    // Set again: a new task, whose calls go on from the last sequence
+    // number (the store would take a 1 again for a late duplicate).
+    ledger
+        .update(
+            "payments",
+            &LimitsPatch {
+                fleet: Some(Some(limit())),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(enforced(&ledger), 6);
+    let calls = store.calls();
+    assert!(calls.windows(2).all(|w| w[0].seq < w[1].seq), "{calls:?}");
     fleet.stop(Duration::from_secs(1)).await;
 }
 
