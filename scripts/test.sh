@@ -21,8 +21,9 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 # CI log shows where the run's time goes.
 step() { printf '\n==> [%s +%dm%02ds] %s\n' "$(date -u +%T)" $((SECONDS / 60)) $((SECONDS % 60)) "$*"; }
 
-# redis-server backs the benchmark's Redis-semaphore arm (A4).
-if [[ " ${suites[*]} " == *" bench "* ]] && ! command -v redis-server >/dev/null; then
+# redis-server (and redis-cli) backs the fleet integration tests (rust) and
+# the benchmark's Redis-semaphore arm (A4).
+if [[ " ${suites[*]} " == *" rust "* || " ${suites[*]} " == *" bench "* ]] && ! command -v redis-server >/dev/null; then
   step "install redis-server (Debian package)"
   sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
   $sudo apt-get update -qq && $sudo apt-get install -y -qq --no-install-recommends redis-server >/dev/null \

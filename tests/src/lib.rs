@@ -35,6 +35,7 @@ use tokio::{
 use tonic::transport::Channel;
 
 pub use nix::sys::signal::Signal;
+pub mod redis;
 
 /// How long [`GovernorProcess::start`] waits for the `governor ready` line.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
