@@ -97,6 +97,27 @@ async fn call(
     seen: (u64, u64),
     leaving: bool,
 ) -> Reply {
+    call_acked(
+        connection, instance, nonce, seq, demand, keep, ttl_ms, max, seen, leaving, 0,
+    )
+    .await
+}
+
+/// [`call`] by a sidecar that holds the share call `acked` gave it.
+#[allow(clippy::too_many_arguments)]
+async fn call_acked(
+    connection: &mut MultiplexedConnection,
+    instance: &str,
+    nonce: &str,
+    seq: u64,
+    demand: u32,
+    keep: i64,
+    ttl_ms: u64,
+    max: u32,
+    seen: (u64, u64),
+    leaving: bool,
+    acked: u64,
+) -> Reply {
     let answer: Vec<i64> = redis::Script::new(SCRIPT)
         .key(KEY)
         .arg(instance)
@@ -109,6 +130,7 @@ async fn call(
         .arg(seen.0)
         .arg(seen.1)
         .arg(if leaving { "1" } else { "0" })
+        .arg(acked)
         .invoke_async(connection)
         .await
         .expect("the script runs");
@@ -269,6 +291,7 @@ struct Sidecar {
     in_flight: u32,
     seen: (u64, u64),
     alive: bool,
+    acked: u64,
 }
 
 impl Sidecar {
@@ -327,6 +350,7 @@ async fn random_schedules_never_lease_more_than_the_limit() {
                 in_flight: 0,
                 seen: (0, 0),
                 alive: true,
+                acked: 0,
             })
             .collect();
         let mut demands = vec![0u32; sidecars.len()];
@@ -354,7 +378,8 @@ async fn random_schedules_never_lease_more_than_the_limit() {
                     s.seq += 1;
                     let sent = Instant::now();
                     let keep = s.keep(sent);
-                    let reply = call(
+                    let acked = if keep > 0 { s.acked } else { 0 };
+                    let reply = call_acked(
                         &mut connection,
                         &s.name,
                         &s.nonce,
@@ -365,6 +390,7 @@ async fn random_schedules_never_lease_more_than_the_limit() {
                         MAX,
                         s.seen,
                         false,
+                        acked,
                     )
                     .await;
                     calls += 1;
@@ -392,6 +418,7 @@ async fn random_schedules_never_lease_more_than_the_limit() {
                     s.learning = reply.status == 1;
                     s.seen = (reply.born, reply.writes);
                     s.valid_until = Some(sent + TTL - MARGIN);
+                    s.acked = s.seq;
                 }
                 400..=799 => {
                     // Grants up to the term, releases at random.
@@ -587,4 +614,43 @@ async fn a_copy_that_lost_writes_learns_and_duplicates_and_name_clashes_are_refu
     )
     .await;
     assert_eq!((b3.status, b3.share, b3.instances), (0, 6, 1), "{b3:?}");
+    // The store loses b's entry (a failover to a replica that missed it):
+    // b, holding the share of call 3, finds out on its next call.
+    let seen = (b3.born, b3.writes);
+    let same = call_acked(&mut c, "b", "nb", 4, 8, 6, 300, 6, seen, false, 3).await;
+    assert_eq!(same.status, 0, "nothing lost: no learning");
+    let _: () = redis::cmd("HDEL")
+        .arg(KEY)
+        .arg("i:b")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let seen = (same.born, same.writes);
+    let lost = call_acked(&mut c, "b", "nb", 5, 8, 6, 300, 6, seen, false, 4).await;
+    assert_eq!(
+        (lost.status, lost.share),
+        (1, 6),
+        "learning, b re-claims: {lost:?}"
+    );
+    // An entry older than the call the share came from: lost too.
+    let _: () = redis::cmd("HSET")
+        .arg(KEY)
+        .arg("i:b")
+        .arg("nb 2 6 99999999999999 8 6 300")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    // While it learns, another holder whose entry is gone too re-claims
+    // without starting over again (which would wipe b's re-claim).
+    let z = call_acked(&mut c, "z", "nz", 9, 2, 2, 300, 6, (0, 0), false, 8).await;
+    assert_eq!(
+        (z.status, z.born, z.share),
+        (1, lost.born, 0),
+        "6 of 6 re-claimed by b: {z:?}"
+    );
+    tokio::time::sleep(Duration::from_millis(lost.learning_left + 10)).await;
+    let seen = (lost.born, z.writes);
+    let older = call_acked(&mut c, "b", "nb", 6, 8, 6, 300, 6, seen, false, 5).await;
+    assert_eq!(older.status, 1, "{older:?}");
+    assert_eq!(older.writes, 1, "started over: {older:?}");
 }

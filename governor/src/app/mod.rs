@@ -253,8 +253,11 @@ pub async fn run(cli: Cli, config: Config, tracing: Option<TracingConfig>) -> Ex
         .saturating_duration_since(Instant::now())
         .max(Duration::from_secs(1));
     if let Some(fleet) = fleet {
-        fleet.stop(left).await;
+        fleet.stop(left, ledger.leases() == 0).await;
     }
+    let left = deadline
+        .saturating_duration_since(Instant::now())
+        .max(Duration::from_secs(1));
     // Telemetry last, so that the drain itself is traced.
     telemetry.shutdown(left).await;
     tracing::info!(leases_left = ledger.leases(), "stopped");

@@ -72,7 +72,14 @@ impl Reloader {
             // The store and this sidecar's name in it are the fleet task's
             // from the start; a fleet-wide limit without it would grant
             // nothing, so such a file is refused whole.
-            if config.fleet != previous.fleet {
+            let store = |config: &Config| config.fleet.as_ref().map(|f| f.without_password());
+            if store(&config) == store(previous) && config.fleet != previous.fleet {
+                tracing::warn!(
+                    trigger,
+                    "fleet.password_file: a new password takes effect only after a restart"
+                );
+            }
+            if store(&config) != store(previous) {
                 self.telemetry.metrics.config_reloaded(false);
                 tracing::error!(
                     trigger,

@@ -14,6 +14,9 @@ use crate::ledger::FleetLimit;
 
 /// Bounds of `fleet.share_ttl`.
 const SHARE_TTL_RANGE: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(3600));
+/// Shortest `fleet.safety_margin`: a share must stop being used before it
+/// lapses in the store, by more than the clocks can disagree on a duration.
+const MIN_SAFETY_MARGIN: Duration = Duration::from_millis(10);
 /// Longest `fleet.instance` and `fleet.namespace`, in bytes.
 const MAX_NAME_LEN: usize = 128;
 
@@ -47,6 +50,15 @@ pub enum FleetStore {
 }
 
 impl FleetConfig {
+    /// These settings without the password: what a reload compares (a
+    /// rotated password takes effect at the next start).
+    pub fn without_password(&self) -> FleetConfig {
+        FleetConfig {
+            password: None,
+            ..self.clone()
+        }
+    }
+
     /// How often a share is renewed.
     pub fn renew_interval(&self) -> Duration {
         self.share_ttl / 3
@@ -79,14 +91,25 @@ impl std::fmt::Debug for FleetStore {
     }
 }
 
-/// A store URL fit for logs: without its user and password.
+/// A store URL fit for logs: without its user, password and query (where
+/// `redis+unix:` URLs carry `pass=`); one that does not parse shows only
+/// its scheme.
 pub fn redact(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((_, host)) => format!("{scheme}://<redacted>@{host}"),
-            None => url.to_owned(),
-        },
-        None => url.to_owned(),
+    match url::Url::parse(url) {
+        Ok(mut parsed) => {
+            if !parsed.username().is_empty() || parsed.password().is_some() {
+                let _ = parsed.set_username("redacted");
+                let _ = parsed.set_password(None);
+            }
+            if parsed.query().is_some() {
+                parsed.set_query(Some("redacted"));
+            }
+            parsed.to_string()
+        }
+        Err(_) => format!(
+            "{}://(unparsable)",
+            url.split_once("://").map_or("?", |(scheme, _)| scheme)
+        ),
     }
 }
 
@@ -167,6 +190,16 @@ impl FleetSection {
             .safety_margin
             .or(base.safety_margin)
             .map_or(share_ttl / 5, |d| d.0);
+        if safety_margin < MIN_SAFETY_MARGIN {
+            return Err(ConfigError::at(
+                "fleet.safety_margin",
+                format!(
+                    "must be at least {}, got {}",
+                    humantime::format_duration(MIN_SAFETY_MARGIN),
+                    humantime::format_duration(safety_margin)
+                ),
+            ));
+        }
         if safety_margin >= share_ttl / 2 {
             return Err(ConfigError::at(
                 "fleet.safety_margin",

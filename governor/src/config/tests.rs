@@ -587,7 +587,7 @@ fn a_fleet_section_and_a_fleet_limit_are_read_with_their_defaults() {
     // The password never reaches Debug output (logs print the store so).
     let debug = format!("{config:?}");
     assert!(!debug.contains("secret"), "{debug}");
-    assert!(debug.contains("<redacted>@127.0.0.1:6379"), "{debug}");
+    assert!(debug.contains("redis://redacted@127.0.0.1:6379"), "{debug}");
 
     let cluster = Config::parse(
         "[fleet]\nredis_cluster = [\"redis://10.0.0.1:6379\", \"redis://10.0.0.2:6379\"]\n\
@@ -684,5 +684,32 @@ fn a_password_file_is_read_trimmed_and_bounded() {
     assert!(
         error.contains("fleet.password_file: cannot read /dev/zero: longer than 4096 bytes"),
         "{error}"
+    );
+}
+
+#[test]
+fn store_urls_lose_their_credentials_in_logs() {
+    use super::redact_url;
+    assert_eq!(
+        redact_url("redis://:pw@h:6379/0"),
+        "redis://redacted@h:6379/0"
+    );
+    assert_eq!(
+        redact_url("redis://user:pw@h:6379"),
+        "redis://redacted@h:6379"
+    );
+    assert_eq!(redact_url("redis://h:6379/0"), "redis://h:6379/0");
+    let unix = redact_url("redis+unix:///run/redis.sock?db=1&pass=pw&user=u");
+    assert!(!unix.contains("pw") && !unix.contains("user=u"), "{unix}");
+    assert_eq!(redact_url("redis://:p w@[::1"), "redis://(unparsable)");
+    let bad = error("[fleet]\nredis = \"redis://:hunter2@[::1\"\n");
+    assert!(
+        bad.starts_with("fleet.redis: invalid URL") && !bad.contains("hunter2"),
+        "{bad}"
+    );
+    let margin = error(&format!("{FLEET}safety_margin = \"0s\"\n"));
+    assert!(
+        margin.contains("fleet.safety_margin: must be at least 10ms"),
+        "{margin}"
     );
 }

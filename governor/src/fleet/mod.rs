@@ -82,6 +82,8 @@ pub trait FleetObserver: Send + Sync + std::fmt::Debug + 'static {
 pub struct Fleet {
     stop: CancellationToken,
     supervisor: JoinHandle<()>,
+    /// Read by each task as it stops.
+    give_back: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// What every dependency task of one sidecar shares.
@@ -99,6 +101,8 @@ struct Context {
     timing: Timing,
     renew: Duration,
     call_timeout: Duration,
+    /// Whether a task that stops gives its share back.
+    give_back: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Fleet {
@@ -142,16 +146,26 @@ impl Fleet {
             },
             renew: config.renew_interval(),
             call_timeout: call_timeout(config.renew_interval()),
+            give_back: Arc::new(std::sync::atomic::AtomicBool::new(true)),
         });
+        let give_back = context.give_back.clone();
         ledger.set_fleet_store(true);
         let stop = CancellationToken::new();
         let supervisor = tokio::spawn(supervise(context, ledger, stop.clone()));
-        Fleet { stop, supervisor }
+        Fleet {
+            stop,
+            supervisor,
+            give_back,
+        }
     }
 
-    /// Gives every share back (each task's last call, within `grace`) and
-    /// stops. Called once the permits are back (the sidecar drained).
-    pub async fn stop(self, grace: Duration) {
+    /// Stops, giving every share back (each task's last call, within
+    /// `grace`) if `give_back`: when the permits are back. With permits
+    /// still out (the grace ran out) the shares are left to lapse, so that
+    /// they stay counted while those calls may still run.
+    pub async fn stop(self, grace: Duration, give_back: bool) {
+        self.give_back
+            .store(give_back, std::sync::atomic::Ordering::Release);
         self.stop.cancel();
         if timeout(grace, self.supervisor).await.is_err() {
             tracing::warn!(
@@ -238,25 +252,27 @@ async fn run_dependency(
             () = sleep_until(wake) => {}
             () = cancel.cancelled() => break,
         }
+        match dependency.fleet_limit() {
+            Some(limit) => state.set_limit(limit),
+            None => break,
+        }
         let now = Instant::now();
         let events = state.tick(now);
         apply(&dependency, &state, events, now);
         if now < next_call {
             continue;
         }
-        match dependency.fleet_limit() {
-            Some(limit) => state.set_limit(limit),
-            None => break,
-        }
         let Some(reading) = dependency.fleet_reading() else {
             break;
         };
         let sent = Instant::now();
+        let seq = context.next_seq();
         let call = Call {
             key: key.clone(),
             instance: context.instance.clone(),
             nonce: context.nonce.clone(),
-            seq: context.next_seq(),
+            seq,
+            acked: state.acked(sent),
             demand: reading.demand,
             keep: state.keep(sent, reading.in_flight),
             ttl: context.timing.ttl,
@@ -284,13 +300,15 @@ async fn run_dependency(
         let ok = matches!(&answer, Ok(reply) if reply.status != store::ReplyStatus::Conflict);
         context.observer.store_called(&name, now - sent, ok);
         let events = match answer {
-            Ok(reply) => state.answered(sent, now, reading.demand, reply, context.timing),
+            Ok(reply) => state.answered((seq, sent), now, reading.demand, reply, context.timing),
             Err(error) => state.failed(now, &error),
         };
         apply(&dependency, &state, events, now);
         next_call = sent + jitter(context.renew);
     }
-    give_back(&context, &dependency, &key, &state).await;
+    if context.give_back.load(std::sync::atomic::Ordering::Acquire) {
+        give_back(&context, &dependency, &key, &state).await;
+    }
 }
 
 /// `renew` +-10 %.
@@ -312,13 +330,12 @@ async fn give_back(context: &Context, dependency: &Dependency, key: &Arc<str>, s
         max_concurrency: state.limit().max_concurrency(),
         seen: state.seen(),
         leaving: true,
+        acked: 0,
     };
-    let sent = Instant::now();
+    // Not counted in the metrics: a removed fleet limit took its series
+    // with it, and this call would bring them back for good.
     let answer = timeout(context.call_timeout, context.store.call(call)).await;
     let ok = matches!(answer, Ok(Ok(_)));
-    context
-        .observer
-        .store_called(dependency.name(), sent.elapsed(), ok);
     if ok {
         tracing::info!(dependency = %dependency.name(), "fleet share given back");
     } else {

@@ -11,9 +11,13 @@
 --   lttl   the longest share_ttl a caller gave since born (the learning period)
 --   i:<instance>  "nonce seq held expiry demand max ttl" of one live sidecar
 --
--- ARGV: instance, nonce, seq, demand, keep, ttl_ms, max, seen_born, seen_gen, leaving
---   keep: what the caller may still use of its share from now on (it stops
---         granting above it before it calls), or -1 when it holds none.
+-- ARGV: instance, nonce, seq, demand, keep, ttl_ms, max, seen_born, seen_gen, leaving, acked
+--   keep: what the caller may still use from now on (it stops granting above
+--         its share before it calls, and counts the permits it holds, those
+--         of a fallback share too), or -1 when it uses nothing.
+--   acked: the seq of the call whose answer gave the share the caller still
+--         holds (0: none): if the store no longer has that call's write, it
+--         lost writes.
 -- Returns {status, share, target, born, gen, learning_left_ms, instances, fleet_max}
 --   status 0 ok, 1 learning, 2 instance name in use by another live sidecar,
 --   3 stale (a call older than one already seen from this sidecar).
@@ -30,6 +34,7 @@ local max = tonumber(ARGV[7])
 local seen_born = tonumber(ARGV[8])
 local seen_gen = tonumber(ARGV[9])
 local leaving = ARGV[10] == '1'
+local acked = tonumber(ARGV[11]) or 0
 
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -52,10 +57,23 @@ end
 local born = tonumber(meta.born)
 local gen = tonumber(meta.gen) or 0
 local lttl = tonumber(meta.lttl) or 0
-if born == nil or (born == seen_born and gen < seen_gen) then
-  -- Empty, or a copy that lost writes this caller saw: start over. Shares
-  -- granted before may still be in use for up to a share_ttl, so the store
-  -- learns for that long: no new shares, only re-claims of held ones.
+-- A copy that lost writes: the caller saw more writes of it than it has, or
+-- holds a share from a call whose write is gone (its entry missing or
+-- older). (A lapsed entry is never held: the caller stops using a share a
+-- safety margin before it lapses here.)
+-- While it learns, entries missing are expected (and no share is granted):
+-- starting over again would wipe the re-claims of the others.
+local mine_entry = peers[inst]
+local lost = false
+if born ~= nil and now >= born + lttl then
+  lost = born == seen_born and gen < seen_gen
+  if acked > 0 and keep > 0 and mine_entry == nil then lost = true end
+  if mine_entry ~= nil and mine_entry.nonce == nonce and mine_entry.seq < acked then lost = true end
+end
+if born == nil or lost then
+  -- Empty, or a copy that lost writes: start over. Shares granted before may
+  -- still be in use for up to a share_ttl, so the store learns for that
+  -- long: no new shares, only re-claims of held ones.
   redis.call('DEL', key)
   peers = {}
   born, gen, lttl = now, 0, 0
@@ -151,15 +169,18 @@ if learning_left > 0 then
     if held > free then held = free end
   end
 else
-  -- The caller may still use `keep` (at most what it held): that stays
-  -- counted until it says it uses less. It grows towards its target with
-  -- what is free; it shrinks on its next call, once it has stopped granting
-  -- above the target it is told now.
+  -- The caller may still use `keep`: that stays counted until it says it
+  -- uses less (what it held, and permits beyond it, of a fallback share,
+  -- as far as they are free). It grows towards its target with what is
+  -- free; it shrinks on its next call, once it has stopped granting above
+  -- the target it is told now.
   local mine = 0
   if me then mine = me.held end
   local kept = keep
   if kept < 0 then kept = 0 end
-  if kept > mine then kept = mine end
+  local cap = mine
+  if free > cap then cap = free end
+  if kept > cap then kept = cap end
   held = kept
   if target > kept then
     held = kept + math.min(target - kept, math.max(free - kept, 0))

@@ -68,6 +68,8 @@ pub(crate) struct ShareState {
     seen: Seen,
     /// The term last reported (what the ledger enforces).
     reported: u32,
+    /// The sequence number of the last call answered.
+    acked: u64,
 }
 
 impl ShareState {
@@ -88,6 +90,7 @@ impl ShareState {
             last_error: None,
             seen: Seen::default(),
             reported: 0,
+            acked: 0,
         }
     }
 
@@ -95,8 +98,8 @@ impl ShareState {
         self.limit
     }
 
-    /// A new fleet limit from the config or the control plane: the store
-    /// applies it on the next call; the fallback share at once.
+    /// A new fleet limit from the config or the control plane (read before
+    /// each call): the store and the fallback share take it from then.
     pub(crate) fn set_limit(&mut self, limit: FleetLimit) {
         self.limit = limit;
     }
@@ -124,12 +127,27 @@ impl ShareState {
         }
     }
 
-    /// What this sidecar promises the store it may still use of its share
-    /// from the call on: the term (it grants no more before the answer),
-    /// or what is in flight if more, never more than the share. `None`:
-    /// it holds no share.
+    /// What this sidecar tells the store it may still use from the call
+    /// on: its term (it grants no more before the answer), or what is in
+    /// flight if more (permits of a fallback share too, so that the store
+    /// counts them as far as they are free). `None`: nothing.
     pub(crate) fn keep(&self, now: Instant, in_flight: u32) -> Option<u32> {
-        (self.holds(now) && self.share > 0).then(|| in_flight.max(self.term(now)).min(self.share))
+        if self.holds(now) && self.share > 0 {
+            Some(in_flight.max(self.term(now)))
+        } else {
+            (in_flight > 0).then_some(in_flight)
+        }
+    }
+
+    /// The sequence number of the call whose answer gave the share still
+    /// held, 0 without one: a store that no longer has that call's write
+    /// lost writes.
+    pub(crate) fn acked(&self, now: Instant) -> u64 {
+        if self.holds(now) && self.share > 0 {
+            self.acked
+        } else {
+            0
+        }
     }
 
     /// When the share lapses, if it is held.
@@ -138,10 +156,10 @@ impl ShareState {
             .filter(|_| matches!(self.mode, FleetMode::Share | FleetMode::Learning))
     }
 
-    /// The store's answer to a call sent at `sent` with `demand`.
+    /// The store's answer to call `seq`, sent at `sent` with `demand`.
     pub(crate) fn answered(
         &mut self,
-        sent: Instant,
+        (seq, sent): (u64, Instant),
         now: Instant,
         demand: u32,
         reply: Reply,
@@ -167,6 +185,7 @@ impl ShareState {
             ReplyStatus::Ok | ReplyStatus::Learning => {}
         }
         self.last_error = None;
+        self.acked = seq;
         self.seen = reply.seen;
         self.share = reply.share;
         self.target = reply.target;

@@ -36,6 +36,9 @@ pub(crate) struct Call {
     pub seen: Seen,
     /// Gives the share back and leaves.
     pub leaving: bool,
+    /// The seq of the call whose answer gave the share still held (0:
+    /// none): the store lost writes if it no longer has that one.
+    pub acked: u64,
 }
 
 /// Which copy of the store state a sidecar last saw, and how far into it.
@@ -224,7 +227,8 @@ fn invocation<'a>(script: &'a Script, call: &Call) -> redis::ScriptInvocation<'a
         .arg(call.max_concurrency)
         .arg(call.seen.born)
         .arg(call.seen.writes)
-        .arg(if call.leaving { "1" } else { "0" });
+        .arg(if call.leaving { "1" } else { "0" })
+        .arg(call.acked);
     invocation
 }
 

@@ -64,7 +64,7 @@ fn starting_grants_nothing_then_the_share_until_it_lapses() {
 
     let sent = start;
     let events = state.answered(
-        sent,
+        (1, sent),
         sent + Duration::from_millis(5),
         0,
         ok(6, 8).unwrap(),
@@ -80,9 +80,10 @@ fn starting_grants_nothing_then_the_share_until_it_lapses() {
     assert!(matches!(events[0], Event::FallingBack { .. }), "{events:?}");
     assert_eq!(events[1], Event::Changed { from: 6, to: 2 });
     assert_eq!(state.status(lapse).mode, FleetMode::Fallback);
-    assert_eq!(state.keep(lapse, 1), None, "a lapsed share is not claimed");
+    assert_eq!(state.keep(lapse, 0), None, "a lapsed share is not claimed");
+    assert_eq!(state.acked(lapse), 0);
 
-    let events = state.answered(lapse, lapse, 3, ok(5, 5).unwrap(), TIMING);
+    let events = state.answered((7, lapse), lapse, 3, ok(5, 5).unwrap(), TIMING);
     assert_eq!(
         events,
         vec![Event::Restored, Event::Changed { from: 2, to: 5 }]
@@ -98,7 +99,7 @@ fn a_failed_call_keeps_a_valid_share_and_a_failed_first_call_falls_back() {
     assert!(matches!(events[0], Event::FallingBack { .. }));
     assert_eq!(state.term(start), 2);
 
-    state.answered(start, start, 0, ok(6, 6).unwrap(), TIMING);
+    state.answered((7, start), start, 0, ok(6, 6).unwrap(), TIMING);
     let later = start + Duration::from_secs(1);
     let events = state.failed(later, &down().unwrap_err());
     assert!(
@@ -115,31 +116,43 @@ fn a_failed_call_keeps_a_valid_share_and_a_failed_first_call_falls_back() {
 }
 
 #[test]
-fn keep_is_the_term_or_what_is_in_flight_never_more_than_the_share() {
+fn keep_is_the_term_or_every_permit_in_flight() {
     let now = Instant::now();
     let mut state = ShareState::new(limit());
-    state.answered(now, now, 0, ok(6, 3).unwrap(), TIMING);
+    assert_eq!(state.keep(now, 2), Some(2), "before a share: what is held");
+    assert_eq!(state.acked(now), 0);
+    state.answered((7, now), now, 0, ok(6, 3).unwrap(), TIMING);
+    assert_eq!(state.acked(now), 7, "the call that gave the share");
     assert_eq!(state.term(now), 3, "a shrinking target stops grants first");
     assert_eq!(state.keep(now, 0), Some(3));
     assert_eq!(state.keep(now, 5), Some(5), "held permits stay counted");
-    assert_eq!(state.keep(now, 9), Some(6), "at most the share");
+    assert_eq!(
+        state.keep(now, 9),
+        Some(9),
+        "beyond the share too (the store caps it)"
+    );
     // A share of 0 (the fleet is full) is kept as 0, not the fallback.
-    state.answered(now, now, 0, ok(0, 1).unwrap(), TIMING);
+    state.answered((8, now), now, 0, ok(0, 1).unwrap(), TIMING);
     assert_eq!(state.term(now), 0);
     assert_eq!(state.keep(now, 0), None);
+    assert_eq!(state.acked(now), 0, "no share held");
+    // Lapsed: permits of the fallback share are reported, nothing acked.
+    let later = now + TTL;
+    state.tick(later);
+    assert_eq!((state.keep(later, 2), state.acked(later)), (Some(2), 0));
 }
 
 #[test]
 fn learning_keeps_a_reclaimed_share_else_the_fallback() {
     let now = Instant::now();
     let mut state = ShareState::new(limit());
-    let events = state.answered(now, now, 0, reply(ReplyStatus::Learning, 0, 5), TIMING);
+    let events = state.answered((7, now), now, 0, reply(ReplyStatus::Learning, 0, 5), TIMING);
     assert!(matches!(events[0], Event::Learning { .. }));
     assert_eq!(state.term(now), 2, "nothing re-claimed: the fallback share");
     assert_eq!(state.status(now).learning_until, Some(now + TTL));
-    state.answered(now, now, 0, reply(ReplyStatus::Learning, 4, 5), TIMING);
+    state.answered((7, now), now, 0, reply(ReplyStatus::Learning, 4, 5), TIMING);
     assert_eq!(state.term(now), 4, "a re-claimed share is used");
-    let events = state.answered(now, now, 0, ok(5, 5).unwrap(), TIMING);
+    let events = state.answered((7, now), now, 0, ok(5, 5).unwrap(), TIMING);
     assert_eq!(
         events,
         vec![Event::Restored, Event::Changed { from: 4, to: 5 }]
@@ -150,12 +163,12 @@ fn learning_keeps_a_reclaimed_share_else_the_fallback() {
 fn a_conflict_stops_using_any_share_at_once_and_stale_answers_change_nothing() {
     let now = Instant::now();
     let mut state = ShareState::new(limit());
-    state.answered(now, now, 0, ok(6, 6).unwrap(), TIMING);
+    state.answered((7, now), now, 0, ok(6, 6).unwrap(), TIMING);
     let before = state.status(now);
-    let events = state.answered(now, now, 0, reply(ReplyStatus::Stale, 9, 9), TIMING);
+    let events = state.answered((7, now), now, 0, reply(ReplyStatus::Stale, 9, 9), TIMING);
     assert_eq!(events, vec![]);
     assert_eq!(state.status(now).share, before.share);
-    let events = state.answered(now, now, 0, reply(ReplyStatus::Conflict, 0, 0), TIMING);
+    let events = state.answered((7, now), now, 0, reply(ReplyStatus::Conflict, 0, 0), TIMING);
     assert_eq!(events[0], Event::Conflict);
     assert_eq!(state.term(now), 2);
     assert_eq!(state.status(now).mode, FleetMode::Fallback);
@@ -290,7 +303,7 @@ async fn an_acquire_waits_for_the_first_answer_and_gets_the_share() {
         (status.mode, status.share, status.instances),
         (FleetMode::Share, 4, 2)
     );
-    fleet.stop(Duration::from_secs(1)).await;
+    fleet.stop(Duration::from_secs(1), true).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -327,12 +340,16 @@ async fn renews_every_third_of_the_ttl_reports_demand_and_gives_back_on_stop() {
             .release(lease, Report::new(Outcome::Success, None))
             .unwrap();
     }
-    fleet.stop(Duration::from_secs(1)).await;
+    fleet.stop(Duration::from_secs(1), true).await;
     let calls = store.calls();
     let last = calls.last().unwrap();
     assert!(last.leaving, "the share is given back");
     assert_eq!(last.keep, None);
-    assert_eq!(observed.0.lock().unwrap().len(), calls.len());
+    assert_eq!(
+        observed.0.lock().unwrap().len(),
+        calls.len() - 1,
+        "every renewal is counted in the metrics, the give-back is not"
+    );
 }
 
 #[tokio::test(start_paused = true)]
@@ -358,7 +375,7 @@ async fn store_down_keeps_the_share_until_it_lapses_then_the_fallback() {
     store.then(vec![ok(5, 5)]);
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert_eq!(enforced(&ledger), 5);
-    fleet.stop(Duration::from_secs(1)).await;
+    fleet.stop(Duration::from_secs(1), true).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -374,7 +391,7 @@ async fn a_share_lapses_on_time_while_a_call_hangs() {
     assert_eq!(enforced(&ledger), 6);
     tokio::time::sleep_until(lapse + Duration::from_millis(1)).await;
     assert_eq!(enforced(&ledger), 2, "lapsed at its local expiry");
-    fleet.stop(Duration::from_secs(1)).await;
+    fleet.stop(Duration::from_secs(1), true).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -413,7 +430,7 @@ async fn a_removed_fleet_limit_gives_the_share_back_and_leaves_the_local_limit()
     assert_eq!(enforced(&ledger), 6);
     let calls = store.calls();
     assert!(calls.windows(2).all(|w| w[0].seq < w[1].seq), "{calls:?}");
-    fleet.stop(Duration::from_secs(1)).await;
+    fleet.stop(Duration::from_secs(1), true).await;
 }
 
 #[tokio::test(start_paused = true)]
@@ -437,9 +454,24 @@ async fn the_control_plane_sets_a_fleet_limit_only_with_a_store() {
     // The ledger wakes the supervisor: the first call comes at once.
     tokio::time::sleep(Duration::from_millis(10)).await;
     assert_eq!(enforced_of(&ledger, "queue"), 3);
-    fleet.stop(Duration::from_secs(1)).await;
+    fleet.stop(Duration::from_secs(1), true).await;
 }
 
 fn enforced_of(ledger: &Ledger, name: &str) -> u32 {
     ledger.status(name).unwrap().limit.enforced
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_drain_with_permits_still_out_leaves_the_share_to_lapse() {
+    let ledger = fleet_ledger();
+    let store = Scripted::new(Duration::from_millis(1), vec![ok(6, 6)]);
+    let (fleet, _) = start(&store, &ledger);
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    let held = ledger.acquire(&request()).await.unwrap();
+    assert!(held.granted().is_some());
+    let calls = store.calls().len();
+    fleet.stop(Duration::from_secs(1), false).await;
+    let after = store.calls();
+    assert_eq!(after.len(), calls, "no give-back call: {after:?}");
+    assert!(after.iter().all(|c| !c.leaving));
 }

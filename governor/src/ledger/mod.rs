@@ -662,7 +662,12 @@ impl Ledger {
         if let Some(peer) = creator {
             self.lock_peers().record(name.clone(), peer);
         }
+        let fleet = limits_have_fleet(&dependency);
         self.dependencies.insert(name, dependency.clone());
+        if fleet {
+            // Now that the fleet task can find it (it grants nothing until then).
+            self.shared.fleet_wake.notify_one();
+        }
         Ok(dependency)
     }
 
@@ -733,6 +738,10 @@ impl Settings {
     fn limits_for(&self, name: &str) -> Limits {
         self.configured.get(name).unwrap_or(&self.defaults).clone()
     }
+}
+
+fn limits_have_fleet(dependency: &Dependency) -> bool {
+    dependency.fleet_limit().is_some()
 }
 
 /// Why a control-plane update failed.

@@ -429,7 +429,7 @@ impl Metrics {
         );
         r.register(
             "limit_changes",
-            "Moves of the enforced or computed limit, by reason (latency, drops, growth, relearn, config)",
+            "Moves of the enforced or computed limit, by reason (latency, drops, growth, relearn, config, fleet)",
             metrics.limit_changes.clone(),
         );
         r.register(

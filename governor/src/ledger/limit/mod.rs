@@ -409,7 +409,8 @@ impl Limiter {
         match (self.adaptive.as_mut(), adaptive) {
             (Some(running), Some(config)) => running.reconfigure(*config, ceiling),
             (None, Some(config)) => {
-                self.adaptive = Some(AdaptiveLimit::new(*config, self.enforced, ceiling, now));
+                // From the local limit in force (not a fleet share's cap).
+                self.adaptive = Some(AdaptiveLimit::new(*config, self.local(), ceiling, now));
             }
             (_, None) => self.adaptive = None,
         }
