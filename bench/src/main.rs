@@ -16,6 +16,7 @@
 mod adaptive;
 mod downstream;
 mod env;
+mod fleet;
 mod happy;
 mod load;
 mod noisy;
@@ -60,8 +61,8 @@ struct Args {
     /// The governor binary [default: <repo>/target/release/governor].
     #[arg(long, env = "GOVERNOR_BIN")]
     governor_bin: Option<PathBuf>,
-    /// The redis-server program (a path or a name on PATH). A4 is skipped,
-    /// with a note, when it is missing.
+    /// The redis-server program (a path or a name on PATH). A4 and A7 (the
+    /// fleet-wide limits' store) are skipped, with a note, when it is missing.
     #[arg(long, default_value = "redis-server")]
     redis_server: String,
     /// Where the JSON and the SVG go [default: <repo>/docs/bench].
@@ -159,6 +160,7 @@ struct Plans {
     noisy: NoisyPlan,
     scale: ScalePlan,
     adaptive: AdaptivePlan,
+    fleet: fleet::FleetPlan,
 }
 
 /// The adaptive arms' plan. Smoke runs debug builds for well under a second
@@ -232,6 +234,45 @@ fn noisy_plan(mode: &str) -> NoisyPlan {
     }
 }
 
+/// A7, fleet-wide limits: the happy path's open loop against a sidecar
+/// with and without a fleet limit that does not bind (10x the happy path's
+/// closed-loop callers), and three sidecars sharing a binding one. The
+/// trio's share_ttl is 1 s in smoke and quick runs, so that its shares
+/// settle within a second (they move every share_ttl / 3); the fleet
+/// sidecar's is 3 s but in smoke runs, whose sub-second windows would see
+/// hardly a renewal (and the fresh key's learning would take longer).
+fn fleet_plan(mode: &str, happy: &HappyPlan) -> fleet::FleetPlan {
+    // (fleet share_ttl, trio share_ttl, warm-up, measure)
+    let (single_ttl, ttl, warmup, measure) = match mode {
+        "smoke" => (1.0, 1.0, 1.5, 0.8),
+        "quick" => (3.0, 1.0, 1.5, 2.0),
+        _ => (3.0, 3.0, 4.0, 8.0),
+    };
+    let concurrency = happy.concurrency;
+    fleet::FleetPlan {
+        rate: happy.rate,
+        warmup: happy.warmup,
+        measure: happy.measure,
+        repeats: happy.repeats,
+        local_limit: 1000,
+        load_concurrency: concurrency,
+        fleet_limit: 10 * concurrency as u32,
+        share_ttl: secs(single_ttl),
+        trio: Some(fleet::TrioPlan {
+            fleet_limit: 12,
+            callers: vec![12, 6, 2],
+            local_limit: 64,
+            max_queue: 64,
+            max_wait_ms: 50,
+            hold_ms: 10.0,
+            fallback_share: 0,
+            share_ttl: secs(ttl),
+            warmup: secs(warmup),
+            measure: secs(measure),
+        }),
+    }
+}
+
 fn plans(args: &Args) -> Plans {
     // (mode, happy warm-up, happy measure, saturation, repeats, ledger pairs,
     //  overload warm-up, overload measure, overload repeats, storm warm-up,
@@ -251,18 +292,20 @@ fn plans(args: &Args) -> Plans {
     };
     let reps = args.repeats.unwrap_or(reps).max(1);
     let oreps = args.repeats.map_or(oreps, |r| r.clamp(1, 5));
+    let happy = HappyPlan {
+        rate: if args.smoke { 500.0 } else { 2000.0 },
+        warmup: secs(hw),
+        measure: secs(hm),
+        concurrency: 16,
+        saturation_measure: secs(hs),
+        repeats: reps,
+        span_settle: secs(if args.smoke { 2.0 } else { 3.0 }),
+        ledger_pairs: lp,
+    };
     Plans {
         mode,
-        happy: HappyPlan {
-            rate: if args.smoke { 500.0 } else { 2000.0 },
-            warmup: secs(hw),
-            measure: secs(hm),
-            concurrency: 16,
-            saturation_measure: secs(hs),
-            repeats: reps,
-            span_settle: secs(if args.smoke { 2.0 } else { 3.0 }),
-            ledger_pairs: lp,
-        },
+        fleet: fleet_plan(mode, &happy),
+        happy,
         // Smoke runs debug builds: a smaller downstream keeps 10x affordable.
         overload: OverloadPlan {
             concurrency: if args.smoke { 4 } else { 8 },
@@ -860,6 +903,31 @@ async fn measure(
         }
     }
 
+    log(&format!("{} {}", fleet::ARM_ID, fleet::ARM_NAME));
+    let fleet = match redis.as_ref() {
+        Some(redis) => {
+            let sidecars = fleet::Sidecars {
+                bin,
+                work,
+                pinning,
+                ticks,
+            };
+            fleet::run(&plans.fleet, &sidecars, redis, &log).await
+        }
+        None => {
+            let note = format!(
+                "{} ({}) skipped: no redis-server",
+                fleet::ARM_ID,
+                fleet::ARM_NAME
+            );
+            log(&note);
+            warnings.push(note.clone());
+            fleet::FleetResults::skipped(&plans.fleet, &note)
+        }
+    };
+    failures.extend(fleet.failures.iter().cloned());
+    warnings.extend(fleet.warnings.iter().cloned());
+
     log("scale");
     let scale = scale::run(&plans.scale, &log).await;
     let scale = match scale {
@@ -905,6 +973,7 @@ async fn measure(
         storm_plan: plans.storm.clone(),
         storm,
         noisy,
+        fleet,
         scale,
         targets,
         failures,

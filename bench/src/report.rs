@@ -6,6 +6,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::env::{Machine, Pinning};
+use crate::fleet::{FleetResults, StoreWindow};
 use crate::happy::{Arm, HappyResults, Transport};
 use crate::load::Spread;
 use crate::noisy::{NoisyResults, TenantResult};
@@ -36,6 +37,7 @@ pub struct Results {
     pub storm_plan: StormPlan,
     pub storm: Vec<StormArm>,
     pub noisy: NoisyResults,
+    pub fleet: FleetResults,
     pub scale: ScaleResults,
     pub targets: Vec<Target>,
     pub failures: Vec<String>,
@@ -704,6 +706,7 @@ pub fn markdown(r: &Results, svg_name: &str, json_name: &str, analysis: Option<&
     }
 
     noisy_section(&mut m, &r.noisy);
+    fleet_section(&mut m, &r.fleet);
 
     let sc = &r.scale;
     let _ = writeln!(m, "\n## Scale (ledger in-process)\n");
@@ -880,6 +883,273 @@ fn noisy_section(m: &mut String, r: &NoisyResults) {
             side.error.as_deref().unwrap_or_default()
         );
     }
+}
+
+/// A7, fleet-wide limits: what the fleet limit costs the local fast path,
+/// the store calls, and the trio under a binding limit.
+fn fleet_section(m: &mut String, r: &FleetResults) {
+    let p = &r.plan;
+    let _ = writeln!(
+        m,
+        "\n## {}: {} (issue 12)\n",
+        crate::fleet::ARM_ID,
+        crate::fleet::ARM_NAME
+    );
+    if let Some(why) = &r.skipped {
+        let _ = writeln!(m, "_Not run: {why}._");
+        return;
+    }
+    let ttl = |d: std::time::Duration| format!("{}", humantime::format_duration(d));
+    let _ = writeln!(
+        m,
+        "Two sidecars with the same dependency (`{}`, local max_concurrency {}): the *baseline* without a fleet-wide \
+         limit, the *fleet* one with `[fleet] redis` on the bench's redis-server (TCP, `{}`), share_ttl {} and \
+         `[dependencies.{}.fleet] max_concurrency = {}` (10x the load's concurrency of {}, so it never binds; \
+         fallback_share the same). Both under the same open loop as A1 ({:.0} Acquire + Release pairs/s over TCP, \
+         latency from the intended send time, {:.1} s warm-up + {:.1} s measured), {} repeat(s) in alternating order; \
+         server CPU as for the happy path. The store calls are the fleet sidecar's `governor_fleet_store_calls_total` \
+         and `governor_fleet_store_seconds` on /metrics, from its first share to the end of its last run \
+         (the baseline's runs included: renewals do not depend on the load); expected: dependencies x 3 / share_ttl.\n",
+        crate::fleet::DEPENDENCY,
+        p.local_limit,
+        r.redis_url,
+        ttl(p.share_ttl),
+        crate::fleet::DEPENDENCY,
+        p.fleet_limit,
+        p.load_concurrency,
+        p.rate,
+        p.warmup.as_secs_f64(),
+        p.measure.as_secs_f64(),
+        p.repeats,
+    );
+    let _ = writeln!(
+        m,
+        "| Sidecar | p50 | p99 | p99.9 | Server CPU per pair | Server RSS / HWM |\n|---|---|---|---|---|---|"
+    );
+    for side in [&r.baseline, &r.fleet] {
+        let p999 = Spread::over(&side.repeats, |x| x.latency.p999_us);
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {:.1} µs | {} / {} |",
+            side.label(),
+            spread_us(side.p50()),
+            spread_us(side.p99()),
+            spread_us(p999),
+            side.cpu_us_per_pair(),
+            mib(side.server_rss_kib),
+            mib(side.server_hwm_kib),
+        );
+    }
+    let _ = writeln!(
+        m,
+        "\nFleet / baseline, per repeat: p50 **{}**, p99 {}, server CPU per pair **{}**.",
+        spread_plain(r.ratios.p50, 2),
+        spread_plain(r.ratios.p99, 2),
+        spread_plain(r.ratios.cpu_per_pair, 2),
+    );
+    if let Some(s) = &r.store {
+        let _ = writeln!(
+            m,
+            "Store calls of the fleet sidecar: {}; {:.2}x the expected.",
+            store_text(s),
+            r.calls_ratio()
+        );
+    }
+    if let Some(first) = r.first_share_s {
+        let _ = writeln!(
+            m,
+            "Its first share came {first:.2} s after its start (a fresh key: the store learns for a share_ttl first)."
+        );
+    }
+    if let Some(s) = &r.fleet.status {
+        let _ = writeln!(
+            m,
+            "At the end: mode {}, fleet limit {}, share {}, target {}, enforced {}, demand {}, instances {}; \
+             the enforced limit (`DependencyStatus.limit`) {}; {} store calls, {} errors{}.",
+            s.mode,
+            s.max_concurrency,
+            s.share,
+            s.target,
+            s.enforced,
+            s.demand,
+            s.instances,
+            s.limit,
+            s.store_calls_total,
+            s.store_errors_total,
+            if s.last_error.is_empty() {
+                String::new()
+            } else {
+                format!(", last error {:?}", s.last_error)
+            }
+        );
+    }
+    let (Some(t), Some(tp)) = (&r.trio, &p.trio) else {
+        return;
+    };
+    let _ = writeln!(
+        m,
+        "\n### Three sidecars, one binding fleet-wide limit\n\n\
+         Three more sidecars on the same Redis (namespace `{}`), share_ttl {} (renewal every {}), \
+         `[dependencies.{}.fleet] max_concurrency = {}`, fallback_share {}; locally max_concurrency {}, max_queue {}, \
+         max_wait {} ms. Each is driven by a closed loop of its own callers ({}); a caller holds a granted permit for \
+         {} ms, then releases it; a refused one asks again at once (after a queue timeout) or after its `retry_after`. \
+         The fair share is the spec's rule at demands = callers. {:.1} s warm-up (the shares move there) + {:.1} s \
+         measured, after every sidecar reported a share.\n",
+        crate::fleet::TRIO_NAMESPACE,
+        ttl(tp.share_ttl),
+        ms(tp.renew_interval().as_secs_f64() * 1000.0),
+        crate::fleet::DEPENDENCY,
+        tp.fleet_limit,
+        tp.fallback_share,
+        tp.local_limit,
+        tp.max_queue,
+        tp.max_wait_ms,
+        tp.callers
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", "),
+        tp.hold_ms,
+        tp.warmup.as_secs_f64(),
+        tp.measure.as_secs_f64(),
+    );
+    let _ = writeln!(
+        m,
+        "| Sidecar | Callers | Fair share | Share / target / enforced at the end | Instances seen | Grants/s | Permits held (mean) | Granted: wait p50 / p99 | Rejections | Store calls/s (expected) | Store round trip mean |\n|---|---|---|---|---|---|---|---|---|---|---|"
+    );
+    for s in &t.sidecars {
+        let (end, instances) = match &s.end {
+            Some(e) => (
+                format!(
+                    "{} / {} / {} ({}, demand {})",
+                    e.share, e.target, e.enforced, e.mode, e.demand
+                ),
+                e.instances.to_string(),
+            ),
+            None => ("—".into(), "—".into()),
+        };
+        let rejected: Vec<String> = s
+            .rejected
+            .iter()
+            .map(|(k, v)| format!("{k}: {v}"))
+            .collect();
+        let _ = writeln!(
+            m,
+            "| {} | {} | {} | {} | {} | {:.0} | {:.2} | {} / {} | {} | {} | {} |",
+            s.instance,
+            s.callers,
+            s.expected_share,
+            end,
+            instances,
+            s.grants_per_s,
+            s.mean_held,
+            wait_or_dash(s.granted_wait.count, s.granted_wait.p50_us),
+            wait_or_dash(s.granted_wait.count, s.granted_wait.p99_us),
+            if rejected.is_empty() {
+                "—".into()
+            } else {
+                rejected.join(", ")
+            },
+            s.store.as_ref().map_or("—".into(), |w| format!(
+                "{:.2} ({:.2})",
+                w.calls_per_s, w.expected_per_s
+            )),
+            s.store
+                .as_ref()
+                .map_or("—".into(), |w| us(w.latency_mean_us)),
+        );
+    }
+    let held: f64 = t.sidecars.iter().map(|s| s.mean_held).sum();
+    let _ = writeln!(
+        m,
+        "\nPermits held at once across the three, counted by the clients (from a grant's arrival to its release's send, \
+         so never more than the sidecars held): at most **{}** for a fleet limit of {} ({:.2} on average in the window). \
+         Status samples every 50 ms ({} rounds, the three asked one after the other): sum of the enforced terms at most {}, \
+         of in_flight at most {} (both over the whole run). The enforced terms last changed {} after the load started{}. \
+         The sidecars' first shares came {} after their start. {}",
+        t.peak_held,
+        tp.fleet_limit,
+        held,
+        t.samples,
+        t.peak_enforced_sum,
+        t.peak_in_flight_sum,
+        t.settled_after_s
+            .map_or("—".into(), |s| format!("{s:.2} s")),
+        if t.settled_before_window {
+            " (in the warm-up)"
+        } else {
+            " (in the measured window: not settled before it)"
+        },
+        t.first_share_s.map_or("—".into(), |s| format!("{s:.2} s")),
+        match t.give_back_ms {
+            Some(ms) => format!(
+                "Last (after the idle phase below), the idle sidecar was stopped with SIGTERM: the first saw one instance less {ms:.0} ms later \
+                 (its share given back, not lapsed after {}).",
+                ttl(tp.share_ttl)
+            ),
+            None => format!(
+                "Last (after the idle phase below), the idle sidecar was stopped with SIGTERM: the first did not see it leave within {} \
+                 (the share lapsed, or was not given back).",
+                ttl(tp.share_ttl)
+            ),
+        }
+    );
+    let renew_s = tp.renew_interval().as_secs_f64();
+    let _ = writeln!(
+        m,
+        "\nAfter the window, {}'s callers stopped (it went idle) and the others' ran on for {:.2} s: the enforced terms last changed \
+         {} after it went idle.\n",
+        t.sidecars
+            .last()
+            .map_or("the last", |s| s.instance.as_str()),
+        t.idle_phase_s,
+        t.idle_settled_after_s.map_or("never".into(), |s| format!(
+            "{s:.2} s ({:.1} renewal periods)",
+            s / renew_s
+        )),
+    );
+    let _ = writeln!(
+        m,
+        "| Sidecar | Fair share, the last one idle | Share / target / enforced at the end of the idle phase | Demand |\n|---|---|---|---|"
+    );
+    for s in &t.sidecars {
+        let (end, demand) = match &s.idle_end {
+            Some(e) => (
+                format!("{} / {} / {} ({})", e.share, e.target, e.enforced, e.mode),
+                e.demand.to_string(),
+            ),
+            None => ("—".into(), "—".into()),
+        };
+        let _ = writeln!(
+            m,
+            "| {} | {} | {end} | {demand} |",
+            s.instance, s.idle_expected
+        );
+    }
+}
+
+fn store_text(s: &StoreWindow) -> String {
+    let exact = match (s.renewals, s.renewal_period_s) {
+        (Some(n), Some(period)) if period > 0.0 => format!(
+            "; from the send times of the renewals (read back from `valid_for`): {n} renewals, one every {period:.3} s \
+             = **{:.3}/s**",
+            1.0 / period
+        ),
+        _ => String::new(),
+    };
+    format!(
+        "{} in {:.1} s = **{:.2}/s** (expected {:.2}/s), {} failed; round trip mean {}, p50 <= {}, p99 <= {} \
+         (histogram bucket bounds, {} calls){exact}",
+        s.calls,
+        s.seconds,
+        s.calls_per_s,
+        s.expected_per_s,
+        s.errors,
+        us(s.latency_mean_us),
+        us(s.latency_p50_le_us),
+        us(s.latency_p99_le_us),
+        s.latency_count
+    )
 }
 
 fn wait_or_dash(count: u64, v: f64) -> String {

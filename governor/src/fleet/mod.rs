@@ -305,6 +305,10 @@ async fn run_dependency(
         };
         apply(&dependency, &state, events, now);
         next_call = sent + jitter(context.renew);
+        // A store that learns grants again once it is over: ask then.
+        if let Some(until) = state.status(now).learning_until {
+            next_call = next_call.min(until + Duration::from_millis(10));
+        }
     }
     if context.give_back.load(std::sync::atomic::Ordering::Acquire) {
         give_back(&context, &dependency, &key, &state).await;
@@ -381,7 +385,7 @@ fn apply(dependency: &Arc<Dependency>, state: &ShareState, events: Vec<Event>, n
                 dependency = %name,
                 learning_left_ms = left.as_millis() as u64,
                 kept_share = status.share,
-                "fleet store is learning (it came back empty): no new shares until every share granted before has lapsed"
+                "fleet store is learning (new, or it came back empty): no new shares until every share granted before may have lapsed"
             ),
             Event::CallFailed { error } => tracing::warn!(
                 dependency = %name,

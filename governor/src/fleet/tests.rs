@@ -475,3 +475,31 @@ async fn a_drain_with_permits_still_out_leaves_the_share_to_lapse() {
     assert_eq!(after.len(), calls, "no give-back call: {after:?}");
     assert!(after.iter().all(|c| !c.leaving));
 }
+
+#[tokio::test(start_paused = true)]
+async fn a_learning_store_is_asked_again_as_soon_as_it_is_over() {
+    let ledger = fleet_ledger();
+    let learning = Reply {
+        learning_left: Duration::from_millis(300),
+        ..reply(ReplyStatus::Learning, 0, 5)
+    };
+    let store = Scripted::new(Duration::ZERO, vec![Ok(learning), ok(5, 5)]);
+    let (fleet, _) = start(&store, &ledger);
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    assert_eq!(enforced(&ledger), 2, "learning: the fallback share");
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        enforced(&ledger),
+        5,
+        "asked at the end of learning, not a renewal later"
+    );
+    let times: Vec<Instant> = store
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(t, _)| *t)
+        .collect();
+    assert_eq!(times[1] - times[0], Duration::from_millis(310));
+    fleet.stop(Duration::from_secs(1), true).await;
+}
