@@ -179,6 +179,25 @@ impl Context {
     fn next_seq(&self) -> u64 {
         self.seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1
     }
+
+    /// A call about `key` from this sidecar in `state`, with the next
+    /// sequence number, claiming nothing (the renewal fills in its demand,
+    /// keep and acked; the give-back leaves it so).
+    fn call(&self, key: &Arc<str>, state: &ShareState) -> Call {
+        Call {
+            key: key.clone(),
+            instance: self.instance.clone(),
+            nonce: self.nonce.clone(),
+            seq: self.next_seq(),
+            demand: 0,
+            keep: None,
+            ttl: self.timing.ttl,
+            max_concurrency: state.limit().max_concurrency(),
+            seen: state.seen(),
+            leaving: false,
+            acked: 0,
+        }
+    }
 }
 
 /// A store call gets half a renewal period: a slow store delays no more
@@ -266,20 +285,13 @@ async fn run_dependency(
             break;
         };
         let sent = Instant::now();
-        let seq = context.next_seq();
         let call = Call {
-            key: key.clone(),
-            instance: context.instance.clone(),
-            nonce: context.nonce.clone(),
-            seq,
             acked: state.acked(sent),
             demand: reading.demand,
             keep: state.keep(sent, reading.in_flight),
-            ttl: context.timing.ttl,
-            max_concurrency: state.limit().max_concurrency(),
-            seen: state.seen(),
-            leaving: false,
+            ..context.call(&key, &state)
         };
+        let seq = call.seq;
         let answer = timeout(context.call_timeout, context.store.call(call));
         tokio::pin!(answer);
         // A share that lapses while the store is slow lapses on time.
@@ -324,17 +336,8 @@ fn jitter(renew: Duration) -> Duration {
 /// lapse after share_ttl).
 async fn give_back(context: &Context, dependency: &Dependency, key: &Arc<str>, state: &ShareState) {
     let call = Call {
-        key: key.clone(),
-        instance: context.instance.clone(),
-        nonce: context.nonce.clone(),
-        seq: context.next_seq(),
-        demand: 0,
-        keep: None,
-        ttl: context.timing.ttl,
-        max_concurrency: state.limit().max_concurrency(),
-        seen: state.seen(),
         leaving: true,
-        acked: 0,
+        ..context.call(key, state)
     };
     // Not counted in the metrics: a removed fleet limit took its series
     // with it, and this call would bring them back for good.

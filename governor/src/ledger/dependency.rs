@@ -756,7 +756,9 @@ impl Dependency {
         // now, if this request leaves it without a lease or a waiter).
         state.idle_since = None;
         let queue_depth = state.waiters.len() as u32;
-        state.peak_demand = state.peak_demand.max(state.in_flight + queue_depth + 1);
+        if state.fleet.is_some() {
+            state.peak_demand = state.peak_demand.max(state.in_flight + queue_depth + 1);
+        }
 
         if self.shared.draining.load(Ordering::Acquire) {
             let rejection = state.reject(RejectReason::ShuttingDown, SHUTDOWN_RETRY_AFTER, now);

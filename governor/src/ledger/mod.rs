@@ -662,7 +662,7 @@ impl Ledger {
         if let Some(peer) = creator {
             self.lock_peers().record(name.clone(), peer);
         }
-        let fleet = limits_have_fleet(&dependency);
+        let fleet = dependency.fleet_limit().is_some();
         self.dependencies.insert(name, dependency.clone());
         if fleet {
             // Now that the fleet task can find it (it grants nothing until then).
@@ -738,10 +738,6 @@ impl Settings {
     fn limits_for(&self, name: &str) -> Limits {
         self.configured.get(name).unwrap_or(&self.defaults).clone()
     }
-}
-
-fn limits_have_fleet(dependency: &Dependency) -> bool {
-    dependency.fleet_limit().is_some()
 }
 
 /// Why a control-plane update failed.
