@@ -16,5 +16,22 @@ if [ ! -x "$governor_bin" ]; then
   exit 1
 fi
 cargo run -p governor-bench -- --smoke --governor-bin "$governor_bin" "$@"
+# The open-loop probe (bench/examples/open_loop_probe.rs), both modes, briefly,
+# against a sidecar of its own: it must connect, complete every pair and read
+# the sidecar's CPU.
+cargo build -p governor-bench --example open_loop_probe
+mkdir -p target/bench-smoke
+probe_sock="$root/target/bench-smoke/probe.sock"
+rm -f "$probe_sock"
+coproc PROBE_SIDECAR { exec "$governor_bin" --listen 127.0.0.1:0 --admin-listen off --uds "$probe_sock" 2>target/bench-smoke/probe-sidecar.stderr; }
+probe_pid=$PROBE_SIDECAR_PID
+read -r -t 30 ready <&"${PROBE_SIDECAR[0]}" || { echo "smoke.sh: the probe's sidecar did not start" >&2; exit 1; }
+case "$ready" in "governor ready "*) ;; *) echo "smoke.sh: unexpected first line from the sidecar: $ready" >&2; exit 1 ;; esac
+for mode in unary session; do
+  target/debug/examples/open_loop_probe --pid "$probe_pid" --target "unix:$probe_sock" \
+    --mode "$mode" --rate 500 --seconds 0.4
+done
+kill "$probe_pid"
+wait "$probe_pid" || true
 exec cargo run -p governor-bench -- --soak --soak-duration 60s --governor-bin "$governor_bin" \
   --out-dir target/bench-smoke --doc target/bench-smoke/soak.md
