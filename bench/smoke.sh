@@ -16,10 +16,9 @@ if [ ! -x "$governor_bin" ]; then
   exit 1
 fi
 cargo run -p governor-bench -- --smoke --governor-bin "$governor_bin" "$@"
-# The open-loop probe (bench/examples/open_loop_probe.rs), both modes, briefly,
-# against a sidecar of its own: it must connect, complete every pair and read
-# the sidecar's CPU.
-cargo build -p governor-bench --example open_loop_probe
+# The open-loop probe (`governor-bench probe`, bench/src/probe.rs), both
+# modes, briefly, against a sidecar of its own: it must connect, complete
+# every pair and read the sidecar's CPU.
 mkdir -p target/bench-smoke
 probe_sock="$root/target/bench-smoke/probe.sock"
 rm -f "$probe_sock"
@@ -28,7 +27,7 @@ probe_pid=$PROBE_SIDECAR_PID
 read -r -t 30 ready <&"${PROBE_SIDECAR[0]}" || { echo "smoke.sh: the probe's sidecar did not start" >&2; exit 1; }
 case "$ready" in "governor ready "*) ;; *) echo "smoke.sh: unexpected first line from the sidecar: $ready" >&2; exit 1 ;; esac
 for mode in unary session; do
-  target/debug/examples/open_loop_probe --pid "$probe_pid" --target "unix:$probe_sock" \
+  cargo run -q -p governor-bench -- probe --pid "$probe_pid" --target "unix:$probe_sock" \
     --mode "$mode" --rate 500 --seconds 0.4
 done
 kill "$probe_pid"

@@ -137,6 +137,25 @@ pub async fn wait_until(at: Instant) {
     }
 }
 
+/// How an open loop waits for a send's intended time.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Pacing {
+    /// [`wait_until`]: every send leaves at its own time (the arms).
+    Spaced,
+    /// tokio's timer alone, whose 1 ms granularity sends the calls of each
+    /// millisecond together, as a client whose event loop wakes per tick.
+    Ticked,
+}
+
+impl Pacing {
+    async fn wait(self, at: Instant) {
+        match self {
+            Pacing::Spaced => wait_until(at).await,
+            Pacing::Ticked => tokio::time::sleep_until(at).await,
+        }
+    }
+}
+
 /// The intended send times of an open-loop run, and which ones are measured.
 #[derive(Clone, Copy, Debug)]
 pub struct Schedule {
@@ -165,6 +184,21 @@ impl Schedule {
         F: Fn(Instant, bool) -> Fut,
         Fut: Future<Output = ()> + Send + 'static,
     {
+        self.drive_paced(start, Pacing::Spaced, drain, send).await
+    }
+
+    /// [`Schedule::drive_from`], waiting for each send as `pacing` says.
+    pub async fn drive_paced<F, Fut>(
+        &self,
+        start: Instant,
+        pacing: Pacing,
+        drain: Duration,
+        send: F,
+    ) -> Duration
+    where
+        F: Fn(Instant, bool) -> Fut,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
         let measure_from = start + self.warmup;
         let end = measure_from + self.measure;
         let interval = Duration::from_secs_f64(1.0 / self.rate);
@@ -175,7 +209,7 @@ impl Schedule {
             if intended >= end {
                 break;
             }
-            wait_until(intended).await;
+            pacing.wait(intended).await;
             tasks.spawn(send(intended, intended >= measure_from));
             i += 1;
             // Reap finished tasks now and then so the set stays small.
@@ -195,22 +229,37 @@ where
     F: Fn() -> Fut,
     Fut: Future<Output = Result<(), String>> + Send + 'static,
 {
+    open_loop_paced(schedule, Pacing::Spaced, op).await
+}
+
+/// [`open_loop`], waiting for each send as `pacing` says.
+pub async fn open_loop_paced<F, Fut>(schedule: Schedule, pacing: Pacing, op: F) -> Run
+where
+    F: Fn() -> Fut,
+    Fut: Future<Output = Result<(), String>> + Send + 'static,
+{
     let tally = Tally::new();
+    let start = Instant::now() + Duration::from_millis(2);
     let window = schedule
-        .drive(Duration::from_secs(10), |intended, measured| {
-            let call = op();
-            let tally = tally.clone();
-            async move {
-                let result = call.await;
-                if measured {
-                    let latency = intended.elapsed();
-                    tally
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .add(result, latency);
+        .drive_paced(
+            start,
+            pacing,
+            Duration::from_secs(10),
+            |intended, measured| {
+                let call = op();
+                let tally = tally.clone();
+                async move {
+                    let result = call.await;
+                    if measured {
+                        let latency = intended.elapsed();
+                        tally
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .add(result, latency);
+                    }
                 }
-            }
-        })
+            },
+        )
         .await;
     Tally::finish(tally, window)
 }
@@ -349,6 +398,34 @@ mod tests {
         let p = Percentiles::of(&run.hist);
         // The last calls queued behind ~100 others: far more than 2 ms.
         assert!(p.max_us > 100_000.0, "{p:?}");
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn both_pacings_send_every_call_once_and_never_early() {
+        for pacing in [Pacing::Spaced, Pacing::Ticked] {
+            let early = Arc::new(Mutex::new(Vec::new()));
+            let schedule = Schedule {
+                rate: 1000.0,
+                warmup: Duration::from_millis(10),
+                measure: Duration::from_millis(40),
+            };
+            let start = Instant::now();
+            schedule
+                .drive_paced(start, pacing, Duration::from_secs(1), |intended, _| {
+                    let early = early.clone();
+                    let sent = Instant::now();
+                    async move {
+                        early.lock().unwrap().push(sent < intended);
+                    }
+                })
+                .await;
+            let early = early.lock().unwrap();
+            assert_eq!(early.len(), 50, "{pacing:?}");
+            assert!(
+                early.iter().all(|e| !e),
+                "{pacing:?}: a send before its time"
+            );
+        }
     }
 
     #[tokio::test(flavor = "current_thread")]

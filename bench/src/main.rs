@@ -22,6 +22,7 @@ mod load;
 mod noisy;
 mod otlp;
 mod overload;
+mod probe;
 mod process;
 mod redis_sem;
 mod report;
@@ -345,8 +346,15 @@ fn plans(args: &Args) -> Plans {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
-    if argv.get(1).map(String::as_str) == Some(soak::load::HOLDER_COMMAND) {
-        return holder(&argv[2..]);
+    match argv.get(1).map(String::as_str) {
+        Some(soak::load::HOLDER_COMMAND) => {
+            return on_one_thread(soak::load::HOLDER_COMMAND, soak::load::holder(&argv[2..]));
+        }
+        Some(probe::COMMAND) => {
+            let args = probe::ProbeArgs::parse_from(&argv[1..]);
+            return on_one_thread(probe::COMMAND, probe::run(args));
+        }
+        _ => {}
     }
     let args = Args::parse();
     // Describe the machine before pinning narrows what this process sees.
@@ -392,19 +400,20 @@ fn log(line: &str) {
     eprintln!("{line}");
 }
 
-/// A soak child that holds permits until it is killed.
-fn holder(args: &[String]) -> ExitCode {
+/// Runs a command other than the arms (the soak's permit holder, the
+/// probe) on a single-threaded runtime; its error goes to stderr.
+fn on_one_thread(command: &str, work: impl Future<Output = Result<(), String>>) -> ExitCode {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build();
     let outcome = match runtime {
-        Ok(rt) => rt.block_on(soak::load::holder(args)),
+        Ok(rt) => rt.block_on(work),
         Err(e) => Err(format!("cannot start the runtime: {e}")),
     };
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("governor-bench {}: {e}", soak::load::HOLDER_COMMAND);
+            eprintln!("governor-bench {command}: {e}");
             ExitCode::FAILURE
         }
     }

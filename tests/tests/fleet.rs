@@ -290,19 +290,31 @@ impl Oracle {
     }
 }
 
-/// The permits in flight of each of `deps` over all of `sidecars`, as the
-/// sidecars count them, averaged over `window`: every 10 ms one
-/// `GetDependency` per sidecar and dependency, summed over the sidecars.
-async fn in_flight_over(
+/// How much of a fleet limit was used over a window.
+#[derive(Debug)]
+struct Use {
+    /// In flight as the sidecars count them, summed over the sidecars.
+    in_flight: f64,
+    /// Held as the dependency's callers count them (its oracle).
+    callers: f64,
+}
+
+/// The use of each `(dependency, oracle)` over `window`: in flight from
+/// one `GetDependency` per sidecar and dependency every 10 ms, held from the
+/// oracle's time-weighted average over the same window.
+async fn use_over(
     sidecars: &mut [&mut Sidecar],
-    deps: &[&str],
+    deps: &[(&str, &Oracle)],
     window: Duration,
-) -> Vec<f64> {
+) -> Vec<Use> {
+    for (_, oracle) in deps {
+        oracle.window();
+    }
     let end = Instant::now() + window;
     let mut sums = vec![0u64; deps.len()];
     let mut rounds = 0u32;
     while Instant::now() < end {
-        for (dep, sum) in deps.iter().zip(sums.iter_mut()) {
+        for ((dep, _), sum) in deps.iter().zip(sums.iter_mut()) {
             for sidecar in sidecars.iter_mut() {
                 *sum += u64::from(sidecar.status(dep).await.in_flight);
             }
@@ -311,7 +323,13 @@ async fn in_flight_over(
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     assert!(rounds > 0, "no sample of in_flight in {window:?}");
-    sums.iter().map(|&s| s as f64 / f64::from(rounds)).collect()
+    deps.iter()
+        .zip(sums)
+        .map(|((_, oracle), sum)| Use {
+            in_flight: sum as f64 / f64::from(rounds),
+            callers: oracle.average(),
+        })
+        .collect()
 }
 
 /// Measures the oracle's time-weighted average over `window` of load.
@@ -527,9 +545,11 @@ async fn three_sidecars_never_exceed_the_fleet_limit_and_use_it() {
         settled(3, FLEET_LIMIT),
     )
     .await;
-    oracle.window();
-    let in_flight = in_flight_over(&mut all, &[DEP], Duration::from_secs(4)).await[0];
-    let callers = oracle.average();
+    let [Use { in_flight, callers }] =
+        use_over(&mut all, &[(DEP, &oracle)], Duration::from_secs(4))
+            .await
+            .try_into()
+            .unwrap();
     let after = fleets(&mut all, DEP).await;
     let tally = load.finish().await;
     let most = oracle.most();
@@ -735,9 +755,11 @@ async fn redis_restarted_empty_learns_then_shares_again() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     };
-    oracle.window();
-    let in_flight = in_flight_over(&mut all, &[DEP], Duration::from_secs(2)).await[0];
-    let callers = oracle.average();
+    let [Use { in_flight, callers }] =
+        use_over(&mut all, &[(DEP, &oracle)], Duration::from_secs(2))
+            .await
+            .try_into()
+            .unwrap();
     let tally = load.finish().await;
     let most = oracle.most();
     let learning_logged = fleet
@@ -843,11 +865,12 @@ async fn redis_cluster_holds_two_dependencies_on_different_nodes() {
     for (name, limit, _) in limits {
         until_fleet(&mut all, name, "settled", SETTLE, settled(3, limit)).await;
     }
-    for oracle in &oracles {
-        oracle.window();
-    }
-    let in_flight = in_flight_over(&mut all, &[first, second], Duration::from_secs(4)).await;
-    let callers = [oracles[0].average(), oracles[1].average()];
+    let used = use_over(
+        &mut all,
+        &[(first, &oracles[0]), (second, &oracles[1])],
+        Duration::from_secs(4),
+    )
+    .await;
     let tally = load.finish().await;
     for ((name, _, _), node) in limits.iter().zip([first_node, second_node]) {
         let key = format!("governor:{{{name}}}");
@@ -855,12 +878,13 @@ async fn redis_cluster_holds_two_dependencies_on_different_nodes() {
         assert_eq!(exists.as_deref(), Some("1\n"), "{key} not on node {node}");
     }
     eprintln!(
-        "fleet: cluster: {first} on {first_node}, {second} on {second_node}; in flight on \
-         average {in_flight:?} (the callers held {callers:?}), most {:?}; granted {}",
+        "fleet: cluster: {first} on {first_node}, {second} on {second_node}; {used:?}, most \
+         {:?}; granted {}",
         [oracles[0].most(), oracles[1].most()],
         tally.granted
     );
-    for (((name, limit, _), oracle), average) in limits.iter().zip(&oracles).zip(in_flight) {
+    for (((name, limit, _), oracle), used) in limits.iter().zip(&oracles).zip(&used) {
+        let average = used.in_flight;
         assert!(
             oracle.most() <= *limit,
             "{name}: {} held at once > {limit}",
